@@ -1,0 +1,15 @@
+//! georep-core: the vocabulary every other georep crate shares.
+//!
+//! Store URLs, byte sizes, rates, durations and key filters are parsed here, once, so
+//! the CLI and (later) the topology file accept exactly the same syntax.
+//!
+//! Architecture invariant: this crate does no network or disk IO and knows nothing of
+//! HTTP, SQL or `object_store`.
+
+mod filter;
+mod size;
+mod store_url;
+
+pub use filter::{Filter, FilterError};
+pub use size::{parse_duration, parse_size, MaxDelete, SizeError};
+pub use store_url::{StoreUrl, StoreUrlError};

@@ -1,0 +1,388 @@
+//! Store URLs: the one parser for every place a store is named (CLI arguments, config).
+//!
+//! | form | backend |
+//! | --- | --- |
+//! | `/abs/path`, `./rel/path`, `file:///abs/path` | local filesystem |
+//! | `az://container/prefix`, `https://ACCOUNT.blob.core.windows.net/container/prefix` | Azure Blob |
+//! | `http(s)://HOST:PORT/ACCOUNT/container/prefix` | Azure-compatible endpoint (Azurite) |
+//! | `s3://bucket/prefix` | S3 and S3-compatible |
+//! | `gs://bucket/prefix` | Google Cloud Storage |
+//! | `memory://name/prefix` | in-process store, for tests |
+//!
+//! Credentials are never part of a store URL: a URL carrying a query string (a SAS) or
+//! a password is refused, so nothing georep prints can leak one.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A parsed store location. `prefix` never starts or ends with `/`; empty means the
+/// whole container or bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Local {
+        path: PathBuf,
+    },
+    Azure {
+        /// From the URL's host or path; `None` means `AZURE_STORAGE_ACCOUNT_NAME`.
+        account: Option<String>,
+        container: String,
+        prefix: String,
+        /// `scheme://host:port/account` for a custom endpoint such as Azurite.
+        endpoint: Option<String>,
+    },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Gcs {
+        bucket: String,
+        prefix: String,
+    },
+    Memory {
+        name: String,
+        prefix: String,
+    },
+}
+
+/// Why a store URL was refused; every message says what is accepted instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreUrlError {
+    #[error("empty store URL: give a local path, az://, s3://, gs://, http(s)://HOST/ACCOUNT/CONTAINER or memory://")]
+    Empty,
+    #[error("unsupported scheme '{0}://': use a local path, file://, az://, https://ACCOUNT.blob.core.windows.net/, http(s)://HOST:PORT/ACCOUNT/CONTAINER, s3://, gs:// or memory://")]
+    UnknownScheme(String),
+    #[error("'{url}' names no {what}: write it as {example}")]
+    MissingPart {
+        url: String,
+        what: &'static str,
+        example: &'static str,
+    },
+    #[error("invalid {what} name '{name}' in '{url}': {rule}")]
+    BadName {
+        url: String,
+        what: &'static str,
+        name: String,
+        rule: &'static str,
+    },
+    #[error("store URL '{0}' carries credentials (a query string or password); remove them and set AZURE_STORAGE_SAS_TOKEN / AZURE_STORAGE_ACCOUNT_KEY or AWS_* in the environment instead")]
+    CredentialsInUrl(String),
+    #[error("file URL '{0}' has a host; use file:///absolute/path")]
+    FileHost(String),
+    #[error("invalid URL '{url}': {reason}")]
+    Invalid { url: String, reason: String },
+}
+
+impl StoreUrl {
+    pub fn parse(input: &str) -> Result<Self, StoreUrlError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(StoreUrlError::Empty);
+        }
+        let Some((scheme, rest)) = input.split_once("://") else {
+            return Ok(Self::Local {
+                path: PathBuf::from(input),
+            });
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(StoreUrlError::FileHost(input.to_string()));
+                }
+                Ok(Self::Local {
+                    path: PathBuf::from(percent_decode(rest, input)?),
+                })
+            }
+            "az" | "azure" => {
+                let (container, prefix) = split_first(rest);
+                let container = container_name(input, container)?;
+                Ok(Self::Azure {
+                    account: None,
+                    container,
+                    prefix: clean_prefix(prefix),
+                    endpoint: None,
+                })
+            }
+            "s3" => {
+                let (bucket, prefix) = split_first(rest);
+                Ok(Self::S3 {
+                    bucket: bucket_name(input, bucket, "s3://bucket/prefix")?,
+                    prefix: clean_prefix(prefix),
+                })
+            }
+            "gs" => {
+                let (bucket, prefix) = split_first(rest);
+                Ok(Self::Gcs {
+                    bucket: bucket_name(input, bucket, "gs://bucket/prefix")?,
+                    prefix: clean_prefix(prefix),
+                })
+            }
+            "memory" => {
+                let (name, prefix) = split_first(rest);
+                let name = if name.is_empty() { "default" } else { name };
+                Ok(Self::Memory {
+                    name: name.to_string(),
+                    prefix: clean_prefix(prefix),
+                })
+            }
+            s @ ("http" | "https") => parse_http(input, s),
+            other => Err(StoreUrlError::UnknownScheme(other.to_string())),
+        }
+    }
+
+    /// The scheme-like name of the backend, for messages and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local { .. } => "local",
+            Self::Azure { .. } => "azure",
+            Self::S3 { .. } => "s3",
+            Self::Gcs { .. } => "gcs",
+            Self::Memory { .. } => "memory",
+        }
+    }
+
+    /// The key prefix inside the container or bucket (empty for local paths).
+    pub fn prefix(&self) -> &str {
+        match self {
+            Self::Local { .. } => "",
+            Self::Azure { prefix, .. }
+            | Self::S3 { prefix, .. }
+            | Self::Gcs { prefix, .. }
+            | Self::Memory { prefix, .. } => prefix,
+        }
+    }
+}
+
+/// The canonical form; it never contains a secret because a parsed URL never holds one.
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (base, prefix) = match self {
+            Self::Local { path } => return write!(f, "{}", path.display()),
+            Self::Azure {
+                account,
+                container,
+                prefix,
+                endpoint,
+            } => {
+                let base = match (endpoint, account) {
+                    (Some(e), _) => format!("{e}/{container}"),
+                    (None, Some(a)) => format!("https://{a}.blob.core.windows.net/{container}"),
+                    (None, None) => format!("az://{container}"),
+                };
+                (base, prefix)
+            }
+            Self::S3 { bucket, prefix } => (format!("s3://{bucket}"), prefix),
+            Self::Gcs { bucket, prefix } => (format!("gs://{bucket}"), prefix),
+            Self::Memory { name, prefix } => (format!("memory://{name}"), prefix),
+        };
+        if prefix.is_empty() {
+            write!(f, "{base}")
+        } else {
+            write!(f, "{base}/{prefix}")
+        }
+    }
+}
+
+fn parse_http(input: &str, scheme: &str) -> Result<StoreUrl, StoreUrlError> {
+    let url = url::Url::parse(input).map_err(|e| StoreUrlError::Invalid {
+        url: input.to_string(),
+        reason: e.to_string(),
+    })?;
+    if url.query().is_some() || url.password().is_some() {
+        // Never echo the input: it holds the secret.
+        let mut shown = url.clone();
+        shown.set_query(None);
+        let _ = shown.set_password(None);
+        return Err(StoreUrlError::CredentialsInUrl(shown.to_string()));
+    }
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let path = percent_decode(url.path().trim_start_matches('/'), input)?;
+    if let Some(account) = host.strip_suffix(".blob.core.windows.net") {
+        let (container, prefix) = split_first(&path);
+        return Ok(StoreUrl::Azure {
+            account: Some(account.to_string()),
+            container: container_name(input, container)?,
+            prefix: clean_prefix(prefix),
+            endpoint: None,
+        });
+    }
+    // Path-style Azure endpoint (Azurite, Azure Stack): /ACCOUNT/CONTAINER/prefix.
+    let (account, rest) = split_first(&path);
+    if account.is_empty() {
+        return Err(StoreUrlError::MissingPart {
+            url: input.to_string(),
+            what: "account",
+            example: "http://127.0.0.1:10000/devstoreaccount1/container/prefix",
+        });
+    }
+    let (container, prefix) = split_first(rest);
+    let container = container_name(input, container)?;
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Ok(StoreUrl::Azure {
+        account: Some(account.to_string()),
+        container,
+        prefix: clean_prefix(prefix),
+        endpoint: Some(format!("{scheme}://{host}{port}/{account}")),
+    })
+}
+
+fn split_first(s: &str) -> (&str, &str) {
+    let s = s.trim_start_matches('/');
+    s.split_once('/').unwrap_or((s, ""))
+}
+
+fn clean_prefix(p: &str) -> String {
+    p.trim_matches('/').to_string()
+}
+
+fn percent_decode(s: &str, input: &str) -> Result<String, StoreUrlError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                None => {
+                    return Err(StoreUrlError::Invalid {
+                        url: input.to_string(),
+                        reason: "bad %-escape".into(),
+                    })
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| StoreUrlError::Invalid {
+        url: input.to_string(),
+        reason: "%-escapes do not decode to UTF-8".into(),
+    })
+}
+
+fn container_name(url: &str, name: &str) -> Result<String, StoreUrlError> {
+    if name.is_empty() {
+        return Err(StoreUrlError::MissingPart {
+            url: url.to_string(),
+            what: "container",
+            example: "az://container/prefix",
+        });
+    }
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok || name == "$root" || name == "$web" {
+        Ok(name.to_string())
+    } else {
+        Err(StoreUrlError::BadName {
+            url: url.to_string(),
+            what: "container",
+            name: name.to_string(),
+            rule: "Azure container names are 3-63 lowercase letters, digits and single hyphens",
+        })
+    }
+}
+
+fn bucket_name(url: &str, name: &str, example: &'static str) -> Result<String, StoreUrlError> {
+    if name.is_empty() {
+        return Err(StoreUrlError::MissingPart {
+            url: url.to_string(),
+            what: "bucket",
+            example,
+        });
+    }
+    let ok = (3..=63).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        });
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(StoreUrlError::BadName {
+            url: url.to_string(),
+            what: "bucket",
+            name: name.to_string(),
+            rule: "bucket names are 3-63 lowercase letters, digits, dots and hyphens",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn az(account: Option<&str>, c: &str, p: &str, e: Option<&str>) -> StoreUrl {
+        StoreUrl::Azure {
+            account: account.map(str::to_string),
+            container: c.into(),
+            prefix: p.into(),
+            endpoint: e.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let cases: Vec<(&str, StoreUrl, &str)> = vec![
+            ("/srv/dr", StoreUrl::Local { path: "/srv/dr".into() }, "/srv/dr"),
+            ("./rel/x", StoreUrl::Local { path: "./rel/x".into() }, "./rel/x"),
+            ("file:///srv/a%20b", StoreUrl::Local { path: "/srv/a b".into() }, "/srv/a b"),
+            ("az://photos", az(None, "photos", "", None), "az://photos"),
+            ("az://photos/2024/jan/", az(None, "photos", "2024/jan", None), "az://photos/2024/jan"),
+            (
+                "https://acct.blob.core.windows.net/photos/x",
+                az(Some("acct"), "photos", "x", None),
+                "https://acct.blob.core.windows.net/photos/x",
+            ),
+            ("s3://bkt/p/q", StoreUrl::S3 { bucket: "bkt".into(), prefix: "p/q".into() }, "s3://bkt/p/q"),
+            ("gs://bkt", StoreUrl::Gcs { bucket: "bkt".into(), prefix: "".into() }, "gs://bkt"),
+            ("memory://t1/k", StoreUrl::Memory { name: "t1".into(), prefix: "k".into() }, "memory://t1/k"),
+        ];
+        for (input, want, shown) in cases {
+            let got = StoreUrl::parse(input).expect(input);
+            assert_eq!(got, want, "{input}");
+            assert_eq!(got.to_string(), shown, "{input}");
+        }
+        let got = StoreUrl::parse("http://127.0.0.1:10000/devstoreaccount1/c1x/a%20b").expect("azurite");
+        assert_eq!(
+            got,
+            az(Some("devstoreaccount1"), "c1x", "a b", Some("http://127.0.0.1:10000/devstoreaccount1"))
+        );
+        assert_eq!(got.to_string(), "http://127.0.0.1:10000/devstoreaccount1/c1x/a b");
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("ftp://x/y", "unsupported scheme 'ftp://'"),
+            ("az://", "names no container"),
+            ("az://Photos", "invalid container name 'Photos'"),
+            ("s3://", "names no bucket"),
+            ("s3://B", "invalid bucket name"),
+            ("http://127.0.0.1:1/", "names no account"),
+            ("http://127.0.0.1:1/acct", "names no container"),
+            ("file://host/x", "has a host"),
+        ];
+        for (input, want) in cases {
+            let err = StoreUrl::parse(input).expect_err(input).to_string();
+            assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn never_echoes_a_sas() {
+        let err = StoreUrl::parse("https://acct.blob.core.windows.net/c1x?sv=2022&sig=SECRET")
+            .expect_err("sas refused")
+            .to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains("AZURE_STORAGE_SAS_TOKEN"), "{err}");
+    }
+}
