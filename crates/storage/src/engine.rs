@@ -1,0 +1,793 @@
+//! The transfer engine: a streaming merge of two key-ordered listings, and the copies,
+//! checks and deletes that make the destination match.
+//!
+//! Memory stays bounded whatever the object count: listings are consumed page by page,
+//! at most `transfers + checkers` objects are in flight, and deletions wait in a spill
+//! file until both listings are complete (so a partial or failed listing never deletes).
+
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use georep_core::{Filter, MaxDelete};
+use md5::{Digest, Md5};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::error::{Result, StorageError};
+use crate::limiter::RateLimiter;
+use crate::store::{Entry, ObjectReader, Store};
+
+/// Which command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Copy,
+    Sync,
+    Check,
+}
+
+/// When an object that exists at both ends is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// When size differs, the source is newer, or (with `checksum`) content differs.
+    #[default]
+    Different,
+    Always,
+    Never,
+    IfNewer,
+}
+
+/// Everything a run needs besides its two stores.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    pub mode: Mode,
+    pub filter: Filter,
+    pub checksum: bool,
+    pub overwrite: Overwrite,
+    /// `sync` only: remove destination objects the source lacks.
+    pub delete: bool,
+    pub max_delete: Option<MaxDelete>,
+    pub dry_run: bool,
+    pub transfers: usize,
+    pub checkers: usize,
+    pub bwlimit: Option<u64>,
+    /// Objects above this size go up in parts of this size.
+    pub part_size: usize,
+    /// Parts in flight per object.
+    pub part_concurrency: usize,
+    /// Tries per object for retryable failures (verification, transient IO).
+    pub attempts: u32,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Copy,
+            filter: Filter::default(),
+            checksum: false,
+            overwrite: Overwrite::Different,
+            delete: false,
+            max_delete: None,
+            dry_run: false,
+            transfers: 16,
+            checkers: 16,
+            bwlimit: None,
+            part_size: 8 << 20,
+            part_concurrency: 2,
+            attempts: 3,
+        }
+    }
+}
+
+/// Live counters for a progress display; updated as the run goes.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub listed: AtomicU64,
+    pub checked: AtomicU64,
+    pub to_copy: AtomicU64,
+    pub bytes_to_copy: AtomicU64,
+    pub copied: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub failed: AtomicU64,
+    pub deleted: AtomicU64,
+    pub listing_done: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffKind {
+    Missing,
+    Extra,
+    Differs,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub key: String,
+    pub kind: DiffKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub key: String,
+    pub error: String,
+}
+
+/// A change a `--dry-run` would have made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub key: String,
+    pub action: &'static str,
+    pub size: u64,
+}
+
+/// What a run did; the CLI prints it as text or JSON.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub checked: u64,
+    pub copied: u64,
+    pub skipped: u64,
+    pub deleted: u64,
+    pub failed: u64,
+    pub bytes_copied: u64,
+    pub elapsed_secs: f64,
+    pub dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<Difference>>,
+    pub failures: Vec<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned: Option<Vec<Planned>>,
+    /// Why deletions were refused (mass-delete guard, incomplete listing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_refused: Option<String>,
+}
+
+impl Report {
+    /// True when the run found nothing wrong: no failures, no differences (check), no
+    /// refused deletes.
+    pub fn is_clean(&self) -> bool {
+        self.failed == 0
+            && self.delete_refused.is_none()
+            && self.differences.as_ref().is_none_or(|d| d.is_empty())
+    }
+}
+
+/// One step of the merge.
+enum Item {
+    SrcOnly(Entry),
+    DstOnly(Entry),
+    Both(Entry, Entry),
+    /// A listing error that affects one path, not the whole store.
+    ListError(StorageError),
+}
+
+/// What processing one item produced.
+enum Outcome {
+    Copied { bytes: u64 },
+    Skipped,
+    Failed(Failure),
+    Differs(Difference),
+    Planned(Planned),
+    Delete(Entry),
+    Nothing,
+    ListFailure(StorageError),
+}
+
+struct Side {
+    stream: BoxStream<'static, Result<Entry>>,
+    head: Option<Entry>,
+    last: Option<String>,
+    done: bool,
+    count: u64,
+}
+
+/// Shared state of a merge: listing health that gates deletion.
+#[derive(Default)]
+struct MergeHealth {
+    out_of_order: AtomicBool,
+    incomplete: AtomicBool,
+    src_count: AtomicU64,
+    dst_count: AtomicU64,
+}
+
+impl Side {
+    fn new(stream: BoxStream<'static, Result<Entry>>) -> Self {
+        Self {
+            stream,
+            head: None,
+            last: None,
+            done: false,
+            count: 0,
+        }
+    }
+
+    /// Fills `head` with the next entry that passes the filter. A non-fatal listing
+    /// error is returned as `Ok(Some(err))` for the caller to record.
+    async fn fill(
+        &mut self,
+        filter: &Filter,
+        health: &MergeHealth,
+    ) -> Result<Option<StorageError>> {
+        while self.head.is_none() && !self.done {
+            match self.stream.next().await {
+                None => self.done = true,
+                Some(Err(e)) if e.is_fatal_for_store() => return Err(e),
+                Some(Err(e)) => {
+                    health.incomplete.store(true, Ordering::Relaxed);
+                    return Ok(Some(e));
+                }
+                Some(Ok(entry)) => {
+                    if !filter.matches(&entry.key) {
+                        continue;
+                    }
+                    if self.last.as_deref().is_some_and(|l| entry.key.as_str() <= l) {
+                        health.out_of_order.store(true, Ordering::Relaxed);
+                    }
+                    self.last = Some(entry.key.clone());
+                    self.count += 1;
+                    self.head = Some(entry);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The merge of two ordered listings as a stream of items; a fatal listing error ends it.
+fn merge(
+    src: BoxStream<'static, Result<Entry>>,
+    dst: BoxStream<'static, Result<Entry>>,
+    filter: Filter,
+    health: Arc<MergeHealth>,
+    progress: Arc<Progress>,
+) -> BoxStream<'static, Result<Item>> {
+    let state = (Side::new(src), Side::new(dst), filter, health, progress, false);
+    stream::unfold(state, |(mut s, mut d, filter, health, progress, stop)| async move {
+        if stop {
+            return None;
+        }
+        for from_src in [true, false] {
+            let side = if from_src { &mut s } else { &mut d };
+            let filled = side.fill(&filter, &health).await;
+            match filled {
+                Ok(None) => {}
+                Ok(Some(e)) => {
+                    return Some((Ok(Item::ListError(e)), (s, d, filter, health, progress, false)))
+                }
+                Err(e) => return Some((Err(e), (s, d, filter, health, progress, true))),
+            }
+        }
+        let item = match (s.head.take(), d.head.take()) {
+            (None, None) => {
+                health.src_count.store(s.count, Ordering::Relaxed);
+                health.dst_count.store(d.count, Ordering::Relaxed);
+                progress.listing_done.store(true, Ordering::Relaxed);
+                return None;
+            }
+            (Some(a), None) => Item::SrcOnly(a),
+            (None, Some(b)) => Item::DstOnly(b),
+            (Some(a), Some(b)) => match a.key.cmp(&b.key) {
+                std::cmp::Ordering::Less => {
+                    d.head = Some(b);
+                    Item::SrcOnly(a)
+                }
+                std::cmp::Ordering::Greater => {
+                    s.head = Some(a);
+                    Item::DstOnly(b)
+                }
+                std::cmp::Ordering::Equal => Item::Both(a, b),
+            },
+        };
+        progress.listed.fetch_add(1, Ordering::Relaxed);
+        Some((Ok(item), (s, d, filter, health, progress, false)))
+    })
+    .boxed()
+}
+
+/// Everything a spawned per-object task needs.
+struct Ctx {
+    src: Arc<Store>,
+    dst: Arc<Store>,
+    opts: JobOptions,
+    limiter: Option<Arc<RateLimiter>>,
+    transfers: Semaphore,
+    checkers: Semaphore,
+    progress: Arc<Progress>,
+}
+
+/// Runs `copy`, `sync` or `check` from `src` to `dst`.
+///
+/// Returns `Err` only when a whole store is unusable (unreachable, credentials refused,
+/// container missing); per-object problems are listed in the report.
+pub async fn run(
+    src: Arc<Store>,
+    dst: Arc<Store>,
+    opts: JobOptions,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let started = Instant::now();
+    if opts.mode != Mode::Check && !opts.dry_run {
+        dst.prepare_destination()?;
+    }
+    let health = Arc::new(MergeHealth::default());
+    let items = merge(
+        src.list(true),
+        dst.list(false),
+        opts.filter.clone(),
+        health.clone(),
+        progress.clone(),
+    );
+    let width = opts.transfers.max(1) + opts.checkers.max(1);
+    let ctx = Arc::new(Ctx {
+        limiter: opts.bwlimit.map(|r| Arc::new(RateLimiter::new(r))),
+        transfers: Semaphore::new(opts.transfers.max(1)),
+        checkers: Semaphore::new(opts.checkers.max(1)),
+        src,
+        dst,
+        opts,
+        progress,
+    });
+    let mut report = Report {
+        dry_run: ctx.opts.dry_run,
+        differences: (ctx.opts.mode == Mode::Check).then(Vec::new),
+        planned: ctx.opts.dry_run.then(Vec::new),
+        ..Default::default()
+    };
+    let mut deletes = DeleteSpill::new()?;
+    let mut outcomes = items
+        .map(|item| {
+            let ctx = ctx.clone();
+            async move {
+                match item {
+                    Err(e) => Err(e),
+                    Ok(item) => {
+                        let task = tokio::spawn(process(ctx, item));
+                        task.await.map_err(|e| StorageError::Backend {
+                            store: "georep".into(),
+                            detail: format!("worker task failed: {e}"),
+                            retryable: false,
+                        })
+                    }
+                }
+            }
+        })
+        .buffer_unordered(width);
+    while let Some(outcome) = outcomes.next().await {
+        match outcome? {
+            Outcome::Copied { bytes } => {
+                report.copied += 1;
+                report.bytes_copied += bytes;
+                report.checked += 1;
+            }
+            Outcome::Skipped => {
+                report.skipped += 1;
+                report.checked += 1;
+            }
+            Outcome::Failed(f) => {
+                report.failed += 1;
+                report.checked += 1;
+                ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
+                report.failures.push(f);
+            }
+            Outcome::Differs(d) => {
+                report.checked += 1;
+                if let Some(list) = report.differences.as_mut() {
+                    list.push(d);
+                }
+            }
+            Outcome::Planned(p) => {
+                report.checked += 1;
+                if let Some(list) = report.planned.as_mut() {
+                    list.push(p);
+                }
+            }
+            Outcome::Delete(e) => deletes.push(&e.key)?,
+            Outcome::Nothing => report.checked += 1,
+            Outcome::ListFailure(e) => {
+                report.failed += 1;
+                ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
+                report.failures.push(Failure {
+                    key: String::new(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    drop(outcomes);
+    if deletes.count > 0 {
+        run_deletes(&ctx, &health, deletes, &mut report).await?;
+    }
+    if let Some(list) = report.differences.as_mut() {
+        list.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    if let Some(list) = report.planned.as_mut() {
+        list.sort_by(|a, b| a.key.cmp(&b.key).then(a.action.cmp(b.action)));
+    }
+    report.failures.sort_by(|a, b| a.key.cmp(&b.key));
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn process(ctx: Arc<Ctx>, item: Item) -> Outcome {
+    let opts = &ctx.opts;
+    match (opts.mode, item) {
+        (_, Item::ListError(e)) => Outcome::ListFailure(e),
+        (Mode::Check, Item::SrcOnly(s)) => Outcome::Differs(diff(s.key, DiffKind::Missing, None)),
+        (Mode::Check, Item::DstOnly(d)) => Outcome::Differs(diff(d.key, DiffKind::Extra, None)),
+        (Mode::Check, Item::Both(s, d)) => {
+            if s.size != d.size {
+                let detail = format!("size {} at source, {} at destination", s.size, d.size);
+                return Outcome::Differs(diff(s.key, DiffKind::Differs, Some(detail)));
+            }
+            if !opts.checksum {
+                return Outcome::Nothing;
+            }
+            match same_content(&ctx, &s.key).await {
+                Ok(true) => Outcome::Nothing,
+                Ok(false) => Outcome::Differs(diff(s.key, DiffKind::Differs, Some("content differs".into()))),
+                Err(e) => failed(s.key, e),
+            }
+        }
+        (_, Item::DstOnly(d)) => {
+            if opts.mode == Mode::Sync && opts.delete {
+                Outcome::Delete(d)
+            } else {
+                Outcome::Nothing
+            }
+        }
+        (_, Item::SrcOnly(s)) => transfer(&ctx, s).await,
+        (_, Item::Both(s, d)) => {
+            let copy = match opts.overwrite {
+                Overwrite::Always => true,
+                Overwrite::Never => false,
+                Overwrite::IfNewer => s.last_modified > d.last_modified,
+                Overwrite::Different if s.size != d.size => true,
+                Overwrite::Different if opts.checksum => match same_content(&ctx, &s.key).await {
+                    Ok(same) => !same,
+                    Err(e) => return failed(s.key, e),
+                },
+                Overwrite::Different => s.last_modified > d.last_modified,
+            };
+            if copy {
+                transfer(&ctx, s).await
+            } else {
+                ctx.progress.checked.fetch_add(1, Ordering::Relaxed);
+                Outcome::Skipped
+            }
+        }
+    }
+}
+
+fn diff(key: String, kind: DiffKind, detail: Option<String>) -> Difference {
+    Difference { key, kind, detail }
+}
+
+fn failed(key: String, e: StorageError) -> Outcome {
+    Outcome::Failed(Failure {
+        key,
+        error: e.to_string(),
+    })
+}
+
+/// Copies one object with retries, or plans it in a dry run.
+async fn transfer(ctx: &Arc<Ctx>, entry: Entry) -> Outcome {
+    let p = &ctx.progress;
+    p.checked.fetch_add(1, Ordering::Relaxed);
+    if ctx.opts.dry_run {
+        return Outcome::Planned(Planned {
+            key: entry.key,
+            action: "copy",
+            size: entry.size,
+        });
+    }
+    p.to_copy.fetch_add(1, Ordering::Relaxed);
+    p.bytes_to_copy.fetch_add(entry.size, Ordering::Relaxed);
+    let Ok(_permit) = ctx.transfers.acquire().await else {
+        return failed(entry.key, StorageError::Verify("engine shut down".into()));
+    };
+    let mut attempt = 1;
+    loop {
+        match copy_once(ctx, &entry).await {
+            Ok(bytes) => {
+                p.copied.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Copied { bytes };
+            }
+            Err(e) if e.is_retryable() && attempt < ctx.opts.attempts => {
+                tracing::warn!(key = %entry.key, attempt, error = %e, "copy failed, retrying");
+                let base = 200u64 << attempt.min(6);
+                let jitter = rand::random::<u64>() % base;
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(key = %entry.key, error = %e, "copy failed");
+                return failed(entry.key, e);
+            }
+        }
+    }
+}
+
+/// One attempt: stream from source to destination, verifying size and (where a store
+/// gives an MD5 ETag) content before the object becomes visible.
+async fn copy_once(ctx: &Ctx, entry: &Entry) -> Result<u64> {
+    let (src, dst) = (&ctx.src, &ctx.dst);
+    if src.local_root().is_some() && dst.local_root().is_some() {
+        if let Some(l) = &ctx.limiter {
+            l.acquire(entry.size).await;
+        }
+        let n = src.copy_local(&entry.key, dst, entry.last_modified).await?;
+        let now = src.head(&entry.key).await?;
+        if now.size != n {
+            return Err(StorageError::Verify(format!(
+                "{}: copied {n} bytes but the source now has {}; it changed during the copy",
+                entry.key, now.size
+            )));
+        }
+        ctx.progress.bytes_done.fetch_add(n, Ordering::Relaxed);
+        return Ok(n);
+    }
+    let reader = src.get(&entry.key, 1 << 20).await?;
+    let size = reader.size;
+    let want_md5 = src.etag_is_md5() || dst.etag_is_md5();
+    let src_md5 = if src.etag_is_md5() {
+        reader.e_tag.as_deref().and_then(md5_of_etag)
+    } else {
+        None
+    };
+    let computed = Arc::new(Mutex::new(None));
+    let stream = verify_stream(
+        reader.stream,
+        entry.key.clone(),
+        size,
+        src_md5,
+        want_md5,
+        computed.clone(),
+        ctx,
+    );
+    let reader = ObjectReader {
+        stream,
+        attributes: if dst.carries_attributes() {
+            reader.attributes
+        } else {
+            Default::default()
+        },
+        ..reader
+    };
+    let etag = dst
+        .put(&entry.key, reader, ctx.opts.part_size, ctx.opts.part_concurrency)
+        .await?;
+    if dst.etag_is_md5() {
+        let ours = computed.lock().ok().and_then(|g| *g);
+        if let (Some(ours), Some(theirs)) = (ours, etag.as_deref().and_then(md5_of_etag)) {
+            if ours != theirs {
+                return Err(StorageError::Verify(format!(
+                    "{}: destination MD5 {} differs from the bytes sent {}",
+                    entry.key,
+                    hex(&theirs),
+                    hex(&ours)
+                )));
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// Wraps a source stream: counts and hashes bytes, applies `--bwlimit`, and ends with an
+/// error (so the write is abandoned, never committed) if size or MD5 do not match.
+fn verify_stream(
+    inner: BoxStream<'static, Result<Bytes>>,
+    key: String,
+    size: u64,
+    src_md5: Option<[u8; 16]>,
+    want_md5: bool,
+    computed: Arc<Mutex<Option<[u8; 16]>>>,
+    ctx: &Ctx,
+) -> BoxStream<'static, Result<Bytes>> {
+    struct St {
+        inner: BoxStream<'static, Result<Bytes>>,
+        seen: u64,
+        md5: Option<Md5>,
+        done: bool,
+    }
+    let progress = ctx.progress.clone();
+    let limiter = ctx.limiter.clone();
+    let st = St {
+        inner,
+        seen: 0,
+        md5: want_md5.then(Md5::new),
+        done: false,
+    };
+    stream::unfold(st, move |mut st| {
+        let key = key.clone();
+        let computed = computed.clone();
+        let progress = progress.clone();
+        let limiter = limiter.clone();
+        async move {
+            if st.done {
+                return None;
+            }
+            match st.inner.next().await {
+                Some(Ok(chunk)) => {
+                    st.seen += chunk.len() as u64;
+                    if let Some(h) = st.md5.as_mut() {
+                        h.update(&chunk);
+                    }
+                    if let Some(l) = &limiter {
+                        l.acquire(chunk.len() as u64).await;
+                    }
+                    progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    Some((Ok(chunk), st))
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    Some((Err(e), st))
+                }
+                None => {
+                    st.done = true;
+                    if st.seen != size {
+                        let e = StorageError::Verify(format!(
+                            "{key}: read {} bytes, expected {size}; the source changed during the copy",
+                            st.seen
+                        ));
+                        return Some((Err(e), st));
+                    }
+                    let digest: Option<[u8; 16]> = st.md5.take().map(|h| h.finalize().into());
+                    if let (Some(d), Some(want)) = (digest, src_md5) {
+                        if d != want {
+                            let e = StorageError::Verify(format!(
+                                "{key}: MD5 of the bytes read {} differs from the source ETag {}",
+                                hex(&d),
+                                hex(&want)
+                            ));
+                            return Some((Err(e), st));
+                        }
+                    }
+                    if let Ok(mut g) = computed.lock() {
+                        *g = digest;
+                    }
+                    None
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Whether an object has the same bytes at both ends (BLAKE3 of each, streamed).
+async fn same_content(ctx: &Ctx, key: &str) -> Result<bool> {
+    let Ok(_permit) = ctx.checkers.acquire().await else {
+        return Err(StorageError::Verify("engine shut down".into()));
+    };
+    let (a, b) = tokio::join!(hash_object(&ctx.src, key), hash_object(&ctx.dst, key));
+    Ok(a? == b?)
+}
+
+async fn hash_object(store: &Store, key: &str) -> Result<blake3::Hash> {
+    let mut reader = store.get(key, 1 << 20).await?;
+    let mut hasher = blake3::Hasher::new();
+    while let Some(chunk) = reader.stream.next().await {
+        hasher.update(&chunk?);
+    }
+    Ok(hasher.finalize())
+}
+
+fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
+    let t = etag.trim_matches('"');
+    if t.len() != 32 {
+        return None; // multipart or opaque ETag
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Destination keys to delete, kept on disk until the listings are known complete.
+struct DeleteSpill {
+    file: BufWriter<std::fs::File>,
+    count: u64,
+}
+
+impl DeleteSpill {
+    fn new() -> Result<Self> {
+        let file = tempfile::tempfile().map_err(|e| StorageError::io("georep", "cannot create a temp file for the delete list", e))?;
+        Ok(Self {
+            file: BufWriter::new(file),
+            count: 0,
+        })
+    }
+
+    fn push(&mut self, key: &str) -> Result<()> {
+        // Keys cannot hold control characters (object_store rejects them), so a newline
+        // separates them safely.
+        writeln!(self.file, "{key}").map_err(|e| StorageError::io("georep", "cannot write the delete list", e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn into_keys(self) -> Result<impl Iterator<Item = String>> {
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| StorageError::io("georep", "cannot flush the delete list", e.into_error()))?;
+        file.rewind()
+            .map_err(|e| StorageError::io("georep", "cannot read the delete list", e))?;
+        Ok(BufReader::new(file).lines().map_while(|l| l.ok()))
+    }
+}
+
+async fn run_deletes(
+    ctx: &Arc<Ctx>,
+    health: &MergeHealth,
+    deletes: DeleteSpill,
+    report: &mut Report,
+) -> Result<()> {
+    let n = deletes.count;
+    let dst_total = health.dst_count.load(Ordering::Relaxed);
+    let refuse = if health.incomplete.load(Ordering::Relaxed) {
+        Some(format!("refusing to delete {n} objects: a listing was incomplete (see failures); fix it and run again"))
+    } else if health.out_of_order.load(Ordering::Relaxed) {
+        Some(format!("refusing to delete {n} objects: a store listed keys out of order, so the difference is not trustworthy"))
+    } else if let Some(max) = ctx.opts.max_delete {
+        (!max.allows(n, dst_total)).then(|| {
+            format!("refusing to delete {n} of {dst_total} objects at the destination: more than --max-delete {max}; nothing was deleted")
+        })
+    } else if health.src_count.load(Ordering::Relaxed) == 0 {
+        Some(format!("refusing to delete {n} objects: the source listed no objects (wrong path or prefix?); pass --max-delete 100% if you mean to empty the destination"))
+    } else {
+        None
+    };
+    if let Some(why) = refuse {
+        tracing::warn!("{why}");
+        report.delete_refused = Some(why);
+        return Ok(());
+    }
+    let keys = deletes.into_keys()?;
+    if ctx.opts.dry_run {
+        if let Some(list) = report.planned.as_mut() {
+            list.extend(keys.map(|key| Planned {
+                key,
+                action: "delete",
+                size: 0,
+            }));
+        }
+        return Ok(());
+    }
+    let mut results = stream::iter(keys)
+        .map(|key| {
+            let ctx = ctx.clone();
+            async move {
+                let r = ctx.dst.delete(&key).await;
+                if r.is_ok() {
+                    ctx.progress.deleted.fetch_add(1, Ordering::Relaxed);
+                }
+                (key, r)
+            }
+        })
+        .buffer_unordered(ctx.opts.transfers.max(1));
+    while let Some((key, r)) = results.next().await {
+        match r {
+            Ok(()) => report.deleted += 1,
+            Err(e) if e.is_fatal_for_store() => return Err(e),
+            Err(e) => {
+                report.failed += 1;
+                report.failures.push(Failure {
+                    key,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Local folders: key-ordered listing, large-chunk reads, atomic writes.
+//!
+//! Writes go to a hidden temp file in the destination folder (`.georep-tmp-…`) and are
+//! renamed over the key only when complete, so a reader (or a kill -9) never leaves a
+//! partial file under a real key. Listings skip these temp files.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Result, StorageError};
+use crate::store::Entry;
+
+/// Name prefix of in-flight writes; never listed as objects.
+pub const TEMP_PREFIX: &str = ".georep-tmp-";
+const LIST_BATCH: usize = 512;
+
+/// Walks `root` depth-first with each folder's entries sorted so that the emitted keys
+/// come out in ascending byte order: a folder `d` sorts as `d/`, exactly where the keys
+/// `d/...` belong. Memory is one folder's entries plus a few batches.
+pub(crate) fn list_sorted(
+    root: PathBuf,
+    store: String,
+    must_exist: bool,
+) -> BoxStream<'static, Result<Entry>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<Entry>>>(4);
+    tokio::task::spawn_blocking(move || {
+        if !root.exists() {
+            if must_exist {
+                let _ = tx.blocking_send(vec![Err(StorageError::NotFound {
+                    store: store.clone(),
+                    detail: "the folder does not exist; check the path".into(),
+                })]);
+            }
+            return;
+        }
+        if !root.is_dir() {
+            let _ = tx.blocking_send(vec![Err(StorageError::InvalidConfig {
+                store: store.clone(),
+                detail: "not a folder; give a directory path".into(),
+            })]);
+            return;
+        }
+        let walker = walkdir::WalkDir::new(&root)
+            .min_depth(1)
+            .follow_links(true)
+            .sort_by(|a, b| {
+                let slash = |e: &walkdir::DirEntry| if e.file_type().is_dir() { Some(b'/') } else { None };
+                let an = a.file_name().as_encoded_bytes().iter().copied().chain(slash(a));
+                let bn = b.file_name().as_encoded_bytes().iter().copied().chain(slash(b));
+                an.cmp(bn)
+            });
+        let mut batch = Vec::with_capacity(LIST_BATCH);
+        for item in walker {
+            let out = match item {
+                Ok(e) if e.file_type().is_dir() => continue,
+                Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => continue,
+                Ok(e) => entry_of(&root, &e, &store),
+                Err(err) => {
+                    let path = err.path().map(|p| p.display().to_string()).unwrap_or_default();
+                    let detail = match err.io_error() {
+                        Some(io) => format!("cannot list {path}: {io}"),
+                        None => format!("cannot list {path}: {err}"),
+                    };
+                    Err(StorageError::Io {
+                        store: store.clone(),
+                        detail,
+                        retryable: false,
+                    })
+                }
+            };
+            batch.push(out);
+            if batch.len() == LIST_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                if tx.blocking_send(full).is_err() {
+                    return; // the reader went away
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (stream::iter(b), rx)) })
+        .flatten()
+        .boxed()
+}
+
+fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
+    let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+    let key = rel.to_str().ok_or_else(|| StorageError::Io {
+        store: store.to_string(),
+        detail: format!("file name is not UTF-8, skipped: {}", rel.display()),
+        retryable: false,
+    })?;
+    let meta = e
+        .metadata()
+        .map_err(|err| StorageError::Io {
+            store: store.to_string(),
+            detail: format!("cannot stat {key}: {err}"),
+            retryable: false,
+        })?;
+    let last_modified = meta
+        .modified()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now());
+    Ok(Entry {
+        key: key.to_string(),
+        size: meta.len(),
+        last_modified,
+        e_tag: None,
+    })
+}
+
+/// The file for `key` under `root`, refusing keys that could escape the folder.
+pub(crate) fn key_path(root: &Path, key: &str, store: &str) -> Result<PathBuf> {
+    let bad = key.is_empty()
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(TEMP_PREFIX));
+    if bad {
+        return Err(StorageError::Backend {
+            store: store.to_string(),
+            detail: format!("key {key:?} cannot be a file name (empty, '.' or '..' segment)"),
+            retryable: false,
+        });
+    }
+    Ok(root.join(key))
+}
+
+/// Streams an open file in `chunk`-sized reads on the blocking pool.
+pub(crate) fn read_chunks(
+    file: File,
+    path: PathBuf,
+    size: u64,
+    chunk: usize,
+    store: String,
+) -> BoxStream<'static, Result<Bytes>> {
+    let chunk = chunk.max(64 * 1024);
+    stream::try_unfold((file, size), move |(mut file, remaining)| {
+        let path = path.clone();
+        let store = store.clone();
+        async move {
+            if remaining == 0 {
+                return Ok(None);
+            }
+            let want = remaining.min(chunk as u64) as usize;
+            let res = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(want);
+                let n = (&mut file).take(want as u64).read_to_end(&mut buf);
+                (file, buf, n)
+            })
+            .await;
+            let (file, buf, n) = res.map_err(|e| StorageError::Io {
+                store: store.clone(),
+                detail: e.to_string(),
+                retryable: true,
+            })?;
+            let n = n.map_err(|e| StorageError::io(&store, &format!("cannot read {}", path.display()), e))?;
+            if n == 0 {
+                // Shorter than its listed size: it shrank while we read. The engine's
+                // size check reports it.
+                return Ok(None);
+            }
+            Ok(Some((Bytes::from(buf), (file, remaining - n as u64))))
+        }
+    })
+    .boxed()
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{TEMP_PREFIX}{}-{n}-{:08x}", std::process::id(), rand::random::<u32>());
+    dest.with_file_name(name)
+}
+
+fn create_parent(dest: &Path, store: &str) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StorageError::io(store, &format!("cannot create folder {}", parent.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Writes a stream to `dest` through a temp file and a rename, then sets its mtime.
+pub(crate) async fn write_atomic(
+    dest: &Path,
+    mut data: BoxStream<'static, Result<Bytes>>,
+    mtime: Option<DateTime<Utc>>,
+    store: &str,
+) -> Result<()> {
+    create_parent(dest, store)?;
+    let tmp = temp_path(dest);
+    let result: Result<()> = async {
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| StorageError::io(store, &format!("cannot create {}", tmp.display()), e))?;
+        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        while let Some(chunk) = data.next().await {
+            w.write_all(&chunk?)
+                .await
+                .map_err(|e| StorageError::io(store, &format!("cannot write {}", tmp.display()), e))?;
+        }
+        w.flush()
+            .await
+            .map_err(|e| StorageError::io(store, &format!("cannot write {}", tmp.display()), e))?;
+        let file = w.into_inner().into_std().await;
+        if let Some(t) = mtime {
+            let _ = file.set_modified(t.into());
+        }
+        drop(file);
+        std::fs::rename(&tmp, dest)
+            .map_err(|e| StorageError::io(store, &format!("cannot rename into {}", dest.display()), e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies one local file to another folder atomically, keeping its mtime.
+pub(crate) fn copy_file_atomic(
+    from: &Path,
+    to: &Path,
+    mtime: DateTime<Utc>,
+    src_store: &str,
+    dst_store: &str,
+) -> Result<u64> {
+    create_parent(to, dst_store)?;
+    let tmp = temp_path(to);
+    let result = (|| {
+        let n = std::fs::copy(from, &tmp).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::io(src_store, &format!("cannot read {}", from.display()), e),
+            _ => StorageError::io(dst_store, &format!("cannot copy {} to {}", from.display(), tmp.display()), e),
+        })?;
+        if let Ok(f) = File::options().write(true).open(&tmp) {
+            let _ = f.set_modified(mtime.into());
+        }
+        std::fs::rename(&tmp, to)
+            .map_err(|e| StorageError::io(dst_store, &format!("cannot rename into {}", to.display()), e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
