@@ -749,7 +749,6 @@ async fn run_deletes(
         None
     };
     if let Some(why) = refuse {
-        tracing::warn!("{why}");
         report.delete_refused = Some(why);
         return Ok(());
     }

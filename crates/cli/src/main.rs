@@ -1,0 +1,116 @@
+//! The `georep` binary: argument parsing, terminal output and exit codes. All work is
+//! done by the library crates; this is the only crate that prints.
+
+mod ls;
+mod output;
+mod transfer;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes (DESIGN.md): 0 success; 1 differences found or some objects failed;
+/// 2 bad usage, config or input; 3 endpoint unreachable or credentials refused.
+pub(crate) mod exit {
+    pub(crate) const DIFFERENCES: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "georep",
+    version,
+    about = "Replicate data between any two regions or clouds",
+    after_help = "STORES: /path, ./path, file:///path | az://container/prefix, https://ACCOUNT.blob.core.windows.net/container/prefix, http://HOST:PORT/ACCOUNT/container/prefix (Azurite) | s3://bucket/prefix | gs://bucket/prefix | memory://name\n\
+CREDENTIALS come only from the environment: AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL; GOOGLE_APPLICATION_CREDENTIALS.\n\
+EXIT CODES: 0 success, 1 differences or failed objects (listed), 2 bad usage/config/input, 3 endpoint unreachable or credentials refused."
+)]
+struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "GEOREP_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List objects: key, size, last-modified.
+    Ls(ls::LsArgs),
+    /// Copy every object under SRC to DST, skipping objects already identical.
+    Copy(transfer::TransferArgs),
+    /// Make DST equal SRC (with --delete, also remove what SRC lacks).
+    Sync(transfer::SyncArgs),
+    /// Compare SRC and DST without changing anything; exit 1 if they differ.
+    Check(transfer::CheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Output {
+    Text,
+    Json,
+}
+
+/// Flags every command that talks to stores shares.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Output format: text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+    /// Only keys matching this glob (relative to the prefix; `*` within a folder, `**` across). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) include: Vec<String>,
+    /// Skip keys matching this glob. Repeatable; wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub(crate) exclude: Vec<String>,
+    /// Give up on an endpoint that stays down after this long. Every request is retried
+    /// on timeouts, 5xx and throttling (429/503) with exponential backoff and jitter
+    /// until then, so a dead endpoint fails the run within this bound, never hangs.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) retry_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    georep_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("georep: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Ls(a) => ls::run(a).await,
+            Command::Copy(a) => transfer::run_copy(a).await,
+            Command::Sync(a) => transfer::run_sync(a).await,
+            Command::Check(a) => transfer::run_check(a).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("georep: {e:#}");
+            ExitCode::from(output::exit_code_of(&e))
+        }
+    }
+}

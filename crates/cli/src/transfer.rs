@@ -1,0 +1,251 @@
+//! `georep copy`, `sync` and `check`: one engine run each, printed as text or JSON.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use georep_core::{Filter, MaxDelete, StoreUrl};
+use georep_storage::{DiffKind, JobOptions, Mode, Overwrite, Progress, Report, Store, StoreOptions};
+
+use crate::output::{human, ProgressView};
+use crate::{exit, Common, Output};
+
+#[derive(Args, Debug)]
+pub(crate) struct TransferArgs {
+    /// Source store (its prefix is the root of the copy).
+    src: String,
+    /// Destination store; keys keep their path relative to the source prefix.
+    dst: String,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Compare content (BLAKE3 of both sides) instead of size and last-modified.
+    #[arg(long)]
+    checksum: bool,
+    /// When an object exists at both ends: replace it if different (default), always, never, or if the source is newer.
+    #[arg(long, value_enum, default_value_t = OverwriteArg::Different)]
+    overwrite: OverwriteArg,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SyncArgs {
+    #[command(flatten)]
+    inner: TransferArgs,
+    /// Also delete destination objects that the source does not have (after every copy
+    /// succeeded and both listings completed).
+    #[arg(long)]
+    delete: bool,
+    /// Refuse (exit 1, nothing deleted) when more than N objects, or P% of the
+    /// destination, would be deleted.
+    #[arg(long, value_name = "N|P%", value_parser = parse_max_delete)]
+    max_delete: Option<MaxDelete>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CheckArgs {
+    src: String,
+    dst: String,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Compare content (BLAKE3 of both sides), proving byte equality.
+    #[arg(long)]
+    checksum: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Tuning {
+    /// Objects copied in parallel.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    transfers: u16,
+    /// Objects compared in parallel (content hashing with --checksum).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    checkers: u16,
+    /// Bandwidth limit across all transfers, bytes per second (e.g. 50M).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+    /// Objects larger than this are uploaded in parts of this size (min 5M).
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_part)]
+    part_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OverwriteArg {
+    Different,
+    Always,
+    Never,
+    IfNewer,
+}
+
+fn parse_max_delete(s: &str) -> Result<MaxDelete, String> {
+    MaxDelete::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match georep_core::parse_size(s.trim_end_matches("/s")) {
+        Ok(0) => Err("the rate must be above 0".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_part(s: &str) -> Result<u64, String> {
+    match georep_core::parse_size(s) {
+        Ok(n) if n >= 5 << 20 => Ok(n),
+        Ok(_) => Err("parts must be at least 5M (the S3 minimum)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub(crate) async fn run_copy(a: TransferArgs) -> anyhow::Result<u8> {
+    let opts = job(Mode::Copy, &a)?;
+    execute("copy", &a.src, &a.dst, &a.common, opts).await
+}
+
+pub(crate) async fn run_sync(a: SyncArgs) -> anyhow::Result<u8> {
+    let mut opts = job(Mode::Sync, &a.inner)?;
+    opts.delete = a.delete;
+    opts.max_delete = a.max_delete;
+    execute("sync", &a.inner.src, &a.inner.dst, &a.inner.common, opts).await
+}
+
+pub(crate) async fn run_check(a: CheckArgs) -> anyhow::Result<u8> {
+    let opts = JobOptions {
+        mode: Mode::Check,
+        filter: Filter::new(&a.common.include, &a.common.exclude)?,
+        checksum: a.checksum,
+        ..tuned(&a.tuning)
+    };
+    execute("check", &a.src, &a.dst, &a.common, opts).await
+}
+
+fn tuned(t: &Tuning) -> JobOptions {
+    JobOptions {
+        transfers: t.transfers as usize,
+        checkers: t.checkers as usize,
+        bwlimit: t.bwlimit,
+        part_size: t.part_size as usize,
+        ..Default::default()
+    }
+}
+
+fn job(mode: Mode, a: &TransferArgs) -> anyhow::Result<JobOptions> {
+    Ok(JobOptions {
+        mode,
+        filter: Filter::new(&a.common.include, &a.common.exclude)?,
+        checksum: a.checksum,
+        overwrite: match a.overwrite {
+            OverwriteArg::Different => Overwrite::Different,
+            OverwriteArg::Always => Overwrite::Always,
+            OverwriteArg::Never => Overwrite::Never,
+            OverwriteArg::IfNewer => Overwrite::IfNewer,
+        },
+        dry_run: a.dry_run,
+        ..tuned(&a.tuning)
+    })
+}
+
+async fn execute(
+    command: &'static str,
+    src: &str,
+    dst: &str,
+    common: &Common,
+    opts: JobOptions,
+) -> anyhow::Result<u8> {
+    let src_url = StoreUrl::parse(src).context("bad source URL")?;
+    let dst_url = StoreUrl::parse(dst).context("bad destination URL")?;
+    let store_opts = StoreOptions {
+        retry_timeout: common.retry_timeout,
+        ..Default::default()
+    };
+    let src = Arc::new(Store::open(&src_url, &store_opts)?);
+    let dst = Arc::new(Store::open(&dst_url, &store_opts)?);
+    let progress = Arc::new(Progress::default());
+    let view = ProgressView::start(progress.clone());
+    let report = georep_storage::run(src.clone(), dst.clone(), opts, progress).await;
+    drop(view);
+    let report = report?;
+    match common.output {
+        Output::Json => print_json(command, &src, &dst, &report)?,
+        Output::Text => print_text(command, &report),
+    }
+    Ok(if report.is_clean() { 0 } else { exit::DIFFERENCES })
+}
+
+fn print_json(command: &str, src: &Store, dst: &Store, report: &Report) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(report)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("command".into(), command.into());
+        obj.insert("source".into(), src.name().into());
+        obj.insert("destination".into(), dst.name().into());
+    }
+    println!("{v}");
+    Ok(())
+}
+
+fn print_text(command: &str, r: &Report) {
+    if let Some(planned) = &r.planned {
+        for p in planned {
+            match p.action {
+                "copy" => println!("would copy {} ({})", p.key, human(p.size)),
+                other => println!("would {other} {}", p.key),
+            }
+        }
+    }
+    if let Some(diffs) = &r.differences {
+        for d in diffs {
+            let kind = match d.kind {
+                DiffKind::Missing => "missing",
+                DiffKind::Extra => "extra  ",
+                DiffKind::Differs => "differs",
+            };
+            match &d.detail {
+                Some(detail) => println!("{kind} {} ({detail})", d.key),
+                None => println!("{kind} {}", d.key),
+            }
+        }
+    }
+    for f in &r.failures {
+        if f.key.is_empty() {
+            eprintln!("failed: {}", f.error);
+        } else {
+            eprintln!("failed: {}: {}", f.key, f.error);
+        }
+    }
+    if let Some(why) = &r.delete_refused {
+        eprintln!("georep: {why}");
+    }
+    let rate = if r.elapsed_secs > 0.0 {
+        human((r.bytes_copied as f64 / r.elapsed_secs) as u64)
+    } else {
+        human(0)
+    };
+    match command {
+        "check" => {
+            let n = r.differences.as_ref().map_or(0, Vec::len);
+            let verdict = if n == 0 && r.failed == 0 { "equal" } else { "NOT equal" };
+            println!(
+                "check: {verdict}: {} checked, {n} differences, {} failed in {:.2}s",
+                r.checked, r.failed, r.elapsed_secs
+            );
+        }
+        _ => {
+            let dry = if r.dry_run { " (dry run: nothing changed)" } else { "" };
+            println!(
+                "{command}: {} copied ({}), {} skipped, {} deleted, {} failed, {} checked in {:.2}s ({rate}/s){dry}",
+                r.copied,
+                human(r.bytes_copied),
+                r.skipped,
+                r.deleted,
+                r.failed,
+                r.checked,
+                r.elapsed_secs
+            );
+        }
+    }
+}
