@@ -1,0 +1,225 @@
+//! Azurite and moto as child processes on free loopback ports.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Polls `check` until it returns true or `deadline` passes; returns whether it did.
+pub fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Looks for an executable on PATH, then in the extra places given.
+fn find_binary(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain(extra.iter().cloned())
+        .find(|p| p.is_file())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A child process killed (and reaped) on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_status(port: u16, request: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One Azurite blob endpoint: one "region".
+pub struct Azurite {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _child: Guard,
+}
+
+impl Azurite {
+    /// Starts Azurite (from PATH or `node_modules/.bin`) with its data in a temp folder.
+    pub fn start() -> Self {
+        let bin = find_binary(
+            "azurite-blob",
+            &[workspace_root().join("node_modules/.bin/azurite-blob")],
+        )
+        .unwrap_or_else(|| {
+            panic!("Azurite is not installed: run `npm install -g azurite` (or `bash .ci/run`, which installs it)")
+        });
+        let dir = tempfile::tempdir().expect("temp dir for Azurite");
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["--loose", "--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+                .arg("-l")
+                .arg(dir.path())
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut guard = Guard(child);
+            let req = format!("GET /{AZURITE_ACCOUNT}?comp=list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let up = wait_until(Duration::from_secs(30), || {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    return true; // exited: the port was taken; try another
+                }
+                http_status(port, &req).is_some()
+            });
+            if up && matches!(guard.0.try_wait(), Ok(None)) {
+                return Self {
+                    port,
+                    _dir: dir,
+                    _child: guard,
+                };
+            }
+        }
+        panic!("Azurite did not start (tried 3 ports)");
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// A georep store URL for a container (and optional prefix).
+    pub fn url(&self, container_and_prefix: &str) -> String {
+        format!("{}/{container_and_prefix}", self.endpoint())
+    }
+
+    /// Creates a container with a Shared Key signed request (object_store cannot).
+    pub fn create_container(&self, name: &str) {
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.decode(AZURITE_KEY).expect("emulator key is base64");
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac key");
+        mac.update(to_sign.as_bytes());
+        let sig = b64.encode(mac.finalize().into_bytes());
+        let req = format!(
+            "PUT /{AZURITE_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        let status = http_status(self.port, &req);
+        assert_eq!(status, Some(201), "creating Azurite container {name}");
+    }
+
+    /// Environment for a `georep` child process talking to this instance.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT_NAME".into(), AZURITE_ACCOUNT.into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY".into(), AZURITE_KEY.into()),
+        ]
+    }
+}
+
+/// One moto S3 server.
+pub struct Moto {
+    pub port: u16,
+    _child: Guard,
+}
+
+impl Moto {
+    /// Starts `moto_server` (PATH, `$GEOREP_MOTO_SERVER`, or `.venv/bin`).
+    pub fn start() -> Self {
+        let mut extra = vec![workspace_root().join(".venv/bin/moto_server")];
+        if let Some(p) = std::env::var_os("GEOREP_MOTO_SERVER") {
+            extra.insert(0, PathBuf::from(p));
+        }
+        let bin = std::env::var_os("GEOREP_MOTO_SERVER")
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .or_else(|| find_binary("moto_server", &extra))
+            .unwrap_or_else(|| {
+                panic!("moto is not installed: run `pip install 'moto[server]'` (or `bash .ci/run`, which installs it)")
+            });
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut guard = Guard(child);
+            let req = format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let up = wait_until(Duration::from_secs(30), || {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    return true;
+                }
+                http_status(port, &req).is_some()
+            });
+            if up && matches!(guard.0.try_wait(), Ok(None)) {
+                return Self {
+                    port,
+                    _child: guard,
+                };
+            }
+        }
+        panic!("moto_server did not start (tried 3 ports)");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        let req = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        assert_eq!(http_status(self.port, &req), Some(200), "creating moto bucket {name}");
+    }
+
+    /// Environment for a `georep` child process (or `StoreOptions::env`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testsecretkey".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+        ]
+    }
+}
