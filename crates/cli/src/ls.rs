@@ -43,7 +43,9 @@ pub(crate) async fn run(args: LsArgs) -> anyhow::Result<u8> {
         if !filter.matches(&entry.key) {
             continue;
         }
-        let mtime = entry.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mtime = entry
+            .last_modified
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let line = match args.common.output {
             Output::Text => format!("{}\t{}\t{}", entry.key, entry.size, mtime),
             Output::Json => serde_json::json!({
@@ -58,5 +60,9 @@ pub(crate) async fn run(args: LsArgs) -> anyhow::Result<u8> {
         }
     }
     let _ = out.flush();
-    Ok(if failed > 0 { crate::exit::DIFFERENCES } else { 0 })
+    Ok(if failed > 0 {
+        crate::exit::DIFFERENCES
+    } else {
+        0
+    })
 }

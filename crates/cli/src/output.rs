@@ -68,7 +68,11 @@ impl ProgressView {
                 let p = &progress;
                 b.set_length(p.bytes_to_copy.load(Ordering::Relaxed));
                 b.set_position(p.bytes_done.load(Ordering::Relaxed));
-                let listing = if p.listing_done.load(Ordering::Relaxed) { "" } else { " (listing…)" };
+                let listing = if p.listing_done.load(Ordering::Relaxed) {
+                    ""
+                } else {
+                    " (listing…)"
+                };
                 b.set_message(format!(
                     "objects {}/{} copied, {} checked, {} failed{listing} |",
                     p.copied.load(Ordering::Relaxed),

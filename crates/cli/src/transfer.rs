@@ -5,7 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use georep_core::{Filter, MaxDelete, StoreUrl};
-use georep_storage::{DiffKind, JobOptions, Mode, Overwrite, Progress, Report, Store, StoreOptions};
+use georep_storage::{
+    DiffKind, JobOptions, Mode, Overwrite, Progress, Report, Store, StoreOptions,
+};
 
 use crate::output::{human, ProgressView};
 use crate::{exit, Common, Output};
@@ -174,7 +176,11 @@ async fn execute(
         Output::Json => print_json(command, &src, &dst, &report)?,
         Output::Text => print_text(command, &report),
     }
-    Ok(if report.is_clean() { 0 } else { exit::DIFFERENCES })
+    Ok(if report.is_clean() {
+        0
+    } else {
+        exit::DIFFERENCES
+    })
 }
 
 fn print_json(command: &str, src: &Store, dst: &Store, report: &Report) -> anyhow::Result<()> {
@@ -228,14 +234,22 @@ fn print_text(command: &str, r: &Report) {
     match command {
         "check" => {
             let n = r.differences.as_ref().map_or(0, Vec::len);
-            let verdict = if n == 0 && r.failed == 0 { "equal" } else { "NOT equal" };
+            let verdict = if n == 0 && r.failed == 0 {
+                "equal"
+            } else {
+                "NOT equal"
+            };
             println!(
                 "check: {verdict}: {} checked, {n} differences, {} failed in {:.2}s",
                 r.checked, r.failed, r.elapsed_secs
             );
         }
         _ => {
-            let dry = if r.dry_run { " (dry run: nothing changed)" } else { "" };
+            let dry = if r.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            };
             println!(
                 "{command}: {} copied ({}), {} skipped, {} deleted, {} failed, {} checked in {:.2}s ({rate}/s){dry}",
                 r.copied,

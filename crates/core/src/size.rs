@@ -9,7 +9,9 @@ pub enum SizeError {
     Size(String),
     #[error("invalid duration {0:?}: use a number with a unit, e.g. 500ms, 30s, 5m, 1h")]
     Duration(String),
-    #[error("invalid delete limit {0:?}: use a count (100) or a percentage of the destination (5%)")]
+    #[error(
+        "invalid delete limit {0:?}: use a count (100) or a percentage of the destination (5%)"
+    )]
     MaxDelete(String),
 }
 

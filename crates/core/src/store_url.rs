@@ -240,7 +240,9 @@ fn percent_decode(s: &str, input: &str) -> Result<String, StoreUrlError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(b) => {
                     out.push(b);
@@ -331,31 +333,83 @@ mod tests {
     #[test]
     fn parses_every_form() {
         let cases: Vec<(&str, StoreUrl, &str)> = vec![
-            ("/srv/dr", StoreUrl::Local { path: "/srv/dr".into() }, "/srv/dr"),
-            ("./rel/x", StoreUrl::Local { path: "./rel/x".into() }, "./rel/x"),
-            ("file:///srv/a%20b", StoreUrl::Local { path: "/srv/a b".into() }, "/srv/a b"),
+            (
+                "/srv/dr",
+                StoreUrl::Local {
+                    path: "/srv/dr".into(),
+                },
+                "/srv/dr",
+            ),
+            (
+                "./rel/x",
+                StoreUrl::Local {
+                    path: "./rel/x".into(),
+                },
+                "./rel/x",
+            ),
+            (
+                "file:///srv/a%20b",
+                StoreUrl::Local {
+                    path: "/srv/a b".into(),
+                },
+                "/srv/a b",
+            ),
             ("az://photos", az(None, "photos", "", None), "az://photos"),
-            ("az://photos/2024/jan/", az(None, "photos", "2024/jan", None), "az://photos/2024/jan"),
+            (
+                "az://photos/2024/jan/",
+                az(None, "photos", "2024/jan", None),
+                "az://photos/2024/jan",
+            ),
             (
                 "https://acct.blob.core.windows.net/photos/x",
                 az(Some("acct"), "photos", "x", None),
                 "https://acct.blob.core.windows.net/photos/x",
             ),
-            ("s3://bkt/p/q", StoreUrl::S3 { bucket: "bkt".into(), prefix: "p/q".into() }, "s3://bkt/p/q"),
-            ("gs://bkt", StoreUrl::Gcs { bucket: "bkt".into(), prefix: "".into() }, "gs://bkt"),
-            ("memory://t1/k", StoreUrl::Memory { name: "t1".into(), prefix: "k".into() }, "memory://t1/k"),
+            (
+                "s3://bkt/p/q",
+                StoreUrl::S3 {
+                    bucket: "bkt".into(),
+                    prefix: "p/q".into(),
+                },
+                "s3://bkt/p/q",
+            ),
+            (
+                "gs://bkt",
+                StoreUrl::Gcs {
+                    bucket: "bkt".into(),
+                    prefix: "".into(),
+                },
+                "gs://bkt",
+            ),
+            (
+                "memory://t1/k",
+                StoreUrl::Memory {
+                    name: "t1".into(),
+                    prefix: "k".into(),
+                },
+                "memory://t1/k",
+            ),
         ];
         for (input, want, shown) in cases {
             let got = StoreUrl::parse(input).expect(input);
             assert_eq!(got, want, "{input}");
             assert_eq!(got.to_string(), shown, "{input}");
         }
-        let got = StoreUrl::parse("http://127.0.0.1:10000/devstoreaccount1/c1x/a%20b").expect("azurite");
+        let got =
+            StoreUrl::parse("http://127.0.0.1:10000/devstoreaccount1/c1x/a%20b").expect("azurite");
         assert_eq!(
             got,
-            az(Some("devstoreaccount1"), "c1x", "a b", Some("http://127.0.0.1:10000/devstoreaccount1"))
+            az(
+                Some("devstoreaccount1"),
+                "c1x",
+                "a b",
+                Some("http://127.0.0.1:10000/devstoreaccount1")
+            )
         );
-        assert_eq!(got.to_string(), "http://127.0.0.1:10000/devstoreaccount1/c1x/a b");
+        assert_eq!(
+            got.to_string(),
+            "http://127.0.0.1:10000/devstoreaccount1/c1x/a b"
+        );
     }
 
     #[test]

@@ -226,7 +226,11 @@ impl Side {
                     if !filter.matches(&entry.key) {
                         continue;
                     }
-                    if self.last.as_deref().is_some_and(|l| entry.key.as_str() <= l) {
+                    if self
+                        .last
+                        .as_deref()
+                        .is_some_and(|l| entry.key.as_str() <= l)
+                    {
                         health.out_of_order.store(true, Ordering::Relaxed);
                     }
                     self.last = Some(entry.key.clone());
@@ -247,46 +251,59 @@ fn merge(
     health: Arc<MergeHealth>,
     progress: Arc<Progress>,
 ) -> BoxStream<'static, Result<Item>> {
-    let state = (Side::new(src), Side::new(dst), filter, health, progress, false);
-    stream::unfold(state, |(mut s, mut d, filter, health, progress, stop)| async move {
-        if stop {
-            return None;
-        }
-        for from_src in [true, false] {
-            let side = if from_src { &mut s } else { &mut d };
-            let filled = side.fill(&filter, &health).await;
-            match filled {
-                Ok(None) => {}
-                Ok(Some(e)) => {
-                    return Some((Ok(Item::ListError(e)), (s, d, filter, health, progress, false)))
-                }
-                Err(e) => return Some((Err(e), (s, d, filter, health, progress, true))),
-            }
-        }
-        let item = match (s.head.take(), d.head.take()) {
-            (None, None) => {
-                health.src_count.store(s.count, Ordering::Relaxed);
-                health.dst_count.store(d.count, Ordering::Relaxed);
-                progress.listing_done.store(true, Ordering::Relaxed);
+    let state = (
+        Side::new(src),
+        Side::new(dst),
+        filter,
+        health,
+        progress,
+        false,
+    );
+    stream::unfold(
+        state,
+        |(mut s, mut d, filter, health, progress, stop)| async move {
+            if stop {
                 return None;
             }
-            (Some(a), None) => Item::SrcOnly(a),
-            (None, Some(b)) => Item::DstOnly(b),
-            (Some(a), Some(b)) => match a.key.cmp(&b.key) {
-                std::cmp::Ordering::Less => {
-                    d.head = Some(b);
-                    Item::SrcOnly(a)
+            for from_src in [true, false] {
+                let side = if from_src { &mut s } else { &mut d };
+                let filled = side.fill(&filter, &health).await;
+                match filled {
+                    Ok(None) => {}
+                    Ok(Some(e)) => {
+                        return Some((
+                            Ok(Item::ListError(e)),
+                            (s, d, filter, health, progress, false),
+                        ))
+                    }
+                    Err(e) => return Some((Err(e), (s, d, filter, health, progress, true))),
                 }
-                std::cmp::Ordering::Greater => {
-                    s.head = Some(a);
-                    Item::DstOnly(b)
+            }
+            let item = match (s.head.take(), d.head.take()) {
+                (None, None) => {
+                    health.src_count.store(s.count, Ordering::Relaxed);
+                    health.dst_count.store(d.count, Ordering::Relaxed);
+                    progress.listing_done.store(true, Ordering::Relaxed);
+                    return None;
                 }
-                std::cmp::Ordering::Equal => Item::Both(a, b),
-            },
-        };
-        progress.listed.fetch_add(1, Ordering::Relaxed);
-        Some((Ok(item), (s, d, filter, health, progress, false)))
-    })
+                (Some(a), None) => Item::SrcOnly(a),
+                (None, Some(b)) => Item::DstOnly(b),
+                (Some(a), Some(b)) => match a.key.cmp(&b.key) {
+                    std::cmp::Ordering::Less => {
+                        d.head = Some(b);
+                        Item::SrcOnly(a)
+                    }
+                    std::cmp::Ordering::Greater => {
+                        s.head = Some(a);
+                        Item::DstOnly(b)
+                    }
+                    std::cmp::Ordering::Equal => Item::Both(a, b),
+                },
+            };
+            progress.listed.fetch_add(1, Ordering::Relaxed);
+            Some((Ok(item), (s, d, filter, health, progress, false)))
+        },
+    )
     .boxed()
 }
 
@@ -430,7 +447,11 @@ async fn process(ctx: Arc<Ctx>, item: Item) -> Outcome {
             }
             match same_content(&ctx, &s.key).await {
                 Ok(true) => Outcome::Nothing,
-                Ok(false) => Outcome::Differs(diff(s.key, DiffKind::Differs, Some("content differs".into()))),
+                Ok(false) => Outcome::Differs(diff(
+                    s.key,
+                    DiffKind::Differs,
+                    Some("content differs".into()),
+                )),
                 Err(e) => failed(s.key, e),
             }
         }
@@ -446,13 +467,13 @@ async fn process(ctx: Arc<Ctx>, item: Item) -> Outcome {
             let copy = match opts.overwrite {
                 Overwrite::Always => true,
                 Overwrite::Never => false,
-                Overwrite::IfNewer => s.last_modified > d.last_modified,
+                Overwrite::IfNewer => newer(&s, &d),
                 Overwrite::Different if s.size != d.size => true,
                 Overwrite::Different if opts.checksum => match same_content(&ctx, &s.key).await {
                     Ok(same) => !same,
                     Err(e) => return failed(s.key, e),
                 },
-                Overwrite::Different => s.last_modified > d.last_modified,
+                Overwrite::Different => newer(&s, &d),
             };
             if copy {
                 transfer(&ctx, s).await
@@ -462,6 +483,12 @@ async fn process(ctx: Arc<Ctx>, item: Item) -> Outcome {
             }
         }
     }
+}
+
+/// Whether the source is newer than the destination, to the second: Azure and S3 keep
+/// last-modified in whole seconds, local disks in nanoseconds.
+fn newer(src: &Entry, dst: &Entry) -> bool {
+    src.last_modified.timestamp() > dst.last_modified.timestamp()
 }
 
 fn diff(key: String, kind: DiffKind, detail: Option<String>) -> Difference {
@@ -560,7 +587,12 @@ async fn copy_once(ctx: &Ctx, entry: &Entry) -> Result<u64> {
         ..reader
     };
     let etag = dst
-        .put(&entry.key, reader, ctx.opts.part_size, ctx.opts.part_concurrency)
+        .put(
+            &entry.key,
+            reader,
+            ctx.opts.part_size,
+            ctx.opts.part_concurrency,
+        )
         .await?;
     if dst.etag_is_md5() {
         let ours = computed.lock().ok().and_then(|g| *g);
@@ -701,7 +733,9 @@ struct DeleteSpill {
 
 impl DeleteSpill {
     fn new() -> Result<Self> {
-        let file = tempfile::tempfile().map_err(|e| StorageError::io("georep", "cannot create a temp file for the delete list", e))?;
+        let file = tempfile::tempfile().map_err(|e| {
+            StorageError::io("georep", "cannot create a temp file for the delete list", e)
+        })?;
         Ok(Self {
             file: BufWriter::new(file),
             count: 0,
@@ -711,16 +745,16 @@ impl DeleteSpill {
     fn push(&mut self, key: &str) -> Result<()> {
         // Keys cannot hold control characters (object_store rejects them), so a newline
         // separates them safely.
-        writeln!(self.file, "{key}").map_err(|e| StorageError::io("georep", "cannot write the delete list", e))?;
+        writeln!(self.file, "{key}")
+            .map_err(|e| StorageError::io("georep", "cannot write the delete list", e))?;
         self.count += 1;
         Ok(())
     }
 
     fn into_keys(self) -> Result<impl Iterator<Item = String>> {
-        let mut file = self
-            .file
-            .into_inner()
-            .map_err(|e| StorageError::io("georep", "cannot flush the delete list", e.into_error()))?;
+        let mut file = self.file.into_inner().map_err(|e| {
+            StorageError::io("georep", "cannot flush the delete list", e.into_error())
+        })?;
         file.rewind()
             .map_err(|e| StorageError::io("georep", "cannot read the delete list", e))?;
         Ok(BufReader::new(file).lines().map_while(|l| l.ok()))

@@ -74,7 +74,9 @@ impl StorageError {
     /// credentials refused, 1 anything else.
     pub fn exit_class(&self) -> u8 {
         match self {
-            Self::InvalidConfig { .. } | Self::ContainerNotFound { .. } | Self::NotFound { .. } => 2,
+            Self::InvalidConfig { .. } | Self::ContainerNotFound { .. } | Self::NotFound { .. } => {
+                2
+            }
             Self::PermissionDenied { .. } | Self::Unreachable { .. } => 3,
             _ => 1,
         }

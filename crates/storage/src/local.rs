@@ -33,7 +33,7 @@ pub(crate) fn list_sorted(
     tokio::task::spawn_blocking(move || {
         if !root.exists() {
             if must_exist {
-                let _ = tx.blocking_send(vec![Err(StorageError::NotFound {
+                let _ = tx.blocking_send(vec![Err(StorageError::InvalidConfig {
                     store: store.clone(),
                     detail: "the folder does not exist; check the path".into(),
                 })]);
@@ -51,9 +51,25 @@ pub(crate) fn list_sorted(
             .min_depth(1)
             .follow_links(true)
             .sort_by(|a, b| {
-                let slash = |e: &walkdir::DirEntry| if e.file_type().is_dir() { Some(b'/') } else { None };
-                let an = a.file_name().as_encoded_bytes().iter().copied().chain(slash(a));
-                let bn = b.file_name().as_encoded_bytes().iter().copied().chain(slash(b));
+                let slash = |e: &walkdir::DirEntry| {
+                    if e.file_type().is_dir() {
+                        Some(b'/')
+                    } else {
+                        None
+                    }
+                };
+                let an = a
+                    .file_name()
+                    .as_encoded_bytes()
+                    .iter()
+                    .copied()
+                    .chain(slash(a));
+                let bn = b
+                    .file_name()
+                    .as_encoded_bytes()
+                    .iter()
+                    .copied()
+                    .chain(slash(b));
                 an.cmp(bn)
             });
         let mut batch = Vec::with_capacity(LIST_BATCH);
@@ -63,7 +79,10 @@ pub(crate) fn list_sorted(
                 Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => continue,
                 Ok(e) => entry_of(&root, &e, &store),
                 Err(err) => {
-                    let path = err.path().map(|p| p.display().to_string()).unwrap_or_default();
+                    let path = err
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
                     let detail = match err.io_error() {
                         Some(io) => format!("cannot list {path}: {io}"),
                         None => format!("cannot list {path}: {err}"),
@@ -87,9 +106,11 @@ pub(crate) fn list_sorted(
             let _ = tx.blocking_send(batch);
         }
     });
-    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (stream::iter(b), rx)) })
-        .flatten()
-        .boxed()
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (stream::iter(b), rx))
+    })
+    .flatten()
+    .boxed()
 }
 
 fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
@@ -99,13 +120,11 @@ fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
         detail: format!("file name is not UTF-8, skipped: {}", rel.display()),
         retryable: false,
     })?;
-    let meta = e
-        .metadata()
-        .map_err(|err| StorageError::Io {
-            store: store.to_string(),
-            detail: format!("cannot stat {key}: {err}"),
-            retryable: false,
-        })?;
+    let meta = e.metadata().map_err(|err| StorageError::Io {
+        store: store.to_string(),
+        detail: format!("cannot stat {key}: {err}"),
+        retryable: false,
+    })?;
     let last_modified = meta
         .modified()
         .map(DateTime::<Utc>::from)
@@ -162,7 +181,9 @@ pub(crate) fn read_chunks(
                 detail: e.to_string(),
                 retryable: true,
             })?;
-            let n = n.map_err(|e| StorageError::io(&store, &format!("cannot read {}", path.display()), e))?;
+            let n = n.map_err(|e| {
+                StorageError::io(&store, &format!("cannot read {}", path.display()), e)
+            })?;
             if n == 0 {
                 // Shorter than its listed size: it shrank while we read. The engine's
                 // size check reports it.
@@ -177,14 +198,23 @@ pub(crate) fn read_chunks(
 fn temp_path(dest: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{TEMP_PREFIX}{}-{n}-{:08x}", std::process::id(), rand::random::<u32>());
+    let name = format!(
+        "{TEMP_PREFIX}{}-{n}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     dest.with_file_name(name)
 }
 
 fn create_parent(dest: &Path, store: &str) -> Result<()> {
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StorageError::io(store, &format!("cannot create folder {}", parent.display()), e))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StorageError::io(
+                store,
+                &format!("cannot create folder {}", parent.display()),
+                e,
+            )
+        })?;
     }
     Ok(())
 }
@@ -204,9 +234,9 @@ pub(crate) async fn write_atomic(
             .map_err(|e| StorageError::io(store, &format!("cannot create {}", tmp.display()), e))?;
         let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
         while let Some(chunk) = data.next().await {
-            w.write_all(&chunk?)
-                .await
-                .map_err(|e| StorageError::io(store, &format!("cannot write {}", tmp.display()), e))?;
+            w.write_all(&chunk?).await.map_err(|e| {
+                StorageError::io(store, &format!("cannot write {}", tmp.display()), e)
+            })?;
         }
         w.flush()
             .await
@@ -216,8 +246,9 @@ pub(crate) async fn write_atomic(
             let _ = file.set_modified(t.into());
         }
         drop(file);
-        std::fs::rename(&tmp, dest)
-            .map_err(|e| StorageError::io(store, &format!("cannot rename into {}", dest.display()), e))
+        std::fs::rename(&tmp, dest).map_err(|e| {
+            StorageError::io(store, &format!("cannot rename into {}", dest.display()), e)
+        })
     }
     .await;
     if result.is_err() {
@@ -238,14 +269,25 @@ pub(crate) fn copy_file_atomic(
     let tmp = temp_path(to);
     let result = (|| {
         let n = std::fs::copy(from, &tmp).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StorageError::io(src_store, &format!("cannot read {}", from.display()), e),
-            _ => StorageError::io(dst_store, &format!("cannot copy {} to {}", from.display(), tmp.display()), e),
+            std::io::ErrorKind::NotFound => {
+                StorageError::io(src_store, &format!("cannot read {}", from.display()), e)
+            }
+            _ => StorageError::io(
+                dst_store,
+                &format!("cannot copy {} to {}", from.display(), tmp.display()),
+                e,
+            ),
         })?;
         if let Ok(f) = File::options().write(true).open(&tmp) {
             let _ = f.set_modified(mtime.into());
         }
-        std::fs::rename(&tmp, to)
-            .map_err(|e| StorageError::io(dst_store, &format!("cannot rename into {}", to.display()), e))?;
+        std::fs::rename(&tmp, to).map_err(|e| {
+            StorageError::io(
+                dst_store,
+                &format!("cannot rename into {}", to.display()),
+                e,
+            )
+        })?;
         Ok(n)
     })();
     if result.is_err() {

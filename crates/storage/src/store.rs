@@ -177,7 +177,9 @@ impl Store {
                     .with_container_name(container)
                     .with_retry(retry)
                     .with_client_options(client(
-                        endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+                        endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
                     ));
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e.clone());
@@ -204,9 +206,13 @@ impl Store {
                         b = b.with_access_key(EMULATOR_KEY);
                     }
                     (None, None) => {
-                        let has_other = ["AZURE_CLIENT_SECRET", "AZURE_STORAGE_TOKEN", "AZURE_FEDERATED_TOKEN_FILE"]
-                            .iter()
-                            .any(|v| env(v).is_some());
+                        let has_other = [
+                            "AZURE_CLIENT_SECRET",
+                            "AZURE_STORAGE_TOKEN",
+                            "AZURE_FEDERATED_TOKEN_FILE",
+                        ]
+                        .iter()
+                        .any(|v| env(v).is_some());
                         if !has_other {
                             return Err(invalid("no credentials: set AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN (or AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/AZURE_TENANT_ID)".into()));
                         }
@@ -224,7 +230,9 @@ impl Store {
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     .with_client_options(client(
-                        endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+                        endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
                     ));
                 if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
                     b = b.with_region("us-east-1");
@@ -254,7 +262,10 @@ impl Store {
                         .iter()
                         .any(|v| env(v).is_some());
                         if !has_other {
-                            return Err(invalid("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()));
+                            return Err(invalid(
+                                "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                                    .into(),
+                            ));
                         }
                     }
                 }
@@ -337,7 +348,9 @@ impl Store {
     /// A local folder that does not exist is an error when `must_exist`, else empty.
     pub fn list(&self, must_exist: bool) -> BoxStream<'static, Result<Entry>> {
         match &self.backend {
-            Backend::Local { root, .. } => local::list_sorted(root.clone(), self.shown.clone(), must_exist),
+            Backend::Local { root, .. } => {
+                local::list_sorted(root.clone(), self.shown.clone(), must_exist)
+            }
             Backend::Remote { os, prefix } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));
                 let this = self.error_mapper();
@@ -364,7 +377,10 @@ impl Store {
     /// Reads an object's properties.
     pub async fn head(&self, key: &str) -> Result<Entry> {
         let (os, path) = self.locate(key)?;
-        let meta = os.head(&path).await.map_err(|e| self.error_mapper().map(e))?;
+        let meta = os
+            .head(&path)
+            .await
+            .map_err(|e| self.error_mapper().map(e))?;
         Ok(Entry {
             key: key.to_string(),
             size: meta.size,
@@ -413,8 +429,13 @@ impl Store {
         match &self.backend {
             Backend::Local { root, .. } => {
                 let dest = local::key_path(root, key, &self.shown)?;
-                local::write_atomic(&dest, reader.stream, Some(reader.last_modified), &self.shown)
-                    .await?;
+                local::write_atomic(
+                    &dest,
+                    reader.stream,
+                    Some(reader.last_modified),
+                    &self.shown,
+                )
+                .await?;
                 Ok(None)
             }
             Backend::Remote { os, .. } => {
@@ -473,7 +494,12 @@ impl Store {
     }
 
     /// Copies between two local folders in the kernel (`copy_file_range`), atomically.
-    pub async fn copy_local(&self, key: &str, dst: &Store, src_mtime: DateTime<Utc>) -> Result<u64> {
+    pub async fn copy_local(
+        &self,
+        key: &str,
+        dst: &Store,
+        src_mtime: DateTime<Utc>,
+    ) -> Result<u64> {
         let (Some(sroot), Some(droot)) = (self.local_root(), dst.local_root()) else {
             return Err(StorageError::InvalidConfig {
                 store: self.shown.clone(),
@@ -483,13 +509,15 @@ impl Store {
         let from = local::key_path(sroot, key, &self.shown)?;
         let to = local::key_path(droot, key, &dst.shown)?;
         let (sname, dname) = (self.shown.clone(), dst.shown.clone());
-        tokio::task::spawn_blocking(move || local::copy_file_atomic(&from, &to, src_mtime, &sname, &dname))
-            .await
-            .map_err(|e| StorageError::Io {
-                store: dst.shown.clone(),
-                detail: e.to_string(),
-                retryable: false,
-            })?
+        tokio::task::spawn_blocking(move || {
+            local::copy_file_atomic(&from, &to, src_mtime, &sname, &dname)
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            store: dst.shown.clone(),
+            detail: e.to_string(),
+            retryable: false,
+        })?
     }
 
     /// Deletes an object; an object already gone counts as deleted.
@@ -582,9 +610,14 @@ impl ErrorMapper {
     pub(crate) fn map(&self, e: object_store::Error) -> StorageError {
         let text = self.scrub(&chain_text(&e));
         let store = self.store.clone();
-        let container_missing = ["ContainerNotFound", "NoSuchBucket", "The specified container does not exist", "bucket does not exist"]
-            .iter()
-            .any(|m| text.contains(m));
+        let container_missing = [
+            "ContainerNotFound",
+            "NoSuchBucket",
+            "The specified container does not exist",
+            "bucket does not exist",
+        ]
+        .iter()
+        .any(|m| text.contains(m));
         if container_missing {
             if let Some((what, name)) = &self.container {
                 return StorageError::ContainerNotFound {
@@ -646,7 +679,12 @@ impl ErrorMapper {
 /// `X-Amz-Credential=`, `X-Amz-Security-Token=`) in any URL inside `text`.
 pub(crate) fn scrub_query_secrets(text: &str) -> String {
     let mut out = text.to_string();
-    for param in ["sig=", "X-Amz-Signature=", "X-Amz-Credential=", "X-Amz-Security-Token="] {
+    for param in [
+        "sig=",
+        "X-Amz-Signature=",
+        "X-Amz-Credential=",
+        "X-Amz-Security-Token=",
+    ] {
         let mut from = 0;
         while let Some(pos) = out[from..].find(param) {
             let start = from + pos + param.len();
@@ -724,7 +762,10 @@ fn parse_sas(s: &str) -> std::result::Result<Vec<(String, String)>, &'static str
     let pairs: Vec<(String, String)> = s
         .trim_start_matches('?')
         .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     if pairs.iter().any(|(k, _)| k == "sig") {
         Ok(pairs)

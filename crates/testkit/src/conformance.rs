@@ -64,9 +64,22 @@ pub async fn round_trip_awkward_keys(store: &Store) {
         let key = format!("rt/{key}");
         put(store, &key, &content, Attributes::new()).await;
         let (got, _) = get(store, &key).await;
-        assert_eq!(got.as_ref(), content.as_slice(), "{}: content of {key:?}", store.name());
-        let head = store.head(&key).await.unwrap_or_else(|e| panic!("{}: head {key:?}: {e}", store.name()));
-        assert_eq!(head.size, content.len() as u64, "{}: size of {key:?}", store.name());
+        assert_eq!(
+            got.as_ref(),
+            content.as_slice(),
+            "{}: content of {key:?}",
+            store.name()
+        );
+        let head = store
+            .head(&key)
+            .await
+            .unwrap_or_else(|e| panic!("{}: head {key:?}: {e}", store.name()));
+        assert_eq!(
+            head.size,
+            content.len() as u64,
+            "{}: size of {key:?}",
+            store.name()
+        );
     }
 }
 
@@ -78,7 +91,10 @@ pub async fn list_is_sorted_and_relative(store: &Store) {
         .await
         .unwrap_or_else(|e| panic!("{}: list: {e}", store.name()));
     let rt: Vec<_> = listed.iter().filter(|e| e.key.starts_with("rt/")).collect();
-    let mut want: Vec<String> = data::awkward_tree().iter().map(|(k, _)| format!("rt/{k}")).collect();
+    let mut want: Vec<String> = data::awkward_tree()
+        .iter()
+        .map(|(k, _)| format!("rt/{k}"))
+        .collect();
     want.sort();
     let got: Vec<String> = rt.iter().map(|e| e.key.clone()).collect();
     assert_eq!(got, want, "{}: listing order and keys", store.name());
@@ -87,8 +103,16 @@ pub async fn list_is_sorted_and_relative(store: &Store) {
     sorted.sort();
     assert_eq!(all, sorted, "{}: whole listing sorted", store.name());
     for (key, content) in data::awkward_tree() {
-        let e = rt.iter().find(|e| e.key == format!("rt/{key}")).expect("listed");
-        assert_eq!(e.size, content.len() as u64, "{}: listed size of {key}", store.name());
+        let e = rt
+            .iter()
+            .find(|e| e.key == format!("rt/{key}"))
+            .expect("listed");
+        assert_eq!(
+            e.size,
+            content.len() as u64,
+            "{}: listed size of {key}",
+            store.name()
+        );
     }
 }
 
@@ -103,15 +127,28 @@ pub async fn overwrite_replaces(store: &Store) {
 /// Deleting removes the key from listings; deleting again is not an error.
 pub async fn delete_is_idempotent(store: &Store) {
     put(store, "del/gone", b"x", Attributes::new()).await;
-    store.delete("del/gone").await.unwrap_or_else(|e| panic!("{}: delete: {e}", store.name()));
-    store.delete("del/gone").await.unwrap_or_else(|e| panic!("{}: second delete: {e}", store.name()));
-    assert!(!keys(store).await.iter().any(|k| k == "del/gone"), "{}: deleted key still listed", store.name());
+    store
+        .delete("del/gone")
+        .await
+        .unwrap_or_else(|e| panic!("{}: delete: {e}", store.name()));
+    store
+        .delete("del/gone")
+        .await
+        .unwrap_or_else(|e| panic!("{}: second delete: {e}", store.name()));
+    assert!(
+        !keys(store).await.iter().any(|k| k == "del/gone"),
+        "{}: deleted key still listed",
+        store.name()
+    );
 }
 
 /// An object larger than the part size goes up in parts and reads back intact.
 pub async fn multipart_round_trip(store: &Store) {
     let content = data::bytes(42, 13 << 20);
-    let chunks: Vec<Bytes> = content.chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    let chunks: Vec<Bytes> = content
+        .chunks(1 << 20)
+        .map(Bytes::copy_from_slice)
+        .collect();
     let reader = ObjectReader {
         size: content.len() as u64,
         last_modified: chrono::Utc::now(),
@@ -124,13 +161,25 @@ pub async fn multipart_round_trip(store: &Store) {
         .await
         .unwrap_or_else(|e| panic!("{}: multipart put: {e}", store.name()));
     let (got, _) = get(store, "mp/big.bin").await;
-    assert!(got.as_ref() == content.as_slice(), "{}: multipart content", store.name());
+    assert!(
+        got.as_ref() == content.as_slice(),
+        "{}: multipart content",
+        store.name()
+    );
 }
 
 /// Reading a key that does not exist fails (it must not read as empty).
 pub async fn missing_key_is_an_error(store: &Store) {
-    assert!(store.get("no/such/key", 1 << 20).await.is_err(), "{}: get of a missing key", store.name());
-    assert!(store.head("no/such/key").await.is_err(), "{}: head of a missing key", store.name());
+    assert!(
+        store.get("no/such/key", 1 << 20).await.is_err(),
+        "{}: get of a missing key",
+        store.name()
+    );
+    assert!(
+        store.head("no/such/key").await.is_err(),
+        "{}: head of a missing key",
+        store.name()
+    );
 }
 
 /// Content headers and user metadata survive a put/get.
@@ -139,7 +188,10 @@ pub async fn attributes_round_trip(store: &Store) {
     attrs.insert(Attribute::ContentType, "application/x-georep".into());
     attrs.insert(Attribute::ContentEncoding, "gzip".into());
     attrs.insert(Attribute::CacheControl, "max-age=60".into());
-    attrs.insert(Attribute::ContentDisposition, "attachment; filename=\"a.bin\"".into());
+    attrs.insert(
+        Attribute::ContentDisposition,
+        "attachment; filename=\"a.bin\"".into(),
+    );
     attrs.insert(Attribute::ContentLanguage, "en-GB".into());
     attrs.insert(Attribute::Metadata("project".into()), "georep".into());
     put(store, "attr/obj", b"payload", attrs.clone()).await;

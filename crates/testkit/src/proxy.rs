@@ -22,7 +22,9 @@ impl FlakyProxy {
         let counter = served.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 if n < failures {
                     tokio::spawn(async move {
@@ -32,7 +34,11 @@ impl FlakyProxy {
                             let _ = tokio::io::AsyncReadExt::read(&mut client, &mut buf).await;
                         })
                         .await;
-                        let reason = if status == 429 { "Too Many Requests" } else { "Service Unavailable" };
+                        let reason = if status == 429 {
+                            "Too Many Requests"
+                        } else {
+                            "Service Unavailable"
+                        };
                         let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                         let _ = client.write_all(resp.as_bytes()).await;
                         let _ = client.shutdown().await;

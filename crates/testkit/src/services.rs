@@ -89,7 +89,12 @@ impl Azurite {
         for _ in 0..3 {
             let port = free_port();
             let child = Command::new(&bin)
-                .args(["--loose", "--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+                .args([
+                    "--loose",
+                    "--skipApiVersionCheck",
+                    "--disableTelemetry",
+                    "--silent",
+                ])
                 .arg("-l")
                 .arg(dir.path())
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -128,7 +133,9 @@ impl Azurite {
 
     /// Creates a container with a Shared Key signed request (object_store cannot).
     pub fn create_container(&self, name: &str) {
-        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let date = chrono::Utc::now()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
         let version = "2021-08-06";
         let to_sign = format!(
             "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
@@ -184,7 +191,9 @@ impl Moto {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             let mut guard = Guard(child);
-            let req = format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let req = format!(
+                "GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            );
             let up = wait_until(Duration::from_secs(30), || {
                 if let Ok(Some(_)) = guard.0.try_wait() {
                     return true;
@@ -210,7 +219,11 @@ impl Moto {
             "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         );
-        assert_eq!(http_status(self.port, &req), Some(200), "creating moto bucket {name}");
+        assert_eq!(
+            http_status(self.port, &req),
+            Some(200),
+            "creating moto bucket {name}"
+        );
     }
 
     /// Environment for a `georep` child process (or `StoreOptions::env`).

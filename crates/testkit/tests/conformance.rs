@@ -19,7 +19,10 @@ async fn local_folder() {
     let store = open(dir.path().to_str().expect("utf8"), vec![]);
     run_all(&store, Caps { attributes: false }).await;
     // No temp file is left behind by completed writes.
-    let leftovers = walk(dir.path()).into_iter().filter(|p| p.contains(georep_storage::TEMP_PREFIX)).count();
+    let leftovers = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.contains(georep_storage::TEMP_PREFIX))
+        .count();
     assert_eq!(leftovers, 0);
 }
 
