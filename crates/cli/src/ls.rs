@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
 use georep_core::{Filter, StoreUrl};
-use georep_storage::{Store, StoreOptions};
+use georep_storage::{ListRole, Store, StoreOptions};
 
 use crate::{Common, Output};
 
@@ -26,7 +26,7 @@ pub(crate) async fn run(args: LsArgs) -> anyhow::Result<u8> {
         ..Default::default()
     };
     let store = Store::open(&url, &opts)?;
-    let mut entries = store.list(true);
+    let mut entries = store.list(ListRole::Source);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = 0u64;

@@ -816,7 +816,8 @@ fn kill_and_resume(
     .stderr(Stdio::null())
     .spawn()
     .expect("spawn");
-    let started = wait_until(Duration::from_secs(60), || list_dst().len() >= 3);
+    // Keys sort big/ first: the first object visible means the third big file is mid-upload.
+    let started = wait_until(Duration::from_secs(60), || !list_dst().is_empty());
     child.kill().expect("kill -9"); // SIGKILL
     let _ = child.wait();
     assert!(started, "the copy made progress before the kill");
@@ -863,6 +864,28 @@ fn kill_9_mid_copy_to_local_then_resume() {
             .collect()
     };
     kill_and_resume(s(dst.path()), &[], &list);
+    // The killed run's temp files were removed by the re-run (it saw their writer dead).
+    let leftovers = walk(dst.path())
+        .into_iter()
+        .filter(|p| p.contains(georep_storage::TEMP_PREFIX))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
 }
 
 #[test]

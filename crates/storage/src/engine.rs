@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Result, StorageError};
 use crate::limiter::RateLimiter;
-use crate::store::{Entry, ObjectReader, Store};
+use crate::store::{Entry, ListRole, ObjectReader, Store};
 
 /// Which command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -334,8 +334,8 @@ pub async fn run(
     }
     let health = Arc::new(MergeHealth::default());
     let items = merge(
-        src.list(true),
-        dst.list(false),
+        src.list(ListRole::Source),
+        dst.list(ListRole::Destination),
         opts.filter.clone(),
         health.clone(),
         progress.clone(),

@@ -18,4 +18,4 @@ pub use engine::{
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;
 pub use local::TEMP_PREFIX;
-pub use store::{Entry, ObjectReader, Store, StoreOptions};
+pub use store::{Entry, ListRole, ObjectReader, Store, StoreOptions};

@@ -15,7 +15,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Result, StorageError};
-use crate::store::Entry;
+use crate::store::{Entry, ListRole};
 
 /// Name prefix of in-flight writes; never listed as objects.
 pub const TEMP_PREFIX: &str = ".georep-tmp-";
@@ -27,8 +27,9 @@ const LIST_BATCH: usize = 512;
 pub(crate) fn list_sorted(
     root: PathBuf,
     store: String,
-    must_exist: bool,
+    role: ListRole,
 ) -> BoxStream<'static, Result<Entry>> {
+    let must_exist = role == ListRole::Source;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<Entry>>>(4);
     tokio::task::spawn_blocking(move || {
         if !root.exists() {
@@ -76,7 +77,19 @@ pub(crate) fn list_sorted(
         for item in walker {
             let out = match item {
                 Ok(e) if e.file_type().is_dir() => continue,
-                Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => continue,
+                Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => {
+                    if role == ListRole::Destination && is_orphan(e.file_name()) {
+                        match std::fs::remove_file(e.path()) {
+                            Ok(()) => {
+                                tracing::info!(path = %e.path().display(), "removed a temp file left by a dead georep process")
+                            }
+                            Err(err) => {
+                                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an orphaned temp file")
+                            }
+                        }
+                    }
+                    continue;
+                }
                 Ok(e) => entry_of(&root, &e, &store),
                 Err(err) => {
                     let path = err
@@ -111,6 +124,19 @@ pub(crate) fn list_sorted(
     })
     .flatten()
     .boxed()
+}
+
+/// Whether a temp file's writer process (its pid is in the name) no longer runs.
+fn is_orphan(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    let pid = name
+        .strip_prefix(TEMP_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
 }
 
 fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
@@ -294,4 +320,59 @@ pub(crate) fn copy_file_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn orphaned_temp_files_are_hidden_and_removed_only_for_destinations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dead = dir.path().join(format!("{TEMP_PREFIX}4194000-0-0000abcd"));
+        let alive = dir.path().join(format!("{TEMP_PREFIX}{}-0-0000abcd", std::process::id()));
+        for p in [&dead, &alive] {
+            std::fs::write(p, b"partial").expect("write");
+        }
+        std::fs::write(dir.path().join("real"), b"x").expect("write");
+        let list = |role| {
+            list_sorted(dir.path().to_path_buf(), "t".into(), role)
+                .map_ok(|e| e.key)
+                .try_collect::<Vec<_>>()
+        };
+        assert_eq!(list(ListRole::Source).await.expect("list"), vec!["real"]);
+        assert!(dead.exists(), "a source listing changes nothing");
+        assert_eq!(list(ListRole::Destination).await.expect("list"), vec!["real"]);
+        assert!(!dead.exists(), "orphan of a dead process removed");
+        assert!(alive.exists(), "a live writer's temp file is kept");
+    }
+
+    #[tokio::test]
+    async fn keys_come_out_in_byte_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for k in ["a/b", "a.txt", "a-b", "a0", "b", "a/a/z", "A"] {
+            let p = dir.path().join(k);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, b"").expect("write");
+        }
+        let keys: Vec<String> = list_sorted(dir.path().to_path_buf(), "t".into(), ListRole::Source)
+            .map_ok(|e| e.key)
+            .try_collect()
+            .await
+            .expect("list");
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 7);
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_folder() {
+        let root = Path::new("/srv/x");
+        for bad in ["../etc/passwd", "a/../../b", "", "a//b", "./a"] {
+            assert!(key_path(root, bad, "t").is_err(), "{bad}");
+        }
+        assert_eq!(key_path(root, "a/b c", "t").expect("ok"), root.join("a/b c"));
+    }
 }

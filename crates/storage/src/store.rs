@@ -42,6 +42,16 @@ pub struct Entry {
     pub e_tag: Option<String>,
 }
 
+/// Why a store is listed, which decides what a missing folder means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListRole {
+    /// A local folder must exist.
+    Source,
+    /// A missing local folder lists as empty, and temp files left by a georep process
+    /// that died (kill -9, power loss) are removed.
+    Destination,
+}
+
 /// How stores talk to their endpoints; one per process run.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -344,12 +354,10 @@ impl Store {
     }
 
     /// Lists every object under the prefix in ascending byte order of key.
-    ///
-    /// A local folder that does not exist is an error when `must_exist`, else empty.
-    pub fn list(&self, must_exist: bool) -> BoxStream<'static, Result<Entry>> {
+    pub fn list(&self, role: ListRole) -> BoxStream<'static, Result<Entry>> {
         match &self.backend {
             Backend::Local { root, .. } => {
-                local::list_sorted(root.clone(), self.shown.clone(), must_exist)
+                local::list_sorted(root.clone(), self.shown.clone(), role)
             }
             Backend::Remote { os, prefix } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));

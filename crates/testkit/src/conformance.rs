@@ -51,7 +51,7 @@ async fn get(store: &Store, key: &str) -> (Bytes, Attributes) {
 
 async fn keys(store: &Store) -> Vec<String> {
     store
-        .list(false)
+        .list(georep_storage::ListRole::Destination)
         .map_ok(|e| e.key)
         .try_collect()
         .await
@@ -86,7 +86,7 @@ pub async fn round_trip_awkward_keys(store: &Store) {
 /// Listings come in ascending byte order of key, relative to the prefix, with sizes.
 pub async fn list_is_sorted_and_relative(store: &Store) {
     let listed: Vec<georep_storage::Entry> = store
-        .list(false)
+        .list(georep_storage::ListRole::Destination)
         .try_collect()
         .await
         .unwrap_or_else(|e| panic!("{}: list: {e}", store.name()));
