@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every georep test. Installs what the tests need when it is missing:
+#   Azurite (npm, global)             -> Azure Blob endpoints
+#   moto[server] (pip, in ./.venv)    -> S3 endpoints
+# Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v azurite-blob >/dev/null 2>&1 && [ ! -x node_modules/.bin/azurite-blob ]; then
+  echo "== installing Azurite (npm install -g azurite)"
+  npm install -g --no-fund --no-audit azurite >/dev/null
+fi
+
+if [ -n "${GEOREP_MOTO_SERVER:-}" ] && [ -x "$GEOREP_MOTO_SERVER" ]; then
+  :
+elif [ -x .venv/bin/moto_server ]; then
+  export GEOREP_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+else
+  echo "== installing moto[server] into ./.venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]'
+  export GEOREP_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+fi
+
+cargo test --workspace --locked "$@"
