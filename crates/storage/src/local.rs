@@ -331,7 +331,9 @@ mod tests {
     async fn orphaned_temp_files_are_hidden_and_removed_only_for_destinations() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dead = dir.path().join(format!("{TEMP_PREFIX}4194000-0-0000abcd"));
-        let alive = dir.path().join(format!("{TEMP_PREFIX}{}-0-0000abcd", std::process::id()));
+        let alive = dir
+            .path()
+            .join(format!("{TEMP_PREFIX}{}-0-0000abcd", std::process::id()));
         for p in [&dead, &alive] {
             std::fs::write(p, b"partial").expect("write");
         }
@@ -343,7 +345,10 @@ mod tests {
         };
         assert_eq!(list(ListRole::Source).await.expect("list"), vec!["real"]);
         assert!(dead.exists(), "a source listing changes nothing");
-        assert_eq!(list(ListRole::Destination).await.expect("list"), vec!["real"]);
+        assert_eq!(
+            list(ListRole::Destination).await.expect("list"),
+            vec!["real"]
+        );
         assert!(!dead.exists(), "orphan of a dead process removed");
         assert!(alive.exists(), "a live writer's temp file is kept");
     }
@@ -373,6 +378,9 @@ mod tests {
         for bad in ["../etc/passwd", "a/../../b", "", "a//b", "./a"] {
             assert!(key_path(root, bad, "t").is_err(), "{bad}");
         }
-        assert_eq!(key_path(root, "a/b c", "t").expect("ok"), root.join("a/b c"));
+        assert_eq!(
+            key_path(root, "a/b c", "t").expect("ok"),
+            root.join("a/b c")
+        );
     }
 }
