@@ -824,3 +824,107 @@ async fn run_deletes(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use georep_core::StoreUrl;
+
+    fn ctx() -> Ctx {
+        let open = |u: &str| {
+            Arc::new(
+                Store::open(&StoreUrl::parse(u).expect("url"), &Default::default())
+                    .expect("memory store"),
+            )
+        };
+        Ctx {
+            src: open("memory://verify-src"),
+            dst: open("memory://verify-dst"),
+            opts: JobOptions::default(),
+            limiter: None,
+            transfers: Semaphore::new(1),
+            checkers: Semaphore::new(1),
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    async fn drain(s: BoxStream<'static, Result<Bytes>>) -> Vec<Result<Bytes>> {
+        s.collect().await
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> BoxStream<'static, Result<Bytes>> {
+        let v: Vec<Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        stream::iter(v).boxed()
+    }
+
+    #[tokio::test]
+    async fn verify_stream_fails_on_short_or_long_reads() {
+        let ctx = ctx();
+        for (parts, size) in [
+            (&[b"abc" as &[u8]][..], 4u64),
+            (&[b"abc" as &[u8], b"de"][..], 4),
+        ] {
+            let slot = Arc::new(Mutex::new(None));
+            let out = drain(verify_stream(
+                chunks(parts),
+                "k".into(),
+                size,
+                None,
+                false,
+                slot,
+                &ctx,
+            ))
+            .await;
+            let last = out.last().expect("some item");
+            assert!(
+                matches!(last, Err(StorageError::Verify(_))),
+                "size {size}: {out:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_stream_checks_md5_against_the_source_etag() {
+        let ctx = ctx();
+        let good: [u8; 16] = Md5::digest(b"hello").into();
+        let slot = Arc::new(Mutex::new(None));
+        let out = drain(verify_stream(
+            chunks(&[b"hel", b"lo"]),
+            "k".into(),
+            5,
+            Some(good),
+            true,
+            slot.clone(),
+            &ctx,
+        ))
+        .await;
+        assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+        assert_eq!(
+            *slot.lock().expect("lock"),
+            Some(good),
+            "digest handed to the put check"
+        );
+        let bad: [u8; 16] = Md5::digest(b"HELLO").into();
+        let out = drain(verify_stream(
+            chunks(&[b"hello"]),
+            "k".into(),
+            5,
+            Some(bad),
+            true,
+            Arc::new(Mutex::new(None)),
+            &ctx,
+        ))
+        .await;
+        assert!(
+            matches!(out.last(), Some(Err(StorageError::Verify(m))) if m.contains("MD5")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn etag_parsing() {
+        assert!(md5_of_etag("\"5d41402abc4b2a76b9719d911017c592\"").is_some());
+        assert!(md5_of_etag("\"5d41402abc4b2a76b9719d911017c592-3\"").is_none());
+        assert!(md5_of_etag("0x8DC1234").is_none());
+    }
+}

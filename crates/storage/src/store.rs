@@ -326,6 +326,21 @@ impl Store {
         })
     }
 
+    /// Wraps any `object_store` backend (fault injection, custom backends). The store is
+    /// shown as `memory://NAME`.
+    pub fn from_object_store(name: &str, os: Arc<dyn ObjectStore>) -> Self {
+        let url = StoreUrl::Memory {
+            name: name.to_string(),
+            prefix: String::new(),
+        };
+        Self {
+            shown: url.to_string(),
+            url,
+            backend: Backend::Remote { os, prefix: None },
+            secrets: Vec::new(),
+        }
+    }
+
     pub fn url(&self) -> &StoreUrl {
         &self.url
     }

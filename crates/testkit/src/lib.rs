@@ -12,6 +12,7 @@
 
 pub mod conformance;
 pub mod data;
+pub mod faults;
 mod proxy;
 mod services;
 

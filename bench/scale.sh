@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Memory at scale: peak RSS of georep syncing 1,000,000 small files local -> local
+# (a full copy, then a no-op re-sync), and of rclone's no-op sync of the same trees.
+# COUNT overrides the object count. Needs GNU time (apt-get install -y time); rclone optional.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-1000000}
+JOBS=${JOBS:-16}
+DIR=${BENCH_DIR:-$(mktemp -d /tmp/georep-scale.XXXXXX)}
+trap '[ -z "${KEEP:-}" ] && rm -rf "$DIR"' EXIT
+command -v /usr/bin/time >/dev/null || { echo "missing GNU time: apt-get install -y time" >&2; exit 2; }
+cargo build --release --locked -p georep >/dev/null 2>&1 || cargo build --release --locked -p georep
+GEOREP=$PWD/target/release/georep
+
+echo "== generating $COUNT files in $DIR/src"
+python3 - "$DIR/src" "$COUNT" <<'PY'
+import os, sys
+root, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    d = os.path.join(root, f"d{i // 1000:04d}")
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    fd = os.open(os.path.join(d, f"object-{i:07d}.dat"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"0123456789abcdef")
+    os.close(fd)
+PY
+
+measure() { # label, command...
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$DIR/t" "$@" >"$DIR/out" 2>"$DIR/err" || { cat "$DIR/err" >&2; exit 1; }
+  read -r secs kib < "$DIR/t"
+  printf "| %s | %s s | %d MiB |\n" "$label" "$secs" $((kib / 1024))
+}
+echo
+echo "| run ($COUNT objects) | wall time | peak RSS |"
+echo "|---|---|---|"
+measure "georep sync (copies all)" $GEOREP sync "$DIR/src" "$DIR/dst" --transfers $JOBS --checkers $JOBS
+measure "georep sync (no-op)" $GEOREP sync "$DIR/src" "$DIR/dst" --transfers $JOBS --checkers $JOBS
+measure "georep check" $GEOREP check "$DIR/src" "$DIR/dst"
+if command -v rclone >/dev/null; then
+  measure "rclone sync (no-op)" rclone --config /dev/null --transfers $JOBS --checkers $JOBS sync "$DIR/src" "$DIR/dst"
+fi
