@@ -61,20 +61,27 @@ impl ObjectStore for TruncatingStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let mut got = self.inner.get_opts(location, options).await?;
+        let got = self.inner.get_opts(location, options).await?;
         let fault = self
             .faults
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        if fault {
-            let all: Vec<Bytes> = got.into_stream_ref().try_collect().await?;
-            let mut joined: Vec<u8> = all.concat();
-            joined.pop();
-            got.payload = GetResultPayload::Stream(
-                futures::stream::once(async move { Ok(Bytes::from(joined)) }).boxed(),
-            );
+        if !fault {
+            return Ok(got);
         }
-        Ok(got)
+        let (meta, range, attributes) =
+            (got.meta.clone(), got.range.clone(), got.attributes.clone());
+        let all: Vec<Bytes> = got.into_stream().try_collect().await?;
+        let mut joined: Vec<u8> = all.concat();
+        joined.pop();
+        let short = futures::stream::once(async move { Ok(Bytes::from(joined)) }).boxed();
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(short),
+            meta,
+            range,
+            attributes,
+            extensions: Default::default(),
+        })
     }
 
     fn delete_stream(
