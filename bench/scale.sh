@@ -6,8 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000000}
 JOBS=${JOBS:-16}
-DIR=${BENCH_DIR:-$(mktemp -d /tmp/georep-scale.XXXXXX)}
-trap '[ -z "${KEEP:-}" ] && rm -rf "$DIR"' EXIT
+# Data on a fresh tmpfs when run as root (see transfer.sh for why); BENCH_DIR overrides.
+MOUNTED=
+if [ -z "${BENCH_DIR:-}" ]; then
+  DIR=$(mktemp -d /tmp/georep-scale.XXXXXX)
+  if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=12g georep-scale "$DIR"; then MOUNTED=1; fi
+else
+  DIR=$BENCH_DIR
+fi
+cleanup() { if [ -n "$MOUNTED" ]; then umount "$DIR" && rmdir "$DIR"; elif [ -z "${KEEP:-}" ]; then rm -rf "$DIR"; fi; }
+trap cleanup EXIT
 command -v /usr/bin/time >/dev/null || { echo "missing GNU time: apt-get install -y time" >&2; exit 2; }
 cargo build --release --locked -p georep >/dev/null 2>&1 || cargo build --release --locked -p georep
 GEOREP=$PWD/target/release/georep

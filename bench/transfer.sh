@@ -4,16 +4,36 @@
 #   (b) 8 files of 256 MiB, local -> local           peers: rclone, cp -r
 #   (c) no-op sync of 100,000 unchanged files        peer:  rclone sync
 #   (d) (a) between two Azurite instances            peer:  Azure SDK for Python (same threads)
+# Each case runs ROUNDS times (default 3), tools interleaved, and reports the median:
+# on a small VM, writeback from one run slows the next, so a single ordered run is unfair.
 # Prints a table of wall times and ratios (peer time / georep time; > 1 means georep is
 # faster). Peak RSS from GNU time. Data lives in $BENCH_DIR (default: a temp folder).
 # Needs: rclone (apt), azurite-blob (npm), python3 with azure-storage-blob (pip).
+# CASES="a c" runs only those cases (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 JOBS=${JOBS:-16}
-BENCH_DIR=${BENCH_DIR:-$(mktemp -d /tmp/georep-bench.XXXXXX)}
+CASES=${CASES:-a b c d}
+ROUNDS=${ROUNDS:-3}
+want() { [[ " $CASES " == *" $1 "* ]]; }
+# By default the data lives on a fresh tmpfs (as root): this VM's ext4 has no journal, and
+# after a large delete it scans recently freed inodes on every file creation for minutes,
+# which swamps what is being measured. Set BENCH_DIR to measure a disk instead.
+MOUNTED=
+if [ -z "${BENCH_DIR:-}" ]; then
+  BENCH_DIR=$(mktemp -d /tmp/georep-bench.XXXXXX)
+  if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=14g georep-bench "$BENCH_DIR"; then MOUNTED=1; fi
+fi
 mkdir -p "$BENCH_DIR"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -z "${KEEP:-}" ] && rm -rf "$BENCH_DIR"' EXIT
+PIDS=$BENCH_DIR/azurite.pids
+cleanup() {
+  [ -f "$PIDS" ] && xargs -r kill < "$PIDS" 2>/dev/null
+  sleep 0.5
+  if [ -n "$MOUNTED" ]; then umount "$BENCH_DIR" && rmdir "$BENCH_DIR"
+  elif [ -z "${KEEP:-}" ]; then rm -rf "$BENCH_DIR"; fi
+}
+trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "missing $1: $2" >&2; exit 2; }; }
 need rclone "apt-get install -y rclone"
@@ -31,8 +51,14 @@ run() {
   sync; /usr/bin/time -f "%e %M" -o "$BENCH_DIR/$name.t" "$@" >/dev/null 2>"$BENCH_DIR/$name.err" || {
     echo "command failed: $*" >&2; cat "$BENCH_DIR/$name.err" >&2; exit 1; }
 }
-secs() { cut -d' ' -f1 "$BENCH_DIR/$1.t"; }
-rss() { echo $(( $(cut -d' ' -f2 "$BENCH_DIR/$1.t") / 1024 )); }
+# ext4 skips inodes freed in the last ~30 s when it allocates new ones, which makes every
+# file creation slow right after a big delete: wait that out before timing anything.
+settle() { sync; if [ -z "$MOUNTED" ]; then sleep ${SETTLE:-180}; fi; }
+
+# median over rounds of field N (1 = seconds, 2 = peak RSS KiB) of NAME_*.t
+median() { python3 -c "import sys,glob,statistics as s; print(s.median(float(open(f).read().split()[$2-1]) for f in glob.glob(sys.argv[1])))" "$BENCH_DIR/$1_r*.t"; }
+secs() { median "$1" 1; }
+rss() { python3 -c "print(int($(median "$1" 2) // 1024))"; }
 
 echo "== generating data in $BENCH_DIR"
 python3 - "$BENCH_DIR" <<'PY'
@@ -58,29 +84,48 @@ for i in range(8):
 PY
 
 B=$BENCH_DIR
+settle
 RCLONE="rclone --transfers $JOBS --checkers $JOBS --config /dev/null"
+if want a; then
 echo "== (a) 20,000 x 4 KiB local -> local"
-run a_georep $GEOREP copy $B/small $B/a_georep --transfers $JOBS --checkers $JOBS
-run a_rclone $RCLONE copy $B/small $B/a_rclone
-run a_cp cp -r $B/small $B/a_cp
+for r in $(seq $ROUNDS); do
+  run a_georep_r$r $GEOREP copy $B/small $B/dst/a_georep_$r --transfers $JOBS --checkers $JOBS
+  $GEOREP check $B/small $B/dst/a_georep_$r --checksum >/dev/null
+  run a_rclone_r$r $RCLONE copy $B/small $B/dst/a_rclone_$r
+  run a_cp_r$r cp -r $B/small $B/dst/a_cp_$r
+  [ -n "$MOUNTED" ] && rm -rf $B/dst
+done
+fi
+if want b; then
 echo "== (b) 8 x 256 MiB local -> local"
-run b_georep $GEOREP copy $B/large $B/b_georep --transfers $JOBS --checkers $JOBS
-run b_rclone $RCLONE copy $B/large $B/b_rclone
-run b_cp cp -r $B/large $B/b_cp
-rm -rf $B/a_rclone $B/a_cp $B/b_georep $B/b_rclone $B/b_cp
+for r in $(seq $ROUNDS); do
+  run b_georep_r$r $GEOREP copy $B/large $B/dst/b_georep_$r --transfers $JOBS --checkers $JOBS
+  $GEOREP check $B/large $B/dst/b_georep_$r --checksum >/dev/null
+  run b_rclone_r$r $RCLONE copy $B/large $B/dst/b_rclone_$r
+  run b_cp_r$r cp -r $B/large $B/dst/b_cp_$r
+  [ -n "$MOUNTED" ] && rm -rf $B/dst
+done
+fi
+rm -rf $B/dst; settle
+if want c; then
 echo "== (c) no-op sync of 100,000 unchanged files"
 $GEOREP sync $B/noop $B/c_georep >/dev/null
 $RCLONE sync $B/noop $B/c_rclone >/dev/null 2>&1
-run c_georep $GEOREP sync $B/noop $B/c_georep --transfers $JOBS --checkers $JOBS
-run c_rclone $RCLONE sync $B/noop $B/c_rclone
-rm -rf $B/c_georep $B/c_rclone
+for r in $(seq $ROUNDS); do
+  run c_georep_r$r $GEOREP sync $B/noop $B/c_georep --transfers $JOBS --checkers $JOBS
+  run c_rclone_r$r $RCLONE sync $B/noop $B/c_rclone
+done
+rm -rf $B/c_georep $B/c_rclone; settle
+fi
 
+if want d; then
 echo "== (d) 20,000 x 4 KiB Azurite -> Azurite"
 KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_azurite() {
   local port dir; port=$(free_port); dir=$(mktemp -d "$B/azurite.XXXX")
   azurite-blob --loose --skipApiVersionCheck --disableTelemetry --silent -l "$dir" --blobHost 127.0.0.1 --blobPort "$port" >/dev/null 2>&1 &
+  echo $! >> "$PIDS"
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   echo "$port"
 }
@@ -96,15 +141,16 @@ for p, names in ((sys.argv[1], ["src"]), (sys.argv[2], ["dgeorep", "dsdk"])):
 PY
 E1=http://127.0.0.1:$P1/devstoreaccount1; E2=http://127.0.0.1:$P2/devstoreaccount1
 $GEOREP copy $B/small $E1/src --transfers $JOBS >/dev/null
-run d_georep $GEOREP copy $E1/src $E2/dgeorep --transfers $JOBS --checkers $JOBS
-run d_sdk python3 bench/azure_sdk_copy.py $E1 src $E2 dsdk $JOBS
-$GEOREP check $E1/src $E2/dgeorep --checksum >/dev/null
+run d_georep_r1 $GEOREP copy $E1/src $E2/dgeorep --transfers $JOBS --checkers $JOBS
+run d_sdk_r1 python3 bench/azure_sdk_copy.py $E1 src $E2 dsdk $JOBS
+$GEOREP check $E1/src $E2/dgeorep >/dev/null || { echo "georep's Azurite copy is incomplete" >&2; exit 1; }
+fi
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 echo
 echo "| case | georep | peer | peer time | georep advantage | georep peak RSS | peer peak RSS |"
 echo "|---|---|---|---|---|---|---|"
-row() { echo "| $1 | $(secs $2)s | $3 | $(secs $4)s | $(ratio $(secs $4) $(secs $2)) | $(rss $2) MiB | $(rss $4) MiB |"; }
+row() { ls "$BENCH_DIR/$2"_r*.t >/dev/null 2>&1 || return 0; echo "| $1 | $(secs $2)s | $3 | $(secs $4)s | $(ratio $(secs $4) $(secs $2)) | $(rss $2) MiB | $(rss $4) MiB |"; }
 row "(a) 20k x 4 KiB local->local" a_georep rclone a_rclone
 row "(a) 20k x 4 KiB local->local" a_georep "cp -r" a_cp
 row "(b) 8 x 256 MiB local->local" b_georep rclone b_rclone
@@ -112,4 +158,4 @@ row "(b) 8 x 256 MiB local->local" b_georep "cp -r" b_cp
 row "(c) no-op sync 100k files" c_georep "rclone sync" c_rclone
 row "(d) 20k x 4 KiB Azurite->Azurite" d_georep "Azure SDK (python)" d_sdk
 echo
-echo "transfers=checkers=$JOBS; $(nproc) cores; rclone $(rclone version 2>/dev/null | head -1 | cut -d' ' -f2)"
+echo "data on $([ -n "$MOUNTED" ] && echo tmpfs || echo "$BENCH_DIR"); median of $ROUNDS rounds ((d): 1 round); transfers=checkers=$JOBS; $(nproc) cores; rclone $(rclone version 2>/dev/null | head -1 | cut -d' ' -f2)"

@@ -58,6 +58,9 @@ pub(crate) struct CheckArgs {
     /// Compare content (BLAKE3 of both sides), proving byte equality.
     #[arg(long)]
     checksum: bool,
+    /// Accepted for symmetry with copy and sync: check never changes anything.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,6 +120,7 @@ pub(crate) async fn run_sync(a: SyncArgs) -> anyhow::Result<u8> {
 }
 
 pub(crate) async fn run_check(a: CheckArgs) -> anyhow::Result<u8> {
+    let _ = a.dry_run;
     let opts = JobOptions {
         mode: Mode::Check,
         filter: Filter::new(&a.common.include, &a.common.exclude)?,
@@ -161,6 +165,14 @@ async fn execute(
 ) -> anyhow::Result<u8> {
     let src_url = StoreUrl::parse(src).context("bad source URL")?;
     let dst_url = StoreUrl::parse(dst).context("bad destination URL")?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    if src_url.overlaps(&dst_url, &cwd) {
+        return Err(georep_core::StoreUrlError::Invalid {
+            url: format!("{src_url} -> {dst_url}"),
+            reason: "the source and the destination overlap (one is inside the other); choose separate locations".into(),
+        }
+        .into());
+    }
     let store_opts = StoreOptions {
         retry_timeout: common.retry_timeout,
         ..Default::default()

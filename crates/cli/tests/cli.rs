@@ -552,7 +552,10 @@ fn ls_lists_key_size_mtime() {
 fn bad_input_exits_2_with_clear_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = s(dir.path());
+    let inner = format!("{d}/inner");
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["sync", d, &inner], "overlap"),
+        (vec!["copy", "memory://m/a", "memory://m/a/b"], "overlap"),
         (vec!["copy", "ftp://x/y", d], "unsupported scheme"),
         (vec!["copy", d, "az://"], "names no container"),
         (vec!["copy", d, "s3://Bad_Bucket"], "invalid bucket name"),

@@ -140,6 +140,32 @@ impl StoreUrl {
         }
     }
 
+    /// Whether one location contains the other, so a copy would read its own output
+    /// (`sync /data /data/backup`) or a sync would delete its own source. Relative local
+    /// paths are compared after joining them to `cwd`.
+    pub fn overlaps(&self, other: &StoreUrl, cwd: &std::path::Path) -> bool {
+        use StoreUrl as U;
+        let nested = |a: &str, b: &str| {
+            a.is_empty() || b.is_empty() || a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+        };
+        match (self, other) {
+            (U::Local { path: a }, U::Local { path: b }) => {
+                let (a, b) = (normalize(&cwd.join(a)), normalize(&cwd.join(b)));
+                a.starts_with(&b) || b.starts_with(&a)
+            }
+            (
+                U::Azure { account: a1, container: c1, prefix: p1, endpoint: e1 },
+                U::Azure { account: a2, container: c2, prefix: p2, endpoint: e2 },
+            ) => a1 == a2 && e1 == e2 && c1 == c2 && nested(p1, p2),
+            (U::S3 { bucket: b1, prefix: p1 }, U::S3 { bucket: b2, prefix: p2 })
+            | (U::Gcs { bucket: b1, prefix: p1 }, U::Gcs { bucket: b2, prefix: p2 })
+            | (U::Memory { name: b1, prefix: p1 }, U::Memory { name: b2, prefix: p2 }) => {
+                b1 == b2 && nested(p1, p2)
+            }
+            _ => false,
+        }
+    }
+
     /// The key prefix inside the container or bucket (empty for local paths).
     pub fn prefix(&self) -> &str {
         match self {
@@ -180,6 +206,23 @@ impl fmt::Display for StoreUrl {
             write!(f, "{base}/{prefix}")
         }
     }
+}
+
+/// Removes `.` and resolves `..` lexically (the destination may not exist yet, so the
+/// filesystem cannot canonicalize it).
+fn normalize(p: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn parse_http(input: &str, scheme: &str) -> Result<StoreUrl, StoreUrlError> {
@@ -428,6 +471,28 @@ mod tests {
         for (input, want) in cases {
             let err = StoreUrl::parse(input).expect_err(input).to_string();
             assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn overlap() {
+        let cwd = std::path::Path::new("/work");
+        let cases = [
+            ("/data", "/data/backup", true),
+            ("/data/backup", "/data", true),
+            ("./x", "/work/x/y", true),
+            ("/data", "/data2", false),
+            ("/a/../data", "/data", true),
+            ("az://c1x/a", "az://c1x/a/b", true),
+            ("az://c1x/a", "az://c1x/ab", false),
+            ("az://c1x", "az://c2x", false),
+            ("s3://bkt/a", "s3://bkt", true),
+            ("s3://bkt/a", "gs://bkt/a", false),
+            ("memory://m/a", "memory://m/b", false),
+        ];
+        for (a, b, want) in cases {
+            let (ua, ub) = (StoreUrl::parse(a).expect(a), StoreUrl::parse(b).expect(b));
+            assert_eq!(ua.overlaps(&ub, cwd), want, "{a} vs {b}");
         }
     }
 

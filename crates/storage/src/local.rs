@@ -252,12 +252,9 @@ pub(crate) async fn write_atomic(
     mtime: Option<DateTime<Utc>>,
     store: &str,
 ) -> Result<()> {
-    create_parent(dest, store)?;
-    let tmp = temp_path(dest);
+    let (file, tmp) = create_temp(dest, store)?;
     let result: Result<()> = async {
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| StorageError::io(store, &format!("cannot create {}", tmp.display()), e))?;
+        let file = tokio::fs::File::from_std(file);
         let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
         while let Some(chunk) = data.next().await {
             w.write_all(&chunk?).await.map_err(|e| {
@@ -283,7 +280,26 @@ pub(crate) async fn write_atomic(
     result
 }
 
-/// Copies one local file to another folder atomically, keeping its mtime.
+/// Creates a fresh temp file beside `dest`, creating folders only when they are missing
+/// (one syscall per file in the common case).
+fn create_temp(dest: &Path, store: &str) -> Result<(File, PathBuf)> {
+    let tmp = temp_path(dest);
+    let open = || File::options().write(true).create_new(true).open(&tmp);
+    match open() {
+        Ok(f) => Ok((f, tmp)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_parent(dest, store)?;
+            open()
+                .map(|f| (f, tmp.clone()))
+                .map_err(|e| StorageError::io(store, &format!("cannot create {}", tmp.display()), e))
+        }
+        Err(e) => Err(StorageError::io(store, &format!("cannot create {}", tmp.display()), e)),
+    }
+}
+
+/// Copies one local file to another folder atomically, keeping its mtime. The kernel
+/// copies the bytes (`copy_file_range`); the source's size after the copy must equal
+/// what was copied, or the source changed mid-copy and nothing is renamed into place.
 pub(crate) fn copy_file_atomic(
     from: &Path,
     to: &Path,
@@ -291,29 +307,27 @@ pub(crate) fn copy_file_atomic(
     src_store: &str,
     dst_store: &str,
 ) -> Result<u64> {
-    create_parent(to, dst_store)?;
-    let tmp = temp_path(to);
+    let mut src = File::open(from)
+        .map_err(|e| StorageError::io(src_store, &format!("cannot read {}", from.display()), e))?;
+    let (mut dst, tmp) = create_temp(to, dst_store)?;
     let result = (|| {
-        let n = std::fs::copy(from, &tmp).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                StorageError::io(src_store, &format!("cannot read {}", from.display()), e)
-            }
-            _ => StorageError::io(
-                dst_store,
-                &format!("cannot copy {} to {}", from.display(), tmp.display()),
-                e,
-            ),
+        let n = std::io::copy(&mut src, &mut dst).map_err(|e| {
+            StorageError::io(dst_store, &format!("cannot copy {} to {}", from.display(), tmp.display()), e)
         })?;
-        if let Ok(f) = File::options().write(true).open(&tmp) {
-            let _ = f.set_modified(mtime.into());
+        let now = src
+            .metadata()
+            .map_err(|e| StorageError::io(src_store, &format!("cannot stat {}", from.display()), e))?;
+        if now.len() != n {
+            return Err(StorageError::Verify(format!(
+                "{}: copied {n} bytes but the source now has {}; it changed during the copy",
+                from.display(),
+                now.len()
+            )));
         }
-        std::fs::rename(&tmp, to).map_err(|e| {
-            StorageError::io(
-                dst_store,
-                &format!("cannot rename into {}", to.display()),
-                e,
-            )
-        })?;
+        let _ = dst.set_modified(mtime.into());
+        drop(dst);
+        std::fs::rename(&tmp, to)
+            .map_err(|e| StorageError::io(dst_store, &format!("cannot rename into {}", to.display()), e))?;
         Ok(n)
     })();
     if result.is_err() {

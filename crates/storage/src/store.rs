@@ -667,7 +667,7 @@ impl ErrorMapper {
                     if matches!(kind, K::Connect | K::Timeout | K::Request) {
                         return StorageError::Unreachable {
                             store,
-                            detail: short(&text),
+                            detail: unreachable_detail(&e, &text),
                         };
                     }
                 }
@@ -753,6 +753,26 @@ fn retry_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
     let text = chain_text(e);
     let at = text.find("status code: ")? + "status code: ".len();
     text.get(at..at + 3)?.parse().ok()
+}
+
+/// The root cause of a transport failure and how long georep kept trying, instead of
+/// the whole chain of wrappers.
+fn unreachable_detail(e: &(dyn std::error::Error + 'static), text: &str) -> String {
+    let mut root = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        root = s.to_string();
+        cur = s.source();
+    }
+    let tried = text
+        .find(" in ")
+        .and_then(|i| text[i + 4..].split(" - ").next())
+        .map(|t| t.trim().trim_end_matches(',').to_string())
+        .filter(|t| t.contains("retries"));
+    match tried {
+        Some(t) => short(&format!("{root} (gave up after {t})")),
+        None => short(&root),
+    }
 }
 
 /// Keeps error text to one readable line.
