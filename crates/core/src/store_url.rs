@@ -146,7 +146,11 @@ impl StoreUrl {
     pub fn overlaps(&self, other: &StoreUrl, cwd: &std::path::Path) -> bool {
         use StoreUrl as U;
         let nested = |a: &str, b: &str| {
-            a.is_empty() || b.is_empty() || a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+            a.is_empty()
+                || b.is_empty()
+                || a == b
+                || a.starts_with(&format!("{b}/"))
+                || b.starts_with(&format!("{a}/"))
         };
         match (self, other) {
             (U::Local { path: a }, U::Local { path: b }) => {
@@ -154,14 +158,49 @@ impl StoreUrl {
                 a.starts_with(&b) || b.starts_with(&a)
             }
             (
-                U::Azure { account: a1, container: c1, prefix: p1, endpoint: e1 },
-                U::Azure { account: a2, container: c2, prefix: p2, endpoint: e2 },
+                U::Azure {
+                    account: a1,
+                    container: c1,
+                    prefix: p1,
+                    endpoint: e1,
+                },
+                U::Azure {
+                    account: a2,
+                    container: c2,
+                    prefix: p2,
+                    endpoint: e2,
+                },
             ) => a1 == a2 && e1 == e2 && c1 == c2 && nested(p1, p2),
-            (U::S3 { bucket: b1, prefix: p1 }, U::S3 { bucket: b2, prefix: p2 })
-            | (U::Gcs { bucket: b1, prefix: p1 }, U::Gcs { bucket: b2, prefix: p2 })
-            | (U::Memory { name: b1, prefix: p1 }, U::Memory { name: b2, prefix: p2 }) => {
-                b1 == b2 && nested(p1, p2)
-            }
+            (
+                U::S3 {
+                    bucket: b1,
+                    prefix: p1,
+                },
+                U::S3 {
+                    bucket: b2,
+                    prefix: p2,
+                },
+            )
+            | (
+                U::Gcs {
+                    bucket: b1,
+                    prefix: p1,
+                },
+                U::Gcs {
+                    bucket: b2,
+                    prefix: p2,
+                },
+            )
+            | (
+                U::Memory {
+                    name: b1,
+                    prefix: p1,
+                },
+                U::Memory {
+                    name: b2,
+                    prefix: p2,
+                },
+            ) => b1 == b2 && nested(p1, p2),
             _ => false,
         }
     }

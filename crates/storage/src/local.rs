@@ -289,11 +289,15 @@ fn create_temp(dest: &Path, store: &str) -> Result<(File, PathBuf)> {
         Ok(f) => Ok((f, tmp)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create_parent(dest, store)?;
-            open()
-                .map(|f| (f, tmp.clone()))
-                .map_err(|e| StorageError::io(store, &format!("cannot create {}", tmp.display()), e))
+            open().map(|f| (f, tmp.clone())).map_err(|e| {
+                StorageError::io(store, &format!("cannot create {}", tmp.display()), e)
+            })
         }
-        Err(e) => Err(StorageError::io(store, &format!("cannot create {}", tmp.display()), e)),
+        Err(e) => Err(StorageError::io(
+            store,
+            &format!("cannot create {}", tmp.display()),
+            e,
+        )),
     }
 }
 
@@ -312,11 +316,15 @@ pub(crate) fn copy_file_atomic(
     let (mut dst, tmp) = create_temp(to, dst_store)?;
     let result = (|| {
         let n = std::io::copy(&mut src, &mut dst).map_err(|e| {
-            StorageError::io(dst_store, &format!("cannot copy {} to {}", from.display(), tmp.display()), e)
+            StorageError::io(
+                dst_store,
+                &format!("cannot copy {} to {}", from.display(), tmp.display()),
+                e,
+            )
         })?;
-        let now = src
-            .metadata()
-            .map_err(|e| StorageError::io(src_store, &format!("cannot stat {}", from.display()), e))?;
+        let now = src.metadata().map_err(|e| {
+            StorageError::io(src_store, &format!("cannot stat {}", from.display()), e)
+        })?;
         if now.len() != n {
             return Err(StorageError::Verify(format!(
                 "{}: copied {n} bytes but the source now has {}; it changed during the copy",
@@ -326,8 +334,13 @@ pub(crate) fn copy_file_atomic(
         }
         let _ = dst.set_modified(mtime.into());
         drop(dst);
-        std::fs::rename(&tmp, to)
-            .map_err(|e| StorageError::io(dst_store, &format!("cannot rename into {}", to.display()), e))?;
+        std::fs::rename(&tmp, to).map_err(|e| {
+            StorageError::io(
+                dst_store,
+                &format!("cannot rename into {}", to.display()),
+                e,
+            )
+        })?;
         Ok(n)
     })();
     if result.is_err() {
