@@ -764,14 +764,22 @@ fn unreachable_detail(e: &(dyn std::error::Error + 'static), text: &str) -> Stri
         root = s.to_string();
         cur = s.source();
     }
-    let tried = text
-        .find(" in ")
-        .and_then(|i| text[i + 4..].split(" - ").next())
-        .map(|t| t.trim().trim_end_matches(',').to_string())
-        .filter(|t| t.contains("retries"));
-    match tried {
-        Some(t) => short(&format!("{root} (gave up after {t})")),
-        None => short(&root),
+    // object_store says "... in 1.067797403s, after 6 retries, max_retries: ...".
+    let elapsed = text
+        .split(" in ")
+        .nth(1)
+        .and_then(|t| t.split("s,").next())
+        .and_then(|t| t.parse::<f64>().ok());
+    let retries = text
+        .split(", after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse::<u32>().ok());
+    match (retries, elapsed) {
+        (Some(n), Some(secs)) => {
+            short(&format!("{root} (gave up after {n} retries in {secs:.1}s)"))
+        }
+        _ => short(&root),
     }
 }
 
