@@ -849,46 +849,32 @@ fn kill_and_resume(
     run(&["check", s(src.path()), dst_url, "--checksum"], env).ok();
 }
 
+/// `georep ls --output json` as (key, size) pairs.
+fn ls_keys(url: &str, env: &[(String, String)]) -> Vec<(String, u64)> {
+    run(&["ls", url, "--output", "json"], env)
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap_or("").to_string(),
+                v["size"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn kill_9_mid_copy_to_local_then_resume() {
     let dst = tempfile::tempdir().expect("tempdir");
-    let root = dst.path().to_path_buf();
-    let list = move || {
-        let out = run(&["ls", s(&root), "--output", "json"], &[]);
-        out.stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                (
-                    v["key"].as_str().unwrap_or("").to_string(),
-                    v["size"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
-    };
-    kill_and_resume(s(dst.path()), &[], &list);
+    let root = s(dst.path()).to_string();
+    kill_and_resume(&root, &[], &|| ls_keys(&root, &[]));
     // The killed run's temp files were removed by the re-run (it saw their writer dead).
-    let leftovers = walk(dst.path())
+    let leftovers = data::files_under(dst.path())
         .into_iter()
         .filter(|p| p.contains(georep_storage::TEMP_PREFIX))
         .count();
     assert_eq!(leftovers, 0);
-}
-
-fn walk(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -897,19 +883,5 @@ fn kill_9_mid_copy_to_azurite_then_resume() {
     az.create_container("resume");
     let url = az.url("resume/job");
     let env = az.env();
-    let (u, e) = (url.clone(), env.clone());
-    let list = move || {
-        let out = run(&["ls", &u, "--output", "json"], &e);
-        out.stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                (
-                    v["key"].as_str().unwrap_or("").to_string(),
-                    v["size"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
-    };
-    kill_and_resume(&url, &env, &list);
+    kill_and_resume(&url, &env, &|| ls_keys(&url, &env));
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::{self, Either, FutureExt};
 use futures::stream::{self, BoxStream, StreamExt};
 use georep_core::{Filter, MaxDelete};
 use md5::{Digest, Md5};
@@ -182,7 +183,8 @@ enum Outcome {
 struct Side {
     stream: BoxStream<'static, Result<Entry>>,
     head: Option<Entry>,
-    last: Option<String>,
+    /// The previous key, for the order check (reused buffer).
+    last: String,
     done: bool,
     count: u64,
 }
@@ -201,7 +203,7 @@ impl Side {
         Self {
             stream,
             head: None,
-            last: None,
+            last: String::new(),
             done: false,
             count: 0,
         }
@@ -226,14 +228,11 @@ impl Side {
                     if !filter.matches(&entry.key) {
                         continue;
                     }
-                    if self
-                        .last
-                        .as_deref()
-                        .is_some_and(|l| entry.key.as_str() <= l)
-                    {
+                    if self.count > 0 && entry.key <= self.last {
                         health.out_of_order.store(true, Ordering::Relaxed);
                     }
-                    self.last = Some(entry.key.clone());
+                    self.last.clear();
+                    self.last.push_str(&entry.key);
                     self.count += 1;
                     self.head = Some(entry);
                 }
@@ -359,18 +358,19 @@ pub async fn run(
     let mut deletes = DeleteSpill::new()?;
     let mut outcomes = items
         .map(|item| {
-            let ctx = ctx.clone();
-            async move {
-                match item {
-                    Err(e) => Err(e),
-                    Ok(item) => {
-                        let task = tokio::spawn(process(ctx, item));
-                        task.await.map_err(|e| StorageError::Backend {
+            let step = item.map(|item| plan(&ctx.opts, &ctx.progress, item));
+            match step {
+                Err(e) => Either::Left(future::ready(Err(e))),
+                Ok(Step::Done(o)) => Either::Left(future::ready(Ok(o))),
+                Ok(step) => {
+                    let task = tokio::spawn(execute(ctx.clone(), step));
+                    Either::Right(task.map(|r| {
+                        r.map_err(|e| StorageError::Backend {
                             store: "georep".into(),
                             detail: format!("worker task failed: {e}"),
                             retryable: false,
                         })
-                    }
+                    }))
                 }
             }
         })
@@ -431,57 +431,88 @@ pub async fn run(
     Ok(report)
 }
 
-async fn process(ctx: Arc<Ctx>, item: Item) -> Outcome {
-    let opts = &ctx.opts;
+/// What one merged key needs: most keys are decided from the listings alone, and only
+/// copies and content comparisons go to a task.
+enum Step {
+    Done(Outcome),
+    Transfer(Entry),
+    /// Copy when the content differs (`--checksum`).
+    CopyIfDifferent(Entry),
+    /// `check --checksum` of two same-size objects.
+    Compare(Entry),
+}
+
+/// Decides a key from the listings alone (no IO).
+fn plan(opts: &JobOptions, progress: &Progress, item: Item) -> Step {
     match (opts.mode, item) {
-        (_, Item::ListError(e)) => Outcome::ListFailure(e),
-        (Mode::Check, Item::SrcOnly(s)) => Outcome::Differs(diff(s.key, DiffKind::Missing, None)),
-        (Mode::Check, Item::DstOnly(d)) => Outcome::Differs(diff(d.key, DiffKind::Extra, None)),
+        (_, Item::ListError(e)) => Step::Done(Outcome::ListFailure(e)),
+        (Mode::Check, Item::SrcOnly(s)) => {
+            Step::Done(Outcome::Differs(diff(s.key, DiffKind::Missing, None)))
+        }
+        (Mode::Check, Item::DstOnly(d)) => {
+            Step::Done(Outcome::Differs(diff(d.key, DiffKind::Extra, None)))
+        }
         (Mode::Check, Item::Both(s, d)) => {
             if s.size != d.size {
                 let detail = format!("size {} at source, {} at destination", s.size, d.size);
-                return Outcome::Differs(diff(s.key, DiffKind::Differs, Some(detail)));
-            }
-            if !opts.checksum {
-                return Outcome::Nothing;
-            }
-            match same_content(&ctx, &s.key).await {
-                Ok(true) => Outcome::Nothing,
-                Ok(false) => Outcome::Differs(diff(
+                Step::Done(Outcome::Differs(diff(
                     s.key,
                     DiffKind::Differs,
-                    Some("content differs".into()),
-                )),
-                Err(e) => failed(s.key, e),
-            }
-        }
-        (_, Item::DstOnly(d)) => {
-            if opts.mode == Mode::Sync && opts.delete {
-                Outcome::Delete(d)
+                    Some(detail),
+                )))
+            } else if opts.checksum {
+                Step::Compare(s)
             } else {
-                Outcome::Nothing
+                Step::Done(Outcome::Nothing)
             }
         }
-        (_, Item::SrcOnly(s)) => transfer(&ctx, s).await,
+        (_, Item::DstOnly(d)) => Step::Done(if opts.mode == Mode::Sync && opts.delete {
+            Outcome::Delete(d)
+        } else {
+            Outcome::Nothing
+        }),
+        (_, Item::SrcOnly(s)) => Step::Transfer(s),
         (_, Item::Both(s, d)) => {
             let copy = match opts.overwrite {
                 Overwrite::Always => true,
                 Overwrite::Never => false,
                 Overwrite::IfNewer => newer(&s, &d),
                 Overwrite::Different if s.size != d.size => true,
-                Overwrite::Different if opts.checksum => match same_content(&ctx, &s.key).await {
-                    Ok(same) => !same,
-                    Err(e) => return failed(s.key, e),
-                },
+                Overwrite::Different if opts.checksum => return Step::CopyIfDifferent(s),
                 Overwrite::Different => newer(&s, &d),
             };
             if copy {
-                transfer(&ctx, s).await
+                Step::Transfer(s)
             } else {
+                progress.checked.fetch_add(1, Ordering::Relaxed);
+                Step::Done(Outcome::Skipped)
+            }
+        }
+    }
+}
+
+/// Carries out a step that needs IO.
+async fn execute(ctx: Arc<Ctx>, step: Step) -> Outcome {
+    match step {
+        Step::Done(o) => o,
+        Step::Transfer(s) => transfer(&ctx, s).await,
+        Step::CopyIfDifferent(s) => match same_content(&ctx, &s.key).await {
+            Ok(true) => {
                 ctx.progress.checked.fetch_add(1, Ordering::Relaxed);
                 Outcome::Skipped
             }
-        }
+            Ok(false) => transfer(&ctx, s).await,
+            Err(e) => failed(s.key, e),
+        },
+        Step::Compare(s) => match same_content(&ctx, &s.key).await {
+            Ok(true) => Outcome::Nothing,
+            Ok(false) => Outcome::Differs(diff(
+                s.key,
+                DiffKind::Differs,
+                Some("content differs".into()),
+            )),
+            Err(e) => failed(s.key, e),
+        },
     }
 }
 

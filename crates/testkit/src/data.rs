@@ -50,3 +50,20 @@ pub fn many_files(root: &Path, count: usize, size: usize) {
         std::fs::write(&p, &content).expect("write file");
     }
 }
+
+/// Every file below `root` (any order), as display strings.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}

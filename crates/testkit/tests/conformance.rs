@@ -19,7 +19,7 @@ async fn local_folder() {
     let store = open(dir.path().to_str().expect("utf8"), vec![]);
     run_all(&store, Caps { attributes: false }).await;
     // No temp file is left behind by completed writes.
-    let leftovers = walk(dir.path())
+    let leftovers = georep_testkit::data::files_under(dir.path())
         .into_iter()
         .filter(|p| p.contains(georep_storage::TEMP_PREFIX))
         .count();
@@ -46,20 +46,4 @@ async fn s3_moto() {
     moto.create_bucket("conformance");
     let store = open("s3://conformance/some/prefix", moto.env());
     run_all(&store, Caps { attributes: true }).await;
-}
-
-fn walk(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
