@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Memory at scale: peak RSS of georep syncing 1,000,000 small files local -> local
 # (a full copy, then a no-op re-sync), and of rclone's no-op sync of the same trees.
-# COUNT overrides the object count. Needs GNU time (apt-get install -y time); rclone optional.
+# COUNT overrides the object count (0 skips that part); LARGE_GIB the large object's size. Needs GNU time (apt-get install -y time); rclone optional.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000000}
@@ -10,7 +10,7 @@ JOBS=${JOBS:-16}
 MOUNTED=
 if [ -z "${BENCH_DIR:-}" ]; then
   DIR=$(mktemp -d /tmp/georep-scale.XXXXXX)
-  if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=12g georep-scale "$DIR"; then MOUNTED=1; fi
+  if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=16g georep-scale "$DIR"; then MOUNTED=1; fi
 else
   DIR=$BENCH_DIR
 fi
@@ -20,6 +20,14 @@ command -v /usr/bin/time >/dev/null || { echo "missing GNU time: apt-get install
 cargo build --release --locked -p georep >/dev/null 2>&1 || cargo build --release --locked -p georep
 GEOREP=$PWD/target/release/georep
 
+measure() { # label, command...
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$DIR/t" "$@" >"$DIR/out" 2>"$DIR/err" || { cat "$DIR/err" >&2; exit 1; }
+  read -r secs kib < "$DIR/t"
+  printf "| %s | %s s | %d MiB |\n" "$label" "$secs" $((kib / 1024))
+}
+
+if [ "$COUNT" != 0 ]; then
 echo "== generating $COUNT files in $DIR/src"
 python3 - "$DIR/src" "$COUNT" <<'PY'
 import os, sys
@@ -33,12 +41,6 @@ for i in range(count):
     os.close(fd)
 PY
 
-measure() { # label, command...
-  local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$DIR/t" "$@" >"$DIR/out" 2>"$DIR/err" || { cat "$DIR/err" >&2; exit 1; }
-  read -r secs kib < "$DIR/t"
-  printf "| %s | %s s | %d MiB |\n" "$label" "$secs" $((kib / 1024))
-}
 echo
 echo "| run ($COUNT objects) | wall time | peak RSS |"
 echo "|---|---|---|"
@@ -48,9 +50,10 @@ measure "georep check" $GEOREP check "$DIR/src" "$DIR/dst"
 if command -v rclone >/dev/null; then
   measure "rclone sync (no-op)" rclone --config /dev/null --transfers $JOBS --checkers $JOBS sync "$DIR/src" "$DIR/dst"
 fi
+fi
 
 # One large object through an object store: memory must not follow the object's size.
-LARGE_GIB=${LARGE_GIB:-4}
+LARGE_GIB=${LARGE_GIB:-3}
 if [ "$LARGE_GIB" != 0 ] && command -v azurite-blob >/dev/null; then
   echo
   echo "== one ${LARGE_GIB} GiB object: local -> Azurite -> local"
