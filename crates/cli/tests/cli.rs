@@ -708,13 +708,20 @@ fn unreadable_file_is_listed_as_failed_and_the_rest_copied() {
         .output()
         .map(|o| o.stdout.starts_with(b"0"))
         .unwrap_or(false);
+    // The checkout may sit where `nobody` cannot reach (e.g. under /root): run a copy of
+    // the binary from a world-readable temp folder.
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let bin = bin_dir.path().join("georep");
+    std::fs::copy(env!("CARGO_BIN_EXE_georep"), &bin).expect("copy the binary");
+    set(bin_dir.path(), 0o755);
+    set(&bin, 0o755);
     let out = if is_root {
         Out(Command::new("runuser")
             .args([
                 "-u",
                 "nobody",
                 "--",
-                env!("CARGO_BIN_EXE_georep"),
+                s(&bin),
                 "copy",
                 s(src.path()),
                 s(dst.path()),
