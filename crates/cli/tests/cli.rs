@@ -206,6 +206,35 @@ fn chain_local_azurite_azurite_s3_local_is_byte_identical() {
         assert_eq!(check.code(), 0, "check {from} -> {to}: {}", check.stdout());
     }
     run(&["check", s(src.path()), s(back.path()), "--checksum"], &[]).ok();
+
+    // Deletions propagate through object stores too: Azurite -> Azurite, then S3.
+    std::fs::remove_file(src.path().join("plain.txt")).expect("remove");
+    std::fs::remove_file(src.path().join("a/b.txt")).expect("remove");
+    let both = both_env(&west.env(), &east.env());
+    for (from, to, env) in [
+        (s(src.path()).to_string(), west.url("photos/in"), west.env()),
+        (
+            west.url("photos/in"),
+            east.url("photos-dr/copy"),
+            both.clone(),
+        ),
+        (
+            east.url("photos-dr/copy"),
+            "s3://photos-s3/x/y".to_string(),
+            both_env(&east.env(), &moto.env()),
+        ),
+    ] {
+        let out = run(&["sync", &from, &to, "--delete", "--output", "json"], &env)
+            .ok()
+            .json();
+        assert_eq!(count(&out, "deleted"), 2, "{from} -> {to}: {out}");
+        assert_eq!(count(&out, "copied"), 0, "{from} -> {to}: {out}");
+    }
+    let left = run(&["ls", "s3://photos-s3/x/y"], &moto.env())
+        .ok()
+        .stdout();
+    assert_eq!(left.lines().count() as u64, n - 2, "{left}");
+    assert!(!left.contains("plain.txt"), "{left}");
 }
 
 #[test]
