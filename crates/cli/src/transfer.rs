@@ -31,14 +31,19 @@ pub(crate) struct TransferArgs {
     /// Print what would change and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Do not compare the destination's ETag with the MD5 of the bytes sent (needed for
+    /// S3 buckets with SSE-KMS or SSE-C encryption, whose ETags are not MD5s).
+    #[arg(long)]
+    no_etag_check: bool,
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct SyncArgs {
     #[command(flatten)]
     inner: TransferArgs,
-    /// Also delete destination objects that the source does not have (after every copy
-    /// succeeded and both listings completed).
+    /// Also delete destination objects that the source does not have: only after every
+    /// copy succeeded and both listings completed, and never from an empty source unless
+    /// --max-delete 100%.
     #[arg(long)]
     delete: bool,
     /// Refuse (exit 1, nothing deleted) when more than N objects, or P% of the
@@ -152,6 +157,7 @@ fn job(mode: Mode, a: &TransferArgs) -> anyhow::Result<JobOptions> {
             OverwriteArg::IfNewer => Overwrite::IfNewer,
         },
         dry_run: a.dry_run,
+        verify_dest_etag: !a.no_etag_check,
         ..tuned(&a.tuning)
     })
 }

@@ -392,6 +392,89 @@ fn sync_delete_respects_max_delete_dry_run_and_empty_source() {
         guarded.stderr()
     );
     assert!(dst.path().join("keep/a").exists());
+    // ... not even when a count limit would allow it; only 100% says "empty it".
+    let guarded = run(
+        &[
+            "sync",
+            s(empty.path()),
+            dp,
+            "--delete",
+            "--max-delete",
+            "1000",
+        ],
+        &[],
+    );
+    assert_eq!(guarded.code(), 1, "{}", guarded.stderr());
+    assert!(dst.path().join("keep/a").exists());
+    let emptied = run(
+        &[
+            "sync",
+            s(empty.path()),
+            dp,
+            "--delete",
+            "--max-delete",
+            "100%",
+            "--output",
+            "json",
+        ],
+        &[],
+    )
+    .ok()
+    .json();
+    assert_eq!(count(&emptied, "deleted"), 2);
+}
+
+#[test]
+fn destination_symlinks_are_never_followed_and_odd_names_block_deletes() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    data::write_tree(src.path(), &[("a.txt", b"a".to_vec())]);
+    data::write_tree(outside.path(), &[("precious.db", b"keep me".to_vec())]);
+    std::os::unix::fs::symlink(outside.path(), dst.path().join("linked")).expect("symlink");
+    let out = run(
+        &[
+            "sync",
+            s(src.path()),
+            s(dst.path()),
+            "--delete",
+            "--output",
+            "json",
+        ],
+        &[],
+    )
+    .ok()
+    .json();
+    assert_eq!(count(&out, "deleted"), 0, "{out}");
+    assert!(
+        outside.path().join("precious.db").exists(),
+        "a delete reached through a symlink"
+    );
+
+    // A file name with a newline is reported, and blocks deletes (the listing is incomplete).
+    data::write_tree(src.path(), &[("bad\nname", b"x".to_vec())]);
+    data::write_tree(dst.path(), &[("extra.txt", b"e".to_vec())]);
+    let out = run(
+        &[
+            "sync",
+            s(src.path()),
+            s(dst.path()),
+            "--delete",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    let v = out.json();
+    assert!(
+        v["failures"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("control character")),
+        "{v}"
+    );
+    assert!(v["delete_refused"].is_string(), "{v}");
+    assert!(dst.path().join("extra.txt").exists());
 }
 
 #[test]
@@ -744,27 +827,18 @@ fn unreadable_file_is_listed_as_failed_and_the_rest_copied() {
     std::fs::copy(env!("CARGO_BIN_EXE_georep"), &bin).expect("copy the binary");
     set(bin_dir.path(), 0o755);
     set(&bin, 0o755);
-    let out = if is_root {
-        Out(Command::new("runuser")
-            .args([
-                "-u",
-                "nobody",
-                "--",
-                s(&bin),
-                "copy",
-                s(src.path()),
-                s(dst.path()),
-                "--output",
-                "json",
-            ])
-            .output()
-            .expect("runuser (util-linux) to run georep as nobody"))
-    } else {
-        run(
-            &["copy", s(src.path()), s(dst.path()), "--output", "json"],
-            &[],
-        )
+    let as_user = |args: &[&str]| {
+        if is_root {
+            Out(Command::new("runuser")
+                .args(["-u", "nobody", "--", s(&bin)])
+                .args(args)
+                .output()
+                .expect("runuser (util-linux) to run georep as nobody"))
+        } else {
+            run(args, &[])
+        }
     };
+    let out = as_user(&["copy", s(src.path()), s(dst.path()), "--output", "json"]);
     assert_eq!(out.code(), 1, "stderr: {}", out.stderr());
     let v = out.json();
     assert_eq!(count(&v, "copied"), 1, "{v}");
@@ -778,6 +852,26 @@ fn unreadable_file_is_listed_as_failed_and_the_rest_copied() {
         "{v}"
     );
     assert!(!dst.path().join("secret.txt").exists());
+    // A failed copy blocks deletes: the destination keeps what it cannot replace.
+    data::write_tree(dst.path(), &[("old.txt", b"o".to_vec())]);
+    set(&dst.path().join("old.txt"), 0o666);
+    let out = as_user(&[
+        "sync",
+        s(src.path()),
+        s(dst.path()),
+        "--delete",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code(), 1, "stderr: {}", out.stderr());
+    let v = out.json();
+    assert!(
+        v["delete_refused"]
+            .as_str()
+            .is_some_and(|m| m.contains("failed")),
+        "{v}"
+    );
+    assert!(dst.path().join("old.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,18 @@ impl StoreUrl {
         if input.is_empty() {
             return Err(StoreUrlError::Empty);
         }
+        if let Some((scheme, rest)) = input.split_once("://") {
+            // A query or fragment is where SAS tokens and signatures travel: refuse it
+            // for every scheme, and never echo what follows it.
+            let lower = scheme.to_ascii_lowercase();
+            if lower != "file" && (rest.contains('?') || rest.contains('#')) {
+                let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+                return Err(StoreUrlError::CredentialsInUrl(format!(
+                    "{scheme}://{}",
+                    &rest[..cut]
+                )));
+            }
+        }
         let Some((scheme, rest)) = input.split_once("://") else {
             return Ok(Self::Local {
                 path: PathBuf::from(input),
@@ -170,7 +182,11 @@ impl StoreUrl {
                     prefix: p2,
                     endpoint: e2,
                 },
-            ) => a1 == a2 && e1 == e2 && c1 == c2 && nested(p1, p2),
+            ) => {
+                // `az://` leaves the account to the environment: it may be the same one.
+                let same_account = a1.is_none() || a2.is_none() || (a1 == a2 && e1 == e2);
+                same_account && c1 == c2 && nested(p1, p2)
+            }
             (
                 U::S3 {
                     bucket: b1,
@@ -266,7 +282,11 @@ fn normalize(p: &std::path::Path) -> PathBuf {
 
 fn parse_http(input: &str, scheme: &str) -> Result<StoreUrl, StoreUrlError> {
     let url = url::Url::parse(input).map_err(|e| StoreUrlError::Invalid {
-        url: input.to_string(),
+        // Cut at '@' too: a password may sit in the authority.
+        url: input
+            .rsplit_once('@')
+            .map_or(input, |(_, host)| host)
+            .to_string(),
         reason: e.to_string(),
     })?;
     if url.query().is_some() || url.password().is_some() {
@@ -525,6 +545,11 @@ mod tests {
             ("az://c1x/a", "az://c1x/a/b", true),
             ("az://c1x/a", "az://c1x/ab", false),
             ("az://c1x", "az://c2x", false),
+            (
+                "https://acct.blob.core.windows.net/c1x/site",
+                "az://c1x",
+                true,
+            ),
             ("s3://bkt/a", "s3://bkt", true),
             ("s3://bkt/a", "gs://bkt/a", false),
             ("memory://m/a", "memory://m/b", false),
@@ -542,5 +567,14 @@ mod tests {
             .to_string();
         assert!(!err.contains("SECRET"), "{err}");
         assert!(err.contains("AZURE_STORAGE_SAS_TOKEN"), "{err}");
+        for url in [
+            "az://c1x/p?sv=1&sig=SECRET",
+            "s3://bkt/p?X-Amz-Signature=SECRET",
+            "gs://bkt#SECRET",
+            "https://user:SECRET@[bad/",
+        ] {
+            let err = StoreUrl::parse(url).expect_err(url).to_string();
+            assert!(!err.contains("SECRET"), "{url}: {err}");
+        }
     }
 }

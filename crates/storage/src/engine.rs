@@ -62,6 +62,9 @@ pub struct JobOptions {
     pub part_concurrency: usize,
     /// Tries per object for retryable failures (verification, transient IO).
     pub attempts: u32,
+    /// Compare the MD5 of the bytes sent with the destination's ETag (S3, GCS). Off for
+    /// buckets with SSE-KMS or SSE-C encryption, whose ETags are not MD5s.
+    pub verify_dest_etag: bool,
 }
 
 impl Default for JobOptions {
@@ -80,6 +83,7 @@ impl Default for JobOptions {
             part_size: 8 << 20,
             part_concurrency: 2,
             attempts: 3,
+            verify_dest_etag: true,
         }
     }
 }
@@ -170,7 +174,9 @@ enum Item {
 
 /// What processing one item produced.
 enum Outcome {
-    Copied { bytes: u64 },
+    Copied {
+        bytes: u64,
+    },
     Skipped,
     Failed(Failure),
     Differs(Difference),
@@ -178,6 +184,8 @@ enum Outcome {
     Delete(Entry),
     Nothing,
     ListFailure(StorageError),
+    /// The whole store became unusable (credentials revoked, endpoint down): stop.
+    Fatal(StorageError),
 }
 
 struct Side {
@@ -406,6 +414,7 @@ pub async fn run(
             }
             Outcome::Delete(e) => deletes.push(&e.key)?,
             Outcome::Nothing => report.checked += 1,
+            Outcome::Fatal(e) => return Err(e),
             Outcome::ListFailure(e) => {
                 report.failed += 1;
                 ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -502,6 +511,7 @@ async fn execute(ctx: Arc<Ctx>, step: Step) -> Outcome {
                 Outcome::Skipped
             }
             Ok(false) => transfer(&ctx, s).await,
+            Err(e) if e.is_fatal_for_store() => Outcome::Fatal(e),
             Err(e) => failed(s.key, e),
         },
         Step::Compare(s) => match same_content(&ctx, &s.key).await {
@@ -511,6 +521,7 @@ async fn execute(ctx: Arc<Ctx>, step: Step) -> Outcome {
                 DiffKind::Differs,
                 Some("content differs".into()),
             )),
+            Err(e) if e.is_fatal_for_store() => Outcome::Fatal(e),
             Err(e) => failed(s.key, e),
         },
     }
@@ -563,6 +574,7 @@ async fn transfer(ctx: &Arc<Ctx>, entry: Entry) -> Outcome {
                 tokio::time::sleep(Duration::from_millis(base + jitter)).await;
                 attempt += 1;
             }
+            Err(e) if e.is_fatal_for_store() => return Outcome::Fatal(e),
             Err(e) => {
                 tracing::warn!(key = %entry.key, error = %e, "copy failed");
                 return failed(entry.key, e);
@@ -610,18 +622,18 @@ async fn copy_once(ctx: &Ctx, entry: &Entry) -> Result<u64> {
         },
         ..reader
     };
+    // S3 allows 10,000 parts: grow the part size for very large objects.
+    let part_size = ctx.opts.part_size.max(size.div_ceil(9_000) as usize);
     let etag = dst
-        .put(
-            &entry.key,
-            reader,
-            ctx.opts.part_size,
-            ctx.opts.part_concurrency,
-        )
+        .put(&entry.key, reader, part_size, ctx.opts.part_concurrency)
         .await?;
-    if dst.etag_is_md5() {
+    if dst.etag_is_md5() && ctx.opts.verify_dest_etag {
         let ours = computed.lock().ok().and_then(|g| *g);
         if let (Some(ours), Some(theirs)) = (ours, etag.as_deref().and_then(md5_of_etag)) {
             if ours != theirs {
+                // The store holds something other than what was sent: remove it, so that
+                // no later run mistakes it for a good copy; the retry sends it again.
+                let _ = dst.delete(&entry.key).await;
                 return Err(StorageError::Verify(format!(
                     "{}: destination MD5 {} differs from the bytes sent {}",
                     entry.key,
@@ -793,16 +805,21 @@ async fn run_deletes(
 ) -> Result<()> {
     let n = deletes.count;
     let dst_total = health.dst_count.load(Ordering::Relaxed);
-    let refuse = if health.incomplete.load(Ordering::Relaxed) {
+    let src_empty = health.src_count.load(Ordering::Relaxed) == 0;
+    let empties_on_purpose =
+        matches!(ctx.opts.max_delete, Some(MaxDelete::Percent(p)) if p >= 100.0);
+    let refuse = if report.failed > 0 {
+        Some(format!("refusing to delete {n} objects: {} objects failed (see failures), so the destination would lose data it has no replacement for; fix them and run again", report.failed))
+    } else if health.incomplete.load(Ordering::Relaxed) {
         Some(format!("refusing to delete {n} objects: a listing was incomplete (see failures); fix it and run again"))
     } else if health.out_of_order.load(Ordering::Relaxed) {
         Some(format!("refusing to delete {n} objects: a store listed keys out of order, so the difference is not trustworthy"))
+    } else if src_empty && !empties_on_purpose {
+        Some(format!("refusing to delete {n} objects: the source listed no objects (wrong path or prefix?); pass --max-delete 100% if you mean to empty the destination"))
     } else if let Some(max) = ctx.opts.max_delete {
         (!max.allows(n, dst_total)).then(|| {
             format!("refusing to delete {n} of {dst_total} objects at the destination: more than --max-delete {max}; nothing was deleted")
         })
-    } else if health.src_count.load(Ordering::Relaxed) == 0 {
-        Some(format!("refusing to delete {n} objects: the source listed no objects (wrong path or prefix?); pass --max-delete 100% if you mean to empty the destination"))
     } else {
         None
     };

@@ -50,7 +50,9 @@ pub(crate) fn list_sorted(
         }
         let walker = walkdir::WalkDir::new(&root)
             .min_depth(1)
-            .follow_links(true)
+            // A source may link in folders; a destination must not, or a delete would
+            // reach outside it.
+            .follow_links(role == ListRole::Source)
             .sort_by(|a, b| {
                 let slash = |e: &walkdir::DirEntry| {
                     if e.file_type().is_dir() {
@@ -77,6 +79,10 @@ pub(crate) fn list_sorted(
         for item in walker {
             let out = match item {
                 Ok(e) if e.file_type().is_dir() => continue,
+                Ok(e) if e.file_type().is_symlink() => {
+                    tracing::warn!(path = %e.path().display(), "symbolic link in a destination: left alone");
+                    continue;
+                }
                 Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => {
                     if role == ListRole::Destination && is_orphan(e.file_name()) {
                         match std::fs::remove_file(e.path()) {
@@ -146,6 +152,14 @@ fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
         detail: format!("file name is not UTF-8, skipped: {}", rel.display()),
         retryable: false,
     })?;
+    if key.chars().any(char::is_control) {
+        // Object stores refuse such keys, and the delete list is newline-separated.
+        return Err(StorageError::Io {
+            store: store.to_string(),
+            detail: format!("file name contains a control character, skipped: {key:?}"),
+            retryable: false,
+        });
+    }
     let meta = e.metadata().map_err(|err| StorageError::Io {
         store: store.to_string(),
         detail: format!("cannot stat {key}: {err}"),
@@ -180,29 +194,38 @@ pub(crate) fn key_path(root: &Path, key: &str, store: &str) -> Result<PathBuf> {
 }
 
 /// Streams an open file in `chunk`-sized reads on the blocking pool.
+/// Streams an open file in `chunk`-sized reads on the blocking pool. At the end the
+/// file's size and mtime must still be those it was opened with; a file rewritten while
+/// it was read ends the stream with an error, so the torn copy is never committed.
 pub(crate) fn read_chunks(
     file: File,
     path: PathBuf,
     size: u64,
+    opened_mtime: DateTime<Utc>,
     chunk: usize,
     store: String,
 ) -> BoxStream<'static, Result<Bytes>> {
     let chunk = chunk.max(64 * 1024);
-    stream::try_unfold((file, size), move |(mut file, remaining)| {
+    stream::try_unfold((Some(file), size), move |(file, remaining)| {
         let path = path.clone();
         let store = store.clone();
         async move {
-            if remaining == 0 {
+            let Some(mut file) = file else {
                 return Ok(None);
-            }
+            };
             let want = remaining.min(chunk as u64) as usize;
             let res = tokio::task::spawn_blocking(move || {
                 let mut buf = Vec::with_capacity(want);
                 let n = (&mut file).take(want as u64).read_to_end(&mut buf);
-                (file, buf, n)
+                let meta = if want == 0 || n.as_ref().is_ok_and(|n| *n == 0) {
+                    Some(file.metadata())
+                } else {
+                    None
+                };
+                (file, buf, n, meta)
             })
             .await;
-            let (file, buf, n) = res.map_err(|e| StorageError::Io {
+            let (file, buf, n, meta) = res.map_err(|e| StorageError::Io {
                 store: store.clone(),
                 detail: e.to_string(),
                 retryable: true,
@@ -210,12 +233,21 @@ pub(crate) fn read_chunks(
             let n = n.map_err(|e| {
                 StorageError::io(&store, &format!("cannot read {}", path.display()), e)
             })?;
-            if n == 0 {
-                // Shorter than its listed size: it shrank while we read. The engine's
-                // size check reports it.
+            if let Some(meta) = meta {
+                // End of the data: did the file change under us?
+                let meta = meta.map_err(|e| {
+                    StorageError::io(&store, &format!("cannot stat {}", path.display()), e)
+                })?;
+                let mtime = meta.modified().map(DateTime::<Utc>::from).ok();
+                if meta.len() != size || mtime.is_some_and(|m| m != opened_mtime) {
+                    return Err(StorageError::Verify(format!(
+                        "{} changed while it was read; it will be read again",
+                        path.display()
+                    )));
+                }
                 return Ok(None);
             }
-            Ok(Some((Bytes::from(buf), (file, remaining - n as u64))))
+            Ok(Some((Bytes::from(buf), (Some(file), remaining - n as u64))))
         }
     })
     .boxed()
@@ -313,6 +345,10 @@ pub(crate) fn copy_file_atomic(
 ) -> Result<u64> {
     let mut src = File::open(from)
         .map_err(|e| StorageError::io(src_store, &format!("cannot read {}", from.display()), e))?;
+    let before = src
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(|e| StorageError::io(src_store, &format!("cannot stat {}", from.display()), e))?;
     let (mut dst, tmp) = create_temp(to, dst_store)?;
     let result = (|| {
         let n = std::io::copy(&mut src, &mut dst).map_err(|e| {
@@ -325,11 +361,10 @@ pub(crate) fn copy_file_atomic(
         let now = src.metadata().map_err(|e| {
             StorageError::io(src_store, &format!("cannot stat {}", from.display()), e)
         })?;
-        if now.len() != n {
+        if now.len() != n || now.modified().ok() != Some(before) {
             return Err(StorageError::Verify(format!(
-                "{}: copied {n} bytes but the source now has {}; it changed during the copy",
-                from.display(),
-                now.len()
+                "{} changed during the copy; it will be copied again",
+                from.display()
             )));
         }
         let _ = dst.set_modified(mtime.into());

@@ -58,7 +58,8 @@ pub struct StoreOptions {
     /// Longest time one request (with its retries) may take before the endpoint is
     /// declared down.
     pub retry_timeout: Duration,
-    /// Per-request timeout (no progress for this long fails the attempt).
+    /// Idle timeout: a request that receives nothing for this long fails the attempt.
+    /// There is no total timeout, so a large object may take as long as it needs.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     /// Variables read before the process environment (for tests that talk to several
@@ -157,7 +158,8 @@ impl Store {
         };
         let client = |allow_http: bool| {
             ClientOptions::new()
-                .with_timeout(opts.request_timeout)
+                .with_timeout_disabled()
+                .with_read_timeout(opts.request_timeout)
                 .with_connect_timeout(opts.connect_timeout)
                 .with_allow_http(allow_http)
                 .with_pool_max_idle_per_host(64)
@@ -426,7 +428,14 @@ impl Store {
                 if let Some(ct) = crate::mime::guess(key) {
                     attributes.insert(Attribute::ContentType, ct.into());
                 }
-                local::read_chunks(file, fs_path, size, chunk, self.shown.clone())
+                local::read_chunks(
+                    file,
+                    fs_path,
+                    size,
+                    last_modified,
+                    chunk,
+                    self.shown.clone(),
+                )
             }
             GetResultPayload::Stream(s) => s.map_err(move |e| mapper.map(e)).boxed(),
         };
