@@ -434,6 +434,51 @@ mod tests {
         assert_eq!(keys.len(), 7);
     }
 
+    #[tokio::test]
+    async fn a_file_rewritten_while_read_fails_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 300_000]).expect("write");
+        let file = File::open(&path).expect("open");
+        let meta = file.metadata().expect("meta");
+        let mtime = DateTime::<Utc>::from(meta.modified().expect("mtime"));
+        // Same size, new content and mtime: only the mtime can tell.
+        std::fs::write(&path, vec![2u8; 300_000]).expect("rewrite");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(later)
+            .expect("touch");
+        let items: Vec<Result<Bytes>> =
+            read_chunks(file, path.clone(), 300_000, mtime, 65_536, "t".into())
+                .collect()
+                .await;
+        assert!(
+            matches!(items.last(), Some(Err(StorageError::Verify(_)))),
+            "{items:?}"
+        );
+
+        let file = File::open(&path).expect("open");
+        let mtime =
+            DateTime::<Utc>::from(file.metadata().expect("meta").modified().expect("mtime"));
+        let items: Vec<Result<Bytes>> = read_chunks(file, path, 300_000, mtime, 65_536, "t".into())
+            .collect()
+            .await;
+        assert!(
+            items.iter().all(|r| r.is_ok()),
+            "an unchanged file reads cleanly"
+        );
+        assert_eq!(
+            items
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |b| b.len()))
+                .sum::<usize>(),
+            300_000
+        );
+    }
+
     #[test]
     fn keys_cannot_escape_the_folder() {
         let root = Path::new("/srv/x");
