@@ -181,6 +181,7 @@ async fn execute(
     }
     let store_opts = StoreOptions {
         retry_timeout: common.retry_timeout,
+        fsync: common.fsync,
         ..Default::default()
     };
     let src = Arc::new(Store::open(&src_url, &store_opts)?);

@@ -112,7 +112,14 @@ fn local_sync_copies_then_skips_and_checks_equal() {
     let dst = tempfile::tempdir().expect("tempdir");
     let n = data::awkward_tree().len() as u64;
     let first = run(
-        &["sync", s(src.path()), s(dst.path()), "--output", "json"],
+        &[
+            "sync",
+            s(src.path()),
+            s(dst.path()),
+            "--output",
+            "json",
+            "--fsync",
+        ],
         &[],
     )
     .ok()

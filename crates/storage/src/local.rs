@@ -282,6 +282,7 @@ pub(crate) async fn write_atomic(
     dest: &Path,
     mut data: BoxStream<'static, Result<Bytes>>,
     mtime: Option<DateTime<Utc>>,
+    fsync: bool,
     store: &str,
 ) -> Result<()> {
     let (file, tmp) = create_temp(dest, store)?;
@@ -300,16 +301,40 @@ pub(crate) async fn write_atomic(
         if let Some(t) = mtime {
             let _ = file.set_modified(t.into());
         }
-        drop(file);
-        std::fs::rename(&tmp, dest).map_err(|e| {
-            StorageError::io(store, &format!("cannot rename into {}", dest.display()), e)
-        })
+        tokio::task::spawn_blocking(move || commit(file, fsync))
+            .await
+            .map_err(|e| StorageError::io(store, "fsync", std::io::Error::other(e)))?
+            .map_err(|e| StorageError::io(store, &format!("cannot sync {}", tmp.display()), e))?;
+        rename_durably(&tmp, dest, fsync, store)
     }
     .await;
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flushes a finished temp file to disk when `--fsync` asked for it, then closes it.
+fn commit(file: File, fsync: bool) -> std::io::Result<()> {
+    if fsync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Renames the temp file over the key; with `fsync`, also makes the rename durable.
+fn rename_durably(tmp: &Path, dest: &Path, fsync: bool, store: &str) -> Result<()> {
+    std::fs::rename(tmp, dest).map_err(|e| {
+        StorageError::io(store, &format!("cannot rename into {}", dest.display()), e)
+    })?;
+    if fsync {
+        if let Some(parent) = dest.parent() {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| {
+                StorageError::io(store, &format!("cannot sync {}", parent.display()), e)
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates a fresh temp file beside `dest`, creating folders only when they are missing
@@ -340,6 +365,7 @@ pub(crate) fn copy_file_atomic(
     from: &Path,
     to: &Path,
     mtime: DateTime<Utc>,
+    fsync: bool,
     src_store: &str,
     dst_store: &str,
 ) -> Result<u64> {
@@ -368,14 +394,10 @@ pub(crate) fn copy_file_atomic(
             )));
         }
         let _ = dst.set_modified(mtime.into());
-        drop(dst);
-        std::fs::rename(&tmp, to).map_err(|e| {
-            StorageError::io(
-                dst_store,
-                &format!("cannot rename into {}", to.display()),
-                e,
-            )
+        commit(dst, fsync).map_err(|e| {
+            StorageError::io(dst_store, &format!("cannot sync {}", tmp.display()), e)
         })?;
+        rename_durably(&tmp, to, fsync, dst_store)?;
         Ok(n)
     })();
     if result.is_err() {

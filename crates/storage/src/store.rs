@@ -65,6 +65,9 @@ pub struct StoreOptions {
     /// Variables read before the process environment (for tests that talk to several
     /// endpoints in one process); credentials still never come from URLs.
     pub env: std::collections::BTreeMap<String, String>,
+    /// fsync local files and their folders before a write counts as done, so a power
+    /// loss cannot leave a renamed but empty file. Off by default, as in cp and rclone.
+    pub fsync: bool,
 }
 
 impl Default for StoreOptions {
@@ -74,6 +77,7 @@ impl Default for StoreOptions {
             request_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
             env: Default::default(),
+            fsync: false,
         }
     }
 }
@@ -127,6 +131,8 @@ enum Backend {
 pub struct Store {
     url: StoreUrl,
     shown: String,
+    /// Local writes reach the disk (file and folder fsync) before they count as done.
+    fsync: bool,
     backend: Backend,
     secrets: Vec<String>,
 }
@@ -322,6 +328,7 @@ impl Store {
         secrets.retain(|s| s.len() >= 4);
         Ok(Self {
             url: url.clone(),
+            fsync: opts.fsync,
             shown,
             backend,
             secrets,
@@ -340,6 +347,7 @@ impl Store {
             url,
             backend: Backend::Remote { os, prefix: None },
             secrets: Vec::new(),
+            fsync: false,
         }
     }
 
@@ -465,6 +473,7 @@ impl Store {
                     &dest,
                     reader.stream,
                     Some(reader.last_modified),
+                    self.fsync,
                     &self.shown,
                 )
                 .await?;
@@ -541,8 +550,9 @@ impl Store {
         let from = local::key_path(sroot, key, &self.shown)?;
         let to = local::key_path(droot, key, &dst.shown)?;
         let (sname, dname) = (self.shown.clone(), dst.shown.clone());
+        let fsync = dst.fsync;
         tokio::task::spawn_blocking(move || {
-            local::copy_file_atomic(&from, &to, src_mtime, &sname, &dname)
+            local::copy_file_atomic(&from, &to, src_mtime, fsync, &sname, &dname)
         })
         .await
         .map_err(|e| StorageError::Io {
