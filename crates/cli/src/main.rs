@@ -69,10 +69,6 @@ pub(crate) struct Common {
     /// until then, so a dead endpoint fails the run within this bound, never hangs.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) retry_timeout: Duration,
-    /// fsync every file written to a local destination (and its folder) before it counts
-    /// as copied: survives power loss, at some cost in speed.
-    #[arg(long)]
-    pub(crate) fsync: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

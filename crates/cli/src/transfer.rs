@@ -12,8 +12,9 @@ use georep_storage::{
 use crate::output::{human, ProgressView};
 use crate::{exit, Common, Output};
 
+/// The two stores and the flags every two-store command shares.
 #[derive(Args, Debug)]
-pub(crate) struct TransferArgs {
+pub(crate) struct Pair {
     /// Source store (its prefix is the root of the copy).
     src: String,
     /// Destination store; keys keep their path relative to the source prefix.
@@ -22,6 +23,12 @@ pub(crate) struct TransferArgs {
     common: Common,
     #[command(flatten)]
     tuning: Tuning,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TransferArgs {
+    #[command(flatten)]
+    pair: Pair,
     /// Compare content (BLAKE3 of both sides) instead of size and last-modified.
     #[arg(long)]
     checksum: bool,
@@ -54,12 +61,8 @@ pub(crate) struct SyncArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
-    src: String,
-    dst: String,
     #[command(flatten)]
-    common: Common,
-    #[command(flatten)]
-    tuning: Tuning,
+    pair: Pair,
     /// Compare content (BLAKE3 of both sides), proving byte equality.
     #[arg(long)]
     checksum: bool,
@@ -70,6 +73,10 @@ pub(crate) struct CheckArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Tuning {
+    /// fsync every file written to a local destination (and its folder) before it counts
+    /// as copied: survives power loss, at some cost in speed.
+    #[arg(long)]
+    fsync: bool,
     /// Objects copied in parallel.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     transfers: u16,
@@ -114,25 +121,25 @@ fn parse_part(s: &str) -> Result<u64, String> {
 
 pub(crate) async fn run_copy(a: TransferArgs) -> anyhow::Result<u8> {
     let opts = job(Mode::Copy, &a)?;
-    execute("copy", &a.src, &a.dst, &a.common, opts).await
+    execute("copy", &a.pair, opts).await
 }
 
 pub(crate) async fn run_sync(a: SyncArgs) -> anyhow::Result<u8> {
     let mut opts = job(Mode::Sync, &a.inner)?;
     opts.delete = a.delete;
     opts.max_delete = a.max_delete;
-    execute("sync", &a.inner.src, &a.inner.dst, &a.inner.common, opts).await
+    execute("sync", &a.inner.pair, opts).await
 }
 
 pub(crate) async fn run_check(a: CheckArgs) -> anyhow::Result<u8> {
     let _ = a.dry_run;
     let opts = JobOptions {
         mode: Mode::Check,
-        filter: Filter::new(&a.common.include, &a.common.exclude)?,
+        filter: Filter::new(&a.pair.common.include, &a.pair.common.exclude)?,
         checksum: a.checksum,
-        ..tuned(&a.tuning)
+        ..tuned(&a.pair.tuning)
     };
-    execute("check", &a.src, &a.dst, &a.common, opts).await
+    execute("check", &a.pair, opts).await
 }
 
 fn tuned(t: &Tuning) -> JobOptions {
@@ -148,7 +155,7 @@ fn tuned(t: &Tuning) -> JobOptions {
 fn job(mode: Mode, a: &TransferArgs) -> anyhow::Result<JobOptions> {
     Ok(JobOptions {
         mode,
-        filter: Filter::new(&a.common.include, &a.common.exclude)?,
+        filter: Filter::new(&a.pair.common.include, &a.pair.common.exclude)?,
         checksum: a.checksum,
         overwrite: match a.overwrite {
             OverwriteArg::Different => Overwrite::Different,
@@ -158,17 +165,12 @@ fn job(mode: Mode, a: &TransferArgs) -> anyhow::Result<JobOptions> {
         },
         dry_run: a.dry_run,
         verify_dest_etag: !a.no_etag_check,
-        ..tuned(&a.tuning)
+        ..tuned(&a.pair.tuning)
     })
 }
 
-async fn execute(
-    command: &'static str,
-    src: &str,
-    dst: &str,
-    common: &Common,
-    opts: JobOptions,
-) -> anyhow::Result<u8> {
+async fn execute(command: &'static str, pair: &Pair, opts: JobOptions) -> anyhow::Result<u8> {
+    let (src, dst, common) = (&pair.src, &pair.dst, &pair.common);
     let src_url = StoreUrl::parse(src).context("bad source URL")?;
     let dst_url = StoreUrl::parse(dst).context("bad destination URL")?;
     let cwd = std::env::current_dir().unwrap_or_default();
@@ -181,7 +183,7 @@ async fn execute(
     }
     let store_opts = StoreOptions {
         retry_timeout: common.retry_timeout,
-        fsync: common.fsync,
+        fsync: pair.tuning.fsync,
         ..Default::default()
     };
     let src = Arc::new(Store::open(&src_url, &store_opts)?);
