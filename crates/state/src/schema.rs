@@ -1,0 +1,49 @@
+//! Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+
+/// Each entry moves the schema one version up; never edit a released entry, append one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: policies, manifests, the work queue.
+    "
+    CREATE TABLE policies (
+        name            TEXT PRIMARY KEY,
+        config          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        paused          TEXT,
+        allow_mass_delete INTEGER NOT NULL DEFAULT 0,
+        last_scan_at    INTEGER,
+        last_scan_ms    INTEGER,
+        last_scan_error TEXT,
+        scans           INTEGER NOT NULL DEFAULT 0
+    );
+    -- What was last seen at each policy's source: a scan diffs its listing against this.
+    CREATE TABLE manifest (
+        policy TEXT NOT NULL,
+        key    TEXT NOT NULL,
+        size   INTEGER NOT NULL,
+        etag   TEXT,
+        mtime  INTEGER NOT NULL,
+        PRIMARY KEY (policy, key)
+    ) WITHOUT ROWID;
+    -- One row per policy, destination and key: the latest operation and its status.
+    CREATE TABLE items (
+        policy          TEXT NOT NULL,
+        dest            TEXT NOT NULL,
+        key             TEXT NOT NULL,
+        op              TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        generation      INTEGER NOT NULL,
+        size            INTEGER NOT NULL,
+        change_time     INTEGER NOT NULL,
+        enqueued_at     INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER NOT NULL,
+        lease_until     INTEGER NOT NULL DEFAULT 0,
+        replicated_at   INTEGER,
+        PRIMARY KEY (policy, dest, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX items_open ON items (policy, next_attempt_at) WHERE status != 'complete';
+    CREATE INDEX items_done ON items (policy, dest, replicated_at) WHERE status = 'complete';
+    ",
+];
