@@ -3,6 +3,9 @@
 
 mod ls;
 mod output;
+mod serve;
+mod status;
+mod topology;
 mod transfer;
 
 use std::process::ExitCode;
@@ -27,9 +30,10 @@ CREDENTIALS come only from the environment: AZURE_STORAGE_ACCOUNT_NAME, AZURE_ST
 EXIT CODES: 0 success, 1 differences or failed objects (listed), 2 bad usage/config/input, 3 endpoint unreachable or credentials refused."
 )]
 struct Cli {
-    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn", env = "GEOREP_LOG")]
-    log_level: String,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace); `info`
+    /// for `serve`, `warn` otherwise.
+    #[arg(long, global = true, env = "GEOREP_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +48,15 @@ enum Command {
     Sync(transfer::SyncArgs),
     /// Compare SRC and DST without changing anything; exit 1 if they differ.
     Check(transfer::CheckArgs),
+    /// Check a topology file and report every error in it; exit 2 if any.
+    Validate(topology::ValidateArgs),
+    /// Show what `serve` would run and what changed against the recorded state.
+    Plan(topology::PlanArgs),
+    /// Run the replication daemon with its HTTP API (stops cleanly on SIGINT/SIGTERM).
+    Serve(serve::ServeArgs),
+    /// Replication status per policy and destination, or of one object; exit 1 when an
+    /// RPO is breached, a policy is paused or objects keep failing.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -84,7 +97,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -107,6 +125,10 @@ fn main() -> ExitCode {
             Command::Copy(a) => transfer::run_copy(a).await,
             Command::Sync(a) => transfer::run_sync(a).await,
             Command::Check(a) => transfer::run_check(a).await,
+            Command::Validate(a) => topology::validate(a),
+            Command::Plan(a) => topology::plan(a),
+            Command::Serve(a) => serve::run(a).await,
+            Command::Status(a) => status::run(a),
         }
     });
     match result {

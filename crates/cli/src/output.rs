@@ -16,7 +16,14 @@ pub(crate) fn exit_code_of(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<StorageError>() {
             return s.exit_class();
         }
+        if let Some(r) = cause.downcast_ref::<georep_replicate::ReplicateError>() {
+            return r.exit_class();
+        }
         if cause.downcast_ref::<georep_core::StoreUrlError>().is_some()
+            || cause
+                .downcast_ref::<crate::topology::ConfigFileError>()
+                .is_some()
+            || cause.downcast_ref::<georep_state::StateError>().is_some()
             || cause.downcast_ref::<georep_core::FilterError>().is_some()
             || cause.downcast_ref::<georep_core::SizeError>().is_some()
         {

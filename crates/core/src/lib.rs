@@ -1,7 +1,8 @@
 //! georep-core: the vocabulary every other georep crate shares.
 //!
 //! Store URLs, byte sizes, rates, durations and key filters are parsed here, once, so
-//! the CLI and (later) the topology file accept exactly the same syntax.
+//! the CLI and the topology file (`georep.toml`, [`topology`]) accept exactly the same
+//! syntax.
 //!
 //! Architecture invariant: this crate does no network or disk IO and knows nothing of
 //! HTTP, SQL or `object_store`.
@@ -9,7 +10,12 @@
 mod filter;
 mod size;
 mod store_url;
+pub mod topology;
 
 pub use filter::{Filter, FilterError};
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError};
 pub use store_url::{StoreUrl, StoreUrlError};
+pub use topology::{
+    ConfigError, ConfigErrors, DeleteMode, Policy, Region, ServerConfig, StateConfig, StoreDef,
+    Topology,
+};

@@ -325,6 +325,27 @@ struct Ctx {
     progress: Arc<Progress>,
 }
 
+/// Copies one object, once, with the same verification as a run: nothing becomes
+/// visible at `dst` unless size (and MD5, where a store gives one) match. The caller
+/// owns retries (the replication queue backs off between attempts).
+pub async fn copy_object(
+    src: &Arc<Store>,
+    dst: &Arc<Store>,
+    entry: &Entry,
+    opts: &JobOptions,
+) -> Result<u64> {
+    let ctx = Ctx {
+        limiter: opts.bwlimit.map(|r| Arc::new(RateLimiter::new(r))),
+        transfers: Semaphore::new(1),
+        checkers: Semaphore::new(1),
+        src: src.clone(),
+        dst: dst.clone(),
+        opts: opts.clone(),
+        progress: Arc::new(Progress::default()),
+    };
+    copy_once(&ctx, entry).await
+}
+
 /// Runs `copy`, `sync` or `check` from `src` to `dst`.
 ///
 /// Returns `Err` only when a whole store is unusable (unreachable, credentials refused,

@@ -13,7 +13,8 @@ mod mime;
 mod store;
 
 pub use engine::{
-    run, DiffKind, Difference, Failure, JobOptions, Mode, Overwrite, Planned, Progress, Report,
+    copy_object, run, DiffKind, Difference, Failure, JobOptions, Mode, Overwrite, Planned,
+    Progress, Report,
 };
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;

@@ -1,0 +1,57 @@
+//! `georep serve`: the replication daemon with its HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use georep_replicate::Daemon;
+use georep_state::State;
+
+use crate::topology::{load, ConfigArg, ConfigFileError};
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// Listen here instead of [server] listen (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
+    let topo = load(&a.config.config)?;
+    let state = State::open(&topo.state.url)
+        .with_context(|| format!("state {}", topo.state.redacted_url()))?;
+    let listen = a.listen.unwrap_or(topo.server.listen);
+    let token = topo.server.token.clone();
+    if !listen.ip().is_loopback() && token.is_none() {
+        tracing::warn!(%listen, "the API listens beyond loopback without a token; set [server] token");
+    }
+    let listener = georep_server::bind(listen).await.map_err(ConfigFileError)?;
+    let addr = listener.local_addr()?;
+    let n = topo.policies.len();
+    let daemon = Daemon::start(topo, Arc::new(state)).await?;
+    println!("georep: replicating {n} policies; API on http://{addr}");
+    tracing::info!(%addr, policies = n, "serving");
+    georep_server::serve(listener, daemon.clone(), token, shutdown_signal()).await?;
+    tracing::info!("shutting down: finishing transfers in flight");
+    daemon.shutdown().await;
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,187 @@
+//! `georep status`: replication status read from the state store, with or without a
+//! running daemon.
+
+use anyhow::Result;
+use clap::Args;
+use georep_replicate::status::{self, PolicyStatus};
+use georep_state::State;
+
+use crate::output::human;
+use crate::topology::{load, ConfigArg, ConfigFileError};
+use crate::{exit, Output};
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// Only this policy.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) policy: Option<String>,
+    /// One object's status at every destination (key relative to the source store).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) object: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+fn ms(v: Option<i64>) -> String {
+    match v {
+        Some(v) if v < 10_000 => format!("{v}ms"),
+        Some(v) => format!("{:.0}s", v as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Exit 0 when all is well; 1 when an RPO is breached, a policy is paused or objects
+/// keep failing — so the command works as a monitoring check.
+pub(crate) fn run(a: StatusArgs) -> Result<u8> {
+    let t = load(&a.config.config)?;
+    if let Some(p) = t.state.sqlite_path() {
+        if !p.exists() {
+            return Err(ConfigFileError(format!(
+                "no state at {}: the daemon has not run with this topology yet; start it with `georep serve -c {}`",
+                p.display(),
+                a.config.config.display()
+            ))
+            .into());
+        }
+    }
+    let state = State::open(&t.state.url)?;
+    let policies: Vec<_> = match &a.policy {
+        Some(name) => vec![t.policy(name).ok_or_else(|| {
+            ConfigFileError(format!(
+                "no policy named '{name}' in {}; `georep plan` lists them",
+                a.config.config.display()
+            ))
+        })?],
+        None => t.policies.iter().collect(),
+    };
+    if let Some(key) = &a.object {
+        let mut found = false;
+        let mut docs = Vec::new();
+        for p in &policies {
+            let s = status::object_status(&state, p, key)?;
+            found |= s.source.is_some() || !s.destinations.is_empty();
+            docs.push(s);
+        }
+        if a.output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        } else {
+            for s in &docs {
+                if s.source.is_none() && s.destinations.is_empty() {
+                    continue;
+                }
+                println!("{} / {}", s.policy, s.key);
+                match &s.source {
+                    Some(m) => println!(
+                        "  source    {} modified {}",
+                        human(m.size),
+                        when(Some(m.mtime))
+                    ),
+                    None => println!("  source    (not present)"),
+                }
+                for d in &s.destinations {
+                    println!(
+                        "  {:<12} {:?} {:<8} attempts {}  replicated {}{}",
+                        d.dest,
+                        d.op,
+                        format!("{:?}", d.status).to_lowercase(),
+                        d.attempts,
+                        when(d.replicated_at),
+                        d.last_error
+                            .as_deref()
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if !found {
+            eprintln!("georep: no policy has seen object '{key}'; keys are relative to the source store and must pass the policy's filters");
+            return Ok(exit::USAGE);
+        }
+        return Ok(0);
+    }
+    let all: Vec<PolicyStatus> = policies
+        .iter()
+        .map(|p| status::policy_status(&state, &t, p, true))
+        .collect::<Result<_, _>>()?;
+    let unhealthy = all.iter().any(|s| {
+        s.rpo_breached || s.paused.is_some() || s.destinations.iter().any(|d| d.failed > 0)
+    });
+    if a.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "policies": all }))?
+        );
+    } else {
+        for s in &all {
+            println!(
+                "policy {}  {} ({}) → {} destination(s)  deletes={}  rpo target {}s{}",
+                s.name,
+                s.source.store,
+                s.source.region,
+                s.destinations.len(),
+                s.deletes,
+                s.rpo_target_seconds,
+                if s.rpo_breached { "  RPO BREACHED" } else { "" }
+            );
+            if let Some(p) = &s.paused {
+                println!("  PAUSED    {p}");
+            }
+            match &s.last_scan {
+                Some(sc) => println!(
+                    "  scan      {} ({} ms, {} scans){}; {} source objects",
+                    sc.at,
+                    sc.duration_ms,
+                    sc.scans,
+                    sc.error
+                        .as_deref()
+                        .map(|e| format!(" FAILED: {e}"))
+                        .unwrap_or_default(),
+                    s.source_objects
+                ),
+                None => println!("  scan      none yet"),
+            }
+            println!(
+                "  {:<14} {:<16} {:>8} {:>10} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7}",
+                "DESTINATION",
+                "REGION",
+                "PENDING",
+                "BYTES",
+                "FAILED",
+                "COMPLETE",
+                "RPO",
+                "P50",
+                "P99",
+                "OBJ/S"
+            );
+            for d in &s.destinations {
+                println!(
+                    "  {:<14} {:<16} {:>8} {:>10} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7.1}",
+                    d.store.store,
+                    d.store.region,
+                    d.pending,
+                    human(d.pending_bytes),
+                    d.failed,
+                    d.complete,
+                    format!(
+                        "{:.1}s{}",
+                        d.rpo_seconds,
+                        if d.rpo_breached { "!" } else { "" }
+                    ),
+                    ms(d.latency.p50_ms),
+                    ms(d.latency.p99_ms),
+                    d.objects_per_second
+                );
+            }
+        }
+    }
+    Ok(if unhealthy { exit::DIFFERENCES } else { 0 })
+}

@@ -1,0 +1,249 @@
+//! `georep validate` and `georep plan`, and loading the topology file for every command
+//! that takes `-c FILE`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use georep_core::{StoreUrl, Topology};
+use georep_state::{PolicyChange, State};
+use serde_json::{json, Value};
+
+use crate::{exit, Output};
+
+/// A problem with the topology file; always exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ConfigFileError(pub(crate) String);
+
+#[derive(Args, Debug)]
+pub(crate) struct ConfigArg {
+    /// The topology file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "georep.toml",
+        env = "GEOREP_CONFIG"
+    )]
+    pub(crate) config: PathBuf,
+}
+
+/// Reads and validates a topology file; relative paths in it are taken from its folder.
+pub(crate) fn load(path: &Path) -> Result<Topology> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigFileError(format!(
+            "cannot read topology file {}: {e}; pass the right file with -c FILE",
+            path.display()
+        ))
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    Topology::parse(&text, &base, &|k| std::env::var(k).ok())
+        .map_err(|e| ConfigFileError(e.render(&path.display().to_string())).into())
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ValidateArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+}
+
+pub(crate) fn validate(a: ValidateArgs) -> Result<u8> {
+    let path = &a.config.config;
+    match load(path) {
+        Ok(t) => {
+            println!(
+                "{}: ok ({} regions, {} stores, {} policies)",
+                path.display(),
+                t.regions.len(),
+                t.stores.len(),
+                t.policies.len()
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            let n = e.to_string().lines().count();
+            eprintln!("{e}");
+            eprintln!("georep: {n} error(s) in {}", path.display());
+            Ok(exit::USAGE)
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+/// How a policy's changes are detected, in words.
+pub(crate) fn detection(t: &Topology, p: &georep_core::Policy) -> String {
+    let scan = humantime::format_duration(p.scan_interval);
+    match t.store(&p.source).map(|s| &s.url) {
+        Some(StoreUrl::Local { .. }) => format!("filesystem notifications + scan every {scan}"),
+        _ => format!(
+            "storage events to POST /api/v1/events/{} + scan every {scan}",
+            p.name
+        ),
+    }
+}
+
+/// Field-by-field differences between two recorded policy configurations.
+fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return vec!["configuration".into()];
+    };
+    let mut out = Vec::new();
+    for (k, v) in n {
+        let before = o.get(k).unwrap_or(&Value::Null);
+        if before != v {
+            out.push(format!("{k}: {before} → {v}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn plan(a: PlanArgs) -> Result<u8> {
+    let t = load(&a.config.config)?;
+    // Never create a state file just to plan.
+    let state = match t.state.sqlite_path() {
+        Some(p) if !p.exists() => None,
+        _ => Some(State::open(&t.state.url)?),
+    };
+    let recorded = match &state {
+        Some(s) => s.policies()?,
+        None => Vec::new(),
+    };
+    let mut policies = Vec::new();
+    for p in &t.policies {
+        let config = georep_replicate::policy_record(&t, p);
+        let change = match &state {
+            Some(s) => s.policy_change(&p.name, &config)?,
+            None => PolicyChange::Added,
+        };
+        let (pending, failed) = match &state {
+            Some(s) => s
+                .lag(&p.name)?
+                .iter()
+                .fold((0, 0), |(a, b), l| (a + l.pending, b + l.failed)),
+            None => (0, 0),
+        };
+        let fields = match &change {
+            PolicyChange::Changed { previous } => changed_fields(previous, &config),
+            _ => Vec::new(),
+        };
+        policies.push(json!({
+            "name": p.name,
+            "change": match change { PolicyChange::Added => "added", PolicyChange::Changed{..} => "changed", PolicyChange::Unchanged => "unchanged" },
+            "changed_fields": fields,
+            "source": t.store(&p.source),
+            "destinations": p.destinations.iter().map(|d| t.store(d)).collect::<Vec<_>>(),
+            "include": p.include, "exclude": p.exclude,
+            "since": p.since.map(|s| s.to_rfc3339()),
+            "deletes": config["deletes"], "max_delete": config["max_delete"],
+            "rpo": config["rpo"], "scan_interval": config["scan_interval"], "transfers": p.transfers,
+            "detection": detection(&t, p),
+            "queue": { "pending": pending, "failed": failed },
+        }));
+    }
+    let removed: Vec<&str> = recorded
+        .iter()
+        .filter(|r| t.policy(&r.name).is_none())
+        .map(|r| r.name.as_str())
+        .collect();
+    let doc = json!({
+        "state": { "url": t.state.redacted_url(), "exists": state.is_some() },
+        "server": { "listen": t.server.listen.to_string(), "token": t.server.token.is_some() },
+        "policies": policies,
+        "removed_policies": removed,
+    });
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    println!(
+        "state   {}{}",
+        t.state.redacted_url(),
+        if state.is_some() { "" } else { " (new)" }
+    );
+    println!(
+        "server  http://{} ({})",
+        t.server.listen,
+        if t.server.token.is_some() {
+            "bearer token required"
+        } else {
+            "no token"
+        }
+    );
+    for p in &policies {
+        println!();
+        println!(
+            "policy {} [{}]",
+            p["name"].as_str().unwrap_or_default(),
+            p["change"].as_str().unwrap_or_default()
+        );
+        for f in p["changed_fields"].as_array().into_iter().flatten() {
+            println!("  changed   {}", f.as_str().unwrap_or_default());
+        }
+        let store = |s: &Value| {
+            format!(
+                "{} ({}) {}",
+                s["name"].as_str().unwrap_or_default(),
+                s["region"].as_str().unwrap_or_default(),
+                s["url"].as_str().unwrap_or_default()
+            )
+        };
+        println!("  source    {}", store(&p["source"]));
+        for d in p["destinations"].as_array().into_iter().flatten() {
+            println!("  → dest    {}", store(d));
+        }
+        println!(
+            "  detect    {}",
+            p["detection"].as_str().unwrap_or_default()
+        );
+        let list = |v: &Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "  filters   include {}; exclude {}; {}",
+            list(&p["include"]),
+            list(&p["exclude"]),
+            match p["since"].as_str() {
+                Some(s) => format!("only objects modified since {s}"),
+                None => "existing objects are copied too".into(),
+            }
+        );
+        println!(
+            "  deletes   {} (mass-delete guard {}); rpo {}; {} transfers",
+            p["deletes"].as_str().unwrap_or_default(),
+            p["max_delete"].as_str().unwrap_or_default(),
+            p["rpo"].as_str().unwrap_or_default(),
+            p["transfers"]
+        );
+        if p["queue"]["pending"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "  queue     {} pending ({} failed) from earlier runs",
+                p["queue"]["pending"], p["queue"]["failed"]
+            );
+        }
+    }
+    if !removed.is_empty() {
+        println!();
+        println!(
+            "no longer in the file (state kept, not replicated): {}",
+            removed.join(", ")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,255 @@
+//! The topology file (`georep.toml`): regions, stores and replication policies, declared
+//! in one file that lives in git.
+//!
+//! Parsing is pure: the caller reads the file and passes its text, the folder it came
+//! from (relative local paths are resolved against it, so the daemon does not depend on
+//! its working directory) and an environment lookup for `${NAME}` references. Every
+//! problem in the file is reported at once ([`ConfigErrors`]), each with its line, the
+//! thing it concerns and the fix. `docs/config.md` documents every field.
+
+mod error;
+mod policies;
+mod read;
+mod sections;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::{Filter, MaxDelete, StoreUrl};
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// The state database when `[state] url` is not given: an embedded SQLite file beside
+/// the topology file.
+pub const DEFAULT_STATE_URL: &str = "sqlite://./georep-state/georep.db";
+/// Where `georep serve` listens when `[server] listen` is not given: loopback only, so
+/// exposing the API is a deliberate choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7607";
+
+/// A whole topology file, validated: every name a policy uses is a declared store, every
+/// store's region is declared, and no two policies fight over the same keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Topology {
+    pub state: StateConfig,
+    pub server: ServerConfig,
+    pub regions: BTreeMap<String, Region>,
+    pub stores: BTreeMap<String, StoreDef>,
+    /// In file order.
+    pub policies: Vec<Policy>,
+}
+
+/// Where georep keeps its durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// `sqlite://PATH` (a relative path already resolved against the config folder) or
+    /// `postgres://...` exactly as written, after `${NAME}` expansion.
+    pub url: String,
+}
+
+impl StateConfig {
+    /// The database file, when the state is an embedded SQLite file.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.url.strip_prefix("sqlite://")?;
+        let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+        Some(PathBuf::from(path))
+    }
+
+    /// The URL with any password replaced by `***`, for output and logs.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                if u.set_password(Some("***")).is_ok() {
+                    u.to_string()
+                } else {
+                    "postgres://***".to_string()
+                }
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// Serialized redacted: plans and the HTTP API must never show a database password.
+impl Serialize for StateConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("StateConfig", 1)?;
+        st.serialize_field("url", &self.redacted_url())?;
+        st.end()
+    }
+}
+
+/// The daemon's HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Bearer token the API requires, after `${NAME}` expansion. Never serialized.
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Region {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A named store: where it is and which region it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreDef {
+    pub name: String,
+    pub region: String,
+    /// Relative local paths are already joined to the config folder.
+    #[serde(serialize_with = "display")]
+    pub url: StoreUrl,
+}
+
+/// What a policy does when an object disappears from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Destinations keep objects deleted at the source: the safe default for DR.
+    #[default]
+    Keep,
+    /// Destinations delete them too, within the `max_delete` guard.
+    Propagate,
+}
+
+/// Continuous replication from one source store to one or more destination stores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub name: String,
+    pub source: String,
+    pub destinations: Vec<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Compiled from `include` and `exclude`.
+    #[serde(skip)]
+    pub filter: Filter,
+    /// Only objects modified at or after this instant are copied; `None` copies the
+    /// objects that already exist too.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub deletes: DeleteMode,
+    /// The most of a destination that one pass may delete (mass-delete guard).
+    #[serde(serialize_with = "display")]
+    pub max_delete: MaxDelete,
+    /// The recovery point objective: how stale a destination may get before the policy
+    /// is reported as behind.
+    #[serde(serialize_with = "duration")]
+    pub rpo: Duration,
+    /// How often the source is listed in full to find changes.
+    #[serde(serialize_with = "duration")]
+    pub scan_interval: Duration,
+    /// Objects copied at the same time.
+    pub transfers: usize,
+}
+
+/// `filter` is left out: it is compiled from `include` and `exclude`.
+impl PartialEq for Policy {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name
+            && self.source == o.source
+            && self.destinations == o.destinations
+            && self.include == o.include
+            && self.exclude == o.exclude
+            && self.since == o.since
+            && self.deletes == o.deletes
+            && self.max_delete == o.max_delete
+            && self.rpo == o.rpo
+            && self.scan_interval == o.scan_interval
+            && self.transfers == o.transfers
+    }
+}
+
+impl Policy {
+    pub const DEFAULT_MAX_DELETE: MaxDelete = MaxDelete::Percent(10.0);
+    pub const DEFAULT_RPO: Duration = Duration::from_secs(15 * 60);
+    pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_TRANSFERS: usize = 8;
+    pub const MAX_TRANSFERS: usize = 256;
+}
+
+impl Topology {
+    /// Parses and validates a topology file.
+    ///
+    /// `base_dir`: the config file's folder; relative local store paths (and a relative
+    /// sqlite path in `state.url`) are resolved against it so the daemon does not depend
+    /// on its cwd. Pass an absolute folder.
+    /// `env`: lookup for `${NAME}` expansion (the CLI passes `std::env::var`).
+    pub fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Topology, ConfigErrors> {
+        let root = toml::de::DeTable::parse(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError::at(
+                text,
+                e.span(),
+                "invalid TOML",
+                e.message().to_string(),
+            )])
+        })?;
+        let mut ctx = read::Ctx::new(text);
+        let draft = sections::read(&mut ctx, root.get_ref(), root.span(), base_dir, env);
+        validate::check(&mut ctx, base_dir, &draft);
+        if !ctx.errors.is_empty() {
+            return Err(ConfigErrors::sorted(ctx.errors));
+        }
+        draft.finish().ok_or_else(|| {
+            // Unreachable in practice: every missing piece reported an error above.
+            ConfigErrors(vec![ConfigError {
+                line: None,
+                column: None,
+                what: String::new(),
+                message: "incomplete topology".to_string(),
+            }])
+        })
+    }
+
+    pub fn store(&self, name: &str) -> Option<&StoreDef> {
+        self.stores.get(name)
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+fn display<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn duration<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*value))
+}
+
+/// `base/path` with `.` and `..` removed lexically: the folder may not exist yet, so it
+/// cannot be canonicalized. A `..` that climbs above a relative base is kept.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}

@@ -1,0 +1,377 @@
+//! The replication daemon: one runtime per policy (scanner, dispatcher, notifications)
+//! over one state store, plus the operations the API offers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use georep_core::{StoreUrl, Topology};
+use georep_state::State;
+use georep_storage::{JobOptions, Mode, Progress};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{ReplicateError, Result};
+use crate::events::{self, Parsed};
+use crate::metrics::{self, Metrics};
+use crate::policy::{PolicyRuntime, ScanSummary, Via};
+use crate::status::{self, ObjectStatus, PolicyStatus};
+
+/// The running daemon.
+pub struct Daemon {
+    topo: Topology,
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    policies: BTreeMap<String, Arc<PolicyRuntime>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    watchers: Mutex<Vec<notify::RecommendedWatcher>>,
+    breached: Mutex<HashMap<(String, String), bool>>,
+}
+
+/// What a webhook delivery did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingested {
+    /// Changes that named an object of this policy's source.
+    pub accepted: usize,
+    /// Changes for other containers, buckets or prefixes.
+    pub outside: usize,
+    /// Events of other types, or malformed.
+    pub ignored: usize,
+    /// Changes that needed replication and were queued.
+    pub queued: usize,
+}
+
+/// What a resync did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resynced {
+    pub scan: ScanSummary,
+    /// Items made due now (including failed ones).
+    pub retried: u64,
+    /// Objects missing or different at a destination, queued again.
+    pub repaired: u64,
+}
+
+/// The JSON recorded for a policy, to tell when its configuration changed.
+pub fn policy_record(topo: &Topology, p: &georep_core::Policy) -> serde_json::Value {
+    let url = |s: &str| topo.store(s).map(|d| d.url.to_string()).unwrap_or_default();
+    serde_json::json!({
+        "source": { "store": p.source, "url": url(&p.source) },
+        "destinations": p.destinations.iter().map(|d| serde_json::json!({"store": d, "url": url(d)})).collect::<Vec<_>>(),
+        "include": p.include,
+        "exclude": p.exclude,
+        "since": p.since.map(|s| s.to_rfc3339()),
+        "deletes": format!("{:?}", p.deletes).to_lowercase(),
+        "max_delete": p.max_delete.to_string(),
+        "rpo": humantime::format_duration(p.rpo).to_string(),
+        "scan_interval": humantime::format_duration(p.scan_interval).to_string(),
+        "transfers": p.transfers,
+    })
+}
+
+impl Daemon {
+    /// Records the topology's policies and starts replicating. Stores are not contacted
+    /// here: an unreachable region shows up as scan and item errors, never stops the
+    /// other policies.
+    pub async fn start(topo: Topology, state: Arc<State>) -> Result<Arc<Self>> {
+        let dropped = state.clear_leases()?;
+        if dropped > 0 {
+            tracing::info!(items = dropped, "resuming work left by a previous run");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let mut policies = BTreeMap::new();
+        for p in &topo.policies {
+            let change = state.upsert_policy(&p.name, &policy_record(&topo, p))?;
+            tracing::info!(policy = %p.name, ?change, "policy");
+            let created = state
+                .policy(&p.name)?
+                .map(|r| r.created_at)
+                .unwrap_or_else(georep_state::now_ms);
+            let rt = PolicyRuntime::new(&topo, p, state.clone(), metrics.clone(), created)?;
+            metrics
+                .rpo_target
+                .get_or_create(&metrics::pol(&p.name))
+                .set(p.rpo.as_secs_f64());
+            policies.insert(p.name.clone(), Arc::new(rt));
+        }
+        let (stop, _) = watch::channel(false);
+        let daemon = Arc::new(Self {
+            topo,
+            state,
+            metrics,
+            policies,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+            watchers: Mutex::new(Vec::new()),
+            breached: Mutex::new(HashMap::new()),
+        });
+        daemon.spawn_all();
+        Ok(daemon)
+    }
+
+    fn spawn_all(self: &Arc<Self>) {
+        let mut tasks = Vec::new();
+        for rt in self.policies.values() {
+            // Notifications first, so nothing written during the first scan is missed.
+            match &self.topo.store(&rt.policy.source).map(|d| &d.url) {
+                Some(StoreUrl::Local { .. }) => {
+                    let root = rt.src.local_root().map(|p| p.to_path_buf());
+                    let started = root
+                        .ok_or_else(|| notify::Error::generic("no local root"))
+                        .and_then(|r| crate::watch::start(rt.clone(), r, self.stop.subscribe()));
+                    let mode = match started {
+                        Ok(w) => {
+                            if let Ok(mut ws) = self.watchers.lock() {
+                                ws.push(w);
+                            }
+                            "fsnotify".to_string()
+                        }
+                        Err(e) => {
+                            tracing::warn!(policy = rt.name(), error = %e, "filesystem notifications unavailable; relying on scans");
+                            format!("scan only (filesystem notifications failed: {e})")
+                        }
+                    };
+                    if let Ok(mut n) = rt.notifications.lock() {
+                        *n = mode;
+                    }
+                }
+                _ => {
+                    if let Ok(mut n) = rt.notifications.lock() {
+                        *n = format!("webhook POST /api/v1/events/{}", rt.name());
+                    }
+                }
+            }
+            let (r, mut stop) = (rt.clone(), self.stop.subscribe());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let _ = r.scan().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(r.policy.scan_interval) => {}
+                        _ = r.scan_now.notified() => {}
+                        _ = stop.changed() => break,
+                    }
+                    if *stop.borrow() {
+                        break;
+                    }
+                }
+            }));
+            tasks.push(tokio::spawn(rt.clone().dispatch(self.stop.subscribe())));
+        }
+        let (me, mut stop) = (self.clone(), self.stop.subscribe());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                me.refresh();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+        if let Ok(mut t) = self.tasks.lock() {
+            t.extend(tasks);
+        }
+    }
+
+    /// Updates the gauges from the state store and logs RPO breaches as they start and end.
+    fn refresh(&self) {
+        let now = georep_state::now_ms();
+        for rt in self.policies.values() {
+            let name = rt.name();
+            let lag = match self.state.lag(name) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(policy = name, error = %e, "cannot read the work queue");
+                    continue;
+                }
+            };
+            for d in &rt.policy.destinations {
+                let l = lag
+                    .iter()
+                    .find(|l| &l.dest == d)
+                    .cloned()
+                    .unwrap_or_default();
+                let labels = metrics::dest(name, d);
+                let rpo = match l.oldest_change {
+                    Some(t) if l.pending > 0 => (now - t).max(0) as f64 / 1000.0,
+                    _ => 0.0,
+                };
+                let breached = rpo > rt.policy.rpo.as_secs_f64();
+                self.metrics
+                    .pending
+                    .get_or_create(&labels)
+                    .set(l.pending as i64);
+                self.metrics
+                    .pending_bytes
+                    .get_or_create(&labels)
+                    .set(l.pending_bytes as i64);
+                self.metrics
+                    .failed
+                    .get_or_create(&labels)
+                    .set(l.failed as i64);
+                self.metrics.rpo.get_or_create(&labels).set(rpo);
+                self.metrics
+                    .rpo_breached
+                    .get_or_create(&labels)
+                    .set(breached as i64);
+                if let Ok(mut b) = self.breached.lock() {
+                    let was = b.insert((name.to_string(), d.clone()), breached);
+                    if breached && was != Some(true) {
+                        tracing::warn!(policy = name, destination = %d, rpo_seconds = rpo, target_seconds = rt.policy.rpo.as_secs_f64(), pending = l.pending, "RPO breached: the oldest unreplicated change is older than the target");
+                    } else if !breached && was == Some(true) {
+                        tracing::info!(policy = name, destination = %d, "RPO back within target");
+                    }
+                }
+            }
+            let paused = self
+                .state
+                .policy(name)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.paused.is_some());
+            self.metrics
+                .paused
+                .get_or_create(&metrics::pol(name))
+                .set(paused as i64);
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    fn runtime(&self, name: &str) -> Result<&Arc<PolicyRuntime>> {
+        self.policies
+            .get(name)
+            .ok_or_else(|| ReplicateError::UnknownPolicy(name.to_string()))
+    }
+
+    pub fn status(&self, name: &str) -> Result<PolicyStatus> {
+        let rt = self.runtime(name)?;
+        let mut s = status::policy_status(&self.state, &self.topo, &rt.policy, true)?;
+        s.notifications = Some(rt.notifications());
+        Ok(s)
+    }
+
+    pub fn statuses(&self) -> Result<Vec<PolicyStatus>> {
+        self.policies.keys().map(|n| self.status(n)).collect()
+    }
+
+    pub fn object(&self, name: &str, key: &str) -> Result<ObjectStatus> {
+        let rt = self.runtime(name)?;
+        status::object_status(&self.state, &rt.policy, key)
+    }
+
+    /// Rescans the source, retries every open item now, and compares each destination
+    /// with the source, queueing whatever is missing or different there.
+    pub async fn resync(&self, name: &str) -> Result<Resynced> {
+        let rt = self.runtime(name)?.clone();
+        let scan = rt.scan().await?;
+        let retried = self.state.retry_now(name)?;
+        let mut repaired = 0;
+        for (dname, dst) in &rt.dests {
+            let opts = JobOptions {
+                mode: Mode::Copy,
+                dry_run: true,
+                filter: rt.policy.filter.clone(),
+                ..JobOptions::default()
+            };
+            let report = georep_storage::run(
+                rt.src.clone(),
+                dst.clone(),
+                opts,
+                Arc::new(Progress::default()),
+            )
+            .await
+            .map_err(|e| ReplicateError::Store {
+                store: dname.clone(),
+                source: e,
+            })?;
+            for p in report.planned.unwrap_or_default() {
+                // Only what the policy replicates (the manifest applies `since`).
+                if let Some(m) = self.state.manifest_get(name, &p.key)? {
+                    self.state.enqueue_copy(name, dname, &p.key, m.size)?;
+                    repaired += 1;
+                }
+            }
+        }
+        rt.wake.notify_one();
+        Ok(Resynced {
+            scan,
+            retried,
+            repaired,
+        })
+    }
+
+    /// Lets the next pass delete past the mass-delete guard (the operator confirmed).
+    pub fn resume(&self, name: &str) -> Result<()> {
+        let rt = self.runtime(name)?;
+        self.state.set_allow_mass_delete(name, true)?;
+        rt.scan_now.notify_one();
+        Ok(())
+    }
+
+    /// Queues the objects named by a webhook delivery.
+    pub async fn ingest(&self, name: &str, parsed: Parsed) -> Result<Ingested> {
+        let rt = self.runtime(name)?.clone();
+        let Parsed::Changes { changes, ignored } = parsed else {
+            return Ok(Ingested {
+                accepted: 0,
+                outside: 0,
+                ignored: 0,
+                queued: 0,
+            });
+        };
+        let (container, prefix) = match self.topo.store(&rt.policy.source).map(|d| &d.url) {
+            Some(StoreUrl::Azure {
+                container, prefix, ..
+            }) => (container.clone(), prefix.clone()),
+            Some(StoreUrl::S3 { bucket, prefix }) | Some(StoreUrl::Gcs { bucket, prefix }) => {
+                (bucket.clone(), prefix.clone())
+            }
+            Some(StoreUrl::Memory { name, prefix }) => (name.clone(), prefix.clone()),
+            _ => {
+                return Err(ReplicateError::Config(format!(
+                    "policy '{name}' has a local-folder source, which is watched directly; \
+                     storage events are for Azure, S3 and GCS sources"
+                )))
+            }
+        };
+        let total = changes.len();
+        let keys: Vec<String> = changes
+            .iter()
+            .filter_map(|c| events::relative_key(c, &container, &prefix))
+            .collect();
+        let accepted = keys.len();
+        let queued = rt.observe(keys, Via::Webhook).await?;
+        Ok(Ingested {
+            accepted,
+            outside: total - accepted,
+            ignored,
+            queued,
+        })
+    }
+
+    /// The metrics in Prometheus text format, with gauges refreshed first.
+    pub fn metrics_text(&self) -> String {
+        self.refresh();
+        self.metrics.encode()
+    }
+
+    /// Stops scanning and claiming work, lets transfers in flight finish (briefly), and
+    /// returns. Unfinished work is resumed by the next start.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+        if let Ok(mut w) = self.watchers.lock() {
+            w.clear();
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Errors of the replication runtime, by cause.
+
+use georep_state::StateError;
+use georep_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A store of the topology failed; the message names it.
+    #[error("store '{store}': {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("no policy named '{0}'; `georep plan -c FILE` lists the policies")]
+    UnknownPolicy(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ReplicateError {
+    /// Exit class for the CLI: 2 bad config or input, 3 unreachable or refused.
+    pub fn exit_class(&self) -> u8 {
+        match self {
+            Self::Store { source, .. } => source.exit_class(),
+            _ => 2,
+        }
+    }
+}
+
+pub type Result<T, E = ReplicateError> = std::result::Result<T, E>;

@@ -1,0 +1,626 @@
+//! One policy at run time: its stores, change detection (scan and point observations)
+//! and the workers that drain its queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use georep_core::{DeleteMode, MaxDelete, Policy, Topology};
+use georep_state::{Item, ManifestEntry, Observed, ObservedKind, Op, State};
+use georep_storage::{copy_object, Entry, JobOptions, ListRole, StorageError, Store, StoreOptions};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{ReplicateError, Result};
+use crate::metrics::{self, Metrics};
+
+/// Passes that delete at most this many objects are never held by a percentage guard: on
+/// a small store one delete is already a large share.
+pub const GUARD_FLOOR: u64 = 10;
+/// Attempts after which an item reads `failed` (it is still retried).
+pub const FAILED_AFTER: u32 = 5;
+/// Longest wait between attempts of one item.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a worker may hold an item before another may take it (a crashed daemon's
+/// leases are dropped at start-up, so this only matters for hung transfers).
+const LEASE: Duration = Duration::from_secs(30 * 60);
+/// Manifest rows read per page during a scan.
+const PAGE: usize = 5000;
+/// Changes written per transaction during a scan.
+const BATCH: usize = 2000;
+
+/// Where a change was detected; a metric label.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    Scan,
+    FsNotify,
+    Webhook,
+}
+
+impl Via {
+    fn label(self) -> &'static str {
+        match self {
+            Via::Scan => "scan",
+            Via::FsNotify => "fsnotify",
+            Via::Webhook => "webhook",
+        }
+    }
+}
+
+/// What one scan found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ScanSummary {
+    pub listed: u64,
+    pub changed: u64,
+    pub removed: u64,
+    /// Removals held back by the mass-delete guard.
+    pub held: u64,
+    pub millis: u64,
+}
+
+/// A policy's stores, state and signals.
+pub(crate) struct PolicyRuntime {
+    pub(crate) policy: Policy,
+    pub(crate) src: Arc<Store>,
+    pub(crate) dests: Vec<(String, Arc<Store>)>,
+    dest_names: Vec<String>,
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    /// Wakes the dispatcher: new work was queued.
+    pub(crate) wake: Notify,
+    /// Asks the scanner for a scan now.
+    pub(crate) scan_now: Notify,
+    /// Serialises scans and point observations against each other's manifest reads.
+    observe_lock: tokio::sync::Mutex<()>,
+    /// When the policy was first recorded: backfilled objects count their lag from here.
+    created_at: i64,
+    /// Deletes queued by notifications since the last scan (for the mass-delete guard).
+    event_deletes: AtomicU64,
+    job: JobOptions,
+    /// How changes are detected besides scans (shown in status).
+    pub(crate) notifications: std::sync::Mutex<String>,
+}
+
+impl PolicyRuntime {
+    pub(crate) fn new(
+        topo: &Topology,
+        policy: &Policy,
+        state: Arc<State>,
+        metrics: Arc<Metrics>,
+        created_at: i64,
+    ) -> Result<Self> {
+        let opts = StoreOptions::default();
+        let open = |name: &str| -> Result<Arc<Store>> {
+            let def = topo
+                .store(name)
+                .ok_or_else(|| ReplicateError::Config(format!("store '{name}' is not defined")))?;
+            Store::open(&def.url, &opts)
+                .map(Arc::new)
+                .map_err(|e| ReplicateError::Store {
+                    store: name.to_string(),
+                    source: e,
+                })
+        };
+        let src = open(&policy.source)?;
+        let mut dests = Vec::new();
+        for d in &policy.destinations {
+            dests.push((d.clone(), open(d)?));
+        }
+        let job = JobOptions {
+            transfers: 1,
+            ..JobOptions::default()
+        };
+        Ok(Self {
+            policy: policy.clone(),
+            src,
+            dest_names: policy.destinations.clone(),
+            dests,
+            state,
+            metrics,
+            wake: Notify::new(),
+            scan_now: Notify::new(),
+            observe_lock: tokio::sync::Mutex::new(()),
+            created_at,
+            event_deletes: AtomicU64::new(0),
+            job,
+            notifications: std::sync::Mutex::new("scan only".into()),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.policy.name
+    }
+
+    pub(crate) fn notifications(&self) -> String {
+        self.notifications
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a key belongs to this policy (filters); `since` is checked on its time.
+    fn wanted(&self, key: &str, modified: i64) -> bool {
+        key_wanted(&self.policy, key, modified)
+    }
+
+    /// When a change's lag starts: its modification time, but never before the policy
+    /// existed (a backfill is not late) nor in the future (clock skew).
+    fn change_time(&self, modified: i64) -> i64 {
+        modified.max(self.created_at).min(georep_state::now_ms())
+    }
+
+    fn upsert(&self, e: &Entry) -> Observed {
+        let mtime = e.last_modified.timestamp_millis();
+        Observed {
+            key: e.key.clone(),
+            kind: ObservedKind::Upsert {
+                size: e.size,
+                etag: e.e_tag.clone(),
+                mtime,
+            },
+            change_time: self.change_time(mtime),
+        }
+    }
+
+    fn remove(&self, key: String, propagate: bool) -> Observed {
+        Observed {
+            key,
+            kind: ObservedKind::Remove { propagate },
+            change_time: georep_state::now_ms(),
+        }
+    }
+
+    fn apply(&self, changes: &[Observed], via: Via) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.state.apply(self.name(), &self.dest_names, changes)?;
+        self.metrics
+            .changes
+            .get_or_create(&metrics::Source {
+                policy: self.name().to_string(),
+                via: via.label().to_string(),
+            })
+            .inc_by(changes.len() as u64);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Lists the source and diffs it against the manifest: new and changed objects are
+    /// queued for every destination; vanished ones are forgotten (and, with
+    /// `deletes = propagate`, deleted at destinations) only after the listing completed
+    /// and the mass-delete guard passed.
+    pub(crate) async fn scan(&self) -> Result<ScanSummary> {
+        let started = Instant::now();
+        let at = georep_state::now_ms();
+        let result = self.scan_inner().await;
+        let ms = started.elapsed().as_millis() as i64;
+        let err = result.as_ref().err().map(|e| e.to_string());
+        self.state
+            .record_scan(self.name(), at, ms, err.as_deref())?;
+        let p = metrics::pol(self.name());
+        self.metrics
+            .scan_seconds
+            .get_or_create(&p)
+            .set(ms as f64 / 1000.0);
+        self.metrics
+            .last_scan
+            .get_or_create(&p)
+            .set(georep_state::now_ms() as f64 / 1000.0);
+        match &result {
+            Ok(s) => tracing::debug!(policy = self.name(), ?s, "scan done"),
+            Err(e) => {
+                self.metrics.scan_errors.get_or_create(&p).inc();
+                tracing::warn!(policy = self.name(), error = %e, "scan failed; will retry at the next interval");
+            }
+        }
+        result.map(|mut s| {
+            s.millis = ms as u64;
+            s
+        })
+    }
+
+    async fn scan_inner(&self) -> Result<ScanSummary> {
+        let _guard = self.observe_lock.lock().await;
+        let name = self.name().to_string();
+        let mut sum = ScanSummary::default();
+        let mut listing = self.src.list(ListRole::Source);
+        let mut manifest: VecDeque<ManifestEntry> =
+            self.state.manifest_page(&name, None, PAGE)?.into();
+        let mut manifest_done = manifest.len() < PAGE;
+        let mut last_key: Option<String> = manifest.back().map(|m| m.key.clone());
+        let mut changes = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        // Pulls the next manifest page when the buffer runs dry.
+        macro_rules! refill {
+            () => {
+                if manifest.is_empty() && !manifest_done {
+                    let page = self.state.manifest_page(&name, last_key.as_deref(), PAGE)?;
+                    manifest_done = page.len() < PAGE;
+                    last_key = page.last().map(|m| m.key.clone()).or(last_key.take());
+                    manifest.extend(page);
+                }
+            };
+        }
+        loop {
+            let entry = match listing.try_next().await {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    // Record what was found so far; never act on vanished keys after an
+                    // incomplete listing.
+                    self.apply(&changes, Via::Scan)?;
+                    return Err(ReplicateError::Store {
+                        store: self.policy.source.clone(),
+                        source: e,
+                    });
+                }
+            };
+            sum.listed += 1;
+            let modified = entry.last_modified.timestamp_millis();
+            loop {
+                refill!();
+                match manifest.front() {
+                    Some(m) if m.key.as_str() < entry.key.as_str() => {
+                        if let Some(m) = manifest.pop_front() {
+                            gone.push(m.key);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let known = match manifest.front() {
+                Some(m) if m.key == entry.key => manifest.pop_front(),
+                _ => None,
+            };
+            if !self.wanted(&entry.key, modified) {
+                continue;
+            }
+            let changed = match &known {
+                None => true,
+                // A listing older than what a notification already recorded is stale.
+                Some(m) if modified < m.mtime => false,
+                Some(m) => {
+                    m.size != entry.size
+                        || m.mtime != modified
+                        || (m.etag.is_some() && entry.e_tag.is_some() && m.etag != entry.e_tag)
+                }
+            };
+            if changed {
+                sum.changed += 1;
+                changes.push(self.upsert(&entry));
+                if changes.len() >= BATCH {
+                    self.apply(&changes, Via::Scan)?;
+                    changes.clear();
+                }
+            }
+        }
+        self.apply(&changes, Via::Scan)?;
+        loop {
+            refill!();
+            match manifest.pop_front() {
+                Some(m) => gone.push(m.key),
+                None => break,
+            }
+        }
+        let (removed, held) = self.forget(gone).await?;
+        sum.removed = removed;
+        sum.held = held;
+        self.event_deletes.store(0, Ordering::Relaxed);
+        Ok(sum)
+    }
+
+    /// Acts on keys missing from a complete listing: confirms each is really gone (it may
+    /// have been created after the listing passed its place), then applies the guard.
+    async fn forget(&self, candidates: Vec<String>) -> Result<(u64, u64)> {
+        let name = self.name().to_string();
+        let src = self.src.clone();
+        let gone: Vec<String> = futures::stream::iter(candidates)
+            .map(|k| {
+                let src = src.clone();
+                async move {
+                    match src.head(&k).await {
+                        Err(StorageError::NotFound { .. }) => Ok(Some(k)),
+                        Ok(_) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .try_filter_map(|k| async move { Ok(k) })
+            .try_collect()
+            .await
+            .map_err(|e| ReplicateError::Store {
+                store: self.policy.source.clone(),
+                source: e,
+            })?;
+        if gone.is_empty() {
+            self.clear_guard_pause()?;
+            return Ok((0, 0));
+        }
+        let propagate = self.policy.deletes == DeleteMode::Propagate;
+        if propagate {
+            let total = self.state.manifest_count(&name)?;
+            let rec = self.state.policy(&name)?;
+            let allowed = rec.as_ref().is_some_and(|r| r.allow_mass_delete)
+                || guard_allows(&self.policy.max_delete, gone.len() as u64, total);
+            if !allowed {
+                let reason = format!(
+                    "mass-delete guard: {} of {} objects vanished from source '{}' in one pass, \
+                     more than max_delete = {}; deletes are held. If this is intended, resume with \
+                     POST /api/v1/policies/{}/resume (or georep resume); otherwise restore the source",
+                    gone.len(),
+                    total,
+                    self.policy.source,
+                    self.policy.max_delete,
+                    name
+                );
+                if rec.and_then(|r| r.paused).as_deref() != Some(reason.as_str()) {
+                    tracing::error!(policy = %name, "{reason}");
+                }
+                self.state.set_paused(&name, Some(&reason))?;
+                self.metrics
+                    .paused
+                    .get_or_create(&metrics::pol(&name))
+                    .set(1);
+                return Ok((0, gone.len() as u64));
+            }
+            self.state.set_allow_mass_delete(&name, false)?;
+        }
+        let n = gone.len() as u64;
+        let changes: Vec<Observed> = gone
+            .into_iter()
+            .map(|k| self.remove(k, propagate))
+            .collect();
+        for chunk in changes.chunks(BATCH) {
+            self.apply(chunk, Via::Scan)?;
+        }
+        self.clear_guard_pause()?;
+        Ok((n, 0))
+    }
+
+    fn clear_guard_pause(&self) -> Result<()> {
+        let name = self.name();
+        if self.state.policy(name)?.and_then(|r| r.paused).is_some() {
+            tracing::info!(policy = name, "mass-delete guard released");
+            self.state.set_paused(name, None)?;
+        }
+        self.metrics
+            .paused
+            .get_or_create(&metrics::pol(name))
+            .set(0);
+        Ok(())
+    }
+
+    /// Looks at single keys named by a notification or webhook event and queues what
+    /// changed. Returns how many changes were queued.
+    pub(crate) async fn observe(&self, keys: Vec<String>, via: Via) -> Result<usize> {
+        let _guard = self.observe_lock.lock().await;
+        let name = self.name().to_string();
+        let mut changes = Vec::new();
+        for key in keys {
+            if !self.policy.filter.matches(&key) {
+                continue;
+            }
+            let known = self.state.manifest_get(&name, &key)?;
+            match self.src.head(&key).await {
+                Ok(e) => {
+                    let modified = e.last_modified.timestamp_millis();
+                    if !self.wanted(&key, modified) {
+                        continue;
+                    }
+                    let same = known.as_ref().is_some_and(|m| {
+                        m.size == e.size
+                            && m.mtime == modified
+                            && (m.etag.is_none() || e.e_tag.is_none() || m.etag == e.e_tag)
+                    });
+                    if !same {
+                        changes.push(self.upsert(&e));
+                    }
+                }
+                Err(StorageError::NotFound { .. }) => {
+                    if known.is_none() {
+                        continue;
+                    }
+                    let propagate = self.policy.deletes == DeleteMode::Propagate;
+                    if propagate {
+                        let rec = self.state.policy(&name)?;
+                        if rec.as_ref().and_then(|r| r.paused.as_ref()).is_some() {
+                            // The guard holds deletes; the next scan decides.
+                            continue;
+                        }
+                        let n = self.event_deletes.fetch_add(1, Ordering::Relaxed) + 1;
+                        let total = self.state.manifest_count(&name)?;
+                        if !guard_allows(&self.policy.max_delete, n, total) {
+                            self.scan_now.notify_one();
+                            continue;
+                        }
+                    }
+                    changes.push(self.remove(key, propagate));
+                }
+                Err(e) => {
+                    // Unreadable now: the scan (or a later event) will pick it up.
+                    tracing::warn!(policy = %name, key = %key, error = %e, "cannot read a notified object; leaving it to the next scan");
+                }
+            }
+        }
+        let n = changes.len();
+        self.apply(&changes, via)?;
+        Ok(n)
+    }
+
+    /// Drains the queue until `stop` turns true, `transfers` items at a time.
+    pub(crate) async fn dispatch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.policy.transfers.max(1)));
+        let mut tasks = JoinSet::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match self.state.claim(self.name(), free, LEASE) {
+                    Ok(items) => {
+                        claimed = items.len();
+                        for item in items {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let me = self.clone();
+                            tasks.spawn(async move {
+                                me.process(item).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(policy = self.name(), error = %e, "cannot read the work queue")
+                    }
+                }
+            }
+            if claimed > 0 && claimed == free {
+                continue;
+            }
+            let wait = match self.state.next_due(self.name()) {
+                Ok(Some(t)) => {
+                    Duration::from_millis((t - georep_state::now_ms()).clamp(5, 1000) as u64)
+                }
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // Let transfers in flight finish briefly; anything cut off is retried at start-up.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Does one item once and records the outcome.
+    async fn process(&self, item: Item) {
+        let Some(dst) = self
+            .dests
+            .iter()
+            .find(|(n, _)| *n == item.dest)
+            .map(|(_, s)| s.clone())
+        else {
+            // The destination left the topology; the work is moot.
+            let _ = self
+                .state
+                .complete(&item, Some("destination no longer in this policy"));
+            return;
+        };
+        let labels = metrics::dest(self.name(), &item.dest);
+        let outcome = match item.op {
+            Op::Copy => match self.src.head(&item.key).await {
+                Ok(entry) => copy_object(&self.src, &dst, &entry, &self.job)
+                    .await
+                    .map(|n| (Some(n), None)),
+                Err(StorageError::NotFound { .. }) => Ok((
+                    None,
+                    Some("source object no longer exists; nothing to copy"),
+                )),
+                Err(e) => Err(e),
+            },
+            Op::Delete => match self.src.head(&item.key).await {
+                // Re-created since: never delete what the source has.
+                Ok(_) => Ok((None, Some("source has the object again; not deleted"))),
+                Err(StorageError::NotFound { .. }) => match dst.delete(&item.key).await {
+                    Ok(()) | Err(StorageError::NotFound { .. }) => Ok((None, None)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok((bytes, note)) => match self.state.complete(&item, note) {
+                Ok(true) => {
+                    let now = georep_state::now_ms();
+                    let lag = (now - item.change_time).max(0) as f64 / 1000.0;
+                    match (item.op, bytes) {
+                        (Op::Copy, Some(n)) => {
+                            self.metrics.latency.get_or_create(&labels).observe(lag);
+                            self.metrics.replicated.get_or_create(&labels).inc();
+                            self.metrics
+                                .replicated_bytes
+                                .get_or_create(&labels)
+                                .inc_by(n);
+                        }
+                        (Op::Delete, _) => {
+                            self.metrics.latency.get_or_create(&labels).observe(lag);
+                            self.metrics.deleted.get_or_create(&labels).inc();
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(false) => self.wake.notify_one(),
+                Err(e) => {
+                    tracing::error!(policy = self.name(), error = %e, "cannot record a completed item; it will be redone")
+                }
+            },
+            Err(e) => {
+                self.metrics.failures.get_or_create(&labels).inc();
+                let backoff = backoff(item.attempts + 1);
+                tracing::warn!(policy = self.name(), dest = %item.dest, key = %item.key, attempt = item.attempts + 1, retry_in = ?backoff, error = %e, "replication failed");
+                let at = georep_state::now_ms() + backoff.as_millis() as i64;
+                if let Err(e) = self.state.fail(&item, &e.to_string(), at, FAILED_AFTER) {
+                    tracing::error!(policy = self.name(), error = %e, "cannot record a failed item");
+                }
+            }
+        }
+    }
+}
+
+/// Whether a key passes a policy's filters and `since`.
+pub(crate) fn key_wanted(policy: &Policy, key: &str, modified_ms: i64) -> bool {
+    policy.filter.matches(key)
+        && policy
+            .since
+            .is_none_or(|s| modified_ms >= s.timestamp_millis())
+}
+
+/// The mass-delete guard: a percentage never holds a pass of [`GUARD_FLOOR`] deletes or
+/// fewer; a count is exact.
+pub(crate) fn guard_allows(max: &MaxDelete, deletes: u64, total: u64) -> bool {
+    match max {
+        MaxDelete::Percent(_) if deletes <= GUARD_FLOOR => true,
+        m => m.allows(deletes, total),
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to five minutes, with up to 25 % jitter so retries spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(9)).min(MAX_BACKOFF);
+    let jitter = rand::random::<u64>() % (base.as_millis() as u64 / 4 + 1);
+    base + Duration::from_millis(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_floor_and_counts() {
+        let pct = MaxDelete::Percent(10.0);
+        assert!(guard_allows(&pct, 1, 5), "small stores may lose one object");
+        assert!(guard_allows(&pct, 10, 20));
+        assert!(!guard_allows(&pct, 11, 20));
+        assert!(guard_allows(&pct, 11, 200));
+        assert!(!guard_allows(&MaxDelete::Count(3), 4, 1000));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(1) >= Duration::from_secs(1) && backoff(1) < Duration::from_secs(2));
+        assert!(backoff(4) >= Duration::from_secs(8));
+        assert!(backoff(40) <= MAX_BACKOFF + MAX_BACKOFF / 4);
+    }
+}

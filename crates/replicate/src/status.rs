@@ -1,0 +1,214 @@
+//! Status of policies and objects, read from the state store: the same figures for the
+//! daemon's API and for `georep status` run beside (or without) a daemon.
+
+use std::time::Duration;
+
+use georep_core::{Policy, Topology};
+use georep_state::{Item, State};
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// Window over which latency percentiles are computed.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Window over which throughput is computed.
+pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub source: StoreRef,
+    pub deletes: String,
+    pub rpo_target_seconds: f64,
+    /// Why deletes are held (mass-delete guard), if they are.
+    pub paused: Option<String>,
+    /// How changes are detected besides scans, when a daemon reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<String>,
+    pub scan_interval_seconds: f64,
+    pub last_scan: Option<ScanStatus>,
+    /// Source objects recorded in the manifest.
+    pub source_objects: u64,
+    pub destinations: Vec<DestStatus>,
+    /// True when any destination's current RPO exceeds the target.
+    pub rpo_breached: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreRef {
+    pub store: String,
+    pub region: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanStatus {
+    pub at: String,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub scans: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestStatus {
+    #[serde(flatten)]
+    pub store: StoreRef,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub failed: u64,
+    pub complete: u64,
+    /// Age of the oldest change not yet replicated here (0 when nothing is pending).
+    pub rpo_seconds: f64,
+    pub rpo_breached: bool,
+    /// Change → visible latency over the last 15 minutes.
+    pub latency: Latency,
+    /// Over the last minute.
+    pub objects_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: Option<i64>,
+    pub p99_ms: Option<i64>,
+    pub max_ms: Option<i64>,
+}
+
+/// One object at every destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectStatus {
+    pub policy: String,
+    pub key: String,
+    /// What the manifest holds for the source object, if it is known.
+    pub source: Option<georep_state::ManifestEntry>,
+    pub destinations: Vec<Item>,
+}
+
+fn store_ref(topo: &Topology, name: &str) -> StoreRef {
+    let def = topo.store(name);
+    StoreRef {
+        store: name.to_string(),
+        region: def.map(|d| d.region.clone()).unwrap_or_default(),
+        url: def.map(|d| d.url.to_string()).unwrap_or_default(),
+    }
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+/// The status of one policy. `detailed` adds latency percentiles and throughput (these
+/// read the last 15 minutes of completions).
+pub fn policy_status(
+    state: &State,
+    topo: &Topology,
+    policy: &Policy,
+    detailed: bool,
+) -> Result<PolicyStatus> {
+    let now = georep_state::now_ms();
+    let rec = state.policy(&policy.name)?;
+    let lag = state.lag(&policy.name)?;
+    let rpo_target = policy.rpo.as_secs_f64();
+    let mut dests = Vec::new();
+    for d in &policy.destinations {
+        let l = lag
+            .iter()
+            .find(|l| &l.dest == d)
+            .cloned()
+            .unwrap_or_default();
+        let rpo = match l.oldest_change {
+            Some(t) if l.pending > 0 => (now - t).max(0) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        let (latency, ops, bps) = if detailed {
+            let since = now - LATENCY_WINDOW.as_millis() as i64;
+            let lat = state.latencies_since(&policy.name, d, since)?;
+            let (n, b) = state.replicated_since(
+                &policy.name,
+                d,
+                now - THROUGHPUT_WINDOW.as_millis() as i64,
+            )?;
+            let w = THROUGHPUT_WINDOW.as_secs_f64();
+            (
+                Latency {
+                    count: lat.len() as u64,
+                    p50_ms: percentile(&lat, 50.0),
+                    p99_ms: percentile(&lat, 99.0),
+                    max_ms: lat.last().copied(),
+                },
+                n as f64 / w,
+                b as f64 / w,
+            )
+        } else {
+            (Latency::default(), 0.0, 0.0)
+        };
+        dests.push(DestStatus {
+            store: store_ref(topo, d),
+            pending: l.pending,
+            pending_bytes: l.pending_bytes,
+            failed: l.failed,
+            complete: l.complete,
+            rpo_seconds: rpo,
+            rpo_breached: rpo > rpo_target,
+            latency,
+            objects_per_second: ops,
+            bytes_per_second: bps,
+        });
+    }
+    Ok(PolicyStatus {
+        name: policy.name.clone(),
+        source: store_ref(topo, &policy.source),
+        deletes: format!("{:?}", policy.deletes).to_lowercase(),
+        rpo_target_seconds: rpo_target,
+        paused: rec.as_ref().and_then(|r| r.paused.clone()),
+        notifications: None,
+        scan_interval_seconds: policy.scan_interval.as_secs_f64(),
+        last_scan: rec.as_ref().and_then(|r| {
+            r.last_scan_at.map(|at| ScanStatus {
+                at: iso(at),
+                duration_ms: r.last_scan_ms.unwrap_or_default(),
+                error: r.last_scan_error.clone(),
+                scans: r.scans,
+            })
+        }),
+        source_objects: state.manifest_count(&policy.name)?,
+        rpo_breached: dests.iter().any(|d| d.rpo_breached),
+        destinations: dests,
+    })
+}
+
+/// One object's replication status at every destination.
+pub fn object_status(state: &State, policy: &Policy, key: &str) -> Result<ObjectStatus> {
+    Ok(ObjectStatus {
+        policy: policy.name.clone(),
+        key: key.to_string(),
+        source: state.manifest_get(&policy.name, key)?,
+        destinations: state.object_status(&policy.name, key)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! georep-server: the daemon's HTTP surface — JSON API, storage-event webhook and
+//! Prometheus metrics. The only crate that knows HTTP routes.
+//!
+//! API boundary: [`router`] builds the axum router over a running [`Daemon`]; [`serve`]
+//! binds and runs it until a shutdown future resolves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use georep_replicate::events::{self, Parsed};
+use georep_replicate::{Daemon, ReplicateError};
+use serde_json::json;
+
+/// Shared by every handler.
+struct App {
+    daemon: Arc<Daemon>,
+    token: Option<String>,
+}
+
+/// Errors as JSON bodies with a status that says whose fault it is.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ReplicateError> for ApiError {
+    fn from(e: ReplicateError) -> Self {
+        let code = match &e {
+            ReplicateError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            ReplicateError::Config(_) => StatusCode::BAD_REQUEST,
+            ReplicateError::Store { .. } => StatusCode::BAD_GATEWAY,
+            ReplicateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router: `/healthz` is open; everything else needs the bearer token when one is
+/// configured.
+pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
+    let app = Arc::new(App { daemon, token });
+    let api = Router::new()
+        .route("/api/v1/policies", get(policies))
+        .route("/api/v1/policies/{name}", get(policy))
+        .route("/api/v1/policies/{name}/objects/{*key}", get(object))
+        .route("/api/v1/policies/{name}/resync", post(resync))
+        .route("/api/v1/policies/{name}/resume", post(resume))
+        .route(
+            "/api/v1/events/{name}",
+            post(event).options(event_handshake),
+        )
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(api)
+        .with_state(app)
+}
+
+/// Binds `listen` and serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    daemon: Arc<Daemon>,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(daemon, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds an address with a message that names it and the fix.
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        format!("cannot listen on {listen}: {e}; set [server] listen to a free address or stop the process using it")
+    })
+}
+
+async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut r = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token; send Authorization: Bearer <token from [server] token>".into(),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so response time does not leak the token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn policies(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    let d = app.daemon.clone();
+    let all = tokio::task::spawn_blocking(move || d.statuses())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!({ "policies": all })))
+}
+
+async fn policy(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let d = app.daemon.clone();
+    let s = tokio::task::spawn_blocking(move || d.status(&name))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(s))
+}
+
+async fn object(
+    State(app): State<Arc<App>>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let s = app.daemon.object(&name, key.trim_start_matches('/'))?;
+    if s.source.is_none() && s.destinations.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "policy '{name}' has never seen object '{key}'; check the key (relative to the source store) and the policy's filters"
+            ),
+        ));
+    }
+    Ok(Json(s))
+}
+
+async fn resync(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.daemon.resync(&name).await?))
+}
+
+async fn resume(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    app.daemon.resume(&name)?;
+    Ok(Json(
+        json!({ "resumed": name, "note": "the next scan may delete past the mass-delete guard once" }),
+    ))
+}
+
+async fn event(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let parsed =
+        events::parse(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match parsed {
+        Parsed::Validation { code } => {
+            tracing::info!(policy = %name, "Event Grid subscription validated");
+            Ok(Json(json!({ "validationResponse": code })).into_response())
+        }
+        Parsed::SnsConfirmation { subscribe_url } => {
+            tracing::warn!(policy = %name, %subscribe_url, "SNS subscription needs confirmation: open the SubscribeURL to confirm it");
+            Ok(Json(json!({ "confirm": subscribe_url })).into_response())
+        }
+        p @ Parsed::Changes { .. } => {
+            let done = app.daemon.ingest(&name, p).await?;
+            Ok(Json(done).into_response())
+        }
+    }
+}
+
+/// The CloudEvents webhook handshake: echo the origin back as allowed.
+async fn event_handshake(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    app.daemon.object(&name, "")?;
+    let origin = headers
+        .get(events::WEBHOOK_REQUEST_ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let Some(allowed) = events::cloudevents_allowed_origin(origin) else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "OPTIONS on the event webhook is the CloudEvents handshake and needs a WebHook-Request-Origin header".into(),
+        ));
+    };
+    let mut r = StatusCode::OK.into_response();
+    if let Ok(v) = HeaderValue::from_str(&allowed) {
+        r.headers_mut().insert(events::WEBHOOK_ALLOWED_ORIGIN, v);
+    }
+    r.headers_mut().insert(
+        events::WEBHOOK_ALLOWED_RATE,
+        HeaderValue::from_static(events::ALLOWED_RATE_UNLIMITED),
+    );
+    Ok(r)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let d = app.daemon.clone();
+    let text = tokio::task::spawn_blocking(move || d.metrics_text())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
