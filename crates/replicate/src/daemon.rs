@@ -142,6 +142,20 @@ impl Daemon {
                     }
                 }
             }
+            for (_, dst) in &rt.dests {
+                if dst.local_root().is_some() {
+                    // Listing a local destination removes temp files left by a killed run.
+                    let dst = dst.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut l = dst.list(georep_storage::ListRole::Destination);
+                        while let Some(r) = futures::StreamExt::next(&mut l).await {
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                    }));
+                }
+            }
             let (r, mut stop) = (rt.clone(), self.stop.subscribe());
             tasks.push(tokio::spawn(async move {
                 loop {
