@@ -192,7 +192,7 @@ impl Daemon {
         let now = georep_state::now_ms();
         for rt in self.policies.values() {
             let name = rt.name();
-            let lag = match self.state.lag(name) {
+            let lag = match self.state.open_lag(name) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(policy = name, error = %e, "cannot read the work queue");
@@ -352,9 +352,12 @@ impl Daemon {
             }
         };
         let total = changes.len();
-        let keys: Vec<String> = changes
+        let keys: Vec<(String, Option<i64>)> = changes
             .iter()
-            .filter_map(|c| events::relative_key(c, &container, &prefix))
+            .filter_map(|c| {
+                events::relative_key(c, &container, &prefix)
+                    .map(|k| (k, c.time.map(|t| t.timestamp_millis())))
+            })
             .collect();
         let accepted = keys.len();
         let queued = rt.observe(keys, Via::Webhook).await?;

@@ -222,8 +222,11 @@ impl PolicyRuntime {
         })
     }
 
+    /// Runs without the observation lock, so notifications keep flowing during long
+    /// scans; the races that allows only ever cause redundant (idempotent) work: a stale
+    /// listing entry is skipped by its mtime, and a key missing from the listing is
+    /// confirmed gone by a HEAD before anything is forgotten.
     async fn scan_inner(&self) -> Result<ScanSummary> {
-        let _guard = self.observe_lock.lock().await;
         let name = self.name().to_string();
         let mut sum = ScanSummary::default();
         let mut listing = self.src.list(ListRole::Source);
@@ -396,16 +399,32 @@ impl PolicyRuntime {
 
     /// Looks at single keys named by a notification or webhook event and queues what
     /// changed. Returns how many changes were queued.
-    pub(crate) async fn observe(&self, keys: Vec<String>, via: Via) -> Result<usize> {
+    /// `keys` carry the change time an event reported, if any (more precise than a
+    /// store's Last-Modified, which Azure gives in whole seconds).
+    pub(crate) async fn observe(&self, keys: Vec<(String, Option<i64>)>, via: Via) -> Result<usize> {
         let _guard = self.observe_lock.lock().await;
         let name = self.name().to_string();
         let mut changes = Vec::new();
-        for key in keys {
-            if !self.policy.filter.matches(&key) {
-                continue;
+        // HEAD the keys concurrently: a webhook batch names up to hundreds of objects.
+        let src = self.src.clone();
+        type Head = (String, Option<i64>, std::result::Result<Entry, StorageError>);
+        let heads: Vec<Head> = futures::stream::iter(
+            keys.into_iter()
+                .filter(|(k, _)| self.policy.filter.matches(k)),
+        )
+        .map(|(key, at)| {
+            let src = src.clone();
+            async move {
+                let r = src.head(&key).await;
+                (key, at, r)
             }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+        for (key, at, head) in heads {
             let known = self.state.manifest_get(&name, &key)?;
-            match self.src.head(&key).await {
+            match head {
                 Ok(e) => {
                     let modified = e.last_modified.timestamp_millis();
                     if !self.wanted(&key, modified) {
@@ -417,7 +436,11 @@ impl PolicyRuntime {
                             && (m.etag.is_none() || e.e_tag.is_none() || m.etag == e.e_tag)
                     });
                     if !same {
-                        changes.push(self.upsert(&e));
+                        let mut change = self.upsert(&e);
+                        if let Some(at) = at {
+                            change.change_time = self.change_time(at);
+                        }
+                        changes.push(change);
                     }
                 }
                 Err(StorageError::NotFound { .. }) => {

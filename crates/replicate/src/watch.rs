@@ -45,7 +45,7 @@ pub(crate) fn start(
                 rt.scan_now.notify_one();
             }
             if !keys.is_empty() {
-                if let Err(e) = rt.observe(keys.into_iter().collect(), Via::FsNotify).await {
+                if let Err(e) = rt.observe(keys.into_iter().map(|k| (k, None)).collect(), Via::FsNotify).await {
                     tracing::warn!(policy = rt.name(), error = %e, "cannot queue notified changes; the next scan will");
                 }
             }

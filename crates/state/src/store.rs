@@ -571,8 +571,18 @@ impl State {
 
     // ---- status ---------------------------------------------------------------------
 
-    /// Open work per destination of a policy (destinations with none are absent).
+    /// Open work per destination of a policy, with completed counts (which read every
+    /// completed row: for status pages, not for once-a-second refreshes).
     pub fn lag(&self, policy: &str) -> Result<Vec<DestLag>> {
+        self.lag_inner(policy, true)
+    }
+
+    /// Open work per destination only (destinations with none are absent); cheap.
+    pub fn open_lag(&self, policy: &str) -> Result<Vec<DestLag>> {
+        self.lag_inner(policy, false)
+    }
+
+    fn lag_inner(&self, policy: &str, with_complete: bool) -> Result<Vec<DestLag>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT dest, count(*), coalesce(sum(size), 0), \
@@ -591,6 +601,9 @@ impl State {
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         drop(stmt);
+        if !with_complete {
+            return Ok(out);
+        }
         let mut stmt = conn.prepare_cached(
             "SELECT dest, count(*) FROM items WHERE policy = ?1 AND status = 'complete' GROUP BY dest",
         )?;
