@@ -55,7 +55,7 @@ enum Command {
     /// Run the replication daemon with its HTTP API (stops cleanly on SIGINT/SIGTERM).
     Serve(serve::ServeArgs),
     /// Replication status per policy and destination, or of one object; exit 1 when an
-    /// RPO is breached, a policy is paused or objects keep failing.
+    /// RPO is breached, a policy is paused, the last scan failed or objects keep failing.
     Status(status::StatusArgs),
 }
 

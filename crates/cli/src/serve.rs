@@ -21,6 +21,12 @@ pub(crate) struct ServeArgs {
 
 pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     let topo = load(&a.config.config)?;
+    // One daemon per state file: a second one would clear the first one's leases and
+    // double every transfer and delete decision.
+    let _lock = match topo.state.sqlite_path() {
+        Some(db) => Some(lock_state(&db)?),
+        None => None,
+    };
     let state = State::open(&topo.state.url)
         .with_context(|| format!("state {}", topo.state.redacted_url()))?;
     let listen = a.listen.unwrap_or(topo.server.listen);
@@ -38,6 +44,33 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     tracing::info!("shutting down: finishing transfers in flight");
     daemon.shutdown().await;
     Ok(0)
+}
+
+/// Takes an exclusive lock beside the state database, held until the process exits.
+fn lock_state(db: &std::path::Path) -> Result<std::fs::File> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ConfigFileError(format!("cannot create state folder {}: {e}", dir.display()))
+        })?;
+    }
+    let path = db.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ConfigFileError(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ConfigFileError(format!(
+            "another georep serve is using the state {}; stop it first (one daemon per state file)",
+            db.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ConfigFileError(format!("cannot lock {}: {e}", path.display())).into())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

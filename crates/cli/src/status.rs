@@ -38,8 +38,8 @@ fn when(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Exit 0 when all is well; 1 when an RPO is breached, a policy is paused or objects
-/// keep failing — so the command works as a monitoring check.
+/// Exit 0 when all is well; 1 when an RPO is breached, a policy is paused, the last scan
+/// failed or objects keep failing — so the command works as a monitoring check.
 pub(crate) fn run(a: StatusArgs) -> Result<u8> {
     let t = load(&a.config.config)?;
     if let Some(p) = t.state.sqlite_path() {
@@ -113,7 +113,10 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
         .map(|p| status::policy_status(&state, &t, p, true))
         .collect::<Result<_, _>>()?;
     let unhealthy = all.iter().any(|s| {
-        s.rpo_breached || s.paused.is_some() || s.destinations.iter().any(|d| d.failed > 0)
+        s.rpo_breached
+            || s.paused.is_some()
+            || s.last_scan.as_ref().is_some_and(|l| l.error.is_some())
+            || s.destinations.iter().any(|d| d.failed > 0)
     });
     if a.output == Output::Json {
         println!(

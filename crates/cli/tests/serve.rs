@@ -889,4 +889,38 @@ destinations = ["b"]
     .expect("write");
     let (_, out, _) = run(&["plan", "-c", c], &[]);
     assert!(out.contains("[changed]") && out.contains("rpo"), "{out}");
+
+    // One daemon per state file.
+    let s = Serve::start(&cfg, &[]);
+    let (code, _, err) = run(&["serve", "-c", c, "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another georep serve"), "{err}");
+    // Resuming a policy that is not paused is a conflict, not a silent override.
+    let (code, v) = s.req(
+        reqwest::Method::POST,
+        "/api/v1/policies/p/resume",
+        Some(&json!({})),
+    );
+    assert_eq!(code, 409, "{v}");
+    drop(s);
+
+    // A destination added to the policy is filled with what already exists.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace("destinations = [\"b\"]", "destinations = [\"b\", \"c\"]")
+            .replace(
+                "[stores.b]",
+                "[stores.c]\nregion = \"r2\"\nurl = \"c\"\n[stores.b]",
+            ),
+    )
+    .expect("write");
+    let s = Serve::start(&cfg, &[]);
+    s.converge("p", Some(1));
+    assert!(
+        wait_until(Duration::from_secs(30), || dir.path().join("c/x").exists()),
+        "new destination not backfilled:\n{}",
+        s.log_text()
+    );
 }

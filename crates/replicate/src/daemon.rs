@@ -82,7 +82,16 @@ impl Daemon {
         let metrics = Arc::new(Metrics::default());
         let mut policies = BTreeMap::new();
         for p in &topo.policies {
-            let change = state.upsert_policy(&p.name, &policy_record(&topo, p))?;
+            let source_url = topo
+                .store(&p.source)
+                .map(|d| d.url.to_string())
+                .unwrap_or_default();
+            let change = state.upsert_policy(
+                &p.name,
+                &policy_record(&topo, p),
+                &source_url,
+                &p.destinations,
+            )?;
             tracing::info!(policy = %p.name, ?change, "policy");
             let created = state
                 .policy(&p.name)?
@@ -175,9 +184,12 @@ impl Daemon {
         let (me, mut stop) = (self.clone(), self.stop.subscribe());
         tasks.push(tokio::spawn(async move {
             loop {
+                // Back off when the queue is so large that reading it is costly.
+                let t = std::time::Instant::now();
                 me.refresh();
+                let pause = Duration::from_secs(1).max(t.elapsed() * 20);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => break,
                 }
             }
@@ -250,6 +262,10 @@ impl Daemon {
         }
     }
 
+    pub fn has_policy(&self, name: &str) -> bool {
+        self.policies.contains_key(name)
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.topo
     }
@@ -301,13 +317,19 @@ impl Daemon {
                 store: dname.clone(),
                 source: e,
             })?;
+            let mut batch = Vec::new();
             for p in report.planned.unwrap_or_default() {
                 // Only what the policy replicates (the manifest applies `since`).
                 if let Some(m) = self.state.manifest_get(name, &p.key)? {
-                    self.state.enqueue_copy(name, dname, &p.key, m.size)?;
+                    batch.push((p.key, m.size));
                     repaired += 1;
                 }
+                if batch.len() >= 2000 {
+                    self.state.enqueue_copies(name, dname, &batch)?;
+                    batch.clear();
+                }
             }
+            self.state.enqueue_copies(name, dname, &batch)?;
         }
         rt.wake.notify_one();
         Ok(Resynced {
@@ -320,6 +342,11 @@ impl Daemon {
     /// Lets the next pass delete past the mass-delete guard (the operator confirmed).
     pub fn resume(&self, name: &str) -> Result<()> {
         let rt = self.runtime(name)?;
+        if self.state.policy(name)?.and_then(|r| r.paused).is_none() {
+            return Err(ReplicateError::Conflict(format!(
+                "policy '{name}' is not paused; there is nothing to resume"
+            )));
+        }
         self.state.set_allow_mass_delete(name, true)?;
         rt.scan_now.notify_one();
         Ok(())

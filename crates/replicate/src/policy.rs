@@ -23,9 +23,10 @@ pub const GUARD_FLOOR: u64 = 10;
 pub const FAILED_AFTER: u32 = 5;
 /// Longest wait between attempts of one item.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// How long a worker may hold an item before another may take it (a crashed daemon's
-/// leases are dropped at start-up, so this only matters for hung transfers).
-const LEASE: Duration = Duration::from_secs(30 * 60);
+/// How long a claimed item stays out of the queue. One daemon owns a state file (`serve`
+/// locks it) and drops all leases at start-up, so a lease only marks "in flight here" and
+/// must outlast the longest transfer.
+const LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Manifest rows read per page during a scan.
 const PAGE: usize = 5000;
 /// Changes written per transaction during a scan.
@@ -72,8 +73,13 @@ pub(crate) struct PolicyRuntime {
     pub(crate) wake: Notify,
     /// Asks the scanner for a scan now.
     pub(crate) scan_now: Notify,
-    /// Serialises scans and point observations against each other's manifest reads.
+    /// Serialises point observations (webhook batches and notifications).
     observe_lock: tokio::sync::Mutex<()>,
+    /// One scan at a time (periodic, on demand, resync).
+    scan_lock: tokio::sync::Mutex<()>,
+    /// Manifest size as of the last scan, for the event-path delete guard (counting a
+    /// large manifest per event would be too slow).
+    manifest_total: AtomicU64,
     /// When the policy was first recorded: backfilled objects count their lag from here.
     created_at: i64,
     /// Deletes queued by notifications since the last scan (for the mass-delete guard).
@@ -122,6 +128,8 @@ impl PolicyRuntime {
             wake: Notify::new(),
             scan_now: Notify::new(),
             observe_lock: tokio::sync::Mutex::new(()),
+            scan_lock: tokio::sync::Mutex::new(()),
+            manifest_total: AtomicU64::new(0),
             created_at,
             event_deletes: AtomicU64::new(0),
             job,
@@ -193,6 +201,7 @@ impl PolicyRuntime {
     /// `deletes = propagate`, deleted at destinations) only after the listing completed
     /// and the mass-delete guard passed.
     pub(crate) async fn scan(&self) -> Result<ScanSummary> {
+        let _one = self.scan_lock.lock().await;
         let started = Instant::now();
         let at = georep_state::now_ms();
         let result = self.scan_inner().await;
@@ -283,8 +292,15 @@ impl PolicyRuntime {
             }
             let changed = match &known {
                 None => true,
-                // A listing older than what a notification already recorded is stale.
-                Some(m) if modified < m.mtime => false,
+                // A listing older than what a notification already recorded is stale,
+                // unless it differs in content too (a restore with an older mtime).
+                Some(m)
+                    if modified < m.mtime
+                        && m.size == entry.size
+                        && (m.etag.is_none() || entry.e_tag.is_none() || m.etag == entry.e_tag) =>
+                {
+                    false
+                }
                 Some(m) => {
                     m.size != entry.size
                         || m.mtime != modified
@@ -308,10 +324,15 @@ impl PolicyRuntime {
                 None => break,
             }
         }
-        let (removed, held) = self.forget(gone).await?;
+        let forgot = self.forget(gone).await;
+        // An operator's override covers one pass only, whatever that pass found.
+        self.state.set_allow_mass_delete(&name, false)?;
+        let (removed, held) = forgot?;
         sum.removed = removed;
         sum.held = held;
         self.event_deletes.store(0, Ordering::Relaxed);
+        self.manifest_total
+            .store(self.state.manifest_count(&name)?, Ordering::Relaxed);
         Ok(sum)
     }
 
@@ -370,7 +391,6 @@ impl PolicyRuntime {
                     .set(1);
                 return Ok((0, gone.len() as u64));
             }
-            self.state.set_allow_mass_delete(&name, false)?;
         }
         let n = gone.len() as u64;
         let changes: Vec<Observed> = gone
@@ -401,13 +421,21 @@ impl PolicyRuntime {
     /// changed. Returns how many changes were queued.
     /// `keys` carry the change time an event reported, if any (more precise than a
     /// store's Last-Modified, which Azure gives in whole seconds).
-    pub(crate) async fn observe(&self, keys: Vec<(String, Option<i64>)>, via: Via) -> Result<usize> {
+    pub(crate) async fn observe(
+        &self,
+        keys: Vec<(String, Option<i64>)>,
+        via: Via,
+    ) -> Result<usize> {
         let _guard = self.observe_lock.lock().await;
         let name = self.name().to_string();
         let mut changes = Vec::new();
         // HEAD the keys concurrently: a webhook batch names up to hundreds of objects.
         let src = self.src.clone();
-        type Head = (String, Option<i64>, std::result::Result<Entry, StorageError>);
+        type Head = (
+            String,
+            Option<i64>,
+            std::result::Result<Entry, StorageError>,
+        );
         let heads: Vec<Head> = futures::stream::iter(
             keys.into_iter()
                 .filter(|(k, _)| self.policy.filter.matches(k)),
@@ -455,7 +483,7 @@ impl PolicyRuntime {
                             continue;
                         }
                         let n = self.event_deletes.fetch_add(1, Ordering::Relaxed) + 1;
-                        let total = self.state.manifest_count(&name)?;
+                        let total = self.manifest_total.load(Ordering::Relaxed);
                         if !guard_allows(&self.policy.max_delete, n, total) {
                             self.scan_now.notify_one();
                             continue;
@@ -507,6 +535,13 @@ impl PolicyRuntime {
             if claimed > 0 && claimed == free {
                 continue;
             }
+            if free == 0 {
+                tokio::select! {
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             let wait = match self.state.next_due(self.name()) {
                 Ok(Some(t)) => {
                     Duration::from_millis((t - georep_state::now_ms()).clamp(5, 1000) as u64)
@@ -544,9 +579,7 @@ impl PolicyRuntime {
         let labels = metrics::dest(self.name(), &item.dest);
         let outcome = match item.op {
             Op::Copy => match self.src.head(&item.key).await {
-                Ok(entry) => copy_object(&self.src, &dst, &entry, &self.job)
-                    .await
-                    .map(|n| (Some(n), None)),
+                Ok(entry) => self.copy_if_needed(&dst, &entry).await,
                 Err(StorageError::NotFound { .. }) => Ok((
                     None,
                     Some("source object no longer exists; nothing to copy"),
@@ -554,8 +587,15 @@ impl PolicyRuntime {
                 Err(e) => Err(e),
             },
             Op::Delete => match self.src.head(&item.key).await {
-                // Re-created since: never delete what the source has.
-                Ok(_) => Ok((None, Some("source has the object again; not deleted"))),
+                // Re-created since: never delete what the source has; bring the replica
+                // up to date and put the object back in the manifest.
+                Ok(entry) => {
+                    let r = self.copy_if_needed(&dst, &entry).await;
+                    if r.is_ok() {
+                        let _ = self.state.apply(self.name(), &[], &[self.upsert(&entry)]);
+                    }
+                    r.map(|(n, _)| (n, Some("source has the object again; copied, not deleted")))
+                }
                 Err(StorageError::NotFound { .. }) => match dst.delete(&item.key).await {
                     Ok(()) | Err(StorageError::NotFound { .. }) => Ok((None, None)),
                     Err(e) => Err(e),
@@ -599,6 +639,35 @@ impl PolicyRuntime {
                 }
             }
         }
+    }
+}
+
+impl PolicyRuntime {
+    /// Copies unless the destination provably holds these bytes already: a local replica
+    /// with the same size and the source's mtime (georep sets it), or equal MD5 ETags.
+    /// Anything less certain is copied again (a copy is idempotent; a skip is not undoable).
+    async fn copy_if_needed(
+        &self,
+        dst: &Arc<Store>,
+        entry: &Entry,
+    ) -> std::result::Result<(Option<u64>, Option<&'static str>), StorageError> {
+        if let Ok(d) = dst.head(&entry.key).await {
+            let same_local = dst.local_root().is_some()
+                && d.size == entry.size
+                && d.last_modified.timestamp_millis() == entry.last_modified.timestamp_millis();
+            let same_md5 = self.src.etag_is_md5()
+                && dst.etag_is_md5()
+                && d.size == entry.size
+                && d.e_tag.is_some()
+                && d.e_tag == entry.e_tag
+                && !d.e_tag.as_deref().unwrap_or_default().contains('-');
+            if same_local || same_md5 {
+                return Ok((Some(0), None));
+            }
+        }
+        copy_object(&self.src, dst, entry, &self.job)
+            .await
+            .map(|n| (Some(n), None))
     }
 }
 

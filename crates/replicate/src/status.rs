@@ -121,6 +121,14 @@ pub fn policy_status(
     let rec = state.policy(&policy.name)?;
     let lag = state.lag(&policy.name)?;
     let rpo_target = policy.rpo.as_secs_f64();
+    // While scans fail, changes since the last good scan may be undetected: the RPO
+    // cannot be better than that gap (notifications may still be working, so this is
+    // the honest upper bound, not an estimate).
+    let blind_since = rec.as_ref().and_then(|r| {
+        r.last_scan_error
+            .as_ref()
+            .map(|_| r.last_ok_scan_at.unwrap_or(r.created_at))
+    });
     let mut dests = Vec::new();
     for d in &policy.destinations {
         let l = lag
@@ -128,10 +136,13 @@ pub fn policy_status(
             .find(|l| &l.dest == d)
             .cloned()
             .unwrap_or_default();
-        let rpo = match l.oldest_change {
+        let mut rpo = match l.oldest_change {
             Some(t) if l.pending > 0 => (now - t).max(0) as f64 / 1000.0,
             _ => 0.0,
         };
+        if let Some(t) = blind_since {
+            rpo = rpo.max((now - t).max(0) as f64 / 1000.0);
+        }
         let (latency, ops, bps) = if detailed {
             let since = now - LATENCY_WINDOW.as_millis() as i64;
             let lat = state.latencies_since(&policy.name, d, since)?;

@@ -45,7 +45,10 @@ pub(crate) fn start(
                 rt.scan_now.notify_one();
             }
             if !keys.is_empty() {
-                if let Err(e) = rt.observe(keys.into_iter().map(|k| (k, None)).collect(), Via::FsNotify).await {
+                if let Err(e) = rt
+                    .observe(keys.into_iter().map(|k| (k, None)).collect(), Via::FsNotify)
+                    .await
+                {
                     tracing::warn!(policy = rt.name(), error = %e, "cannot queue notified changes; the next scan will");
                 }
             }
@@ -71,14 +74,19 @@ fn collect(
     if ev.need_rescan() {
         *rescan = true;
     }
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    // A file is observed when its writer closes it (or it is renamed into place, removed,
+    // or its metadata changes), not on every write: copying a file mid-write would only
+    // be redone, and could show a truncated version at the destination meanwhile.
     match ev.kind {
-        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
-        | EventKind::Create(_)
-        | EventKind::Modify(_)
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Create(CreateKind::Folder)
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Modify(ModifyKind::Metadata(_))
         | EventKind::Remove(_)
         | EventKind::Any
         | EventKind::Other => {}
-        EventKind::Access(_) => return,
+        EventKind::Access(_) | EventKind::Create(_) | EventKind::Modify(_) => return,
     }
     for path in ev.paths {
         if path.is_dir() {

@@ -38,6 +38,7 @@ impl From<ReplicateError> for ApiError {
         let code = match &e {
             ReplicateError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
             ReplicateError::Config(_) => StatusCode::BAD_REQUEST,
+            ReplicateError::Conflict(_) => StatusCode::CONFLICT,
             ReplicateError::Store { .. } => StatusCode::BAD_GATEWAY,
             ReplicateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -137,7 +138,12 @@ async fn object(
     State(app): State<Arc<App>>,
     Path((name, key)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let s = app.daemon.object(&name, key.trim_start_matches('/'))?;
+    let d = app.daemon.clone();
+    let k = key.trim_start_matches('/').to_string();
+    let n = name.clone();
+    let s = tokio::task::spawn_blocking(move || d.object(&n, &k))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     if s.source.is_none() && s.destinations.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -195,7 +201,9 @@ async fn event_handshake(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    app.daemon.object(&name, "")?;
+    if !app.daemon.has_policy(&name) {
+        return Err(ReplicateError::UnknownPolicy(name).into());
+    }
     let origin = headers
         .get(events::WEBHOOK_REQUEST_ORIGIN)
         .and_then(|v| v.to_str().ok());

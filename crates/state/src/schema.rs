@@ -46,4 +46,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX items_open ON items (policy, next_attempt_at) WHERE status != 'complete';
     CREATE INDEX items_done ON items (policy, dest, replicated_at) WHERE status = 'complete';
     ",
+    // 2: object lookups by key across destinations; scans remember their last success;
+    //    policies remember their destinations (to backfill new ones).
+    "
+    CREATE INDEX items_key ON items (policy, key);
+    CREATE INDEX items_due ON items (policy, next_attempt_at)
+        WHERE status != 'complete' AND lease_until = 0;
+    ALTER TABLE policies ADD COLUMN last_ok_scan_at INTEGER;
+    ALTER TABLE policies ADD COLUMN source TEXT;
+    ALTER TABLE policies ADD COLUMN dests TEXT;
+    ",
 ];

@@ -119,6 +119,8 @@ pub struct PolicyRecord {
     pub last_scan_ms: Option<i64>,
     pub last_scan_error: Option<String>,
     pub scans: i64,
+    /// Start of the last scan that completed without error.
+    pub last_ok_scan_at: Option<i64>,
 }
 
 /// How a policy's recorded configuration compares with the one given.
@@ -285,35 +287,77 @@ impl State {
 
     // ---- policies -------------------------------------------------------------------
 
-    /// Records a policy's configuration; says whether it is new or changed.
-    pub fn upsert_policy(&self, name: &str, config: &serde_json::Value) -> Result<PolicyChange> {
-        let conn = self.lock();
+    /// Records a policy's configuration; says whether it is new or changed. In the same
+    /// transaction, a destination added to the policy gets every object of the manifest
+    /// queued (so it is filled, not just sent later changes), and a changed source drops
+    /// the manifest (so the next scan compares against the new source from scratch).
+    pub fn upsert_policy(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        source: &str,
+        dests: &[String],
+    ) -> Result<PolicyChange> {
+        let mut conn = self.lock();
         let now = crate::now_ms();
         let text = serde_json::to_string(config)?;
-        let old: Option<String> = conn
-            .query_row("SELECT config FROM policies WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+        let dests_json = serde_json::to_string(dests)?;
+        let tx = conn.transaction()?;
+        let old: Option<(String, Option<String>, Option<String>)> = tx
+            .query_row(
+                "SELECT config, source, dests FROM policies WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
-        match old {
+        let change = match old {
             None => {
-                conn.execute(
-                    "INSERT INTO policies (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                    params![name, text, now],
+                tx.execute(
+                    "INSERT INTO policies (name, config, created_at, updated_at, source, dests) \
+                     VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+                    params![name, text, now, source, dests_json],
                 )?;
-                Ok(PolicyChange::Added)
+                PolicyChange::Added
             }
-            Some(old) if old == text => Ok(PolicyChange::Unchanged),
-            Some(old) => {
-                conn.execute(
-                    "UPDATE policies SET config = ?2, updated_at = ?3 WHERE name = ?1",
-                    params![name, text, now],
+            Some((old, old_source, old_dests)) => {
+                if old_source.as_deref().is_some_and(|s| s != source) {
+                    tx.execute("DELETE FROM manifest WHERE policy = ?1", [name])?;
+                }
+                let before: Vec<String> = old_dests
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()?
+                    .unwrap_or_default();
+                for d in dests.iter().filter(|d| !before.contains(d)) {
+                    tx.execute(
+                        "INSERT INTO items (policy, dest, key, op, status, generation, size, \
+                         change_time, enqueued_at, attempts, next_attempt_at) \
+                         SELECT policy, ?2, key, 'copy', 'pending', 1, size, ?3, ?3, 0, ?3 \
+                         FROM manifest WHERE policy = ?1 \
+                         ON CONFLICT (policy, dest, key) DO UPDATE SET status = 'pending', \
+                         op = 'copy', generation = generation + 1, next_attempt_at = ?3",
+                        params![name, d, now],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE policies SET source = ?2, dests = ?3 WHERE name = ?1",
+                    params![name, source, dests_json],
                 )?;
-                Ok(PolicyChange::Changed {
-                    previous: serde_json::from_str(&old)?,
-                })
+                if old == text {
+                    PolicyChange::Unchanged
+                } else {
+                    tx.execute(
+                        "UPDATE policies SET config = ?2, updated_at = ?3 WHERE name = ?1",
+                        params![name, text, now],
+                    )?;
+                    PolicyChange::Changed {
+                        previous: serde_json::from_str(&old)?,
+                    }
+                }
             }
-        }
+        };
+        tx.commit()?;
+        Ok(change)
     }
 
     /// Compares without recording (for `georep plan`).
@@ -330,7 +374,8 @@ impl State {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT name, config, created_at, updated_at, paused, allow_mass_delete, \
-             last_scan_at, last_scan_ms, last_scan_error, scans FROM policies ORDER BY name",
+             last_scan_at, last_scan_ms, last_scan_error, scans, last_ok_scan_at \
+             FROM policies ORDER BY name",
         )?;
         let rows = stmt.query_map([], policy_from_row)?;
         let mut out = Vec::new();
@@ -369,7 +414,9 @@ impl State {
     pub fn record_scan(&self, name: &str, at: i64, ms: i64, error: Option<&str>) -> Result<()> {
         self.lock().execute(
             "UPDATE policies SET last_scan_at = ?2, last_scan_ms = ?3, last_scan_error = ?4, \
-             scans = scans + 1 WHERE name = ?1",
+             scans = scans + 1, \
+             last_ok_scan_at = CASE WHEN ?4 IS NULL THEN ?2 ELSE last_ok_scan_at END \
+             WHERE name = ?1",
             params![name, at, ms, error],
         )?;
         Ok(())
@@ -469,12 +516,14 @@ impl State {
         Ok(())
     }
 
-    /// Queues a copy to one destination without touching the manifest (resync repairs).
-    pub fn enqueue_copy(&self, policy: &str, dest: &str, key: &str, size: u64) -> Result<()> {
+    /// Queues copies to one destination without touching the manifest (resync repairs).
+    pub fn enqueue_copies(&self, policy: &str, dest: &str, keys: &[(String, u64)]) -> Result<()> {
         let now = crate::now_ms();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        enqueue(&tx, policy, dest, key, Op::Copy, size, now, now)?;
+        for (key, size) in keys {
+            enqueue(&tx, policy, dest, key, Op::Copy, *size, now, now)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -488,9 +537,9 @@ impl State {
         let tx = conn.transaction()?;
         let items = {
             let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {ITEM_COLS} FROM items WHERE policy = ?1 AND status != 'complete' \
-                 AND next_attempt_at <= ?2 AND lease_until <= ?2 \
-                 ORDER BY next_attempt_at LIMIT ?3"
+                "SELECT {ITEM_COLS} FROM items INDEXED BY items_due \
+                 WHERE policy = ?1 AND status != 'complete' AND lease_until = 0 \
+                 AND next_attempt_at <= ?2 ORDER BY next_attempt_at LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![policy, now, limit as i64], item_from_row)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -509,19 +558,24 @@ impl State {
     /// When the earliest not-yet-due item of a policy becomes due.
     pub fn next_due(&self, policy: &str) -> Result<Option<i64>> {
         let conn = self.lock();
-        Ok(conn.query_row(
-            "SELECT min(max(next_attempt_at, lease_until)) FROM items \
-             WHERE policy = ?1 AND status != 'complete'",
-            [policy],
-            |r| r.get(0),
-        )?)
+        Ok(conn
+            .query_row(
+                "SELECT next_attempt_at FROM items INDEXED BY items_due \
+             WHERE policy = ?1 AND status != 'complete' AND lease_until = 0 \
+             ORDER BY next_attempt_at LIMIT 1",
+                [policy],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Marks an item done, unless it was re-queued meanwhile (then it stays pending).
     /// Returns whether this call completed it.
     pub fn complete(&self, item: &Item, note: Option<&str>) -> Result<bool> {
         let now = crate::now_ms();
-        let n = self.lock().execute(
+        let conn = self.lock();
+        release_if_requeued(&conn, item)?;
+        let n = conn.execute(
             "UPDATE items SET status = 'complete', replicated_at = ?5, lease_until = 0, \
              last_error = ?6, attempts = attempts + 1 \
              WHERE policy = ?1 AND dest = ?2 AND key = ?3 AND generation = ?4",
@@ -533,7 +587,9 @@ impl State {
     /// Records a failed attempt and when to try again. After `failed_after` attempts the
     /// status reads `failed`; it is still retried.
     pub fn fail(&self, item: &Item, error: &str, retry_at: i64, failed_after: u32) -> Result<()> {
-        self.lock().execute(
+        let conn = self.lock();
+        release_if_requeued(&conn, item)?;
+        conn.execute(
             "UPDATE items SET attempts = attempts + 1, last_error = ?5, next_attempt_at = ?6, \
              lease_until = 0, \
              status = CASE WHEN attempts + 1 >= ?7 THEN 'failed' ELSE 'pending' END \
@@ -630,7 +686,8 @@ impl State {
     pub fn object_status(&self, policy: &str, key: &str) -> Result<Vec<Item>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {ITEM_COLS} FROM items WHERE policy = ?1 AND key = ?2 ORDER BY dest"
+            "SELECT {ITEM_COLS} FROM items INDEXED BY items_key WHERE policy = ?1 AND key = ?2 \
+             ORDER BY dest"
         ))?;
         let rows = stmt.query_map(params![policy, key], item_from_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -653,7 +710,8 @@ impl State {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT replicated_at - change_time FROM items WHERE policy = ?1 AND dest = ?2 \
-             AND status = 'complete' AND replicated_at >= ?3 ORDER BY 1",
+             AND status = 'complete' AND replicated_at >= ?3 AND op = 'copy' \
+             AND last_error IS NULL ORDER BY 1",
         )?;
         let rows = stmt.query_map(params![policy, dest, since], |r| r.get::<_, i64>(0))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -664,12 +722,24 @@ impl State {
         let conn = self.lock();
         let (n, b): (i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(size), 0) FROM items WHERE policy = ?1 AND dest = ?2 \
-             AND status = 'complete' AND replicated_at >= ?3",
+             AND status = 'complete' AND replicated_at >= ?3 AND op = 'copy' \
+             AND last_error IS NULL",
             params![policy, dest, since],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok((n.max(0) as u64, b.max(0) as u64))
     }
+}
+
+/// A row re-queued while a worker held it: the worker is done with it now, so the newer
+/// generation may be claimed at once instead of waiting out the lease.
+fn release_if_requeued(conn: &Connection, item: &Item) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE items SET lease_until = 0 WHERE policy = ?1 AND dest = ?2 AND key = ?3 \
+         AND generation != ?4",
+    )?
+    .execute(params![item.policy, item.dest, item.key, item.generation])?;
+    Ok(())
 }
 
 type PolicyRow = (PolicyRecord, String);
@@ -687,6 +757,7 @@ fn policy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRow> {
             last_scan_ms: r.get(7)?,
             last_scan_error: r.get(8)?,
             scans: r.get(9)?,
+            last_ok_scan_at: r.get(10)?,
         },
         r.get(1)?,
     ))
@@ -807,6 +878,43 @@ mod tests {
     }
 
     #[test]
+    fn an_added_destination_is_backfilled_and_requeued_rows_are_released() {
+        let (_d, st) = open();
+        let a = vec!["a".to_string()];
+        st.upsert_policy("p", &serde_json::json!({"v": 1}), "src", &a)
+            .expect("up");
+        st.apply("p", &a, &[up("k1", 1, 1), up("k2", 2, 2)])
+            .expect("apply");
+        let ab = vec!["a".to_string(), "b".to_string()];
+        st.upsert_policy("p", &serde_json::json!({"v": 2}), "src", &ab)
+            .expect("up");
+        let lag = st.lag("p").expect("lag");
+        assert_eq!(
+            lag.iter().find(|l| l.dest == "b").map(|l| l.pending),
+            Some(2)
+        );
+
+        // A worker finishing an old generation releases the row for the new one.
+        let items = st.claim("p", 10, Duration::from_secs(3600)).expect("claim");
+        let k1 = items
+            .iter()
+            .find(|i| i.key == "k1" && i.dest == "a")
+            .expect("k1");
+        st.apply("p", &a, &[up("k1", 5, 5)]).expect("apply");
+        assert!(!st.complete(k1, None).expect("complete"));
+        let again = st.claim("p", 10, Duration::from_secs(3600)).expect("claim");
+        assert!(
+            again.iter().any(|i| i.key == "k1" && i.dest == "a"),
+            "{again:?}"
+        );
+
+        // A new source URL drops the manifest.
+        st.upsert_policy("p", &serde_json::json!({"v": 3}), "other", &ab)
+            .expect("up");
+        assert_eq!(st.manifest_count("p").expect("count"), 0);
+    }
+
+    #[test]
     fn failures_back_off_and_turn_failed() {
         let (_d, st) = open();
         st.apply("p", &["a".into()], &[up("k", 1, 1)])
@@ -870,11 +978,13 @@ mod tests {
         let (d, st) = open();
         let cfg = serde_json::json!({"rpo": "5m"});
         assert_eq!(
-            st.upsert_policy("p", &cfg).expect("up"),
+            st.upsert_policy("p", &cfg, "src", &["a".to_string()])
+                .expect("up"),
             PolicyChange::Added
         );
         assert_eq!(
-            st.upsert_policy("p", &cfg).expect("up"),
+            st.upsert_policy("p", &cfg, "src", &["a".to_string()])
+                .expect("up"),
             PolicyChange::Unchanged
         );
         let cfg2 = serde_json::json!({"rpo": "1m"});
