@@ -239,20 +239,40 @@ impl PolicyRuntime {
         let name = self.name().to_string();
         let mut sum = ScanSummary::default();
         let mut listing = self.src.list(ListRole::Source);
-        let mut manifest: VecDeque<ManifestEntry> =
-            self.state.manifest_page(&name, None, PAGE)?.into();
-        let mut manifest_done = manifest.len() < PAGE;
-        let mut last_key: Option<String> = manifest.back().map(|m| m.key.clone());
+        // The manifest is read page by page on a blocking thread, ahead of the merge, so
+        // reading it overlaps with listing the source.
+        let (tx, mut pages) = tokio::sync::mpsc::channel::<georep_state::Result<Vec<ManifestEntry>>>(2);
+        let (state, pname) = (self.state.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut after: Option<String> = None;
+            loop {
+                let page = state.manifest_page(&pname, after.as_deref(), PAGE);
+                let last = match &page {
+                    Ok(p) if p.len() == PAGE => p.last().map(|m| m.key.clone()),
+                    _ => None,
+                };
+                if tx.blocking_send(page).is_err() || last.is_none() {
+                    break;
+                }
+                after = last;
+            }
+        });
+        let mut manifest: VecDeque<ManifestEntry> = VecDeque::new();
+        let mut manifest_done = false;
         let mut changes = Vec::new();
         let mut gone: Vec<String> = Vec::new();
         // Pulls the next manifest page when the buffer runs dry.
         macro_rules! refill {
             () => {
                 if manifest.is_empty() && !manifest_done {
-                    let page = self.state.manifest_page(&name, last_key.as_deref(), PAGE)?;
-                    manifest_done = page.len() < PAGE;
-                    last_key = page.last().map(|m| m.key.clone()).or(last_key.take());
-                    manifest.extend(page);
+                    match pages.recv().await {
+                        Some(page) => {
+                            let page = page?;
+                            manifest_done = page.len() < PAGE;
+                            manifest.extend(page);
+                        }
+                        None => manifest_done = true,
+                    }
                 }
             };
         }
