@@ -87,10 +87,15 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
                     None => println!("  source    (not present)"),
                 }
                 for d in &s.destinations {
+                    let lag = d
+                        .replicated_at
+                        .filter(|_| d.status == georep_state::Status::Complete)
+                        .map(|r| format!("  ({} after the change)", ms(Some(r - d.change_time))))
+                        .unwrap_or_default();
                     println!(
-                        "  {:<12} {:?} {:<8} attempts {}  replicated {}{}",
+                        "  {:<12} {} {:<8} attempts {}  replicated {}{lag}{}",
                         d.dest,
-                        d.op,
+                        format!("{:?}", d.op).to_lowercase(),
                         format!("{:?}", d.status).to_lowercase(),
                         d.attempts,
                         when(d.replicated_at),

@@ -241,7 +241,8 @@ impl PolicyRuntime {
         let mut listing = self.src.list(ListRole::Source);
         // The manifest is read page by page on a blocking thread, ahead of the merge, so
         // reading it overlaps with listing the source.
-        let (tx, mut pages) = tokio::sync::mpsc::channel::<georep_state::Result<Vec<ManifestEntry>>>(2);
+        let (tx, mut pages) =
+            tokio::sync::mpsc::channel::<georep_state::Result<Vec<ManifestEntry>>>(2);
         let (state, pname) = (self.state.clone(), name.clone());
         tokio::task::spawn_blocking(move || {
             let mut after: Option<String> = None;
