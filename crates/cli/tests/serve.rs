@@ -427,6 +427,15 @@ fn since_skips_older_objects() {
         .exists()));
     // Several scans later the old object is still not copied.
     let scans = |v: &Value| v["last_scan"]["scans"].as_i64().unwrap_or(0);
+    let copies = || {
+        let m = s.req(reqwest::Method::GET, "/metrics", None).1;
+        m.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("georep_replicated_objects_total{"))
+            .map(str::to_string)
+    };
+    let before = copies();
     let first = scans(&s.get("/api/v1/policies/p"));
     assert!(wait_until(Duration::from_secs(30), || scans(
         &s.get("/api/v1/policies/p")
@@ -434,6 +443,11 @@ fn since_skips_older_objects() {
     assert!(
         !b.join("old.txt").exists(),
         "an object older than `since` was copied"
+    );
+    assert_eq!(
+        copies(),
+        before,
+        "scans of an unchanged source transferred something"
     );
     // Touching it makes it a new change.
     write(&a, "old.txt", b"old, changed");
@@ -656,7 +670,7 @@ fn s3_event_notification_replicates_to_a_local_region() {
     let cfg = topology(
         dir.path(),
         &[("s3", "us-east-1", "s3://src/in"), ("dr", "onprem", "dr")],
-        "name = \"s\"\nsource = \"s3\"\ndestinations = [\"dr\"]\nscan_interval = \"1h\"\n",
+        "name = \"s\"\nsource = \"s3\"\ndestinations = [\"dr\"]\nscan_interval = \"1h\"\ndeletes = \"propagate\"\n",
         "",
     );
     let s = Serve::start(&cfg, &env);
@@ -680,6 +694,103 @@ fn s3_event_notification_replicates_to_a_local_region() {
         "{}",
         s.log_text()
     );
+    // Deleted at the source and announced: deleted at the destination (propagate).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let (code, _, err) = run(
+        &[
+            "sync",
+            empty.to_str().expect("utf-8"),
+            "s3://src/in",
+            "--delete",
+            "--max-delete",
+            "100%",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v = s.post(
+        "/api/v1/events/s",
+        &json!({"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": chrono::Utc::now().to_rfc3339(), "eventName": "ObjectRemoved:Delete",
+            "s3": { "s3SchemaVersion": "1.0", "bucket": { "name": "src" },
+                    "object": { "key": "in/a+b%2Bc.txt", "sequencer": "0A1B2C3D4E5F678902" } }
+        }]}),
+    );
+    assert_eq!(v["queued"], 1, "{v}");
+    assert!(
+        wait_until(Duration::from_secs(20), || !f.exists()),
+        "delete not propagated:\n{}",
+        s.log_text()
+    );
+    let o = s.get("/api/v1/policies/s/objects/a%20b+c.txt");
+    assert_eq!(
+        (
+            o["destinations"][0]["op"].clone(),
+            o["destinations"][0]["status"].clone()
+        ),
+        (json!("delete"), json!("complete")),
+        "{o}"
+    );
+}
+
+#[test]
+fn an_unreachable_region_breaches_the_rpo_visibly() {
+    let az = Azurite::start();
+    az.create_container("drsite");
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = dir.path().join("a");
+    write(&a, "first.txt", b"first");
+    let cfg = topology(
+        dir.path(),
+        &[("a", "r1", "a"), ("az", "r2", &az.url("drsite"))],
+        "name = \"p\"\nsource = \"a\"\ndestinations = [\"az\"]\nrpo = \"1s\"\nscan_interval = \"1h\"\n",
+        "",
+    );
+    let env = az.env();
+    let s = Serve::start(&cfg, &env);
+    s.converge("p", Some(1));
+    // The destination region goes away; a new change cannot be replicated.
+    let port = az.port;
+    drop(az);
+    write(&a, "second.txt", b"second");
+    let mut st = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            st = s.get("/api/v1/policies/p");
+            st["rpo_breached"] == true && st["destinations"][0]["pending"] == 1
+        }),
+        "no RPO breach reported: {st:#}"
+    );
+    let mut o = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            o = s.get("/api/v1/policies/p/objects/second.txt");
+            o["destinations"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+        }),
+        "no failed attempt recorded: {o:#}"
+    );
+    let err = o["destinations"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        err.contains(&port.to_string()),
+        "error does not name the endpoint: {err}"
+    );
+    let m = s.req(reqwest::Method::GET, "/metrics", None).1;
+    assert!(
+        m.as_str()
+            .unwrap_or_default()
+            .contains("georep_replication_rpo_breached{policy=\"p\",destination=\"az\"} 1"),
+        "{m}"
+    );
+    let (code, out, _) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &env);
+    assert_eq!(
+        code, 1,
+        "status must fail while the RPO is breached:\n{out}"
+    );
+    assert!(out.contains("RPO BREACHED"), "{out}");
 }
 
 #[test]
