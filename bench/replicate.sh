@@ -39,53 +39,54 @@ python3 -c 'import azure.storage.blob' 2>/dev/null || { echo "missing azure-stor
 echo "== building georep (release)"
 cargo build --release --locked -p georep >/dev/null 2>&1 || cargo build --release --locked -p georep
 GEOREP=$ROOT/target/release/georep
-KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+source bench/lib.sh
 export AZURE_STORAGE_ACCOUNT_NAME=devstoreaccount1 AZURE_STORAGE_ACCOUNT_KEY=$KEY
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_azurite() {
-  local port dir; port=$(free_port); dir=$(mktemp -d "$B/azurite.XXXX")
-  azurite-blob --loose --skipApiVersionCheck --disableTelemetry --silent -l "$dir" --blobHost 127.0.0.1 --blobPort "$port" >/dev/null 2>&1 &
-  echo $! >> "$PIDS"
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  echo "$port"
-}
-# serve NAME CONFIG: starts the daemon, prints its API base URL
-serve() {
-  local out=$B/$1.out
-  $GEOREP serve -c "$2" --listen 127.0.0.1:0 --log-level warn > "$out" 2> "$B/$1.log" &
-  echo $! >> "$PIDS"
-  for _ in $(seq 200); do grep -q "API on" "$out" 2>/dev/null && break; sleep 0.05; done
-  sed -n 's/.*API on //p' "$out"
-}
-stop() { pkill -TERM -f "serve -c $1" || true; }
-
-if want 1; then
-  echo "== (1) $RATE/s x 64 KiB for ${DURATION}s into a local folder (filesystem notifications)"
-  mkdir -p $B/l/src $B/l/dst
-  cat > $B/l/georep.toml <<TOML
+# topo FILE SRC_URL DST_URL SCAN_INTERVAL: a two-region topology with one policy "p"
+topo() {
+  cat > "$1" <<TOML
 [state]
 url = "sqlite://state/georep.db"
 [regions.a]
 [regions.b]
 [stores.src]
 region = "a"
-url = "src"
+url = "$2"
 [stores.dst]
 region = "b"
-url = "dst"
+url = "$3"
 [[policies]]
 name = "p"
 source = "src"
 destinations = ["dst"]
-scan_interval = "5m"
+scan_interval = "$4"
 rpo = "1m"
 transfers = 16
 TOML
+}
+# serve NAME CONFIG: starts the daemon, prints its API base URL
+serve() {
+  local out=$B/$1.out
+  $GEOREP serve -c "$2" --listen 127.0.0.1:0 --log-level warn > "$out" 2> "$B/$1.log" &
+  echo $! >> "$PIDS"; echo $! > "$B/$1.pid"
+  for _ in $(seq 200); do grep -q "API on" "$out" 2>/dev/null && break; sleep 0.05; done
+  sed -n 's/.*API on //p' "$out"
+}
+# stop NAME: prints the daemon's peak RSS, then stops it with SIGTERM
+stop() {
+  local pid; pid=$(cat "$B/$1.pid")
+  echo "daemon peak RSS ($1): $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status)" | tee -a "$B/rss.txt"
+  kill -TERM "$pid" || true
+}
+
+if want 1; then
+  echo "== (1) $RATE/s x 64 KiB for ${DURATION}s into a local folder (filesystem notifications)"
+  mkdir -p $B/l/src $B/l/dst
+  topo $B/l/georep.toml src dst 5m
   API=$(serve l $B/l/georep.toml)
   python3 bench/replicate_load.py --mode local --api "$API" --policy p --state $B/l/state/georep.db \
     --src $B/l/src --rate $RATE --seconds $DURATION | tee $B/r1.json
-  stop $B/l/georep.toml
+  stop l
 fi
 
 if want 2; then
@@ -99,29 +100,11 @@ for p, n in ((sys.argv[1], "src"), (sys.argv[2], "dst")):
         credential={"account_name": "devstoreaccount1", "account_key": "$KEY"}).create_container(n)
 PY
   mkdir -p $B/z
-  cat > $B/z/georep.toml <<TOML
-[state]
-url = "sqlite://state/georep.db"
-[regions.a]
-[regions.b]
-[stores.src]
-region = "a"
-url = "http://127.0.0.1:$P1/devstoreaccount1/src"
-[stores.dst]
-region = "b"
-url = "http://127.0.0.1:$P2/devstoreaccount1/dst"
-[[policies]]
-name = "p"
-source = "src"
-destinations = ["dst"]
-scan_interval = "5m"
-rpo = "1m"
-transfers = 16
-TOML
+  topo $B/z/georep.toml http://127.0.0.1:$P1/devstoreaccount1/src http://127.0.0.1:$P2/devstoreaccount1/dst 5m
   API=$(serve z $B/z/georep.toml)
   python3 bench/replicate_load.py --mode azure --api "$API" --policy p --state $B/z/state/georep.db \
     --endpoint http://127.0.0.1:$P1/devstoreaccount1 --container src --rate $RATE --seconds $DURATION | tee $B/r2.json
-  stop $B/z/georep.toml
+  stop z
 fi
 
 if want 3; then
@@ -138,24 +121,7 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:07d}.bin"), "wb") as f:
         f.write(data)
 PY
-  cat > $B/s/georep.toml <<TOML
-[state]
-url = "sqlite://state/georep.db"
-[regions.a]
-[regions.b]
-[stores.src]
-region = "a"
-url = "src"
-[stores.dst]
-region = "b"
-url = "dst"
-[[policies]]
-name = "p"
-source = "src"
-destinations = ["dst"]
-scan_interval = "3s"
-transfers = 16
-TOML
+  topo $B/s/georep.toml src dst 3s
   API=$(serve s $B/s/georep.toml)
   python3 - "$API" $SCAN_COUNT > $B/scan.txt <<'PY'
 import json, sys, time, urllib.request, statistics
@@ -180,7 +146,7 @@ print(f"initial replication of {n} objects: {first:.1f}s")
 print("unchanged scan seconds:", " ".join(f"{d:.3f}" for d in durations))
 print(f"SCAN {statistics.median(durations):.3f}")
 PY
-  stop $B/s/georep.toml
+  stop s
   cat $B/scan.txt
   median3() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
   t() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); python3 -c "print($e-$s)"; }
@@ -199,4 +165,5 @@ echo
 echo "== summary"
 for f in $B/r1.json $B/r2.json; do [ -f "$f" ] && cat "$f"; done
 [ -f $B/scan.txt ] && cat $B/scan.txt
+[ -f $B/rss.txt ] && cat $B/rss.txt
 true

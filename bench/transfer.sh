@@ -120,15 +120,7 @@ fi
 
 if want d; then
 echo "== (d) 20,000 x 4 KiB Azurite -> Azurite"
-KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start_azurite() {
-  local port dir; port=$(free_port); dir=$(mktemp -d "$B/azurite.XXXX")
-  azurite-blob --loose --skipApiVersionCheck --disableTelemetry --silent -l "$dir" --blobHost 127.0.0.1 --blobPort "$port" >/dev/null 2>&1 &
-  echo $! >> "$PIDS"
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  echo "$port"
-}
+source bench/lib.sh
 P1=$(start_azurite); P2=$(start_azurite)
 python3 - "$P1" "$P2" <<PY
 import sys

@@ -8,28 +8,8 @@ use std::time::Duration;
 use georep_testkit::{data, free_port, wait_until, Azurite, Moto};
 use serde_json::Value;
 
-/// Environment variables a test must not inherit from the developer's shell.
-const SCRUB: &[&str] = &[
-    "AZURE_STORAGE_ACCOUNT_NAME",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "GEOREP_LOG",
-];
-
 fn georep(args: &[&str], env: &[(String, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_georep"));
-    c.args(args).stdin(Stdio::null());
-    for v in SCRUB {
-        c.env_remove(v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
+    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
 }
 
 /// Runs to completion; a run that hangs past a generous guard is a failure, not a wait.

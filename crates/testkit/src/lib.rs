@@ -18,3 +18,30 @@ mod services;
 
 pub use proxy::FlakyProxy;
 pub use services::{free_port, wait_until, Azurite, Moto, AZURITE_ACCOUNT, AZURITE_KEY};
+
+/// Environment variables a test's child process must not inherit from the developer's
+/// shell (credentials, endpoints, georep settings).
+pub const SCRUB_ENV: &[&str] = &[
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "GEOREP_LOG",
+    "GEOREP_CONFIG",
+];
+
+/// A command for the binary at `bin` with a scrubbed environment plus `env`.
+pub fn command(bin: &str, args: &[&str], env: &[(String, String)]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    c.args(args).stdin(std::process::Stdio::null());
+    for v in SCRUB_ENV {
+        c.env_remove(v);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
