@@ -1,6 +1,7 @@
 //! The `georep` binary: argument parsing, terminal output and exit codes. All work is
 //! done by the library crates; this is the only crate that prints.
 
+mod db;
 mod ls;
 mod output;
 mod serve;
@@ -57,6 +58,9 @@ enum Command {
     /// Replication status per policy and destination, or of one object; exit 1 when an
     /// RPO is breached, a policy is paused, the last scan failed or objects keep failing.
     Status(status::StatusArgs),
+    /// PostgreSQL geo-replicas ([[databases]] in the topology).
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -84,7 +88,7 @@ pub(crate) struct Common {
     pub(crate) retry_timeout: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     georep_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             Command::Plan(a) => topology::plan(a),
             Command::Serve(a) => serve::run(a).await,
             Command::Status(a) => status::run(a),
+            Command::Db(c) => db::run(c).await,
         }
     });
     match result {

@@ -23,8 +23,8 @@ fn every_example_parses() {
         let base = path.parent().expect("a file has a folder");
         match Topology::parse(&text, base, &env) {
             Ok(t) => assert!(
-                !t.policies.is_empty(),
-                "{name}: an example should show a policy"
+                !t.policies.is_empty() || !t.databases.is_empty(),
+                "{name}: an example should show a policy or a database"
             ),
             Err(e) => panic!("{name} does not parse:\n{}", e.render(&name)),
         }

@@ -4,6 +4,7 @@
 //!   ports in temporary folders, stopped on drop. Two instances stand for two regions.
 //! - [`FlakyProxy`]: a TCP proxy that answers the first N connections with an HTTP error
 //!   (503, 429), so retry paths are tested against the real service behind it.
+//! - [`Postgres`]: throwaway PostgreSQL clusters (primary and replicas).
 //! - [`data`]: deterministic test data.
 //! - [`conformance`]: one suite of store behaviours, run against every backend.
 //!
@@ -13,9 +14,11 @@
 pub mod conformance;
 pub mod data;
 pub mod faults;
+mod postgres;
 mod proxy;
 mod services;
 
+pub use postgres::Postgres;
 pub use proxy::FlakyProxy;
 pub use services::{free_port, wait_until, Azurite, Moto, AZURITE_ACCOUNT, AZURITE_KEY};
 

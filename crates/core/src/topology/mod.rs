@@ -7,12 +7,15 @@
 //! problem in the file is reported at once ([`ConfigErrors`]), each with its line, the
 //! thing it concerns and the fix. `docs/config.md` documents every field.
 
+mod databases;
 mod error;
 mod policies;
 mod read;
 mod sections;
 mod validate;
 
+#[cfg(test)]
+mod database_tests;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +28,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{Filter, MaxDelete, StoreUrl};
 
+pub use databases::{Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 
 /// The state database when `[state] url` is not given: an embedded SQLite file beside
@@ -35,7 +39,8 @@ pub const DEFAULT_STATE_URL: &str = "sqlite://./georep-state/georep.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7607";
 
 /// A whole topology file, validated: every name a policy uses is a declared store, every
-/// store's region is declared, and no two policies fight over the same keys.
+/// store's and database member's region is declared, and no two policies fight over the
+/// same keys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Topology {
     pub state: StateConfig,
@@ -44,6 +49,8 @@ pub struct Topology {
     pub stores: BTreeMap<String, StoreDef>,
     /// In file order.
     pub policies: Vec<Policy>,
+    /// `[[databases]]`, in file order.
+    pub databases: Vec<Database>,
 }
 
 /// Where georep keeps its durable state.
@@ -64,16 +71,44 @@ impl StateConfig {
 
     /// The URL with any password replaced by `***`, for output and logs.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                if u.set_password(Some("***")).is_ok() {
-                    u.to_string()
+        redact_url(&self.url)
+    }
+}
+
+/// `url` with its password replaced by `***`: the one in the user info and any
+/// `password` or `sslpassword` parameter (libpq reads both).
+fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    let secret =
+        |key: &str| key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword");
+    let mut changed = false;
+    if u.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
                 } else {
-                    "postgres://***".to_string()
-                }
-            }
-            _ => self.url.clone(),
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        changed = true;
+    }
+    if u.password().is_some() {
+        if u.set_password(Some("***")).is_err() {
+            return format!("{}://***", u.scheme());
         }
+        changed = true;
+    }
+    if changed {
+        u.to_string()
+    } else {
+        url.to_string()
     }
 }
 
@@ -220,6 +255,10 @@ impl Topology {
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.iter().find(|d| d.name == name)
     }
 }
 

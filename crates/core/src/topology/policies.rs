@@ -253,7 +253,7 @@ fn parse_since(value: &DeValue<'_>) -> Result<chrono::DateTime<chrono::Utc>, Str
         })
 }
 
-fn duration(
+pub(super) fn duration(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     key: &str,

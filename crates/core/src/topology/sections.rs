@@ -9,6 +9,7 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::databases::DraftDatabase;
 use super::policies::DraftPolicy;
 use super::read::{expand_field, kind, valid_name, Ctx, Section, Span, NAME_RULE};
 use super::{
@@ -17,7 +18,14 @@ use super::{
 };
 use crate::StoreUrl;
 
-const SECTIONS: &[&str] = &["state", "server", "regions", "stores", "policies"];
+const SECTIONS: &[&str] = &[
+    "state",
+    "server",
+    "regions",
+    "stores",
+    "policies",
+    "databases",
+];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token"];
 const REGION_FIELDS: &[&str] = &["description"];
@@ -29,6 +37,7 @@ pub(super) struct Draft {
     pub(super) regions: BTreeMap<String, Region>,
     pub(super) stores: BTreeMap<String, DraftStore>,
     pub(super) policies: Vec<DraftPolicy>,
+    pub(super) databases: Vec<DraftDatabase>,
 }
 
 pub(super) struct DraftStore {
@@ -72,12 +81,18 @@ impl Draft {
                 transfers: p.transfers,
             });
         }
+        let databases = self
+            .databases
+            .into_iter()
+            .map(DraftDatabase::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
             regions: self.regions,
             stores,
             policies,
+            databases,
         })
     }
 }
@@ -101,6 +116,7 @@ pub(super) fn read(
         regions: regions(ctx, &top),
         stores: stores(ctx, &top, base_dir, env),
         policies: super::policies::read(ctx, &top),
+        databases: super::databases::read(ctx, &top, env),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Checks across sections: references between names, locations that overlap, policies
-//! that would fight over keys, and replication loops.
+//! that would fight over keys, and replication loops; and the databases' cross checks.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
@@ -17,6 +17,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft) {
     duplicate_policy_names(ctx, draft);
     shared_destinations(ctx, base_dir, draft);
     cycles(ctx, base_dir, draft);
+    super::databases::check(ctx, &draft.regions, &draft.databases);
 }
 
 fn store_regions(ctx: &mut Ctx<'_>, draft: &Draft) {

@@ -1,0 +1,384 @@
+//! `georep db ...` against real PostgreSQL clusters: a primary and replicas in "regions"
+//! that are separate clusters on free loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use georep_testkit::{wait_until, Postgres};
+use serde_json::Value;
+
+fn georep(args: &[&str]) -> Command {
+    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, &[])
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = georep(args).output().expect("run georep");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn topology(dir: &Path, primary: &str, replicas: &[(&str, String)], extra: &str) -> PathBuf {
+    let mut t = String::from("[regions.qc]\n[regions.we]\n[regions.ne]\n[[databases]]\nname = \"shop\"\nengine = \"postgres\"\n");
+    t.push_str(extra);
+    t.push_str(&format!(
+        "primary = {{ region = \"qc\", url = \"{primary}\" }}\nreplicas = [\n"
+    ));
+    for (region, url) in replicas {
+        t.push_str(&format!(
+            "  {{ region = \"{region}\", url = \"{url}\" }},\n"
+        ));
+    }
+    t.push_str("]\n");
+    let p = dir.join("georep.toml");
+    std::fs::write(&p, t).expect("write topology");
+    p
+}
+
+const SCHEMA: &str = "
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer int REFERENCES customers(id), amount numeric(10,2), note text);
+CREATE INDEX orders_customer ON orders (customer);
+INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 200) g;
+INSERT INTO orders (customer, amount) SELECT 1 + g % 200, g * 1.5 FROM generate_series(1, 5000) g;
+";
+
+fn count(pg: &Postgres, table: &str) -> i64 {
+    pg.psql("shop", &format!("SELECT count(*) FROM {table}"))
+        .parse()
+        .unwrap_or(-1)
+}
+
+fn status(cfg: &str) -> (i32, Value) {
+    let (code, out, err) = run(&["db", "status", "shop", "-c", cfg, "--output", "json"]);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json ({e}): {out}{err}"));
+    (code, v)
+}
+
+#[test]
+fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
+    let (qc, we, ne) = (
+        Postgres::start(&[]),
+        Postgres::start(&[]),
+        Postgres::start(&[]),
+    );
+    for pg in [&qc, &we, &ne] {
+        pg.create_db("shop");
+    }
+    qc.psql("shop", SCHEMA);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = topology(
+        dir.path(),
+        &qc.url("shop"),
+        &[("we", we.url("shop")), ("ne", ne.url("shop"))],
+        "rpo = \"30s\"\nsequence_margin = 100\n",
+    );
+    let c = cfg.to_str().expect("utf-8");
+
+    // Writes on the primary while setup copies: none may be lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (qc.url("shop"), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-d",
+                        &url,
+                        "-c",
+                        "INSERT INTO orders (customer, amount) VALUES (7, 1.25)",
+                    ])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                n += ok as u32;
+            }
+            n
+        })
+    };
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert_eq!(code, 0, "setup failed:\n{out}{err}");
+    assert!(
+        err.contains("tables synchronized"),
+        "no progress shown: {err}"
+    );
+    assert!(written > 0, "the writer wrote nothing during setup");
+    let want = count(&qc, "orders");
+    for r in [&we, &ne] {
+        assert!(
+            wait_until(Duration::from_secs(60), || count(r, "orders") == want),
+            "replica has {} orders, primary {want}",
+            count(r, "orders")
+        );
+    }
+    let (code, out, err) = run(&["db", "verify", "shop", "-c", c]);
+    assert_eq!(code, 0, "verify after setup:\n{out}{err}");
+
+    // Re-running setup is safe.
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    assert_eq!(code, 0, "second setup:\n{out}{err}");
+
+    // Status: both streaming, no drift, sequences ahead.
+    let mut st = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            st = status(c).1;
+            st["replicas"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|r| r["state"] == "streaming"))
+        }),
+        "not streaming: {st:#}"
+    );
+    assert_eq!(st["replicas"][0]["sequences_behind"], 0, "{st:#}");
+    assert_eq!(
+        st["replicas"][0]["schema_drift"].as_array().map(Vec::len),
+        Some(0),
+        "{st:#}"
+    );
+
+    // Lag: a replica that stops falls behind, and catches up when it returns.
+    ne.stop();
+    qc.psql(
+        "shop",
+        "INSERT INTO orders (customer, amount) SELECT 3, g FROM generate_series(1, 20000) g",
+    );
+    let (code, v) = status(c);
+    assert_eq!(code, 1, "status must fail while a replica is down: {v:#}");
+    let ne_st = &v["replicas"][1];
+    assert_eq!(ne_st["state"], "unreachable", "{v:#}");
+    assert!(
+        ne_st["lag_bytes"].as_i64().unwrap_or(0) > 100_000,
+        "lag did not grow: {ne_st:#}"
+    );
+    assert!(
+        ne_st["wal_retained_bytes"].as_i64().unwrap_or(0)
+            >= ne_st["lag_bytes"].as_i64().unwrap_or(0)
+    );
+    assert_eq!(ne_st["rpo_breached"], true);
+    ne.restart();
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            let (_, v) = status(c);
+            v["replicas"][1]["state"] == "streaming"
+                && v["replicas"][1]["lag_bytes"].as_i64().unwrap_or(i64::MAX) < 100_000
+        }),
+        "the replica did not catch up"
+    );
+    let want = count(&qc, "orders");
+    assert!(wait_until(Duration::from_secs(60), || count(&ne, "orders") == want));
+
+    // Sequences: after a sync, an insert on a promoted replica does not collide.
+    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    we.psql("shop", "ALTER SUBSCRIPTION georep_shop_we DISABLE");
+    let id: i64 = we
+        .psql(
+            "shop",
+            "INSERT INTO orders (customer, amount) VALUES (1, 9.99) RETURNING id",
+        )
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("insert on the promoted replica");
+    let max_primary: i64 = qc
+        .psql("shop", "SELECT max(id) FROM orders")
+        .parse()
+        .expect("max");
+    assert!(
+        id > max_primary,
+        "replica id {id} collides with the primary's ids (max {max_primary})"
+    );
+    we.psql("shop", &format!("DELETE FROM orders WHERE id = {id}"));
+    we.psql("shop", "ALTER SUBSCRIPTION georep_shop_we ENABLE");
+
+    // Drift: an index created behind georep's back is reported.
+    we.psql("shop", "CREATE INDEX orders_amount ON orders (amount)");
+    let (code, v) = status(c);
+    assert_eq!(code, 1);
+    let drift = v["replicas"][0]["schema_drift"].to_string();
+    assert!(drift.contains("orders_amount"), "{v:#}");
+    we.psql("shop", "DROP INDEX orders_amount");
+
+    // DDL through georep keeps replication running: replicas first for an added column.
+    let (code, out, err) = run(&[
+        "db",
+        "ddl",
+        "shop",
+        "-c",
+        c,
+        "ALTER TABLE customers ADD COLUMN tier int",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("replica 'we', then replica 'ne', then primary"),
+        "{out}"
+    );
+    qc.psql(
+        "shop",
+        "INSERT INTO customers (name, tier) VALUES ('gold', 3)",
+    );
+    for r in [&we, &ne] {
+        assert!(wait_until(Duration::from_secs(30), || r
+            .psql("shop", "SELECT count(*) FROM customers WHERE tier = 3")
+            == "1"));
+    }
+
+    // Verify finds a row changed behind replication's back, and names the range.
+    ne.psql(
+        "shop",
+        "UPDATE orders SET amount = amount + 1 WHERE id = 4242",
+    );
+    let (code, out, err) = run(&["db", "verify", "shop", "-c", c, "--table", "orders"]);
+    assert_eq!(code, 1, "verify must fail:\n{out}{err}");
+    assert!(
+        out.contains("DIFFERS") && out.contains("public.orders"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("keys ["))
+        .unwrap_or_default()
+        .to_string();
+    let bounds: Vec<i64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert!(
+        bounds.len() >= 2 && bounds[0] <= 4242 && 4242 < bounds[1],
+        "range does not hold the row: {line}"
+    );
+    ne.psql(
+        "shop",
+        "UPDATE orders SET amount = amount - 1 WHERE id = 4242",
+    );
+
+    // Teardown leaves no slot and no publication or subscription.
+    let (code, out, err) = run(&["db", "teardown", "shop", "-c", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        qc.psql("shop", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(qc.psql("shop", "SELECT count(*) FROM pg_publication"), "0");
+    for r in [&we, &ne] {
+        assert_eq!(r.psql("shop", "SELECT count(*) FROM pg_subscription"), "0");
+    }
+}
+
+#[test]
+fn setup_names_every_unmet_prerequisite() {
+    let qc = Postgres::start(&["wal_level = replica"]);
+    let we = Postgres::start(&[]);
+    qc.create_db("shop");
+    we.create_db("shop");
+    qc.psql("shop", "CREATE TABLE events (at timestamptz, payload text); CREATE TABLE logs (line text); CREATE TABLE ok (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = topology(dir.path(), &qc.url("shop"), &[("we", we.url("shop"))], "");
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("wal_level"), "{err}");
+    assert!(
+        err.contains("public.events") && err.contains("public.logs"),
+        "tables not named: {err}"
+    );
+    assert!(!err.contains("public.ok"), "{err}");
+    assert_eq!(
+        qc.psql("shop", "SELECT count(*) FROM pg_publication"),
+        "0",
+        "nothing is created when checks fail"
+    );
+
+    // Unreachable replica: exit 3 naming it.
+    let cfg = topology(
+        dir.path(),
+        &qc.url("shop"),
+        &[("we", "postgres://postgres@127.0.0.1:1/shop".into())],
+        "",
+    );
+    let (code, _, err) = run(&["db", "status", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    assert!(code == 1 || code == 3, "{err}");
+    let (code, _, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("replica 'we'") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_moves_schema_data_indexes_and_sequences() {
+    let pg = Postgres::start(&[]);
+    pg.create_db("shop");
+    pg.create_db("copy");
+    pg.psql("shop", SCHEMA);
+    pg.psql("shop", "CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int); INSERT INTO billing.invoices (total) SELECT g FROM generate_series(1, 300) g");
+    let (code, out, err) = run(&[
+        "db",
+        "copy",
+        "--from",
+        &pg.url("shop"),
+        "--to",
+        &pg.url("copy"),
+        "--jobs",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for t in ["customers", "orders", "billing.invoices"] {
+        assert_eq!(
+            pg.psql(
+                "shop",
+                &format!("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY 1)) FROM {t} t")
+            ),
+            pg.psql(
+                "copy",
+                &format!("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY 1)) FROM {t} t")
+            ),
+            "{t} differs"
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'orders_customer'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+        ),
+        "1"
+    );
+    let id = pg.psql(
+        "copy",
+        "INSERT INTO orders (customer, amount) VALUES (1, 1) RETURNING id",
+    );
+    assert_eq!(
+        id.lines().next().map(str::trim),
+        Some("5001"),
+        "sequence not carried over"
+    );
+    let (code, _, err) = run(&[
+        "db",
+        "copy",
+        "--from",
+        &pg.url("shop"),
+        "--to",
+        &pg.url("copy"),
+    ]);
+    assert_eq!(
+        code, 2,
+        "copying over existing tables must be refused: {err}"
+    );
+}

@@ -1,0 +1,62 @@
+//! Errors by cause; each message names the member (primary or a replica) and the fix.
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A URL, table name or option that cannot work.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// A member cannot be reached.
+    #[error("cannot reach {member} ({url}): {detail}; is the server up and the address right?")]
+    Unreachable {
+        member: String,
+        url: String,
+        detail: String,
+    },
+    /// Credentials refused or privileges missing.
+    #[error("{member} ({url}) refused the connection: {detail}; check the user and password (PGPASSWORD or the URL)")]
+    Auth {
+        member: String,
+        url: String,
+        detail: String,
+    },
+    /// Prerequisites that are not met, each with its fix.
+    #[error("prerequisites not met:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Prerequisites(Vec<String>),
+    /// A statement failed.
+    #[error("{member}: {detail}")]
+    Sql { member: String, detail: String },
+    /// A tool georep runs (pg_dump) is missing or failed.
+    #[error("{0}")]
+    Tool(String),
+    /// Waiting for something took longer than allowed.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl DbError {
+    /// Exit class for the CLI: 2 bad config or unmet prerequisites, 3 unreachable or
+    /// refused, 1 anything that went wrong while running.
+    pub fn exit_class(&self) -> u8 {
+        match self {
+            Self::InvalidConfig(_) | Self::Prerequisites(_) | Self::Tool(_) => 2,
+            Self::Unreachable { .. } | Self::Auth { .. } => 3,
+            Self::Sql { .. } | Self::Timeout(_) => 1,
+        }
+    }
+
+    pub(crate) fn sql(member: &str, e: tokio_postgres::Error) -> Self {
+        let detail = match e.as_db_error() {
+            Some(d) => match d.hint() {
+                Some(h) => format!("{} (hint: {h})", d.message()),
+                None => d.message().to_string(),
+            },
+            None => e.to_string(),
+        };
+        Self::Sql {
+            member: member.to_string(),
+            detail,
+        }
+    }
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! georep-db: database geo-replicas.
+//!
+//! API boundary: the `postgres` module's functions take a `georep_core::Database` (or
+//! URLs) and return plain report values; nothing here prints. Everything goes through
+//! SQL connections (plus `pg_dump` for schema text), so it works against managed
+//! services where nobody can touch the server's files.
+
+mod error;
+pub mod postgres;
+
+pub use error::{DbError, Result};

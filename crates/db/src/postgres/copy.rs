@@ -1,0 +1,358 @@
+//! `georep db copy`: the one-shot dump-and-restore path. Schema first (tables without
+//! indexes or constraints), then data streamed with parallel binary COPY from one
+//! consistent snapshot (large tables split in key ranges), then indexes and constraints,
+//! then sequences.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::conn::{connect, redact};
+use super::{quote_ident, quote_table};
+use crate::error::{DbError, Result};
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// `schema.table` or `table`; empty: every table outside the system schemas.
+    pub tables: Vec<String>,
+    /// Parallel COPY streams.
+    pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyTable {
+    pub table: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub parts: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    pub tables: Vec<CopyTable>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sequences: usize,
+    pub seconds: f64,
+}
+
+async fn pg_dump(url: &str, section: &str, tables: &[String]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("pg_dump");
+    cmd.args([
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--no-publications",
+        "--no-subscriptions",
+    ])
+    .arg(format!("--section={section}"));
+    for t in tables {
+        let (s, n) = t.split_once('.').unwrap_or(("public", t));
+        cmd.arg("-t")
+            .arg(format!("{}.{}", quote_ident(s), quote_ident(n)));
+    }
+    cmd.arg("-d").arg(url).stdin(std::process::Stdio::null());
+    let out = cmd.output().await.map_err(|e| {
+        DbError::Tool(format!("cannot run pg_dump ({e}); install the PostgreSQL client tools (apt-get install -y postgresql-client)"))
+    })?;
+    if !out.status.success() {
+        return Err(DbError::Tool(format!(
+            "pg_dump of {} failed: {}",
+            redact(url),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// One unit of data work: a table, or a key range of a large table.
+#[derive(Clone)]
+struct Part {
+    table: String,
+    filter: Option<String>,
+}
+
+async fn parts_of(src: &Client, table: &str, jobs: usize) -> Result<Vec<Part>> {
+    let whole = vec![Part {
+        table: table.to_string(),
+        filter: None,
+    }];
+    let est: f32 = src
+        .query_one(
+            "SELECT greatest(reltuples, 0)::float4 FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql("source", e))?;
+    if jobs < 2 || est < 200_000.0 {
+        return Ok(whole);
+    }
+    let key = src
+        .query_opt(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+             AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
+             AND i.indnatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
+            &[&table],
+        )
+        .await
+        .map_err(|e| DbError::sql("source", e))?
+        .map(|r| r.get::<_, String>(0));
+    let Some(key) = key else { return Ok(whole) };
+    let k = quote_ident(&key);
+    let r = src
+        .query_one(
+            &format!(
+                "SELECT min({k})::bigint, max({k})::bigint FROM {}",
+                quote_table(table)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    let (Some(lo), Some(hi)) = (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)) else {
+        return Ok(whole);
+    };
+    let n = jobs as i64;
+    let step = ((hi - lo) / n).max(1);
+    let mut parts = Vec::new();
+    let mut from = i64::MIN;
+    for i in 1..n {
+        let cut = lo + i * step;
+        if cut > hi {
+            break;
+        }
+        parts.push(Part {
+            table: table.to_string(),
+            filter: Some(format!("{k} >= {from} AND {k} < {cut}")),
+        });
+        from = cut;
+    }
+    parts.push(Part {
+        table: table.to_string(),
+        filter: Some(format!("{k} >= {from}")),
+    });
+    Ok(parts)
+}
+
+/// Streams one part from source to target; (rows, bytes).
+async fn copy_part(from: &str, to: &str, snapshot: &str, part: &Part) -> Result<(u64, u64)> {
+    let src = connect("source", from).await?;
+    let dst = connect("target", to).await?;
+    src.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+    ))
+    .await
+    .map_err(|e| DbError::sql("source", e))?;
+    let t = quote_table(&part.table);
+    let out_sql = match &part.filter {
+        Some(f) => format!("COPY (SELECT * FROM {t} WHERE {f}) TO STDOUT (FORMAT binary)"),
+        None => format!("COPY {t} TO STDOUT (FORMAT binary)"),
+    };
+    let stream = src
+        .copy_out(&out_sql)
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    let sink = dst
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(|e| DbError::sql("target", e))?;
+    futures::pin_mut!(stream);
+    futures::pin_mut!(sink);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| DbError::sql("source", e))?;
+        bytes += chunk.len() as u64;
+        sink.send(chunk)
+            .await
+            .map_err(|e| DbError::sql("target", e))?;
+    }
+    let rows = sink.finish().await.map_err(|e| DbError::sql("target", e))?;
+    src.batch_execute("COMMIT")
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    Ok((rows, bytes))
+}
+
+pub async fn copy(
+    from: &str,
+    to: &str,
+    opts: &CopyOptions,
+    progress: &(dyn Fn(&CopyTable) + Send + Sync),
+) -> Result<CopyReport> {
+    let started = Instant::now();
+    let src = connect("source", from).await?;
+    let dst = connect("target", to).await?;
+    let tables: Vec<String> = if opts.tables.is_empty() {
+        src.query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::sql("source", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    } else {
+        opts.tables
+            .iter()
+            .map(|t| {
+                if t.contains('.') {
+                    t.clone()
+                } else {
+                    format!("public.{t}")
+                }
+            })
+            .collect()
+    };
+    if tables.is_empty() {
+        return Err(DbError::InvalidConfig(
+            "the source has no tables to copy".into(),
+        ));
+    }
+    let clash: Vec<String> = dst
+        .query(
+            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+            &[&tables],
+        )
+        .await
+        .map_err(|e| DbError::sql("target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !clash.is_empty() {
+        return Err(DbError::InvalidConfig(format!(
+            "the target already has {}; copy into an empty database (or drop those tables)",
+            clash.join(", ")
+        )));
+    }
+    // 1. Tables, sequences and defaults; no indexes or constraints yet.
+    let mut schemas: Vec<&str> = tables
+        .iter()
+        .map(|t| t.split_once('.').map_or("public", |(s, _)| s))
+        .collect();
+    schemas.sort();
+    schemas.dedup();
+    for s in &schemas {
+        dst.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
+            .await
+            .map_err(|e| DbError::sql("target", e))?;
+    }
+    let pre = pg_dump(from, "pre-data", &tables).await?;
+    dst.batch_execute(&pre)
+        .await
+        .map_err(|e| DbError::sql("target", e))?;
+
+    // 2. Data, from one snapshot, `jobs` streams at a time.
+    src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    let snapshot: String = src
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql("source", e))?;
+    let mut parts = Vec::new();
+    for t in &tables {
+        parts.extend(parts_of(&src, t, opts.jobs).await?);
+    }
+    let totals: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>, usize)> = tables
+        .iter()
+        .map(|t| {
+            let n = parts.iter().filter(|p| &p.table == t).count();
+            (
+                t.clone(),
+                Arc::new(AtomicU64::new(0)),
+                Arc::new(AtomicU64::new(0)),
+                n,
+            )
+        })
+        .collect();
+    let results: Vec<Result<(String, u64, u64)>> = futures::stream::iter(parts)
+        .map(|p| {
+            let (from, to, snap) = (from.to_string(), to.to_string(), snapshot.clone());
+            async move {
+                let (rows, bytes) = copy_part(&from, &to, &snap, &p).await?;
+                Ok((p.table, rows, bytes))
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    for r in results {
+        let (t, rows, bytes) = r?;
+        if let Some((_, rw, by, _)) = totals.iter().find(|x| x.0 == t) {
+            rw.fetch_add(rows, Ordering::Relaxed);
+            by.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+    let report_tables: Vec<CopyTable> = totals
+        .iter()
+        .map(|(t, rw, by, n)| CopyTable {
+            table: t.clone(),
+            rows: rw.load(Ordering::Relaxed),
+            bytes: by.load(Ordering::Relaxed),
+            parts: *n,
+        })
+        .collect();
+    for t in &report_tables {
+        progress(t);
+    }
+
+    // 3. Indexes, constraints, triggers.
+    let post = pg_dump(from, "post-data", &tables).await?;
+    dst.batch_execute(&post)
+        .await
+        .map_err(|e| DbError::sql("target", e))?;
+
+    // 4. Sequences, as of the snapshot.
+    let seqs = src
+        .query(
+            "SELECT schemaname || '.' || sequencename FROM pg_sequences WHERE schemaname = ANY($1)",
+            &[&schemas.iter().map(|s| s.to_string()).collect::<Vec<_>>()],
+        )
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    let mut n = 0;
+    for s in seqs {
+        let name: String = s.get(0);
+        let r = src
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {}", quote_table(&name)),
+                &[],
+            )
+            .await
+            .map_err(|e| DbError::sql("source", e))?;
+        let (v, called): (i64, bool) = (r.get(0), r.get(1));
+        if dst
+            .query_one(
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&name, &v, &called],
+            )
+            .await
+            .is_ok()
+        {
+            n += 1;
+        }
+    }
+    src.batch_execute("COMMIT")
+        .await
+        .map_err(|e| DbError::sql("source", e))?;
+    Ok(CopyReport {
+        rows: report_tables.iter().map(|t| t.rows).sum(),
+        bytes: report_tables.iter().map(|t| t.bytes).sum(),
+        tables: report_tables,
+        sequences: n,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
