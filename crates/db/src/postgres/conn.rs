@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{DbError, Result};
 
@@ -35,7 +39,23 @@ pub async fn connect(member: &str, url: &str) -> Result<Client> {
     }
     cfg.connect_timeout(Duration::from_secs(10));
     cfg.application_name("georep");
-    let fut = cfg.connect(NoTls);
+    // TLS as the URL's sslmode asks (default `prefer`); `disable` skips it entirely.
+    let tls = match cfg.get_ssl_mode() {
+        SslMode::Disable => None,
+        _ => Some(tls().map_err(DbError::InvalidConfig)?),
+    };
+    let fut = async {
+        match tls {
+            None => cfg
+                .connect(NoTls)
+                .await
+                .map(|(c, conn)| (c, tokio::spawn(conn))),
+            Some(t) => cfg
+                .connect(t)
+                .await
+                .map(|(c, conn)| (c, tokio::spawn(conn))),
+        }
+    };
     let (client, connection) = match tokio::time::timeout(Duration::from_secs(15), fut).await {
         Err(_) => {
             return Err(DbError::Unreachable {
@@ -48,7 +68,7 @@ pub async fn connect(member: &str, url: &str) -> Result<Client> {
         Ok(Ok(c)) => c,
     };
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        if let Ok(Err(e)) = connection.await {
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
@@ -90,6 +110,36 @@ fn classify(member: &str, shown: &str, e: tokio_postgres::Error) -> DbError {
     }
 }
 
+/// The TLS connector: system root certificates plus the PEM bundle in `PGSSLROOTCERT`
+/// (e.g. a cloud provider's database CA). Certificates are always verified.
+fn tls() -> Result<MakeRustlsConnect, String> {
+    static CONFIG: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if let Ok(path) = std::env::var("PGSSLROOTCERT") {
+                use rustls::pki_types::pem::PemObject;
+                let bad = |e: &dyn std::fmt::Display| {
+                    format!("PGSSLROOTCERT {path}: {e}; point it at a PEM file of CA certificates")
+                };
+                let certs =
+                    rustls::pki_types::CertificateDer::pem_file_iter(&path).map_err(|e| bad(&e))?;
+                for c in certs {
+                    roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                }
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+                .map_err(|e| format!("TLS set-up failed: {e}"))
+        })
+        .clone()
+        .map(MakeRustlsConnect::new)
+}
 #[cfg(test)]
 mod tests {
     use super::redact;
