@@ -382,3 +382,76 @@ fn copy_moves_schema_data_indexes_and_sequences() {
         "copying over existing tables must be refused: {err}"
     );
 }
+
+#[test]
+fn the_daemon_reports_replicas_and_keeps_sequences_ahead() {
+    let (qc, we) = (Postgres::start(&[]), Postgres::start(&[]));
+    for pg in [&qc, &we] {
+        pg.create_db("shop");
+    }
+    qc.psql("shop", SCHEMA);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = topology(
+        dir.path(),
+        &qc.url("shop"),
+        &[("we", we.url("shop"))],
+        "rpo = \"4s\"\nsequence_sync_interval = \"1s\"\nsequence_margin = 50\n",
+    );
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let s = georep_testkit::Serve::start(env!("CARGO_BIN_EXE_georep"), &cfg, &[]);
+    let mut v = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let (code, got) = s.req(reqwest::Method::GET, "/api/v1/databases/shop", None);
+            v = got;
+            code == 200 && v["replicas"][0]["state"] == "streaming"
+        }),
+        "no streaming replica in the API: {v:#}\n{}",
+        s.log_text()
+    );
+    // New rows on the primary advance its sequence; the daemon pushes the replica's ahead.
+    qc.psql(
+        "shop",
+        "INSERT INTO orders (customer, amount) SELECT 1, g FROM generate_series(1, 500) g",
+    );
+    let primary: i64 = qc
+        .psql("shop", "SELECT last_value FROM orders_id_seq")
+        .parse()
+        .expect("seq");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            we.psql("shop", "SELECT last_value FROM orders_id_seq")
+                .parse::<i64>()
+                .unwrap_or(0)
+                >= primary + 50
+        }),
+        "replica sequence not kept ahead"
+    );
+    let m = s.req(reqwest::Method::GET, "/metrics", None).1;
+    let m = m.as_str().unwrap_or_default();
+    assert!(
+        m.contains("georep_db_replica_lag_bytes{database=\"shop\",replica=\"we\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("georep_db_replica_streaming{database=\"shop\",replica=\"we\"} 1"),
+        "{m}"
+    );
+    // A stopped replica shows up as an RPO breach in the API and the metrics.
+    we.stop();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let (_, v) = s.req(reqwest::Method::GET, "/api/v1/databases/shop", None);
+            v["rpo_breached"] == true && v["replicas"][0]["state"] == "unreachable"
+        }),
+        "no breach reported"
+    );
+    let m = s.req(reqwest::Method::GET, "/metrics", None).1;
+    assert!(m
+        .as_str()
+        .unwrap_or_default()
+        .contains("georep_db_replica_rpo_breached{database=\"shop\",replica=\"we\"} 1"));
+    let (code, _) = s.req(reqwest::Method::GET, "/api/v1/databases/nope", None);
+    assert_eq!(code, 404);
+}

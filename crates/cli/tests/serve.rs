@@ -2,15 +2,16 @@
 //! Azurite instances and moto S3; kill -9 and restart under writes; the HTTP API,
 //! webhooks and token; `validate`, `plan` and `status`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use georep_testkit::{data, wait_until, Azurite, Moto};
+use georep_testkit::{data, wait_until, Azurite, Moto, Serve};
 use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_georep");
 
 fn georep(args: &[&str], env: &[(String, String)]) -> Command {
     georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
@@ -24,161 +25,6 @@ fn run(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A running `georep serve`, killed on drop.
-struct Serve {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    token: Option<String>,
-    http: reqwest::blocking::Client,
-}
-
-impl Serve {
-    fn start(config: &Path, env: &[(String, String)]) -> Self {
-        let log = config.with_extension(format!("{}.log", rand_suffix()));
-        let mut child = georep(
-            &[
-                "serve",
-                "-c",
-                config.to_str().expect("utf-8 path"),
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "info",
-            ],
-            env,
-        )
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn georep serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "georep serve did not start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let base = line
-            .split("API on ")
-            .nth(1)
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .trim()
-            .to_string();
-        let token = env
-            .iter()
-            .find(|(k, _)| k == "GEOREP_TEST_TOKEN")
-            .map(|(_, v)| v.clone());
-        Self {
-            child,
-            base,
-            log,
-            token,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
-        }
-    }
-
-    fn req(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().expect("request to georep serve");
-        let code = resp.status().as_u16();
-        let text = resp.text().unwrap_or_default();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (code, v) = self.req(reqwest::Method::GET, path, None);
-        assert_eq!(code, 200, "GET {path}: {v}");
-        v
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Value {
-        let (code, v) = self.req(reqwest::Method::POST, path, Some(body));
-        assert_eq!(code, 200, "POST {path}: {v}");
-        v
-    }
-
-    /// Waits until no destination of `policy` has pending work and the manifest holds
-    /// `objects` objects.
-    fn converge(&self, policy: &str, objects: Option<u64>) -> Value {
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(120), || {
-            last = self.get(&format!("/api/v1/policies/{policy}"));
-            let idle = last["destinations"]
-                .as_array()
-                .is_some_and(|d| d.iter().all(|d| d["pending"] == 0));
-            idle && objects.is_none_or(|n| last["source_objects"] == n)
-        });
-        assert!(
-            ok,
-            "policy {policy} did not converge: {last:#}\n{}",
-            self.log_text()
-        );
-        last
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait: the exit code.
-    fn terminate(&mut self) -> i32 {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let mut code = None;
-        wait_until(Duration::from_secs(60), || {
-            code = self.child.try_wait().ok().flatten().and_then(|s| s.code());
-            code.is_some()
-        });
-        code.unwrap_or(-1)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Writes a topology with the given stores (name, region, url) and policy body.
@@ -238,7 +84,7 @@ fn local_regions_converge_under_writes_keep_deletes_and_stop_cleanly() {
         "name = \"p\"\nsource = \"a\"\ndestinations = [\"b\"]\nexclude = [\"**/*.tmp\"]\nscan_interval = \"1h\"\nrpo = \"1m\"\n",
         "",
     );
-    let mut s = Serve::start(&cfg, &[]);
+    let mut s = Serve::start(BIN, &cfg, &[]);
     // Writes while the first scan and its copies are running.
     for i in 0..150u64 {
         write(
@@ -328,7 +174,7 @@ fn propagate_deletes_and_the_mass_delete_guard() {
         "name = \"p\"\nsource = \"a\"\ndestinations = [\"b\"]\ndeletes = \"propagate\"\nmax_delete = \"20%\"\nscan_interval = \"1h\"\n",
         "",
     );
-    let s = Serve::start(&cfg, &[]);
+    let s = Serve::start(BIN, &cfg, &[]);
     s.converge("p", Some(60));
     // A few deletes propagate.
     for i in 0..3 {
@@ -400,7 +246,7 @@ fn since_skips_older_objects() {
         &format!("name = \"p\"\nsource = \"a\"\ndestinations = [\"b\"]\nsince = \"{since}\"\nscan_interval = \"1s\"\n"),
         "",
     );
-    let s = Serve::start(&cfg, &[]);
+    let s = Serve::start(BIN, &cfg, &[]);
     s.converge("p", Some(1));
     assert!(wait_until(Duration::from_secs(30), || b
         .join("new.txt")
@@ -484,7 +330,7 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
         "name = \"photos\"\nsource = \"qc\"\ndestinations = [\"we\"]\nscan_interval = \"1h\"\n",
         "[server]\ntoken = \"${GEOREP_TEST_TOKEN}\"\n",
     );
-    let s = Serve::start(&cfg, &env);
+    let s = Serve::start(BIN, &cfg, &env);
     s.converge("photos", Some(5));
 
     // The token: /healthz is open, everything else needs it.
@@ -653,7 +499,7 @@ fn s3_event_notification_replicates_to_a_local_region() {
         "name = \"s\"\nsource = \"s3\"\ndestinations = [\"dr\"]\nscan_interval = \"1h\"\ndeletes = \"propagate\"\n",
         "",
     );
-    let s = Serve::start(&cfg, &env);
+    let s = Serve::start(BIN, &cfg, &env);
     s.converge("s", Some(0));
     let (code, _, err) = run(&["copy", up.to_str().expect("utf-8"), "s3://src"], &env);
     assert_eq!(code, 0, "{err}");
@@ -729,7 +575,7 @@ fn an_unreachable_region_breaches_the_rpo_visibly() {
         "",
     );
     let env = az.env();
-    let s = Serve::start(&cfg, &env);
+    let s = Serve::start(BIN, &cfg, &env);
     s.converge("p", Some(1));
     // The destination region goes away; a new change cannot be replicated.
     let port = az.port;
@@ -811,7 +657,7 @@ fn kill_9_and_restart_under_continuous_writes_loses_nothing() {
             i
         })
     };
-    let mut s = Serve::start(&cfg, &env);
+    let mut s = Serve::start(BIN, &cfg, &env);
     for round in 0..5 {
         // Kill at different moments: mid-copy, mid-scan, while queueing.
         let before = s.get("/api/v1/policies/p")["destinations"][1]["complete"]
@@ -824,7 +670,7 @@ fn kill_9_and_restart_under_continuous_writes_loses_nothing() {
                 > before + 5 + round * 3
         });
         s.kill9();
-        s = Serve::start(&cfg, &env);
+        s = Serve::start(BIN, &cfg, &env);
     }
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().expect("writer");
@@ -964,7 +810,7 @@ destinations = ["b"]
         !dir.path().join("state/georep.db").exists(),
         "plan must not create state"
     );
-    let mut s = Serve::start(&cfg, &[]);
+    let mut s = Serve::start(BIN, &cfg, &[]);
     s.converge("p", Some(1));
     assert_eq!(s.terminate(), 0);
     assert!(b.join("x").exists());
@@ -982,7 +828,7 @@ destinations = ["b"]
     assert!(out.contains("[changed]") && out.contains("rpo"), "{out}");
 
     // One daemon per state file.
-    let s = Serve::start(&cfg, &[]);
+    let s = Serve::start(BIN, &cfg, &[]);
     let (code, _, err) = run(&["serve", "-c", c, "--listen", "127.0.0.1:0"], &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("another georep serve"), "{err}");
@@ -1007,7 +853,7 @@ destinations = ["b"]
             ),
     )
     .expect("write");
-    let s = Serve::start(&cfg, &[]);
+    let s = Serve::start(BIN, &cfg, &[]);
     s.converge("p", Some(1));
     assert!(
         wait_until(Duration::from_secs(30), || dir.path().join("c/x").exists()),

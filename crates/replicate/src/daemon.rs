@@ -28,6 +28,7 @@ pub struct Daemon {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     watchers: Mutex<Vec<notify::RecommendedWatcher>>,
     breached: Mutex<HashMap<(String, String), bool>>,
+    databases: Arc<Mutex<BTreeMap<String, crate::databases::DatabaseStatus>>>,
 }
 
 /// What a webhook delivery did.
@@ -114,6 +115,7 @@ impl Daemon {
             tasks: Mutex::new(Vec::new()),
             watchers: Mutex::new(Vec::new()),
             breached: Mutex::new(HashMap::new()),
+            databases: Arc::new(Mutex::new(BTreeMap::new())),
         });
         daemon.spawn_all();
         Ok(daemon)
@@ -180,6 +182,17 @@ impl Daemon {
                 }
             }));
             tasks.push(tokio::spawn(rt.clone().dispatch(self.stop.subscribe())));
+        }
+        if !self.topo.databases.is_empty() {
+            let dbm = Arc::new(crate::databases::DbMetrics::register(&self.metrics));
+            for db in &self.topo.databases {
+                tasks.push(tokio::spawn(crate::databases::run(
+                    db.clone(),
+                    self.databases.clone(),
+                    dbm.clone(),
+                    self.stop.subscribe(),
+                )));
+            }
         }
         let (me, mut stop) = (self.clone(), self.stop.subscribe());
         tasks.push(tokio::spawn(async move {
@@ -260,6 +273,28 @@ impl Daemon {
                 .get_or_create(&metrics::pol(name))
                 .set(paused as i64);
         }
+    }
+
+    /// The last status read of every database (empty until the first poll).
+    pub fn databases(&self) -> Vec<crate::databases::DatabaseStatus> {
+        self.databases
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One database's last status; `Err` for a name not in the topology.
+    pub fn database(&self, name: &str) -> Result<Option<crate::databases::DatabaseStatus>> {
+        if self.topo.database(name).is_none() {
+            return Err(ReplicateError::Config(format!(
+                "no database named '{name}' in the topology"
+            )));
+        }
+        Ok(self
+            .databases
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned()))
     }
 
     pub fn has_policy(&self, name: &str) -> bool {

@@ -12,6 +12,7 @@
 //! so work cut off by a crash is simply done again.
 
 mod daemon;
+mod databases;
 mod error;
 pub mod events;
 mod metrics;
@@ -20,6 +21,7 @@ pub mod status;
 mod watch;
 
 pub use daemon::{policy_record, Daemon, Ingested, Resynced};
+pub use databases::DatabaseStatus;
 pub use error::{ReplicateError, Result};
 pub use metrics::Metrics;
 pub use policy::{ScanSummary, Via, FAILED_AFTER, GUARD_FLOOR};

@@ -174,6 +174,16 @@ impl Metrics {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds a metric family to the registry (for other parts of the daemon).
+    pub(crate) fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.lock().register(name, help, metric);
+    }
+
     /// The registry in the Prometheus/OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -62,6 +62,8 @@ pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
             "/api/v1/events/{name}",
             post(event).options(event_handshake),
         )
+        .route("/api/v1/databases", get(databases))
+        .route("/api/v1/databases/{name}", get(database))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -222,6 +224,24 @@ async fn event_handshake(
         HeaderValue::from_static(events::ALLOWED_RATE_UNLIMITED),
     );
     Ok(r)
+}
+
+async fn databases(State(app): State<Arc<App>>) -> impl IntoResponse {
+    Json(json!({ "databases": app.daemon.databases() }))
+}
+
+async fn database(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    match app.daemon.database(&name) {
+        Err(e) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Ok(None) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database '{name}' has not been checked yet; retry in a few seconds"),
+        )),
+        Ok(Some(s)) => Ok(Json(s)),
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

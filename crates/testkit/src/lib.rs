@@ -16,10 +16,12 @@ pub mod data;
 pub mod faults;
 mod postgres;
 mod proxy;
+mod serve;
 mod services;
 
 pub use postgres::Postgres;
 pub use proxy::FlakyProxy;
+pub use serve::Serve;
 pub use services::{free_port, wait_until, Azurite, Moto, AZURITE_ACCOUNT, AZURITE_KEY};
 
 /// Environment variables a test's child process must not inherit from the developer's
