@@ -73,6 +73,9 @@ async fn pg_dump(url: &str, section: &str, tables: &[String]) -> Result<String> 
         .join("\n"))
 }
 
+/// Bytes gathered before they are handed to the target connection.
+const CHUNK: usize = 256 * 1024;
+
 /// One unit of data work: a table, or a key range of a large table.
 #[derive(Clone)]
 struct Part {
@@ -167,11 +170,22 @@ async fn copy_part(from: &str, to: &str, snapshot: &str, part: &Part) -> Result<
         .map_err(|e| DbError::sql("target", e))?;
     futures::pin_mut!(stream);
     futures::pin_mut!(sink);
+    // COPY sends one message per row: gather them into large chunks and feed without a
+    // flush per row (a flush per row made this five times slower than pg_dump | psql).
     let mut bytes = 0u64;
+    let mut buf = bytes::BytesMut::with_capacity(CHUNK);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| DbError::sql("source", e))?;
         bytes += chunk.len() as u64;
-        sink.send(chunk)
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= CHUNK {
+            sink.feed(buf.split().freeze())
+                .await
+                .map_err(|e| DbError::sql("target", e))?;
+        }
+    }
+    if !buf.is_empty() {
+        sink.feed(buf.freeze())
             .await
             .map_err(|e| DbError::sql("target", e))?;
     }
@@ -266,6 +280,11 @@ pub async fn copy(
     for t in &tables {
         parts.extend(parts_of(&src, t, opts.jobs).await?);
     }
+    // The post-data DDL is fetched while the data streams.
+    let post = tokio::spawn({
+        let (from, tables) = (from.to_string(), tables.clone());
+        async move { pg_dump(&from, "post-data", &tables).await }
+    });
     let totals: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>, usize)> = tables
         .iter()
         .map(|t| {
@@ -309,8 +328,16 @@ pub async fn copy(
         progress(t);
     }
 
-    // 3. Indexes, constraints, triggers.
-    let post = pg_dump(from, "post-data", &tables).await?;
+    // 3. Indexes, constraints, triggers, with room to sort.
+    let post = post
+        .await
+        .map_err(|e| DbError::Tool(format!("pg_dump task failed: {e}")))??;
+    dst.batch_execute(&format!(
+        "SET maintenance_work_mem = '512MB'; SET max_parallel_maintenance_workers = {}",
+        opts.jobs.clamp(1, 8) - 1
+    ))
+    .await
+    .map_err(|e| DbError::sql("target", e))?;
     dst.batch_execute(&post)
         .await
         .map_err(|e| DbError::sql("target", e))?;
