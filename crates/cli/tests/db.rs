@@ -322,6 +322,8 @@ fn copy_moves_schema_data_indexes_and_sequences() {
     pg.create_db("copy");
     pg.psql("shop", SCHEMA);
     pg.psql("shop", "CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int); INSERT INTO billing.invoices (total) SELECT g FROM generate_series(1, 300) g");
+    // Large enough to be split into block ranges copied in parallel.
+    pg.psql("shop", "CREATE TABLE big (k text PRIMARY KEY, v int); INSERT INTO big SELECT 'k' || g, g FROM generate_series(1, 250000) g; ANALYZE big");
     let (code, out, err) = run(&[
         "db",
         "copy",
@@ -333,15 +335,19 @@ fn copy_moves_schema_data_indexes_and_sequences() {
         "3",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    for t in ["customers", "orders", "billing.invoices"] {
+    for t in ["customers", "orders", "billing.invoices", "big"] {
         assert_eq!(
             pg.psql(
                 "shop",
-                &format!("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY 1)) FROM {t} t")
+                &format!(
+                    "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {t} t"
+                )
             ),
             pg.psql(
                 "copy",
-                &format!("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY 1)) FROM {t} t")
+                &format!(
+                    "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {t} t"
+                )
             ),
             "{t} differs"
         );
