@@ -159,6 +159,7 @@ pub(crate) fn plan(a: PlanArgs) -> Result<u8> {
         "server": { "listen": t.server.listen.to_string(), "token": t.server.token.is_some() },
         "policies": policies,
         "removed_policies": removed,
+        "databases": t.databases,
     });
     if a.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -243,6 +244,29 @@ pub(crate) fn plan(a: PlanArgs) -> Result<u8> {
         println!(
             "no longer in the file (state kept, not replicated): {}",
             removed.join(", ")
+        );
+    }
+    for d in &t.databases {
+        println!();
+        println!("database {} ({})", d.name, d.engine);
+        println!(
+            "  primary   ({}) {}",
+            d.primary.region,
+            d.primary.redacted_url()
+        );
+        for r in &d.replicas {
+            println!("  → replica {} ({}) {}", r.name, r.region, r.redacted_url());
+        }
+        println!(
+            "  tables    {}; rpo {}; sequences pushed {} ahead every {}",
+            if d.tables.is_empty() {
+                format!("every table in {}", d.schemas.join(", "))
+            } else {
+                d.tables.join(", ")
+            },
+            humantime::format_duration(d.rpo),
+            d.sequence_margin,
+            humantime::format_duration(d.sequence_sync_interval)
         );
     }
     Ok(0)
