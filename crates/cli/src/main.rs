@@ -2,6 +2,7 @@
 //! done by the library crates; this is the only crate that prints.
 
 mod db;
+mod failover;
 mod ls;
 mod output;
 mod serve;
@@ -58,6 +59,9 @@ enum Command {
     /// Replication status per policy and destination, or of one object; exit 1 when an
     /// RPO is breached, a policy is paused, the last scan failed or objects keep failing.
     Status(status::StatusArgs),
+    /// Planned failover of a failover group, done by the running daemon: no acknowledged
+    /// write is lost; prints the write-unavailability window.
+    Failover(failover::FailoverArgs),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(a).await,
             Command::Status(a) => status::run(a),
             Command::Db(c) => db::run(c).await,
+            Command::Failover(a) => failover::run(a).await,
         }
     });
     match result {

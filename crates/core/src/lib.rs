@@ -16,6 +16,6 @@ pub use filter::{Filter, FilterError};
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
-    ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode, Policy, Region,
-    ServerConfig, StateConfig, StoreDef, Topology,
+    ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode, FailoverGroup,
+    FailoverPolicy, Policy, Region, ServerConfig, StateConfig, StoreDef, Topology,
 };

@@ -29,6 +29,7 @@ pub struct Daemon {
     watchers: Mutex<Vec<notify::RecommendedWatcher>>,
     breached: Mutex<HashMap<(String, String), bool>>,
     databases: Arc<Mutex<BTreeMap<String, crate::databases::DatabaseStatus>>>,
+    groups: BTreeMap<String, Arc<georep_failover::Group>>,
 }
 
 /// What a webhook delivery did.
@@ -106,6 +107,21 @@ impl Daemon {
             policies.insert(p.name.clone(), Arc::new(rt));
         }
         let (stop, _) = watch::channel(false);
+        // Failover groups bind their listeners now: a taken address stops start-up.
+        let mut groups = BTreeMap::new();
+        for g in &topo.failover_groups {
+            let db = topo.database(&g.database).cloned().ok_or_else(|| {
+                ReplicateError::Config(format!(
+                    "failover group '{}': no database '{}'",
+                    g.name, g.database
+                ))
+            })?;
+            let group =
+                georep_failover::Group::start(g.clone(), db, state.clone(), stop.subscribe())
+                    .await
+                    .map_err(|e| ReplicateError::Config(e.to_string()))?;
+            groups.insert(g.name.clone(), group);
+        }
         let daemon = Arc::new(Self {
             topo,
             state,
@@ -116,6 +132,7 @@ impl Daemon {
             watchers: Mutex::new(Vec::new()),
             breached: Mutex::new(HashMap::new()),
             databases: Arc::new(Mutex::new(BTreeMap::new())),
+            groups,
         });
         daemon.spawn_all();
         Ok(daemon)
@@ -186,8 +203,14 @@ impl Daemon {
         if !self.topo.databases.is_empty() {
             let dbm = Arc::new(crate::databases::DbMetrics::register(&self.metrics));
             for db in &self.topo.databases {
+                let group = self
+                    .groups
+                    .values()
+                    .find(|g| g.cfg.database == db.name)
+                    .cloned();
                 tasks.push(tokio::spawn(crate::databases::run(
                     db.clone(),
+                    group,
                     self.databases.clone(),
                     dbm.clone(),
                     self.stop.subscribe(),
@@ -295,6 +318,39 @@ impl Daemon {
             .lock()
             .ok()
             .and_then(|m| m.get(name).cloned()))
+    }
+
+    /// Every failover group's status.
+    pub fn failover_groups(&self) -> Result<Vec<georep_failover::GroupStatus>> {
+        self.groups
+            .values()
+            .map(|g| {
+                g.status()
+                    .map_err(|e| ReplicateError::Config(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn group(&self, name: &str) -> Result<&Arc<georep_failover::Group>> {
+        self.groups.get(name).ok_or_else(|| {
+            ReplicateError::NotFound(format!("no failover group named '{name}' in the topology"))
+        })
+    }
+
+    pub fn failover_group(&self, name: &str) -> Result<georep_failover::GroupStatus> {
+        self.group(name)?
+            .status()
+            .map_err(|e| ReplicateError::Config(e.to_string()))
+    }
+
+    /// Planned failover of a group to `to` (member name or region; default: a healthy replica).
+    pub async fn failover(&self, name: &str, to: Option<&str>) -> Result<serde_json::Value> {
+        let g = self.group(name)?.clone();
+        match g.failover(to).await {
+            Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
+            Err(georep_failover::FailoverError::Refused(m)) => Err(ReplicateError::Conflict(m)),
+            Err(e) => Err(ReplicateError::Config(e.to_string())),
+        }
     }
 
     pub fn has_policy(&self, name: &str) -> bool {

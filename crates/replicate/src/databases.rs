@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseStatus {
     pub name: String,
+    /// The member that is primary now (it changes with failovers).
+    pub primary: String,
     pub primary_region: String,
     pub rpo_target_seconds: f64,
     /// When this status was read (RFC 3339).
@@ -103,6 +105,7 @@ impl DbMetrics {
 /// Polls and syncs one database until `stop`.
 pub(crate) async fn run(
     db: Database,
+    group: Option<Arc<georep_failover::Group>>,
     shared: Arc<Mutex<BTreeMap<String, DatabaseStatus>>>,
     metrics: Arc<DbMetrics>,
     mut stop: watch::Receiver<bool>,
@@ -113,6 +116,11 @@ pub(crate) async fn run(
     let mut was_breached: BTreeMap<String, bool> = BTreeMap::new();
     let mut last_seq: Option<String> = None;
     loop {
+        // After a failover the roles differ from the topology's.
+        let db = group
+            .as_ref()
+            .map(|g| g.current_db())
+            .unwrap_or_else(|| db.clone());
         if tokio::time::Instant::now() >= next_seq {
             match pg::sync_sequences(&db, None).await {
                 Ok(_) => last_seq = Some(chrono::Utc::now().to_rfc3339()),
@@ -170,6 +178,7 @@ pub(crate) async fn run(
                 }
                 DatabaseStatus {
                     name: db.name.clone(),
+                    primary: db.primary.name.clone(),
                     primary_region: db.primary.region.clone(),
                     rpo_target_seconds: db.rpo.as_secs_f64(),
                     checked_at: Some(now),
@@ -183,6 +192,7 @@ pub(crate) async fn run(
                 tracing::warn!(database = %db.name, error = %e, "cannot read the database's replication status");
                 DatabaseStatus {
                     name: db.name.clone(),
+                    primary: db.primary.name.clone(),
                     primary_region: db.primary.region.clone(),
                     rpo_target_seconds: db.rpo.as_secs_f64(),
                     checked_at: Some(now),

@@ -18,6 +18,9 @@ pub enum ReplicateError {
     UnknownPolicy(String),
     #[error("{0}")]
     Config(String),
+    /// A named thing that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The request does not fit the current state (e.g. resuming a policy that is not paused).
     #[error("{0}")]
     Conflict(String),

@@ -36,7 +36,7 @@ impl IntoResponse for ApiError {
 impl From<ReplicateError> for ApiError {
     fn from(e: ReplicateError) -> Self {
         let code = match &e {
-            ReplicateError::UnknownPolicy(_) => StatusCode::NOT_FOUND,
+            ReplicateError::UnknownPolicy(_) | ReplicateError::NotFound(_) => StatusCode::NOT_FOUND,
             ReplicateError::Config(_) => StatusCode::BAD_REQUEST,
             ReplicateError::Conflict(_) => StatusCode::CONFLICT,
             ReplicateError::Store { .. } => StatusCode::BAD_GATEWAY,
@@ -64,6 +64,9 @@ pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
         )
         .route("/api/v1/databases", get(databases))
         .route("/api/v1/databases/{name}", get(database))
+        .route("/api/v1/failover-groups", get(groups))
+        .route("/api/v1/failover-groups/{name}", get(group))
+        .route("/api/v1/failover-groups/{name}/failover", post(failover))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -242,6 +245,42 @@ async fn database(
         )),
         Ok(Some(s)) => Ok(Json(s)),
     }
+}
+
+async fn groups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        json!({ "failover_groups": app.daemon.failover_groups()? }),
+    ))
+}
+
+async fn group(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.daemon.failover_group(&name)?))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct FailoverBody {
+    to: Option<String>,
+}
+
+async fn failover(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: FailoverBody = if body.is_empty() {
+        FailoverBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"to\": \"MEMBER\"}}: {e}"),
+            )
+        })?
+    };
+    Ok(Json(app.daemon.failover(&name, req.to.as_deref()).await?))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

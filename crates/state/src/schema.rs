@@ -56,4 +56,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE policies ADD COLUMN source TEXT;
     ALTER TABLE policies ADD COLUMN dests TEXT;
     ",
+    // 3: failover groups: the current epoch and primary of each group, and its history.
+    "
+    CREATE TABLE failover (
+        grp        TEXT PRIMARY KEY,
+        epoch      INTEGER NOT NULL,
+        primary_member TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        fenced     TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE failover_history (
+        grp        TEXT NOT NULL,
+        epoch      INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        from_member TEXT NOT NULL,
+        to_member  TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        write_gap_ms INTEGER,
+        data_loss  TEXT,
+        PRIMARY KEY (grp, epoch)
+    );
+    ",
 ];

@@ -742,6 +742,108 @@ fn release_if_requeued(conn: &Connection, item: &Item) -> Result<()> {
     Ok(())
 }
 
+/// A failover group's routing as recorded: listeners route by this, and only by an
+/// epoch that was written here first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailoverRecord {
+    pub group: String,
+    pub epoch: i64,
+    pub primary: String,
+    /// `stable`, or `failing-over` while a role change is in progress.
+    pub state: String,
+    /// Members that must never be routed to again (e.g. an old primary after a forced
+    /// failover), comma-separated.
+    pub fenced: Option<String>,
+    pub updated_at: i64,
+}
+
+impl State {
+    pub fn failover(&self, group: &str) -> Result<Option<FailoverRecord>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT grp, epoch, primary_member, state, fenced, updated_at FROM failover WHERE grp = ?1",
+                [group],
+                |r| {
+                    Ok(FailoverRecord {
+                        group: r.get(0)?,
+                        epoch: r.get(1)?,
+                        primary: r.get(2)?,
+                        state: r.get(3)?,
+                        fenced: r.get(4)?,
+                        updated_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records the group's first epoch if it has none; returns the current record.
+    pub fn failover_init(&self, group: &str, primary: &str) -> Result<FailoverRecord> {
+        self.lock().execute(
+            "INSERT INTO failover (grp, epoch, primary_member, state, updated_at) \
+             VALUES (?1, 1, ?2, 'stable', ?3) ON CONFLICT (grp) DO NOTHING",
+            params![group, primary, crate::now_ms()],
+        )?;
+        self.failover(group)?.ok_or_else(|| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            reason: "failover row vanished".into(),
+        })
+    }
+
+    /// Moves a group to `epoch` (which must be newer than the recorded one), with its
+    /// primary, state and fenced members. Returns false when the epoch is not newer (a
+    /// stale writer), in which case nothing changes.
+    pub fn failover_advance(
+        &self,
+        group: &str,
+        epoch: i64,
+        primary: &str,
+        state: &str,
+        fenced: Option<&str>,
+    ) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE failover SET epoch = ?2, primary_member = ?3, state = ?4, fenced = ?5, \
+             updated_at = ?6 WHERE grp = ?1 AND epoch < ?2",
+            params![group, epoch, primary, state, fenced, crate::now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the start of a role change.
+    pub fn failover_history_start(
+        &self,
+        group: &str,
+        epoch: i64,
+        kind: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<()> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO failover_history (grp, epoch, kind, from_member, to_member, started_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![group, epoch, kind, from, to, crate::now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the end of a role change.
+    pub fn failover_history_finish(
+        &self,
+        group: &str,
+        epoch: i64,
+        write_gap_ms: i64,
+        data_loss: &str,
+    ) -> Result<()> {
+        self.lock().execute(
+            "UPDATE failover_history SET finished_at = ?3, write_gap_ms = ?4, data_loss = ?5 \
+             WHERE grp = ?1 AND epoch = ?2",
+            params![group, epoch, crate::now_ms(), write_gap_ms, data_loss],
+        )?;
+        Ok(())
+    }
+}
+
 type PolicyRow = (PolicyRecord, String);
 
 fn policy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRow> {

@@ -146,6 +146,11 @@ struct DraftMember {
 }
 
 impl DraftDatabase {
+    /// Its name, when it has a valid one.
+    pub(super) fn name(&self) -> Option<&str> {
+        self.name.as_ref().map(|n| n.get_ref().as_str())
+    }
+
     /// `None` only when a required piece is missing, which has been reported.
     pub(super) fn finish(self) -> Option<Database> {
         Some(Database {

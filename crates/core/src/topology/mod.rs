@@ -9,6 +9,7 @@
 
 mod databases;
 mod error;
+mod failover;
 mod policies;
 mod read;
 mod sections;
@@ -16,6 +17,8 @@ mod validate;
 
 #[cfg(test)]
 mod database_tests;
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +33,7 @@ use crate::{Filter, MaxDelete, StoreUrl};
 
 pub use databases::{Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
+pub use failover::{FailoverGroup, FailoverPolicy};
 
 /// The state database when `[state] url` is not given: an embedded SQLite file beside
 /// the topology file.
@@ -51,6 +55,8 @@ pub struct Topology {
     pub policies: Vec<Policy>,
     /// `[[databases]]`, in file order.
     pub databases: Vec<Database>,
+    /// `[[failover_groups]]`, in file order.
+    pub failover_groups: Vec<FailoverGroup>,
 }
 
 /// Where georep keeps its durable state.
@@ -259,6 +265,10 @@ impl Topology {
 
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn failover_group(&self, name: &str) -> Option<&FailoverGroup> {
+        self.failover_groups.iter().find(|g| g.name == name)
     }
 }
 

@@ -10,6 +10,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::databases::DraftDatabase;
+use super::failover::DraftGroup;
 use super::policies::DraftPolicy;
 use super::read::{expand_field, kind, valid_name, Ctx, Section, Span, NAME_RULE};
 use super::{
@@ -25,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "stores",
     "policies",
     "databases",
+    "failover_groups",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token"];
@@ -38,6 +40,7 @@ pub(super) struct Draft {
     pub(super) stores: BTreeMap<String, DraftStore>,
     pub(super) policies: Vec<DraftPolicy>,
     pub(super) databases: Vec<DraftDatabase>,
+    pub(super) failover_groups: Vec<DraftGroup>,
 }
 
 pub(super) struct DraftStore {
@@ -86,6 +89,11 @@ impl Draft {
             .into_iter()
             .map(DraftDatabase::finish)
             .collect::<Option<Vec<_>>>()?;
+        let failover_groups = self
+            .failover_groups
+            .into_iter()
+            .map(DraftGroup::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
@@ -93,6 +101,7 @@ impl Draft {
             stores,
             policies,
             databases,
+            failover_groups,
         })
     }
 }
@@ -117,6 +126,7 @@ pub(super) fn read(
         stores: stores(ctx, &top, base_dir, env),
         policies: super::policies::read(ctx, &top),
         databases: super::databases::read(ctx, &top, env),
+        failover_groups: super::failover::read(ctx, &top),
     }
 }
 

@@ -18,6 +18,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft) {
     shared_destinations(ctx, base_dir, draft);
     cycles(ctx, base_dir, draft);
     super::databases::check(ctx, &draft.regions, &draft.databases);
+    super::failover::check(
+        ctx,
+        draft.server.listen,
+        &draft.databases,
+        &draft.failover_groups,
+    );
 }
 
 fn store_regions(ctx: &mut Ctx<'_>, draft: &Draft) {

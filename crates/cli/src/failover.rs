@@ -1,0 +1,90 @@
+//! `georep failover GROUP`: asks the running daemon (which holds the listeners) to fail
+//! a group over, and prints what happened.
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::topology::{load, ConfigArg, ConfigFileError};
+use crate::Output;
+
+#[derive(Args, Debug)]
+pub(crate) struct FailoverArgs {
+    /// The failover group.
+    pub(crate) group: String,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The replica to promote (member name or region); default: a healthy replica.
+    #[arg(long, value_name = "MEMBER")]
+    pub(crate) to: Option<String>,
+    /// The daemon's API (default: http://[server] listen from the topology).
+    #[arg(long, value_name = "URL")]
+    pub(crate) api: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
+    let t = load(&a.config.config)?;
+    if t.failover_group(&a.group).is_none() {
+        return Err(ConfigFileError(format!(
+            "no failover group named '{}' in {}",
+            a.group,
+            a.config.config.display()
+        ))
+        .into());
+    }
+    let base = a
+        .api
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", t.server.listen));
+    let url = format!(
+        "{}/api/v1/failover-groups/{}/failover",
+        base.trim_end_matches('/'),
+        a.group
+    );
+    let body = serde_json::json!({ "to": a.to }).to_string();
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(tok) = &t.server.token {
+        req = req.bearer_auth(tok);
+    }
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach the georep daemon at {base}: is `georep serve` running? (it holds the listeners; pass --api URL if it listens elsewhere)")
+    })?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if !status.is_success() {
+        let msg = v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        eprintln!(
+            "georep: failover of '{}' refused ({status}): {msg}",
+            a.group
+        );
+        return Ok(if status.as_u16() == 409 || status.as_u16() == 404 {
+            2
+        } else {
+            1
+        });
+    }
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} → {} (epoch {}); writes paused {} ms; data loss: {}",
+            a.group,
+            v["from"].as_str().unwrap_or("?"),
+            v["to"].as_str().unwrap_or("?"),
+            v["epoch"],
+            v["write_gap_ms"],
+            v["data_loss"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,190 @@
+//! Planned switchover: make a replica the primary without losing an acknowledged write.
+//! The caller holds new client connections (the listeners) while this runs.
+
+use std::time::{Duration, Instant};
+
+use georep_core::{Database, DbMember};
+use serde::Serialize;
+
+use super::conn::connect;
+use super::drift::push_sequences;
+use super::setup::selected_tables;
+use super::{publication_name, quote_ident, quote_literal, quote_table, subscription_name};
+use crate::error::{DbError, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchoverReport {
+    pub from: String,
+    pub to: String,
+    /// The old primary's WAL position once writes were fenced.
+    pub fence_lsn: String,
+    /// How long the replica took to confirm everything up to the fence.
+    pub catch_up_ms: u64,
+    pub sequences_set: usize,
+}
+
+/// `db` with `primary` (a member name) as the primary and every other member as a replica.
+pub fn rotated(db: &Database, primary: &str) -> Database {
+    let mut members: Vec<DbMember> = std::iter::once(db.primary.clone())
+        .chain(db.replicas.iter().cloned())
+        .collect();
+    let Some(i) = members.iter().position(|m| m.name == primary) else {
+        return db.clone();
+    };
+    let p = members.remove(i);
+    Database {
+        primary: p,
+        replicas: members,
+        ..db.clone()
+    }
+}
+
+async fn exec(c: &tokio_postgres::Client, who: &str, sql: &str) -> Result<()> {
+    c.batch_execute(sql).await.map_err(|e| DbError::sql(who, e))
+}
+
+/// Fences the current primary of `db` (read-only, client sessions ended), waits until
+/// replica `to` has confirmed every change up to the fence, sets its sequences exactly,
+/// promotes it, and reverses replication so the old primary follows it. On failure
+/// before the promotion, the old primary is unfenced and stays the primary.
+pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<SwitchoverReport> {
+    let target = db
+        .replicas
+        .iter()
+        .find(|r| r.name == to)
+        .cloned()
+        .ok_or_else(|| {
+            DbError::InvalidConfig(format!("'{to}' is not a replica of database '{}'", db.name))
+        })?;
+    let old = db.primary.clone();
+    let p = connect("primary", &old.url).await?;
+    let r = connect(&format!("replica '{to}'"), &target.url).await?;
+    let rwho = format!("replica '{to}'");
+    let tables = selected_tables(&p, db, "primary").await?;
+    let dbname: String = p
+        .query_one("SELECT current_database()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql("primary", e))?;
+    let slot = subscription_name(db, &target.name);
+
+    // 1. Fence: new sessions are read-only, current client sessions end.
+    exec(
+        &p,
+        "primary",
+        &format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            quote_ident(&dbname)
+        ),
+    )
+    .await?;
+    let unfence = format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        quote_ident(&dbname)
+    );
+    p.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        &[],
+    )
+    .await
+    .map_err(|e| DbError::sql("primary", e))?;
+    let fence_lsn: String = p
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql("primary", e))?;
+
+    // 2. Wait for the replica to confirm everything up to the fence.
+    let started = Instant::now();
+    loop {
+        let done: Option<bool> = p
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&fence_lsn, &slot],
+            )
+            .await
+            .map_err(|e| DbError::sql("primary", e))?
+            .map(|r| r.get(0));
+        if done == Some(true) {
+            break;
+        }
+        if done.is_none() || started.elapsed() > timeout {
+            let _ = exec(&p, "primary", &unfence).await;
+            return Err(DbError::Timeout(format!(
+                "replica '{to}' did not confirm the fence position {fence_lsn} within {timeout:?}; the switchover was abandoned and the primary unfenced"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catch_up_ms = started.elapsed().as_millis() as u64;
+
+    // 3. Sequences exactly as on the primary.
+    let sequences_set = push_sequences(&p, &r, &target.name, &tables, 0).await?;
+
+    // 4. Promote: the replica stops following (its slot is dropped on the old primary).
+    let sub = quote_ident(&slot);
+    for sql in [
+        format!("ALTER SUBSCRIPTION {sub} DISABLE"),
+        format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
+        format!("DROP SUBSCRIPTION {sub}"),
+    ] {
+        exec(&r, &rwho, &sql).await?;
+    }
+    p.query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| DbError::sql("primary", e))?;
+
+    // 5. Reverse: the old primary subscribes to the new one, from this exact point.
+    let publication = publication_name(db);
+    let list = tables
+        .iter()
+        .map(|t| quote_table(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    exec(
+        &p,
+        "primary",
+        &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)),
+    )
+    .await?;
+    exec(
+        &r,
+        &rwho,
+        &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&publication)),
+    )
+    .await?;
+    exec(
+        &r,
+        &rwho,
+        &format!(
+            "CREATE PUBLICATION {} FOR TABLE {list}",
+            quote_ident(&publication)
+        ),
+    )
+    .await?;
+    let back = subscription_name(db, &old.name);
+    exec(&p, "primary", &unfence).await?;
+    exec(
+        &p,
+        "primary",
+        &format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (slot_name = {}, copy_data = false)",
+            quote_ident(&back),
+            quote_literal(&target.url),
+            quote_ident(&publication),
+            quote_literal(&back)
+        ),
+    )
+    .await?;
+    Ok(SwitchoverReport {
+        from: old.name,
+        to: target.name,
+        fence_lsn,
+        catch_up_ms,
+        sequences_set,
+    })
+}
