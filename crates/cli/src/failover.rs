@@ -16,6 +16,10 @@ pub(crate) struct FailoverArgs {
     /// The replica to promote (member name or region); default: a healthy replica.
     #[arg(long, value_name = "MEMBER")]
     pub(crate) to: Option<String>,
+    /// Promote without the primary (it is unreachable): what it had not sent is lost; the
+    /// old primary is fenced for good and needs `georep db reseed`.
+    #[arg(long)]
+    pub(crate) force: bool,
     /// The daemon's API (default: http://[server] listen from the topology).
     #[arg(long, value_name = "URL")]
     pub(crate) api: Option<String>,
@@ -42,7 +46,7 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
         base.trim_end_matches('/'),
         a.group
     );
-    let body = serde_json::json!({ "to": a.to }).to_string();
+    let body = serde_json::json!({ "to": a.to, "force": a.force }).to_string();
     let client = reqwest::Client::new();
     let mut req = client
         .post(&url)

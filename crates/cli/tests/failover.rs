@@ -169,3 +169,175 @@ fn planned_failover_loses_no_acknowledged_write_and_survives_a_restart() {
     );
     assert_eq!(code, 409);
 }
+
+/// A primary, a replica set up from it, and a topology with one failover group.
+fn group_setup(
+    policy: &str,
+) -> (
+    Postgres,
+    Postgres,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    u16,
+    u16,
+) {
+    let (qc, we) = (Postgres::start(&[]), Postgres::start(&[]));
+    for pg in [&qc, &we] {
+        pg.create_db("shop");
+    }
+    qc.psql(
+        "shop",
+        "CREATE TABLE w (id bigserial PRIMARY KEY, v text UNIQUE NOT NULL)",
+    );
+    let (rw, ro) = (free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("georep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[state]\nurl = \"sqlite://state/g.db\"\n[regions.qc]\n[regions.we]\n\
+             [[databases]]\nname = \"shop\"\nengine = \"postgres\"\n\
+             primary = {{ region = \"qc\", url = \"{}\" }}\nreplicas = [ {{ region = \"we\", url = \"{}\" }} ]\n\
+             [[failover_groups]]\nname = \"fg\"\ndatabase = \"shop\"\n\
+             read_write_listener = \"127.0.0.1:{rw}\"\nread_only_listener = \"127.0.0.1:{ro}\"\n\
+             probe_interval = \"300ms\"\nprobe_timeout = \"250ms\"\nprobe_failures = 2\n{policy}\n",
+            qc.url("shop"),
+            we.url("shop")
+        ),
+    )
+    .expect("write topology");
+    let out = Command::new(BIN)
+        .args(["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")])
+        .output()
+        .expect("setup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (qc, we, dir, cfg, rw, ro)
+}
+
+#[test]
+fn automatic_failover_after_the_primary_dies_and_the_old_primary_is_never_routed_again() {
+    let (qc, we, _dir, cfg, rw, ro) =
+        group_setup("policy = \"automatic\"\ngrace_period = \"2s\"\nmax_data_loss = \"5s\"");
+    let s = Serve::start(BIN, &cfg, &[]);
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('before')").is_some());
+    // The daemon knows the replica's lag before the primary fails.
+    let mut g = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            g["last_known_lag"]["we"][1].is_number()
+        }),
+        "lag unknown: {g:#}\n{}",
+        s.log_text()
+    );
+    qc.kill9();
+    let killed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || psql(
+            &via_rw,
+            "INSERT INTO w (v) VALUES ('after')"
+        )
+        .is_some()),
+        "no write succeeded through the listener:\n{}",
+        s.log_text()
+    );
+    // Detection (2 probes of 300 ms) + grace period (2 s) + 5 s.
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(600 + 2000 + 5000),
+        "writes resumed only after {took:?}"
+    );
+    let g = s.get("/api/v1/failover-groups/fg");
+    assert_eq!(
+        (g["epoch"].clone(), g["primary"].clone()),
+        (json!(2), json!("we")),
+        "{g:#}"
+    );
+    assert_eq!(g["fenced"], json!(["primary"]), "{g:#}");
+    assert_eq!(g["last_failover"]["kind"], "automatic");
+    assert!(
+        g["last_failover"]["data_loss"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s"),
+        "{g:#}"
+    );
+    assert_eq!(
+        we.psql(
+            "shop",
+            "SELECT count(*) FROM w WHERE v IN ('before', 'after')"
+        ),
+        "2"
+    );
+
+    // The old primary comes back: it is never routed to again.
+    qc.restart();
+    assert!(wait_until(Duration::from_secs(30), || {
+        s.get("/api/v1/failover-groups/fg")["members"]
+            .as_array()
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["member"] == "primary" && m["healthy"] == true)
+            })
+    }));
+    for _ in 0..5 {
+        assert_eq!(
+            psql(&via_rw, "SELECT inet_server_port()"),
+            Some(we.port.to_string())
+        );
+        assert_ne!(
+            psql(&via_ro, "SELECT inet_server_port()"),
+            Some(qc.port.to_string())
+        );
+    }
+}
+
+#[test]
+fn automatic_failover_is_refused_when_the_lag_exceeds_max_data_loss() {
+    let (qc, we, _dir, cfg, rw, _ro) =
+        group_setup("policy = \"automatic\"\ngrace_period = \"1s\"\nmax_data_loss = \"1s\"");
+    let s = Serve::start(BIN, &cfg, &[]);
+    // The replica stops receiving: its lag is no longer known to be within 1 s.
+    we.psql("shop", "ALTER SUBSCRIPTION georep_shop_we DISABLE");
+    qc.psql(
+        "shop",
+        "INSERT INTO w (v) SELECT 'x' || g FROM generate_series(1, 1000) g",
+    );
+    assert!(wait_until(Duration::from_secs(30), || {
+        s.get("/api/v1/failover-groups/fg")["last_known_lag"]["we"][1].is_null()
+    }));
+    qc.kill9();
+    let mut g = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            g["automatic"]
+                .as_str()
+                .is_some_and(|a| a.contains("refused"))
+        }),
+        "no refusal reported: {g:#}"
+    );
+    assert!(
+        g["automatic"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_data_loss"),
+        "{g:#}"
+    );
+    assert_eq!(g["epoch"], 1, "it failed over anyway: {g:#}");
+    assert_eq!(
+        g["route"]["read_write"],
+        json!(format!("127.0.0.1:{}", qc.port))
+    );
+    assert!(psql(
+        &format!("postgres://postgres@127.0.0.1:{rw}/shop"),
+        "SELECT 1"
+    )
+    .is_none());
+}

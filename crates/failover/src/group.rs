@@ -1,7 +1,7 @@
 //! One failover group at run time: listeners, health probes, the recorded epoch, and
 //! planned failover.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,13 @@ pub struct GroupStatus {
     pub read_write_listener: String,
     pub read_only_listener: Option<String>,
     pub members: Vec<MemberHealth>,
+    /// Members never routed to again (an old primary after a forced failover); each
+    /// needs `georep db reseed` before it can serve as a replica.
+    pub fenced: Vec<String>,
+    /// Last known lag per replica, read on the primary: bytes and seconds (None: unknown).
+    pub last_known_lag: BTreeMap<String, (Option<i64>, Option<f64>)>,
+    /// Why automatic failover is not happening, when it is wanted but refused.
+    pub automatic: Option<String>,
     pub last_failover: Option<FailoverReport>,
 }
 
@@ -65,6 +72,10 @@ pub struct Group {
     health: Mutex<BTreeMap<String, MemberHealth>>,
     op: tokio::sync::Mutex<()>,
     last: Mutex<Option<FailoverReport>>,
+    fenced: Mutex<BTreeSet<String>>,
+    lag: Mutex<BTreeMap<String, (Option<i64>, Option<f64>)>>,
+    primary_down_since: Mutex<Option<Instant>>,
+    automatic: Mutex<Option<String>>,
 }
 
 /// `host:port` of a member's URL.
@@ -107,6 +118,18 @@ impl Group {
             health: Mutex::new(BTreeMap::new()),
             op: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
+            fenced: Mutex::new(
+                rec.fenced
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            lag: Mutex::new(BTreeMap::new()),
+            primary_down_since: Mutex::new(None),
+            automatic: Mutex::new(None),
         });
         let bind = |addr| async move {
             TcpListener::bind(addr)
@@ -147,6 +170,7 @@ impl Group {
                 .collect();
             for (m, role) in members {
                 let t = self.cfg.probe_timeout;
+                let is_primary = role == "primary";
                 let ok = tokio::time::timeout(t, async {
                     let c = pg::connect(&m.name, &m.url)
                         .await
@@ -154,10 +178,32 @@ impl Group {
                     c.simple_query("SELECT 1")
                         .await
                         .map_err(|e| e.to_string())?;
-                    Ok::<(), String>(())
+                    Ok::<_, String>(c)
                 })
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {t:?}")));
+                // The primary's view of each replica's lag: what a forced failover would lose.
+                let ok = match ok {
+                    Ok(c) => {
+                        if is_primary {
+                            match tokio::time::timeout(t, pg::replica_lag(&c, &db)).await {
+                                Ok(Ok(lags)) => {
+                                    if let Ok(mut l) = self.lag.lock() {
+                                        for (name, b, s) in lags {
+                                            l.insert(name, (b, s));
+                                        }
+                                    }
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(group = %self.cfg.name, error = %e, "cannot read replica lag")
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Ok(mut h) = self.health.lock() {
                     let e = h.entry(m.name.clone()).or_default();
                     e.member = m.name.clone();
@@ -181,6 +227,7 @@ impl Group {
                 }
             }
             self.update_read_only();
+            self.consider_automatic(&db).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.probe_interval) => {}
                 _ = stop.changed() => break,
@@ -188,20 +235,210 @@ impl Group {
         }
     }
 
-    /// Points the read-only listener at a healthy replica (or the primary, if allowed).
-    fn update_read_only(&self) {
-        let db = self.current_db();
-        let healthy = |name: &str| {
-            self.health
+    fn healthy(&self, name: &str) -> bool {
+        let fenced = self.fenced.lock().map(|f| f.contains(name)).unwrap_or(true);
+        !fenced
+            && self
+                .health
                 .lock()
                 .ok()
                 .and_then(|h| h.get(name).map(|m| m.healthy))
                 .unwrap_or(false)
+    }
+
+    /// Under `policy = "automatic"`: fail over once the primary has been unhealthy for the
+    /// whole grace period, to a healthy replica whose last known lag is within
+    /// `max_data_loss`; otherwise say why not.
+    async fn consider_automatic(&self, db: &Database) {
+        let primary_up = self
+            .health
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&db.primary.name).map(|m| m.healthy))
+            .unwrap_or(true);
+        let since = {
+            let Ok(mut d) = self.primary_down_since.lock() else {
+                return;
+            };
+            if primary_up {
+                *d = None;
+                None
+            } else {
+                Some(*d.get_or_insert_with(Instant::now))
+            }
         };
+        if self.cfg.policy != georep_core::FailoverPolicy::Automatic {
+            return;
+        }
+        let Some(since) = since else {
+            if let Ok(mut a) = self.automatic.lock() {
+                *a = None;
+            }
+            return;
+        };
+        if since.elapsed() < self.cfg.grace_period {
+            return;
+        }
+        let limit = self.cfg.max_data_loss.as_secs_f64();
+        let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
+        let candidate = db.replicas.iter().find(|r| {
+            self.healthy(&r.name)
+                && lags
+                    .get(&r.name)
+                    .and_then(|(_, s)| *s)
+                    .is_some_and(|s| s <= limit)
+        });
+        match candidate {
+            Some(r) => {
+                let name = r.name.clone();
+                tracing::warn!(group = %self.cfg.name, primary = %db.primary.name, to = %name, "primary unhealthy for the whole grace period: automatic failover");
+                if let Err(e) = self.force(Some(&name), "automatic").await {
+                    tracing::error!(group = %self.cfg.name, error = %e, "automatic failover failed");
+                }
+            }
+            None => {
+                let why = format!(
+                    "automatic failover refused: the primary '{}' has been unhealthy for {:.0}s, but no healthy replica's last known lag is within max_data_loss = {limit}s (last known: {})",
+                    db.primary.name,
+                    since.elapsed().as_secs_f64(),
+                    db.replicas
+                        .iter()
+                        .map(|r| format!(
+                            "{} {}",
+                            r.name,
+                            match lags.get(&r.name).and_then(|(_, s)| *s) {
+                                Some(s) => format!("{s:.1}s"),
+                                None => "unknown".into(),
+                            }
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let changed = self
+                    .automatic
+                    .lock()
+                    .map(|mut a| {
+                        let c = a.as_deref() != Some(why.as_str());
+                        *a = Some(why.clone());
+                        c
+                    })
+                    .unwrap_or(false);
+                if changed {
+                    tracing::warn!(group = %self.cfg.name, "{why}");
+                }
+            }
+        }
+    }
+
+    /// Forced failover: promote a replica without the primary (which is fenced for good
+    /// and needs a reseed), route to it, and record the estimated data loss.
+    pub async fn force(&self, to: Option<&str>, kind: &str) -> Result<FailoverReport> {
+        let _one = self.op.lock().await;
+        let db = self.current_db();
+        let target = match to {
+            Some(t) => db
+                .replicas
+                .iter()
+                .find(|r| r.name == t || r.region == t)
+                .cloned(),
+            None => db.replicas.iter().find(|r| self.healthy(&r.name)).cloned(),
+        }
+        .ok_or_else(|| {
+            FailoverError::Refused(format!(
+                "no such healthy replica of '{}' to promote",
+                db.name
+            ))
+        })?;
+        if !self.healthy(&target.name) {
+            return Err(FailoverError::Refused(format!(
+                "replica '{}' is not healthy (or fenced); promoting it would leave no working primary",
+                target.name
+            )));
+        }
+        let rec = self
+            .state
+            .failover(&self.cfg.name)?
+            .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
+        let epoch = rec.epoch + 1;
+        self.state.failover_history_start(
+            &self.cfg.name,
+            epoch,
+            kind,
+            &db.primary.name,
+            &target.name,
+        )?;
+        let held_at = Instant::now();
+        self.route.send_modify(|r| r.held = true);
+        let loss = self
+            .lag
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&target.name).cloned())
+            .unwrap_or((None, None));
+        if let Err(e) = pg::promote(&db, &target.name).await {
+            self.route.send_modify(|r| r.held = false);
+            return Err(e.into());
+        }
+        let mut fenced = self.fenced.lock().map(|f| f.clone()).unwrap_or_default();
+        fenced.insert(db.primary.name.clone());
+        let fenced_text = fenced.iter().cloned().collect::<Vec<_>>().join(",");
+        if !self.state.failover_advance(
+            &self.cfg.name,
+            epoch,
+            &target.name,
+            "stable",
+            Some(&fenced_text),
+        )? {
+            self.route.send_modify(|r| r.held = false);
+            return Err(FailoverError::Refused(format!(
+                "epoch {epoch} is not newer than the recorded one: another failover won; routing unchanged"
+            )));
+        }
+        if let Ok(mut f) = self.fenced.lock() {
+            *f = fenced;
+        }
+        if let Ok(mut p) = self.primary.lock() {
+            *p = target.name.clone();
+        }
+        let rw = address(&target.url);
+        self.route.send_modify(|r| {
+            r.epoch = epoch;
+            r.read_write = rw.clone();
+            r.held = false;
+        });
+        self.update_read_only();
+        let gap = held_at.elapsed().as_millis() as u64;
+        let data_loss = match loss {
+            (Some(b), Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
+            (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
+            _ => "unknown (no lag was seen)".into(),
+        };
+        self.state
+            .failover_history_finish(&self.cfg.name, epoch, gap as i64, &data_loss)?;
+        let report = FailoverReport {
+            kind: kind.to_string(),
+            from: db.primary.name.clone(),
+            to: target.name.clone(),
+            epoch,
+            write_gap_ms: gap,
+            catch_up_ms: 0,
+            data_loss,
+            finished_at: chrono::Utc::now().to_rfc3339(),
+        };
+        tracing::warn!(group = %self.cfg.name, epoch, from = %report.from, to = %report.to, data_loss = %report.data_loss, "forced failover done; the old primary is fenced and needs a reseed");
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(report.clone());
+        }
+        Ok(report)
+    }
+
+    /// Points the read-only listener at a healthy replica (or the primary, if allowed).
+    fn update_read_only(&self) {
+        let db = self.current_db();
         let ro = db
             .replicas
             .iter()
-            .find(|r| healthy(&r.name))
+            .find(|r| self.healthy(&r.name))
             .and_then(|r| address(&r.url))
             .or_else(|| {
                 self.cfg
@@ -238,6 +475,13 @@ impl Group {
                 .lock()
                 .map(|h| h.values().cloned().collect())
                 .unwrap_or_default(),
+            fenced: self
+                .fenced
+                .lock()
+                .map(|f| f.iter().cloned().collect())
+                .unwrap_or_default(),
+            last_known_lag: self.lag.lock().map(|l| l.clone()).unwrap_or_default(),
+            automatic: self.automatic.lock().ok().and_then(|a| a.clone()),
             last_failover: self.last.lock().ok().and_then(|l| l.clone()),
         })
     }
@@ -248,13 +492,7 @@ impl Group {
     pub async fn failover(&self, to: Option<&str>) -> Result<FailoverReport> {
         let _one = self.op.lock().await;
         let db = self.current_db();
-        let healthy = |name: &str| {
-            self.health
-                .lock()
-                .ok()
-                .and_then(|h| h.get(name).map(|m| m.healthy))
-                .unwrap_or(false)
-        };
+        let healthy = |name: &str| self.healthy(name);
         let target = match to {
             Some(t) => db
                 .replicas

@@ -344,9 +344,19 @@ impl Daemon {
     }
 
     /// Planned failover of a group to `to` (member name or region; default: a healthy replica).
-    pub async fn failover(&self, name: &str, to: Option<&str>) -> Result<serde_json::Value> {
+    pub async fn failover(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        force: bool,
+    ) -> Result<serde_json::Value> {
         let g = self.group(name)?.clone();
-        match g.failover(to).await {
+        let r = if force {
+            g.force(to, "forced").await
+        } else {
+            g.failover(to).await
+        };
+        match r {
             Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
             Err(georep_failover::FailoverError::Refused(m)) => Err(ReplicateError::Conflict(m)),
             Err(e) => Err(ReplicateError::Config(e.to_string())),

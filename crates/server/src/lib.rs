@@ -263,6 +263,8 @@ async fn group(
 #[derive(serde::Deserialize, Default)]
 struct FailoverBody {
     to: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
 async fn failover(
@@ -280,7 +282,11 @@ async fn failover(
             )
         })?
     };
-    Ok(Json(app.daemon.failover(&name, req.to.as_deref()).await?))
+    Ok(Json(
+        app.daemon
+            .failover(&name, req.to.as_deref(), req.force)
+            .await?,
+    ))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

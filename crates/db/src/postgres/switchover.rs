@@ -188,3 +188,76 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         sequences_set,
     })
 }
+
+/// Forced promotion of replica `to` while the primary is gone: the replica stops
+/// following (its subscription is dropped, the slot left behind on the dead primary is
+/// not touched) and becomes writable. What it had not received is lost; the caller
+/// estimates how much from the last lag it saw.
+pub async fn promote(db: &Database, to: &str) -> Result<()> {
+    let target = db.replicas.iter().find(|r| r.name == to).ok_or_else(|| {
+        DbError::InvalidConfig(format!("'{to}' is not a replica of database '{}'", db.name))
+    })?;
+    let who = format!("replica '{to}'");
+    let r = connect(&who, &target.url).await?;
+    let slot = subscription_name(db, &target.name);
+    let exists: bool = r
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&slot],
+        )
+        .await
+        .map(|row| row.get(0))
+        .map_err(|e| DbError::sql(&who, e))?;
+    if exists {
+        let sub = quote_ident(&slot);
+        for sql in [
+            format!("ALTER SUBSCRIPTION {sub} DISABLE"),
+            format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
+            format!("DROP SUBSCRIPTION {sub}"),
+        ] {
+            exec(&r, &who, &sql).await?;
+        }
+    }
+    let dbname: String = r
+        .query_one("SELECT current_database()", &[])
+        .await
+        .map(|row| row.get(0))
+        .map_err(|e| DbError::sql(&who, e))?;
+    exec(
+        &r,
+        &who,
+        &format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            quote_ident(&dbname)
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Last known lag of each replica, read on the primary: (bytes, seconds). Seconds are
+/// None when the replica is not connected (its lag in time is unknown).
+pub async fn replica_lag(
+    primary: &tokio_postgres::Client,
+    db: &Database,
+) -> Result<Vec<(String, Option<i64>, Option<f64>)>> {
+    let mut out = Vec::new();
+    for r in &db.replicas {
+        let slot = subscription_name(db, &r.name);
+        let row = primary
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+                 CASE WHEN w.pid IS NULL THEN NULL ELSE coalesce(EXTRACT(epoch FROM w.replay_lag)::float8, 0) END \
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication w ON w.application_name = s.slot_name \
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| DbError::sql("primary", e))?;
+        match row {
+            Some(row) => out.push((r.name.clone(), row.get(0), row.get(1))),
+            None => out.push((r.name.clone(), None, None)),
+        }
+    }
+    Ok(out)
+}
