@@ -15,6 +15,9 @@ use tokio::sync::watch;
 use crate::proxy::{self, Kind, Route};
 use crate::{FailoverError, Result};
 
+/// A replica's last known lag as seen by the primary: WAL bytes and seconds (None: unknown).
+pub type Lag = (Option<i64>, Option<f64>);
+
 /// What the probes last saw of one member.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemberHealth {
@@ -43,7 +46,7 @@ pub struct GroupStatus {
     /// needs `georep db reseed` before it can serve as a replica.
     pub fenced: Vec<String>,
     /// Last known lag per replica, read on the primary: bytes and seconds (None: unknown).
-    pub last_known_lag: BTreeMap<String, (Option<i64>, Option<f64>)>,
+    pub last_known_lag: BTreeMap<String, Lag>,
     /// Why automatic failover is not happening, when it is wanted but refused.
     pub automatic: Option<String>,
     pub last_failover: Option<FailoverReport>,
@@ -73,7 +76,7 @@ pub struct Group {
     op: tokio::sync::Mutex<()>,
     last: Mutex<Option<FailoverReport>>,
     fenced: Mutex<BTreeSet<String>>,
-    lag: Mutex<BTreeMap<String, (Option<i64>, Option<f64>)>>,
+    lag: Mutex<BTreeMap<String, Lag>>,
     primary_down_since: Mutex<Option<Instant>>,
     automatic: Mutex<Option<String>>,
 }
