@@ -11,7 +11,7 @@
 mod group;
 mod proxy;
 
-pub use group::{Group, GroupStatus, MemberHealth};
+pub use group::{FailoverReport, Group, GroupStatus, Lag, MemberHealth};
 pub use proxy::Route;
 
 /// Why a failover group operation failed.
