@@ -2,6 +2,7 @@
 //! done by the library crates; this is the only crate that prints.
 
 mod db;
+mod drill;
 mod failover;
 mod ls;
 mod output;
@@ -62,6 +63,9 @@ enum Command {
     /// Planned failover of a failover group, done by the running daemon: no acknowledged
     /// write is lost; prints the write-unavailability window.
     Failover(failover::FailoverArgs),
+    /// DR drill: planned failover and failback under a write load through the listener;
+    /// checks every acknowledged write and writes a report (Markdown and JSON).
+    Drill(drill::DrillArgs),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a),
             Command::Db(c) => db::run(c).await,
             Command::Failover(a) => failover::run(a).await,
+            Command::Drill(a) => drill::run(a).await,
         }
     });
     match result {

@@ -341,3 +341,59 @@ fn automatic_failover_is_refused_when_the_lag_exceeds_max_data_loss() {
     )
     .is_none());
 }
+
+#[test]
+fn drills_fail_over_and_back_with_zero_loss_and_write_a_report() {
+    let (_qc, _we, dir, cfg, _rw, _ro) = group_setup("");
+    let s = Serve::start(BIN, &cfg, &[]);
+    let reports = dir.path().join("reports");
+    for round in 0..2 {
+        let out = Command::new(BIN)
+            .args([
+                "drill",
+                "fg",
+                "-c",
+                cfg.to_str().expect("utf-8"),
+                "--api",
+                &s.base,
+                "--settle",
+                "1",
+                "--report-dir",
+            ])
+            .arg(&reports)
+            .output()
+            .expect("drill");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "drill {round} failed:\n{text}\n{}",
+            s.log_text()
+        );
+        assert!(text.contains("0 writes lost"), "{text}");
+    }
+    let mut jsons: Vec<_> = std::fs::read_dir(&reports)
+        .expect("reports")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jsons.sort();
+    assert_eq!(jsons.len(), 2, "{jsons:?}");
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&jsons[1]).expect("read")).expect("json");
+    assert_eq!(last["lost_writes"], 0);
+    assert!(
+        last["acknowledged_writes"].as_u64().unwrap_or(0) > 10,
+        "{last:#}"
+    );
+    assert!(
+        last["rto_failover_ms"].is_u64() && last["rto_failback_ms"].is_u64(),
+        "{last:#}"
+    );
+    assert_eq!(last["epochs"], json!([4, 5]));
+    assert!(jsons[1].with_extension("md").exists());
+}
