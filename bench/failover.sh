@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Failover-group benchmark on two local PostgreSQL clusters ("regions"), in one run:
+#   (1) listener throughput: pgbench select-only through the read-write listener against
+#       the same pgbench connecting directly (target >= 90% of direct)
+#   (2) DRILLS (default 20) consecutive `georep drill` runs (failover + failback under a
+#       write load): lost writes, RTO and write gap each way
+#   (3) automatic failover after SIGKILL of the primary's postmaster: time from the kill
+#       to the first write acknowledged through the listener, minus detection and grace
+# Run as root (clusters run as the postgres user). Data on a tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DRILLS=${DRILLS:-20}
+SECONDS_PGB=${SECONDS_PGB:-10}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+[ "$(id -u)" = 0 ] || { echo "run as root (clusters run as postgres)" >&2; exit 2; }
+B=$(mktemp -d /tmp/georep-fobench.XXXXXX)
+mount -t tmpfs -o size=2g georep-fobench "$B"; chown postgres:postgres "$B"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P1=$(free_port); P2=$(free_port); RW=$(free_port); RO=$(free_port); API=$(free_port)
+SERVE_PID=
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill $SERVE_PID 2>/dev/null || true
+  for d in $B/qc $B/we; do [ -d $d ] && runuser -u postgres -- $PGBIN/pg_ctl -D $d -m immediate stop >/dev/null 2>&1 || true; done
+  sleep 0.5; umount "$B"; rmdir "$B"
+}
+trap cleanup EXIT
+start() {
+  runuser -u postgres -- $PGBIN/initdb -D $1 -U postgres -A trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+  printf "listen_addresses = '127.0.0.1'\nwal_level = logical\nfsync = off\nmax_connections = 200\n" >> $1/postgresql.conf
+  runuser -u postgres -- $PGBIN/pg_ctl -D $1 -l $1.log -w -o "-p $2 -k $B" start >/dev/null
+}
+start $B/qc $P1; start $B/we $P2
+Q="postgres://postgres@127.0.0.1:$P1"; W="postgres://postgres@127.0.0.1:$P2"
+for u in $Q $W; do psql -q -d $u/postgres -c "CREATE DATABASE shop"; done
+pgbench -q -i -s 5 -d $Q/shop >/dev/null 2>&1
+psql -q -d $Q/shop -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY"
+
+echo "== building georep (release)"
+cargo build --release --locked -p georep >/dev/null 2>&1 || cargo build --release --locked -p georep
+GEOREP=$ROOT/target/release/georep
+topo() { # POLICY-LINES
+  cat > $B/georep.toml <<TOML
+[state]
+url = "sqlite://state/g.db"
+[server]
+listen = "127.0.0.1:$API"
+[regions.qc]
+[regions.we]
+[[databases]]
+name = "shop"
+engine = "postgres"
+primary = { region = "qc", url = "$Q/shop" }
+replicas = [ { region = "we", url = "$W/shop" } ]
+[[failover_groups]]
+name = "fg"
+database = "shop"
+read_write_listener = "127.0.0.1:$RW"
+read_only_listener = "127.0.0.1:$RO"
+probe_interval = "500ms"
+probe_timeout = "400ms"
+probe_failures = 2
+$1
+TOML
+}
+serve() {
+  $GEOREP serve -c $B/georep.toml --log-level warn > $B/serve.out 2> $B/serve.log &
+  SERVE_PID=$!
+  for _ in $(seq 200); do grep -q "API on" $B/serve.out 2>/dev/null && break; sleep 0.05; done
+}
+topo ""
+$GEOREP db setup shop -c $B/georep.toml >/dev/null 2>&1
+serve
+
+echo "== (1) pgbench -S (select-only), 8 clients, ${SECONDS_PGB}s: through the listener vs direct"
+tps() { pgbench -n -S -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
+D1=$(tps $Q/shop); L1=$(tps "postgres://postgres@127.0.0.1:$RW/shop"); D2=$(tps $Q/shop); L2=$(tps "postgres://postgres@127.0.0.1:$RW/shop")
+python3 -c "d=($D1+$D2)/2; l=($L1+$L2)/2; print(f'direct {d:.0f} tps, through the listener {l:.0f} tps: {l/d*100:.1f}% of direct (target >= 90%)')"
+echo "   (same, with a new connection per transaction: -C)"
+tpsc() { pgbench -n -S -C -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
+DC=$(tpsc $Q/shop); LC=$(tpsc "postgres://postgres@127.0.0.1:$RW/shop")
+python3 -c "print(f'   direct {$DC:.0f} tps, through the listener {$LC:.0f} tps: {$LC/$DC*100:.1f}% of direct')"
+
+echo "== (2) $DRILLS consecutive drills"
+mkdir -p $B/reports
+for i in $(seq $DRILLS); do
+  $GEOREP drill fg -c $B/georep.toml --settle 1 --report-dir $B/reports > $B/drill.$i.out 2>&1 || { echo "drill $i FAILED"; cat $B/drill.$i.out; }
+done
+python3 - $B/reports <<'PY'
+import json, glob, statistics as st, sys
+r = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/*.json"))]
+lost = sum(x["lost_writes"] for x in r); acked = sum(x["acknowledged_writes"] for x in r)
+def s(k): v = [x[k] for x in r if x.get(k) is not None]; return f"median {st.median(v):.0f} ms, max {max(v):.0f} ms"
+print(f"{len(r)} drills, {acked} acknowledged writes, {lost} lost; zero-loss drills: {sum(1 for x in r if x['lost_writes']==0)}/{len(r)}")
+print(f"write gap at the listener, failover: {s('write_gap_failover_ms')}; failback: {s('write_gap_failback_ms')}")
+print(f"RTO seen by the writer, failover: {s('rto_failover_ms')}; failback: {s('rto_failback_ms')}")
+PY
+
+echo "== (3) automatic failover after SIGKILL of the primary (grace 2s, probes 2 x 500ms)"
+kill $SERVE_PID; wait $SERVE_PID 2>/dev/null || true; SERVE_PID=
+topo $'policy = "automatic"\ngrace_period = "2s"\nmax_data_loss = "5s"'
+serve
+CUR=$(curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')
+if [ "$CUR" = "primary" ]; then DIR=$B/qc; else DIR=$B/we; fi
+sleep 2
+python3 - "$DIR" "postgres://postgres@127.0.0.1:$RW/shop" <<'PY'
+import subprocess, sys, time
+d, url = sys.argv[1], sys.argv[2]
+pid = open(d + "/postmaster.pid").readline().strip()
+t0 = time.time(); subprocess.run(["kill", "-9", pid])
+while True:
+    r = subprocess.run(["psql", "-X", "-q", "-d", url, "-c", "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 1, now())"], capture_output=True)
+    if r.returncode == 0: break
+    time.sleep(0.05)
+t = time.time() - t0
+print(f"first write through the listener {t:.2f}s after the kill; minus detection (~1.0s) and grace (2.0s): {t - 3.0:.2f}s (target < 5s)")
+PY
+curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; g=json.load(sys.stdin); print("epoch", g["epoch"], "primary", g["primary"], "fenced", g["fenced"], "; data loss:", g["last_failover"]["data_loss"])'
