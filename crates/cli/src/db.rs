@@ -30,6 +30,9 @@ pub(crate) enum DbCommand {
     Copy(CopyArgs),
     /// Remove subscriptions, slots and the publication on every member.
     Teardown(DbArgs),
+    /// Rebuild a fenced member (an old primary after a forced failover) as a replica of
+    /// the current primary; done by the running daemon.
+    Reseed(crate::failover::ReseedArgs),
 }
 
 #[derive(Args, Debug)]
@@ -322,6 +325,7 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
             }
             Ok(0)
         }
+        DbCommand::Reseed(a) => crate::failover::reseed(a).await,
         DbCommand::Teardown(a) => {
             let db = database(&a)?;
             let r = pg::teardown(&db).await?;

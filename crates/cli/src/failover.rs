@@ -92,3 +92,58 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
     }
     Ok(0)
 }
+
+#[derive(Args, Debug)]
+pub(crate) struct ReseedArgs {
+    /// The failover group.
+    pub(crate) group: String,
+    /// The fenced member to rebuild as a replica (e.g. the old primary).
+    pub(crate) member: String,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The daemon's API (default: http://[server] listen from the topology).
+    #[arg(long, value_name = "URL")]
+    pub(crate) api: Option<String>,
+}
+
+/// Asks the daemon to rebuild a fenced member as a replica of the current primary.
+pub(crate) async fn reseed(a: ReseedArgs) -> Result<u8> {
+    let t = load(&a.config.config)?;
+    let base = a
+        .api
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", t.server.listen));
+    let url = format!(
+        "{}/api/v1/failover-groups/{}/reseed",
+        base.trim_end_matches('/'),
+        a.group
+    );
+    let mut req = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "member": a.member }).to_string());
+    if let Some(tok) = &t.server.token {
+        req = req.bearer_auth(tok);
+    }
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach the georep daemon at {base}: is `georep serve` running?")
+    })?;
+    let status = resp.status();
+    let v: serde_json::Value =
+        serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or_default();
+    if !status.is_success() {
+        eprintln!(
+            "georep: reseed refused ({status}): {}",
+            v["error"].as_str().unwrap_or("error")
+        );
+        return Ok(2);
+    }
+    println!(
+        "{}: '{}' rebuilt as a replica ({} tables copied in {:.1}s); it is routed to again",
+        a.group,
+        a.member,
+        v["tables"].as_array().map(Vec::len).unwrap_or(0),
+        v["seconds"].as_f64().unwrap_or(0.0)
+    );
+    Ok(0)
+}

@@ -363,6 +363,16 @@ impl Daemon {
         }
     }
 
+    /// Rebuilds a fenced member of a group as a replica.
+    pub async fn reseed(&self, name: &str, member: &str) -> Result<serde_json::Value> {
+        let g = self.group(name)?.clone();
+        match g.reseed(member).await {
+            Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
+            Err(georep_failover::FailoverError::Refused(m)) => Err(ReplicateError::Conflict(m)),
+            Err(e) => Err(ReplicateError::Config(e.to_string())),
+        }
+    }
+
     pub fn has_policy(&self, name: &str) -> bool {
         self.policies.contains_key(name)
     }

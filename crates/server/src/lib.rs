@@ -67,6 +67,7 @@ pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
         .route("/api/v1/failover-groups", get(groups))
         .route("/api/v1/failover-groups/{name}", get(group))
         .route("/api/v1/failover-groups/{name}/failover", post(failover))
+        .route("/api/v1/failover-groups/{name}/reseed", post(reseed))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -287,6 +288,25 @@ async fn failover(
             .failover(&name, req.to.as_deref(), req.force)
             .await?,
     ))
+}
+
+#[derive(serde::Deserialize)]
+struct ReseedBody {
+    member: String,
+}
+
+async fn reseed(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: ReseedBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"member\": \"NAME\"}}: {e}"),
+        )
+    })?;
+    Ok(Json(app.daemon.reseed(&name, &req.member).await?))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

@@ -810,6 +810,15 @@ impl State {
         Ok(n == 1)
     }
 
+    /// Replaces a group's fenced members (after a reseed), keeping its epoch.
+    pub fn failover_set_fenced(&self, group: &str, fenced: Option<&str>) -> Result<()> {
+        self.lock().execute(
+            "UPDATE failover SET fenced = ?2, updated_at = ?3 WHERE grp = ?1",
+            params![group, fenced, crate::now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Records the start of a role change.
     pub fn failover_history_start(
         &self,

@@ -20,7 +20,7 @@ pub use ddl::{ddl, primary_first, DdlReport};
 pub use drift::{schema_drift, sequence_drift, sync_sequences, SchemaDiff, SequenceDrift};
 pub use setup::{setup, SetupProgress, SetupReport};
 pub use status::{status, ReplicaStatus};
-pub use switchover::{promote, replica_lag, rotated, switchover, SwitchoverReport};
+pub use switchover::{prepare_reseed, promote, replica_lag, rotated, switchover, SwitchoverReport};
 pub use teardown::{teardown, TeardownReport};
 pub use verify::{verify, RangeDiff, TableCheck, VerifyOptions, VerifyReport};
 

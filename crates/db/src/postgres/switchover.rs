@@ -261,3 +261,74 @@ pub async fn replica_lag(
     }
     Ok(out)
 }
+
+/// Empties a former primary so it can be set up again as a replica of `db` (whose
+/// primary is the current one): its georep publication and subscriptions are dropped and
+/// the replicated tables truncated. Run `setup` afterwards.
+pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
+    let who = format!("member '{}'", member.name);
+    let c = connect(&who, &member.url).await?;
+    let p = connect("primary", &db.primary.url).await?;
+    let tables = selected_tables(&p, db, "primary").await?;
+    let prefix = format!("{}_", publication_name(db));
+    let subs: Vec<String> = c
+        .query(
+            "SELECT subname::text FROM pg_subscription WHERE subname LIKE $1 || '%'",
+            &[&prefix],
+        )
+        .await
+        .map_err(|e| DbError::sql(&who, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in subs {
+        let q = quote_ident(&s);
+        for sql in [
+            format!("ALTER SUBSCRIPTION {q} DISABLE"),
+            format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"),
+            format!("DROP SUBSCRIPTION {q}"),
+        ] {
+            exec(&c, &who, &sql).await?;
+        }
+    }
+    exec(
+        &c,
+        &who,
+        &format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&publication_name(db))
+        ),
+    )
+    .await?;
+    // Slots a former primary still holds for others would keep WAL forever.
+    c.query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name LIKE $1 || '%' AND NOT active",
+        &[&prefix],
+    )
+    .await
+    .map_err(|e| DbError::sql(&who, e))?;
+    let list = tables
+        .iter()
+        .map(|t| quote_table(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !list.is_empty() {
+        exec(&c, &who, &format!("TRUNCATE {list} CASCADE")).await?;
+    }
+    let dbname: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql(&who, e))?;
+    exec(
+        &c,
+        &who,
+        &format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            quote_ident(&dbname)
+        ),
+    )
+    .await?;
+    Ok(())
+}
