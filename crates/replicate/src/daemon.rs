@@ -30,6 +30,7 @@ pub struct Daemon {
     breached: Mutex<HashMap<(String, String), bool>>,
     databases: Arc<Mutex<BTreeMap<String, crate::databases::DatabaseStatus>>>,
     groups: BTreeMap<String, Arc<georep_failover::Group>>,
+    group_metrics: Option<crate::databases::GroupMetrics>,
 }
 
 /// What a webhook delivery did.
@@ -107,6 +108,8 @@ impl Daemon {
             policies.insert(p.name.clone(), Arc::new(rt));
         }
         let (stop, _) = watch::channel(false);
+        let group_metrics = (!topo.failover_groups.is_empty())
+            .then(|| crate::databases::GroupMetrics::register(&metrics));
         // Failover groups bind their listeners now: a taken address stops start-up.
         let mut groups = BTreeMap::new();
         for g in &topo.failover_groups {
@@ -132,6 +135,7 @@ impl Daemon {
             watchers: Mutex::new(Vec::new()),
             breached: Mutex::new(HashMap::new()),
             databases: Arc::new(Mutex::new(BTreeMap::new())),
+            group_metrics,
             groups,
         });
         daemon.spawn_all();
@@ -237,6 +241,13 @@ impl Daemon {
 
     /// Updates the gauges from the state store and logs RPO breaches as they start and end.
     fn refresh(&self) {
+        if let Some(gm) = &self.group_metrics {
+            for g in self.groups.values() {
+                if let Ok(s) = g.status() {
+                    gm.update(&s);
+                }
+            }
+        }
         let now = georep_state::now_ms();
         for rt in self.policies.values() {
             let name = rt.name();

@@ -212,3 +212,84 @@ pub(crate) async fn run(
         }
     }
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupLabel {
+    group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct MemberLabel {
+    group: String,
+    member: String,
+    region: String,
+}
+
+/// Gauges for failover groups.
+pub(crate) struct GroupMetrics {
+    epoch: Family<GroupLabel, Gauge>,
+    healthy: Family<MemberLabel, Gauge>,
+    primary: Family<MemberLabel, Gauge>,
+    fenced: Family<MemberLabel, Gauge>,
+    held: Family<GroupLabel, Gauge>,
+}
+
+impl GroupMetrics {
+    pub(crate) fn register(m: &Metrics) -> Self {
+        let g = Self {
+            epoch: Default::default(),
+            healthy: Default::default(),
+            primary: Default::default(),
+            fenced: Default::default(),
+            held: Default::default(),
+        };
+        m.register(
+            "failover_epoch",
+            "A failover group's current epoch (one per role change)",
+            g.epoch.clone(),
+        );
+        m.register(
+            "failover_member_healthy",
+            "1 while a member passes its health probes",
+            g.healthy.clone(),
+        );
+        m.register(
+            "failover_member_primary",
+            "1 for the member the read-write listener routes to",
+            g.primary.clone(),
+        );
+        m.register(
+            "failover_member_fenced",
+            "1 for a member never routed to again until reseeded",
+            g.fenced.clone(),
+        );
+        m.register(
+            "failover_connections_held",
+            "1 while a role change holds new connections",
+            g.held.clone(),
+        );
+        g
+    }
+
+    pub(crate) fn update(&self, s: &georep_failover::GroupStatus) {
+        let gl = GroupLabel {
+            group: s.name.clone(),
+        };
+        self.epoch.get_or_create(&gl).set(s.epoch);
+        self.held.get_or_create(&gl).set(s.route.held as i64);
+        for m in &s.members {
+            let l = MemberLabel {
+                group: s.name.clone(),
+                member: m.member.clone(),
+                region: m.region.clone(),
+            };
+            self.healthy.get_or_create(&l).set(m.healthy as i64);
+            self.primary
+                .get_or_create(&l)
+                .set((m.member == s.primary) as i64);
+            self.fenced
+                .get_or_create(&l)
+                .set(s.fenced.contains(&m.member) as i64);
+        }
+    }
+}
