@@ -35,41 +35,7 @@ fn psql(url: &str, sql: &str) -> Option<String> {
 
 #[test]
 fn planned_failover_loses_no_acknowledged_write_and_survives_a_restart() {
-    let (qc, we) = (Postgres::start(&[]), Postgres::start(&[]));
-    for pg in [&qc, &we] {
-        pg.create_db("shop");
-    }
-    qc.psql(
-        "shop",
-        "CREATE TABLE w (id bigserial PRIMARY KEY, v text UNIQUE NOT NULL)",
-    );
-    let (rw, ro) = (free_port(), free_port());
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = dir.path().join("georep.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[state]\nurl = \"sqlite://state/g.db\"\n[regions.qc]\n[regions.we]\n\
-             [[databases]]\nname = \"shop\"\nengine = \"postgres\"\n\
-             primary = {{ region = \"qc\", url = \"{}\" }}\nreplicas = [ {{ region = \"we\", url = \"{}\" }} ]\n\
-             [[failover_groups]]\nname = \"fg\"\ndatabase = \"shop\"\n\
-             read_write_listener = \"127.0.0.1:{rw}\"\nread_only_listener = \"127.0.0.1:{ro}\"\n\
-             probe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\n",
-            qc.url("shop"),
-            we.url("shop")
-        ),
-    )
-    .expect("write topology");
-    let c = cfg.to_str().expect("utf-8");
-    let out = Command::new(BIN)
-        .args(["db", "setup", "shop", "-c", c])
-        .output()
-        .expect("setup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (qc, we, _dir, cfg, rw, ro) = group_setup("");
     let mut s = Serve::start(BIN, &cfg, &[]);
     let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
     let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");

@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::conn::{connect, redact};
-use super::{quote_ident, quote_table};
+use super::conn::connect;
+use super::{quote_ident, quote_table, schema_dump};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone)]
@@ -38,39 +38,6 @@ pub struct CopyReport {
     pub bytes: u64,
     pub sequences: usize,
     pub seconds: f64,
-}
-
-async fn pg_dump(url: &str, section: &str, tables: &[String]) -> Result<String> {
-    let mut cmd = tokio::process::Command::new("pg_dump");
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-    ])
-    .arg(format!("--section={section}"));
-    for t in tables {
-        let (s, n) = t.split_once('.').unwrap_or(("public", t));
-        cmd.arg("-t")
-            .arg(format!("{}.{}", quote_ident(s), quote_ident(n)));
-    }
-    cmd.arg("-d").arg(url).stdin(std::process::Stdio::null());
-    let out = cmd.output().await.map_err(|e| {
-        DbError::Tool(format!("cannot run pg_dump ({e}); install the PostgreSQL client tools (apt-get install -y postgresql-client)"))
-    })?;
-    if !out.status.success() {
-        return Err(DbError::Tool(format!(
-            "pg_dump of {} failed: {}",
-            redact(url),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n"))
 }
 
 /// Bytes gathered before they are handed to the target connection.
@@ -294,7 +261,7 @@ pub async fn copy(
             .await
             .map_err(|e| DbError::sql("target", e))?;
     }
-    let pre = pg_dump(from, "pre-data", &tables).await?;
+    let pre = schema_dump(from, Some("pre-data"), &tables).await?;
     dst.batch_execute(&pre)
         .await
         .map_err(|e| DbError::sql("target", e))?;
@@ -315,7 +282,7 @@ pub async fn copy(
     // The post-data DDL is fetched while the data streams.
     let post = tokio::spawn({
         let (from, tables) = (from.to_string(), tables.clone());
-        async move { pg_dump(&from, "post-data", &tables).await }
+        async move { schema_dump(&from, Some("post-data"), &tables).await }
     });
     let totals: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>, usize)> = tables
         .iter()

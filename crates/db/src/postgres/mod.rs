@@ -52,6 +52,70 @@ fn ident(s: &str) -> String {
     out
 }
 
+/// Table definitions from `pg_dump --schema-only` (one `--section` of them, if given),
+/// ready to run over a SQL connection.
+pub(crate) async fn schema_dump(
+    url: &str,
+    section: Option<&str>,
+    tables: &[String],
+) -> crate::Result<String> {
+    let mut cmd = tokio::process::Command::new("pg_dump");
+    cmd.args([
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--no-publications",
+        "--no-subscriptions",
+    ]);
+    if let Some(s) = section {
+        cmd.arg(format!("--section={s}"));
+    }
+    for t in tables {
+        let (s, n) = t.split_once('.').unwrap_or(("public", t));
+        cmd.arg("-t")
+            .arg(format!("{}.{}", quote_ident(s), quote_ident(n)));
+    }
+    cmd.arg("-d").arg(url).stdin(std::process::Stdio::null());
+    let out = cmd.output().await.map_err(|e| {
+        crate::DbError::Tool(format!(
+            "cannot run pg_dump ({e}); install the PostgreSQL client tools (apt-get install -y postgresql-client) matching the server's major version"
+        ))
+    })?;
+    if !out.status.success() {
+        return Err(crate::DbError::Tool(format!(
+            "pg_dump --schema-only of {} failed: {}",
+            conn::redact(url),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Newer pg_dump wraps its output in psql-only \restrict lines; drop them.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Stops a subscription and drops it without touching its slot (the caller drops the
+/// slot on the publisher, or the publisher is gone).
+pub(crate) async fn drop_subscription(
+    c: &tokio_postgres::Client,
+    who: &str,
+    name: &str,
+) -> crate::Result<()> {
+    let q = quote_ident(name);
+    for sql in [
+        format!("ALTER SUBSCRIPTION {q} DISABLE"),
+        format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"),
+        format!("DROP SUBSCRIPTION {q}"),
+    ] {
+        c.batch_execute(&sql)
+            .await
+            .map_err(|e| crate::DbError::sql(who, e))?;
+    }
+    Ok(())
+}
+
 /// `"schema"."table"`, quoted for SQL.
 pub(crate) fn quote_table(qualified: &str) -> String {
     let (schema, table) = qualified.split_once('.').unwrap_or(("public", qualified));

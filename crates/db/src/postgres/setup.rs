@@ -6,8 +6,10 @@ use georep_core::{Database, DbMember};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::conn::{connect, redact};
-use super::{publication_name, quote_ident, quote_literal, quote_table, subscription_name};
+use super::conn::connect;
+use super::{
+    publication_name, quote_ident, quote_literal, quote_table, schema_dump, subscription_name,
+};
 use crate::error::{DbError, Result};
 
 /// What `setup` is doing, for a progress display.
@@ -225,45 +227,6 @@ async fn check(
     Ok(bad)
 }
 
-/// Table definitions for `tables`, from `pg_dump --schema-only`.
-async fn dump_schema(primary_url: &str, tables: &[String]) -> Result<String> {
-    let mut cmd = tokio::process::Command::new("pg_dump");
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-        "--no-comments",
-    ]);
-    for t in tables {
-        let (s, n) = t.split_once('.').unwrap_or(("public", t));
-        cmd.arg("-t")
-            .arg(format!("{}.{}", quote_ident(s), quote_ident(n)));
-    }
-    cmd.arg("-d").arg(primary_url);
-    cmd.stdin(std::process::Stdio::null());
-    let out = cmd.output().await.map_err(|e| {
-        DbError::Tool(format!(
-            "cannot run pg_dump ({e}); install the PostgreSQL client tools (apt-get install -y postgresql-client) matching the primary's major version"
-        ))
-    })?;
-    if !out.status.success() {
-        return Err(DbError::Tool(format!(
-            "pg_dump --schema-only of the primary ({}) failed: {}",
-            redact(primary_url),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Newer pg_dump wraps its output in psql-only \restrict lines; drop them.
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
 /// Sets up (or completes, on a re-run) every replica of `db`, returning when every
 /// table is synchronized. Writes on the primary during the initial copy are not lost:
 /// each subscription's slot is created before its copy starts, and changes after that
@@ -313,7 +276,7 @@ pub async fn setup(
                     .await
                     .map_err(|e| DbError::sql(&who, e))?;
             }
-            let ddl = dump_schema(&db.primary.url, &missing).await?;
+            let ddl = schema_dump(&db.primary.url, None, &missing).await?;
             c.batch_execute(&ddl)
                 .await
                 .map_err(|e| DbError::sql(&who, e))?;

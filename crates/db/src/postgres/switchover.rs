@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::conn::connect;
 use super::drift::push_sequences;
 use super::setup::selected_tables;
-use super::{publication_name, quote_ident, quote_literal, quote_table, subscription_name};
+use super::{
+    drop_subscription, publication_name, quote_ident, quote_literal, quote_table, subscription_name,
+};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,14 +125,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let sequences_set = push_sequences(&p, &r, &target.name, &tables, 0).await?;
 
     // 4. Promote: the replica stops following (its slot is dropped on the old primary).
-    let sub = quote_ident(&slot);
-    for sql in [
-        format!("ALTER SUBSCRIPTION {sub} DISABLE"),
-        format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
-        format!("DROP SUBSCRIPTION {sub}"),
-    ] {
-        exec(&r, &rwho, &sql).await?;
-    }
+    drop_subscription(&r, &rwho, &slot).await?;
     p.query(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
         &[&slot],
@@ -209,14 +204,7 @@ pub async fn promote(db: &Database, to: &str) -> Result<()> {
         .map(|row| row.get(0))
         .map_err(|e| DbError::sql(&who, e))?;
     if exists {
-        let sub = quote_ident(&slot);
-        for sql in [
-            format!("ALTER SUBSCRIPTION {sub} DISABLE"),
-            format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
-            format!("DROP SUBSCRIPTION {sub}"),
-        ] {
-            exec(&r, &who, &sql).await?;
-        }
+        drop_subscription(&r, &who, &slot).await?;
     }
     let dbname: String = r
         .query_one("SELECT current_database()", &[])
@@ -282,14 +270,7 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
         .map(|r| r.get(0))
         .collect();
     for s in subs {
-        let q = quote_ident(&s);
-        for sql in [
-            format!("ALTER SUBSCRIPTION {q} DISABLE"),
-            format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"),
-            format!("DROP SUBSCRIPTION {q}"),
-        ] {
-            exec(&c, &who, &sql).await?;
-        }
+        drop_subscription(&c, &who, &s).await?;
     }
     exec(
         &c,

@@ -7,7 +7,7 @@ use georep_core::Database;
 use serde::Serialize;
 
 use super::conn::connect;
-use super::{publication_name, quote_ident, subscription_name};
+use super::{drop_subscription, publication_name, quote_ident, subscription_name};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -36,13 +36,7 @@ pub async fn teardown(db: &Database) -> Result<TeardownReport> {
                 if let Some(oid) = oid {
                     // Detach the slot first: the primary's slot is dropped below, even if
                     // this replica could not reach the primary itself.
-                    for sql in [
-                        format!("ALTER SUBSCRIPTION {} DISABLE", quote_ident(&sub)),
-                        format!("ALTER SUBSCRIPTION {} SET (slot_name = NONE)", quote_ident(&sub)),
-                        format!("DROP SUBSCRIPTION {}", quote_ident(&sub)),
-                    ] {
-                        c.batch_execute(&sql).await.map_err(|e| DbError::sql(&who, e))?;
-                    }
+                    drop_subscription(&c, &who, &sub).await?;
                     rep.subscriptions_dropped.push(format!("{} on {}", sub, r.name));
                     sync_prefixes.push(format!("pg_{oid}_sync_"));
                 }
