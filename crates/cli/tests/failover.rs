@@ -147,28 +147,55 @@ fn group_setup(
     u16,
     u16,
 ) {
-    let (qc, we) = (Postgres::start(&[]), Postgres::start(&[]));
-    for pg in [&qc, &we] {
+    let (mut pgs, dir, cfg, rw, ro) = members_setup(policy, &["we"]);
+    let we = pgs.pop().expect("replica");
+    let qc = pgs.pop().expect("primary");
+    (qc, we, dir, cfg, rw, ro)
+}
+
+/// A primary (member `primary`, region qc) and one replica per region in `replicas`
+/// (members named by region), set up, with one failover group `fg` over them.
+fn members_setup(
+    policy: &str,
+    replicas: &[&str],
+) -> (
+    Vec<Postgres>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    u16,
+    u16,
+) {
+    let pgs: Vec<Postgres> = (0..=replicas.len()).map(|_| Postgres::start(&[])).collect();
+    for pg in &pgs {
         pg.create_db("shop");
     }
-    qc.psql(
+    pgs[0].psql(
         "shop",
         "CREATE TABLE w (id bigserial PRIMARY KEY, v text UNIQUE NOT NULL)",
     );
     let (rw, ro) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("georep.toml");
+    let regions: String = std::iter::once("qc")
+        .chain(replicas.iter().copied())
+        .map(|r| format!("[regions.{r}]\n"))
+        .collect();
+    let members = replicas
+        .iter()
+        .zip(&pgs[1..])
+        .map(|(r, pg)| format!("{{ region = \"{r}\", url = \"{}\" }}", pg.url("shop")))
+        .collect::<Vec<_>>()
+        .join(", ");
     std::fs::write(
         &cfg,
         format!(
-            "[state]\nurl = \"sqlite://state/g.db\"\n[regions.qc]\n[regions.we]\n\
+            "[state]\nurl = \"sqlite://state/g.db\"\n{regions}\
              [[databases]]\nname = \"shop\"\nengine = \"postgres\"\n\
-             primary = {{ region = \"qc\", url = \"{}\" }}\nreplicas = [ {{ region = \"we\", url = \"{}\" }} ]\n\
+             primary = {{ region = \"qc\", url = \"{}\" }}\nreplicas = [ {members} ]\n\
              [[failover_groups]]\nname = \"fg\"\ndatabase = \"shop\"\n\
              read_write_listener = \"127.0.0.1:{rw}\"\nread_only_listener = \"127.0.0.1:{ro}\"\n\
              probe_interval = \"300ms\"\nprobe_timeout = \"250ms\"\nprobe_failures = 2\n{policy}\n",
-            qc.url("shop"),
-            we.url("shop")
+            pgs[0].url("shop"),
         ),
     )
     .expect("write topology");
@@ -181,7 +208,188 @@ fn group_setup(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (qc, we, dir, cfg, rw, ro)
+    (pgs, dir, cfg, rw, ro)
+}
+
+/// Starts the daemon with `GEOREP_CRASH_AT=point`, asks for a planned failover to `to`,
+/// and waits for the daemon to die at that point.
+fn crash_during_failover(cfg: &std::path::Path, to: &str, point: &str) {
+    let mut s = Serve::start(BIN, cfg, &[("GEOREP_CRASH_AT".into(), point.into())]);
+    let sent = s
+        .http
+        .post(format!("{}/api/v1/failover-groups/fg/failover", s.base))
+        .header("content-type", "application/json")
+        .body(json!({ "to": to }).to_string())
+        .send();
+    assert!(
+        sent.is_err(),
+        "the daemon answered instead of crashing: {sent:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || s.exited()),
+        "the daemon did not stop at {point}"
+    );
+    assert!(
+        s.log_text().contains(&format!("GEOREP_CRASH_AT={point}")),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
+    let (qc, we, _dir, cfg, rw, ro) = group_setup("");
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");
+    let port = || psql(&via_rw, "SELECT inet_server_port()");
+
+    // Crash after the fence, before the promotion: rolled back, the old primary
+    // takes writes again and still replicates.
+    crash_during_failover(&cfg, "we", "switchover-fenced");
+    let s = restart_settled(&cfg, 2, "primary", "rolled back");
+    assert_eq!(port(), Some(qc.port.to_string()));
+    assert!(
+        psql(&via_rw, "INSERT INTO w (v) VALUES ('after-rollback')").is_some(),
+        "the old primary is still fenced:\n{}",
+        s.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(30), || we.psql(
+        "shop",
+        "SELECT count(*) FROM w WHERE v = 'after-rollback'"
+    ) == "1"));
+    drop(s);
+
+    // Crash right after the promotion: finished, the old primary follows the new one.
+    crash_during_failover(&cfg, "we", "switchover-promoted");
+    let s = restart_settled(&cfg, 3, "we", "finished");
+    assert_eq!(port(), Some(we.port.to_string()));
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-finish')").is_some());
+    assert!(
+        wait_until(Duration::from_secs(30), || qc.psql(
+            "shop",
+            "SELECT count(*) FROM w WHERE v IN ('after-rollback', 'after-finish')"
+        ) == "2"),
+        "the old primary does not follow the new one:\n{}",
+        s.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(30), || psql(
+        &via_ro,
+        "SELECT inet_server_port()"
+    ) == Some(
+        qc.port.to_string()
+    )));
+    drop(s);
+
+    // Crash after every database step, before the new epoch was recorded: finishing
+    // again changes nothing in the databases and routes to the new primary.
+    crash_during_failover(&cfg, "primary", "failover-before-route");
+    let s = restart_settled(&cfg, 4, "primary", "finished");
+    assert_eq!(port(), Some(qc.port.to_string()));
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-back')").is_some());
+    assert!(
+        wait_until(Duration::from_secs(30), || we
+            .psql("shop", "SELECT count(*) FROM w WHERE v LIKE 'after-%'")
+            == "3"),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// Restarts the daemon and waits until the interrupted failover is settled at `epoch`
+/// with `primary`, its history saying `outcome`.
+fn restart_settled(cfg: &std::path::Path, epoch: i64, primary: &str, outcome: &str) -> Serve {
+    let s = Serve::start(BIN, cfg, &[]);
+    let mut g = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            g["unsettled"] == false
+        }),
+        "not settled: {g:#}\n{}",
+        s.log_text()
+    );
+    assert_eq!(
+        (
+            g["epoch"].clone(),
+            g["primary"].clone(),
+            g["fenced"].clone()
+        ),
+        (json!(epoch), json!(primary), json!([])),
+        "{g:#}"
+    );
+    assert!(
+        g["history"][0]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(outcome),
+        "{g:#}"
+    );
+    s
+}
+
+#[test]
+fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
+    let (pgs, _dir, cfg, rw, _ro) = members_setup("", &["we", "au"]);
+    let (qc, we, au) = (&pgs[0], &pgs[1], &pgs[2]);
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    let mut s = Serve::start(BIN, &cfg, &[]);
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('one')").is_some());
+
+    // Planned: au has everything up to the fence, so it follows we from there.
+    let r = s.post("/api/v1/failover-groups/fg/failover", &json!({"to": "we"}));
+    assert_eq!(r["repointed"], json!(["au"]), "{r:#}");
+    assert_eq!(r["left_behind"], json!({}), "{r:#}");
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('two')").is_some());
+    for pg in [qc, au] {
+        assert!(
+            wait_until(Duration::from_secs(30), || pg
+                .psql("shop", "SELECT string_agg(v, ',' ORDER BY v) FROM w")
+                == "one,two"),
+            "member on port {} did not get the new primary's write:\n{}",
+            pg.port,
+            s.log_text()
+        );
+    }
+
+    // Forced, with au behind the member promoted: au would miss writes, so it is
+    // fenced for a reseed instead of following.
+    au.psql("shop", "ALTER SUBSCRIPTION georep_shop_au DISABLE");
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('three')").is_some());
+    assert!(wait_until(Duration::from_secs(30), || qc
+        .psql("shop", "SELECT count(*) FROM w")
+        == "3"));
+    we.kill9();
+    let r = s.post(
+        "/api/v1/failover-groups/fg/failover",
+        &json!({"to": "primary", "force": true}),
+    );
+    assert_eq!(r["to"], "primary", "{r:#}");
+    assert!(r["left_behind"]["au"].is_string(), "{r:#}");
+    let g = s.get("/api/v1/failover-groups/fg");
+    assert_eq!(g["fenced"], json!(["au", "we"]), "{g:#}");
+    assert!(
+        psql(&via_rw, "INSERT INTO w (v) VALUES ('four')").is_some(),
+        "no write through the listener after the forced failover: {:?}\n{}",
+        Command::new("psql")
+            .args([
+                "-X",
+                "-d",
+                &via_rw,
+                "-c",
+                "INSERT INTO w (v) VALUES ('four')"
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string()),
+        s.log_text()
+    );
+    assert_eq!(qc.psql("shop", "SELECT count(*) FROM w"), "4");
+    // Its sequence was moved past the rows it had received, by the margin.
+    let ids = qc.psql(
+        "shop",
+        "SELECT max(id) FILTER (WHERE v = 'four') - max(id) FILTER (WHERE v <> 'four') FROM w",
+    );
+    assert!(ids.parse::<i64>().is_ok_and(|d| d > 1), "{ids}");
+    s.kill9();
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! planned failover.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use georep_core::{Database, FailoverGroup};
+use georep_core::{crash_point, Database, FailoverGroup};
 use georep_db::postgres as pg;
 use georep_state::State;
 use serde::Serialize;
@@ -50,6 +51,10 @@ pub struct GroupStatus {
     /// Why automatic failover is not happening, when it is wanted but refused.
     pub automatic: Option<String>,
     pub last_failover: Option<FailoverReport>,
+    /// An interrupted role change is being settled; new connections are held meanwhile.
+    pub unsettled: bool,
+    /// The latest role changes, newest first, including rolled-back attempts.
+    pub history: Vec<georep_state::FailoverEvent>,
 }
 
 /// What a failover did.
@@ -64,6 +69,12 @@ pub struct FailoverReport {
     pub catch_up_ms: u64,
     pub data_loss: String,
     pub finished_at: String,
+    /// Other replicas now following the new primary.
+    pub repointed: Vec<String>,
+    /// Members that now need `georep db reseed`, with why.
+    pub left_behind: BTreeMap<String, String>,
+    /// `done`, or how an interrupted change was finished.
+    pub outcome: String,
 }
 
 pub struct Group {
@@ -79,6 +90,8 @@ pub struct Group {
     lag: Mutex<BTreeMap<String, Lag>>,
     primary_down_since: Mutex<Option<Instant>>,
     automatic: Mutex<Option<String>>,
+    /// A role change was interrupted and is not settled yet: new connections are held.
+    unsettled: AtomicBool,
 }
 
 /// `host:port` of a member's URL.
@@ -97,8 +110,9 @@ impl Group {
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>> {
         let rec = state.failover_init(&cfg.name, &db.primary.name)?;
-        if rec.state != "stable" {
-            tracing::warn!(group = %cfg.name, state = %rec.state, "resuming with the recorded primary after an interrupted role change");
+        let unsettled = rec.state != "stable";
+        if unsettled {
+            tracing::warn!(group = %cfg.name, epoch = rec.epoch, "a role change was interrupted: new connections are held until it is rolled back or finished");
         }
         let current = pg::rotated(&db, &rec.primary);
         let route = Route {
@@ -109,7 +123,7 @@ impl Group {
             } else {
                 None
             },
-            held: false,
+            held: unsettled,
         };
         let (tx, _) = watch::channel(route);
         let group = Arc::new(Self {
@@ -133,6 +147,7 @@ impl Group {
             lag: Mutex::new(BTreeMap::new()),
             primary_down_since: Mutex::new(None),
             automatic: Mutex::new(None),
+            unsettled: AtomicBool::new(unsettled),
         });
         let bind = |addr| async move {
             TcpListener::bind(addr)
@@ -167,6 +182,9 @@ impl Group {
 
     async fn probe_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
+            if self.unsettled.load(Ordering::SeqCst) && self.recover().await {
+                self.unsettled.store(false, Ordering::SeqCst);
+            }
             let db = self.current_db();
             let members: Vec<_> = std::iter::once((db.primary.clone(), "primary"))
                 .chain(db.replicas.iter().map(|r| (r.clone(), "replica")))
@@ -363,13 +381,8 @@ impl Group {
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
         let epoch = rec.epoch + 1;
-        self.state.failover_history_start(
-            &self.cfg.name,
-            epoch,
-            kind,
-            &db.primary.name,
-            &target.name,
-        )?;
+        self.state
+            .failover_begin(&self.cfg.name, epoch, kind, &db.primary.name, &target.name)?;
         let held_at = Instant::now();
         self.route.send_modify(|r| r.held = true);
         let loss = self
@@ -378,19 +391,49 @@ impl Group {
             .ok()
             .and_then(|l| l.get(&target.name).cloned())
             .unwrap_or((None, None));
-        if let Err(e) = pg::promote(&db, &target.name).await {
-            self.route.send_modify(|r| r.held = false);
-            return Err(e.into());
-        }
+        let data_loss = match loss {
+            (Some(b), Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
+            (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
+            _ => "unknown (no lag was seen)".into(),
+        };
+        let report = match pg::promote(&db, &target.name).await {
+            Ok(rep) => self.commit(epoch, kind, &db, &rep, held_at, data_loss, "done")?,
+            Err(e) => {
+                self.settle_after_error(epoch, kind, &db, &target.name, e, held_at, data_loss)
+                    .await?
+            }
+        };
+        tracing::warn!(group = %self.cfg.name, epoch, from = %report.from, to = %report.to, data_loss = %report.data_loss, "forced failover done; the old primary is fenced and needs a reseed");
+        Ok(report)
+    }
+
+    /// Records a role change that happened (the target is promoted): the new epoch
+    /// first, then the route; members left behind are fenced.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        epoch: i64,
+        kind: &str,
+        db: &Database,
+        rep: &pg::SwitchoverReport,
+        held_at: Instant,
+        data_loss: String,
+        outcome: &str,
+    ) -> Result<FailoverReport> {
         let mut fenced = self.fenced.lock().map(|f| f.clone()).unwrap_or_default();
-        fenced.insert(db.primary.name.clone());
+        if kind != "planned" {
+            fenced.insert(db.primary.name.clone());
+        }
+        fenced.extend(rep.left_behind.iter().map(|(m, _)| m.clone()));
+        fenced.remove(&rep.to);
         let fenced_text = fenced.iter().cloned().collect::<Vec<_>>().join(",");
+        // The epoch is durable before any listener routes by it.
         if !self.state.failover_advance(
             &self.cfg.name,
             epoch,
-            &target.name,
+            &rep.to,
             "stable",
-            Some(&fenced_text),
+            (!fenced_text.is_empty()).then_some(fenced_text.as_str()),
         )? {
             self.route.send_modify(|r| r.held = false);
             return Err(FailoverError::Refused(format!(
@@ -401,9 +444,9 @@ impl Group {
             *f = fenced;
         }
         if let Ok(mut p) = self.primary.lock() {
-            *p = target.name.clone();
+            *p = rep.to.clone();
         }
-        let rw = address(&target.url);
+        let rw = address(&self.current_db().primary.url);
         self.route.send_modify(|r| {
             r.epoch = epoch;
             r.read_write = rw.clone();
@@ -411,28 +454,157 @@ impl Group {
         });
         self.update_read_only();
         let gap = held_at.elapsed().as_millis() as u64;
-        let data_loss = match loss {
-            (Some(b), Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
-            (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
-            _ => "unknown (no lag was seen)".into(),
-        };
-        self.state
-            .failover_history_finish(&self.cfg.name, epoch, gap as i64, &data_loss)?;
+        let left_behind: BTreeMap<String, String> = rep.left_behind.iter().cloned().collect();
+        let left_text = left_behind
+            .iter()
+            .map(|(m, why)| format!("{m}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.state.failover_history_finish(
+            &self.cfg.name,
+            epoch,
+            &georep_state::FailoverFinish {
+                write_gap_ms: gap as i64,
+                data_loss: &data_loss,
+                outcome,
+                left_behind: (!left_text.is_empty()).then_some(left_text.as_str()),
+            },
+        )?;
+        for (m, why) in &left_behind {
+            tracing::warn!(group = %self.cfg.name, member = %m, "{why}; it is fenced until `georep db reseed`");
+        }
         let report = FailoverReport {
             kind: kind.to_string(),
-            from: db.primary.name.clone(),
-            to: target.name.clone(),
+            from: rep.from.clone(),
+            to: rep.to.clone(),
             epoch,
             write_gap_ms: gap,
-            catch_up_ms: 0,
+            catch_up_ms: rep.catch_up_ms,
             data_loss,
             finished_at: chrono::Utc::now().to_rfc3339(),
+            repointed: rep.repointed.clone(),
+            left_behind,
+            outcome: outcome.to_string(),
         };
-        tracing::warn!(group = %self.cfg.name, epoch, from = %report.from, to = %report.to, data_loss = %report.data_loss, "forced failover done; the old primary is fenced and needs a reseed");
         if let Ok(mut l) = self.last.lock() {
             *l = Some(report.clone());
         }
         Ok(report)
+    }
+
+    /// A role change failed part-way: settle it (roll back or finish) before anything
+    /// routes again. When the members cannot tell yet, new connections stay held and
+    /// the probe loop keeps trying.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_after_error(
+        &self,
+        epoch: i64,
+        kind: &str,
+        db: &Database,
+        to: &str,
+        err: georep_db::DbError,
+        held_at: Instant,
+        data_loss: String,
+    ) -> Result<FailoverReport> {
+        match pg::settle(db, to, kind == "planned").await {
+            Ok(pg::Settled::RolledBack) => {
+                self.state.failover_rolled_back(
+                    &self.cfg.name,
+                    epoch,
+                    &format!("rolled back: {err}"),
+                )?;
+                self.route.send_modify(|r| {
+                    r.epoch = epoch;
+                    r.held = false;
+                });
+                tracing::warn!(group = %self.cfg.name, epoch, error = %err, "the failover failed before the promotion and was rolled back; the primary is unchanged");
+                Err(err.into())
+            }
+            Ok(pg::Settled::Finished(rep)) => self.commit(
+                epoch,
+                kind,
+                db,
+                &rep,
+                held_at,
+                data_loss,
+                &format!("finished after an error: {err}"),
+            ),
+            Err(e) => {
+                self.unsettled.store(true, Ordering::SeqCst);
+                tracing::error!(group = %self.cfg.name, epoch, error = %err, settle = %e, "the failover failed and cannot be settled yet; new connections stay held");
+                Err(FailoverError::Refused(format!(
+                    "the failover to '{to}' failed ({err}) and cannot be settled yet ({e}); new connections stay held while georep keeps trying"
+                )))
+            }
+        }
+    }
+
+    /// Settles the role change recorded as in progress (the daemon stopped in the
+    /// middle of it, or it failed and could not be settled then). Returns true once
+    /// the group is stable and new connections are released.
+    async fn recover(&self) -> bool {
+        let _one = self.op.lock().await;
+        let pending = match self.state.failover_pending(&self.cfg.name) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(group = %self.cfg.name, error = %e, "cannot read the interrupted role change");
+                return false;
+            }
+        };
+        let Some(ev) = pending else {
+            self.route.send_modify(|r| r.held = false);
+            return true;
+        };
+        let db = self.current_db();
+        let planned = ev.kind == "planned";
+        let held_at = Instant::now();
+        match pg::settle(&db, &ev.to, planned).await {
+            Ok(pg::Settled::RolledBack) => {
+                if let Err(e) = self.state.failover_rolled_back(
+                    &self.cfg.name,
+                    ev.epoch,
+                    "rolled back after an interruption: the target had not been promoted",
+                ) {
+                    tracing::error!(group = %self.cfg.name, error = %e, "cannot record the rollback");
+                    return false;
+                }
+                self.route.send_modify(|r| {
+                    r.epoch = ev.epoch;
+                    r.held = false;
+                });
+                tracing::warn!(group = %self.cfg.name, epoch = ev.epoch, primary = %ev.from, to = %ev.to, "interrupted failover rolled back: '{}' stays the primary", ev.from);
+                true
+            }
+            Ok(pg::Settled::Finished(rep)) => {
+                let loss = if planned {
+                    "none (planned; finished after an interruption)".to_string()
+                } else {
+                    "unknown (forced; finished after an interruption)".to_string()
+                };
+                match self.commit(
+                    ev.epoch,
+                    &ev.kind,
+                    &db,
+                    &rep,
+                    held_at,
+                    loss,
+                    "finished after an interruption: the target had been promoted",
+                ) {
+                    Ok(r) => {
+                        tracing::warn!(group = %self.cfg.name, epoch = r.epoch, primary = %r.to, "interrupted failover finished: '{}' is the primary", r.to);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(group = %self.cfg.name, error = %e, "cannot record the finished failover");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.cfg.name, epoch = ev.epoch, error = %e, "cannot settle the interrupted failover yet; new connections stay held");
+                false
+            }
+        }
     }
 
     /// Points the read-only listener at a healthy replica (or the primary, if allowed).
@@ -524,6 +696,8 @@ impl Group {
             last_known_lag: self.lag.lock().map(|l| l.clone()).unwrap_or_default(),
             automatic: self.automatic.lock().ok().and_then(|a| a.clone()),
             last_failover: self.last.lock().ok().and_then(|l| l.clone()),
+            unsettled: self.unsettled.load(Ordering::SeqCst),
+            history: self.state.failover_history(&self.cfg.name, 20)?,
         })
     }
 
@@ -566,64 +740,38 @@ impl Group {
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
         let epoch = rec.epoch + 1;
-        self.state.failover_history_start(
+        self.state.failover_begin(
             &self.cfg.name,
             epoch,
             "planned",
             &db.primary.name,
             &target.name,
         )?;
+        crash_point("failover-begun");
         let held_at = Instant::now();
         self.route.send_modify(|r| r.held = true);
         tracing::info!(group = %self.cfg.name, from = %db.primary.name, to = %target.name, "planned failover: holding new connections");
-        let result = pg::switchover(&db, &target.name, Duration::from_secs(30)).await;
-        let rep = match result {
-            Ok(rep) => rep,
+        let loss =
+            "none: every write acknowledged before the fence was confirmed by the new primary";
+        let report = match pg::switchover(&db, &target.name, Duration::from_secs(30)).await {
+            Ok(rep) => {
+                crash_point("failover-before-route");
+                self.commit(epoch, "planned", &db, &rep, held_at, loss.into(), "done")?
+            }
             Err(e) => {
-                self.route.send_modify(|r| r.held = false);
-                return Err(e.into());
+                self.settle_after_error(
+                    epoch,
+                    "planned",
+                    &db,
+                    &target.name,
+                    e,
+                    held_at,
+                    loss.into(),
+                )
+                .await?
             }
         };
-        // The epoch is durable before any listener routes by it.
-        if !self
-            .state
-            .failover_advance(&self.cfg.name, epoch, &target.name, "stable", None)?
-        {
-            self.route.send_modify(|r| r.held = false);
-            return Err(FailoverError::Refused(format!(
-                "epoch {epoch} is not newer than the recorded one: another failover won; routing unchanged"
-            )));
-        }
-        if let Ok(mut p) = self.primary.lock() {
-            *p = target.name.clone();
-        }
-        let new_db = self.current_db();
-        let rw = address(&new_db.primary.url);
-        self.route.send_modify(|r| {
-            r.epoch = epoch;
-            r.read_write = rw.clone();
-            r.held = false;
-        });
-        self.update_read_only();
-        let gap = held_at.elapsed().as_millis() as u64;
-        self.state
-            .failover_history_finish(&self.cfg.name, epoch, gap as i64, "none (planned)")?;
-        let report = FailoverReport {
-            kind: "planned".into(),
-            from: rep.from,
-            to: rep.to,
-            epoch,
-            write_gap_ms: gap,
-            catch_up_ms: rep.catch_up_ms,
-            data_loss:
-                "none: every write acknowledged before the fence was confirmed by the new primary"
-                    .into(),
-            finished_at: chrono::Utc::now().to_rfc3339(),
-        };
-        tracing::info!(group = %self.cfg.name, epoch, write_gap_ms = gap, "planned failover done");
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some(report.clone());
-        }
+        tracing::info!(group = %self.cfg.name, epoch, write_gap_ms = report.write_gap_ms, "planned failover done");
         Ok(report)
     }
 }

@@ -15,8 +15,8 @@ mod store;
 
 pub use error::{Result, StateError};
 pub use store::{
-    DestLag, FailoverRecord, Item, ManifestEntry, Observed, ObservedKind, Op, PolicyChange,
-    PolicyRecord, State, Status,
+    DestLag, FailoverEvent, FailoverFinish, FailoverRecord, Item, ManifestEntry, Observed,
+    ObservedKind, Op, PolicyChange, PolicyRecord, State, Status,
 };
 
 /// Milliseconds since the Unix epoch: the one time unit stored.

@@ -79,4 +79,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grp, epoch)
     );
     ",
+    // 4: how each role change ended (done, rolled back, finished after a restart) and
+    // the members it left needing a reseed.
+    "
+    ALTER TABLE failover_history ADD COLUMN outcome TEXT;
+    ALTER TABLE failover_history ADD COLUMN left_behind TEXT;
+    ",
 ];

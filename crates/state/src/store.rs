@@ -819,8 +819,10 @@ impl State {
         Ok(())
     }
 
-    /// Records the start of a role change.
-    pub fn failover_history_start(
+    /// Records that a role change to `epoch` has begun: the group reads
+    /// `failing-over` and a history row holds what to settle if the daemon dies
+    /// before it ends. The recorded epoch and primary do not change yet.
+    pub fn failover_begin(
         &self,
         group: &str,
         epoch: i64,
@@ -828,11 +830,55 @@ impl State {
         from: &str,
         to: &str,
     ) -> Result<()> {
-        self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO failover_history (grp, epoch, kind, from_member, to_member, started_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![group, epoch, kind, from, to, crate::now_ms()],
         )?;
+        tx.execute(
+            "UPDATE failover SET state = 'failing-over', updated_at = ?2 WHERE grp = ?1",
+            params![group, crate::now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The role change a group is in the middle of, if any: the unfinished history row
+    /// for the epoch after the recorded one.
+    pub fn failover_pending(&self, group: &str) -> Result<Option<FailoverEvent>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT {HISTORY_COLUMNS} FROM failover_history h JOIN failover f ON f.grp = h.grp \
+                     WHERE h.grp = ?1 AND f.state = 'failing-over' AND h.epoch = f.epoch + 1 \
+                     AND h.finished_at IS NULL"
+                ),
+                [group],
+                history_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Ends a role change that did not happen: the recorded primary stays, under the
+    /// attempt's epoch, so the attempt can never be completed later and its history row
+    /// is kept.
+    pub fn failover_rolled_back(&self, group: &str, epoch: i64, outcome: &str) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE failover_history SET finished_at = ?3, outcome = ?4, data_loss = 'none' \
+             WHERE grp = ?1 AND epoch = ?2",
+            params![group, epoch, crate::now_ms(), outcome],
+        )?;
+        tx.execute(
+            "UPDATE failover SET state = 'stable', epoch = ?3, updated_at = ?2 \
+             WHERE grp = ?1 AND epoch < ?3",
+            params![group, crate::now_ms(), epoch],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -841,16 +887,81 @@ impl State {
         &self,
         group: &str,
         epoch: i64,
-        write_gap_ms: i64,
-        data_loss: &str,
+        finish: &FailoverFinish<'_>,
     ) -> Result<()> {
         self.lock().execute(
-            "UPDATE failover_history SET finished_at = ?3, write_gap_ms = ?4, data_loss = ?5 \
-             WHERE grp = ?1 AND epoch = ?2",
-            params![group, epoch, crate::now_ms(), write_gap_ms, data_loss],
+            "UPDATE failover_history SET finished_at = ?3, write_gap_ms = ?4, data_loss = ?5, \
+             outcome = ?6, left_behind = ?7 WHERE grp = ?1 AND epoch = ?2",
+            params![
+                group,
+                epoch,
+                crate::now_ms(),
+                finish.write_gap_ms,
+                finish.data_loss,
+                finish.outcome,
+                finish.left_behind
+            ],
         )?;
         Ok(())
     }
+
+    /// A group's role changes, newest first.
+    pub fn failover_history(&self, group: &str, limit: usize) -> Result<Vec<FailoverEvent>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM failover_history h WHERE h.grp = ?1 \
+             ORDER BY h.epoch DESC LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![group, limit as i64], history_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
+
+/// How a role change ended, for its history row.
+#[derive(Debug, Clone, Default)]
+pub struct FailoverFinish<'a> {
+    pub write_gap_ms: i64,
+    pub data_loss: &'a str,
+    /// `done`, or `finished after a restart`, ...
+    pub outcome: &'a str,
+    /// Members left needing a reseed, with why.
+    pub left_behind: Option<&'a str>,
+}
+
+/// One role change of a failover group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailoverEvent {
+    pub epoch: i64,
+    /// `planned`, `forced` or `automatic`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub write_gap_ms: Option<i64>,
+    pub data_loss: Option<String>,
+    pub outcome: Option<String>,
+    pub left_behind: Option<String>,
+}
+
+const HISTORY_COLUMNS: &str = "h.epoch, h.kind, h.from_member, h.to_member, h.started_at, \
+     h.finished_at, h.write_gap_ms, h.data_loss, h.outcome, h.left_behind";
+
+fn history_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailoverEvent> {
+    Ok(FailoverEvent {
+        epoch: r.get(0)?,
+        kind: r.get(1)?,
+        from: r.get(2)?,
+        to: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        write_gap_ms: r.get(6)?,
+        data_loss: r.get(7)?,
+        outcome: r.get(8)?,
+        left_behind: r.get(9)?,
+    })
 }
 
 type PolicyRow = (PolicyRecord, String);
@@ -1127,5 +1238,62 @@ mod tests {
 
         let e = State::open("postgres://u:secret@h/db").expect_err("pg");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn an_interrupted_role_change_is_found_and_settled() {
+        let (_d, st) = open();
+        let rec = st.failover_init("fg", "a").expect("init");
+        assert_eq!((rec.epoch, rec.state.as_str()), (1, "stable"));
+        assert!(st.failover_pending("fg").expect("pending").is_none());
+        st.failover_begin("fg", 2, "planned", "a", "b")
+            .expect("begin");
+        let rec = st.failover("fg").expect("read").expect("row");
+        assert_eq!(
+            (rec.epoch, rec.primary.as_str(), rec.state.as_str()),
+            (1, "a", "failing-over")
+        );
+        let p = st.failover_pending("fg").expect("pending").expect("one");
+        assert_eq!(
+            (p.epoch, p.kind.as_str(), p.to.as_str()),
+            (2, "planned", "b")
+        );
+        st.failover_rolled_back("fg", 2, "rolled back after a restart")
+            .expect("roll back");
+        assert!(st.failover_pending("fg").expect("pending").is_none());
+        let rec = st.failover("fg").expect("read").expect("row");
+        assert_eq!(
+            (rec.epoch, rec.primary.as_str(), rec.state.as_str()),
+            (2, "a", "stable")
+        );
+
+        // The next attempt takes epoch 3 and finishes.
+        st.failover_begin("fg", 3, "forced", "a", "b")
+            .expect("begin");
+        assert!(st
+            .failover_advance("fg", 3, "b", "stable", Some("a"))
+            .expect("advance"));
+        st.failover_history_finish(
+            "fg",
+            3,
+            &FailoverFinish {
+                write_gap_ms: 5,
+                data_loss: "x",
+                outcome: "done",
+                left_behind: None,
+            },
+        )
+        .expect("finish");
+        assert!(!st
+            .failover_advance("fg", 3, "a", "stable", None)
+            .expect("stale"));
+        let h = st.failover_history("fg", 10).expect("history");
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].outcome.as_deref(), h[0].kind.as_str()),
+            (Some("done"), "forced")
+        );
+        assert_eq!(h[1].outcome.as_deref(), Some("rolled back after a restart"));
+        assert!(st.failover_pending("fg").expect("pending").is_none());
     }
 }

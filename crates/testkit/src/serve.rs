@@ -140,6 +140,11 @@ impl Serve {
         let _ = self.child.wait();
     }
 
+    /// Whether the daemon has exited (it crashed, or was told to stop).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// SIGTERM and wait: the exit code.
     pub fn terminate(&mut self) -> i32 {
         let _ = Command::new("kill")

@@ -105,7 +105,14 @@ pub async fn sync_sequences(db: &Database, margin: Option<i64>) -> Result<Vec<(S
     let tables = selected_tables(&primary, db, "primary").await?;
     let mut out = Vec::new();
     for r in &db.replicas {
-        let c = connect(&format!("replica '{}'", r.name), &r.url).await?;
+        // One unreachable replica must not keep the others' sequences behind.
+        let c = match connect(&format!("replica '{}'", r.name), &r.url).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(replica = %r.name, error = %e, "sequences not pushed to an unreachable replica");
+                continue;
+            }
+        };
         let n = push_sequences(
             &primary,
             &c,

@@ -20,7 +20,9 @@ pub use ddl::{ddl, primary_first, DdlReport};
 pub use drift::{schema_drift, sequence_drift, sync_sequences, SchemaDiff, SequenceDrift};
 pub use setup::{setup, SetupProgress, SetupReport};
 pub use status::{status, ReplicaStatus};
-pub use switchover::{prepare_reseed, promote, replica_lag, rotated, switchover, SwitchoverReport};
+pub use switchover::{
+    prepare_reseed, promote, replica_lag, rotated, settle, switchover, Settled, SwitchoverReport,
+};
 pub use teardown::{teardown, TeardownReport};
 pub use verify::{verify, RangeDiff, TableCheck, VerifyOptions, VerifyReport};
 
@@ -114,6 +116,47 @@ pub(crate) async fn drop_subscription(
             .map_err(|e| crate::DbError::sql(who, e))?;
     }
     Ok(())
+}
+
+/// Drops replication slot `slot` if it exists, ending the WAL sender that holds it
+/// first. Returns whether a slot was dropped.
+pub(crate) async fn drop_slot(
+    c: &tokio_postgres::Client,
+    who: &str,
+    slot: &str,
+) -> crate::Result<bool> {
+    for _ in 0..50 {
+        let active: Option<Option<i32>> = c
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| crate::DbError::sql(who, e))?
+            .map(|r| r.get(0));
+        match active {
+            None => return Ok(false),
+            Some(Some(pid)) => {
+                c.query("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| crate::DbError::sql(who, e))?;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Some(None) => match c
+                .query("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+            {
+                Ok(_) => return Ok(true),
+                // Re-acquired between the check and the drop: try again.
+                Err(e) if e.code().map(|c| c.code()) == Some("55006") => continue,
+                Err(e) => return Err(crate::DbError::sql(who, e)),
+            },
+        }
+    }
+    Err(crate::DbError::Sql {
+        member: who.to_string(),
+        detail: format!("replication slot {slot} stays in use; end its WAL sender and run SELECT pg_drop_replication_slot('{slot}')"),
+    })
 }
 
 /// `"schema"."table"`, quoted for SQL.

@@ -1,13 +1,11 @@
 //! `georep db teardown`: remove subscriptions, slots and the publication; never leave a
 //! slot holding WAL on the primary.
 
-use std::time::Duration;
-
 use georep_core::Database;
 use serde::Serialize;
 
 use super::conn::connect;
-use super::{drop_subscription, publication_name, quote_ident, subscription_name};
+use super::{drop_slot, drop_subscription, publication_name, quote_ident, subscription_name};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -65,40 +63,8 @@ pub async fn teardown(db: &Database) -> Result<TeardownReport> {
         }
     }
     for slot in slots {
-        // A slot in use is released by ending its WAL sender first.
-        for _ in 0..50 {
-            let active: Option<Option<i32>> = primary
-                .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .map_err(|e| DbError::sql("primary", e))?
-                .map(|r| r.get(0));
-            match active {
-                None => break,
-                Some(Some(pid)) => {
-                    primary
-                        .query("SELECT pg_terminate_backend($1)", &[&pid])
-                        .await
-                        .map_err(|e| DbError::sql("primary", e))?;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Some(None) => {
-                    match primary
-                        .query("SELECT pg_drop_replication_slot($1)", &[&slot])
-                        .await
-                    {
-                        Ok(_) => {
-                            rep.slots_dropped.push(slot.clone());
-                            break;
-                        }
-                        // Re-acquired between the check and the drop: try again.
-                        Err(e) if e.code().map(|c| c.code()) == Some("55006") => continue,
-                        Err(e) => return Err(DbError::sql("primary", e)),
-                    }
-                }
-            }
+        if drop_slot(&primary, "primary", &slot).await? {
+            rep.slots_dropped.push(slot.clone());
         }
     }
     let publication = publication_name(db);
