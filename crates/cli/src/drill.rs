@@ -105,12 +105,41 @@ async fn writer(url: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<(String
     }
 }
 
-/// Time from `from` to the first write acknowledged after it.
-fn first_write_after(acked: &[(String, Instant)], from: Instant) -> Option<Duration> {
-    acked
-        .iter()
-        .find(|(_, t)| *t > from)
-        .map(|(_, t)| *t - from)
+/// The writer's recovery time for a switch requested at `from` and answered at `to`:
+/// the longest pause between consecutive acknowledged writes from the last one before
+/// `from` to the first one after `to` (None: no write was acknowledged after `to`).
+fn longest_pause(acked: &[(String, Instant)], from: Instant, to: Instant) -> Option<Duration> {
+    let start = acked.iter().rposition(|(_, t)| *t <= from).unwrap_or(0);
+    let end = acked.iter().position(|(_, t)| *t > to)?;
+    acked[start..=end]
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .or(Some(Duration::ZERO))
+}
+
+/// Waits until the group's primary sees `member` streaming (its lag in time is known),
+/// so a switch measures the failover rather than a replica still reconnecting.
+async fn wait_streaming(api: &Api, group: &str, member: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let g = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/failover-groups/{group}"),
+                None,
+            )
+            .await?;
+        if g["last_known_lag"][member][1].is_number() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "'{member}' is not streaming from the primary after 60 s; check `georep db status`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
@@ -173,9 +202,17 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
     let w = tokio::spawn(writer(listener_url.clone(), stop.clone(), acked.clone()));
     let settle = Duration::from_secs(a.settle);
     tokio::time::sleep(settle).await;
-    let lag_before = before["last_known_lag"][&target].clone();
 
     eprintln!("drill: failing over {} → {target}", original);
+    wait_streaming(&api, &a.group, &target).await?;
+    let lag_before = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/failover-groups/{}", a.group),
+            None,
+        )
+        .await?["last_known_lag"][&target]
+        .clone();
     let t1 = Instant::now();
     let over = api
         .call(
@@ -184,7 +221,9 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
             Some(json!({"to": target})),
         )
         .await?;
+    let t1_end = Instant::now();
     tokio::time::sleep(settle).await;
+    wait_streaming(&api, &a.group, &original).await?;
     eprintln!("drill: failing back {target} → {original}");
     let t2 = Instant::now();
     let back = api
@@ -194,12 +233,13 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
             Some(json!({"to": original})),
         )
         .await?;
+    let t2_end = Instant::now();
     tokio::time::sleep(settle).await;
     stop.store(true, Ordering::Relaxed);
     let _ = w.await;
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
-    let rto_over = first_write_after(&acked, t1);
-    let rto_back = first_write_after(&acked, t2);
+    let rto_over = longest_pause(&acked, t1, t1_end);
+    let rto_back = longest_pause(&acked, t2, t2_end);
 
     // Every acknowledged write must be on the primary now.
     let c = pg::connect("listener", &listener_url).await?;
@@ -239,7 +279,7 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let md = format!(
-        "# DR drill: failover group `{}`\n\n| | |\n|---|---|\n| database | `{}` |\n| failover | {} → {} (epoch {}) |\n| failback | {} → {} (epoch {}) |\n| RTO failover (first write acknowledged after the request) | {} ms |\n| RTO failback | {} ms |\n| write gap at the listener (failover / failback) | {} ms / {} ms |\n| lag before failover (bytes, seconds) | {} |\n| acknowledged writes | {} |\n| **data loss** | **{}** |\n| finished | {} |\n",
+        "# DR drill: failover group `{}`\n\n| | |\n|---|---|\n| database | `{}` |\n| failover | {} → {} (epoch {}) |\n| failback | {} → {} (epoch {}) |\n| RTO failover (longest pause between acknowledged writes) | {} ms |\n| RTO failback | {} ms |\n| write gap at the listener (failover / failback) | {} ms / {} ms |\n| lag before failover (bytes, seconds) | {} |\n| acknowledged writes | {} |\n| **data loss** | **{}** |\n| finished | {} |\n",
         a.group, db.name, original, target, over["epoch"], target, original, back["epoch"],
         ms(rto_over).map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
         ms(rto_back).map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
@@ -255,4 +295,32 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
     } else {
         crate::exit::DIFFERENCES
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_pause_spans_the_switch() {
+        let t0 = Instant::now();
+        let at = |ms| ("v".to_string(), t0 + Duration::from_millis(ms));
+        // Writes every 10 ms, a 400 ms hole during the switch requested at 105, answered at 520.
+        let acked = vec![at(80), at(90), at(100), at(110), at(510), at(520), at(530)];
+        let pause = longest_pause(
+            &acked,
+            t0 + Duration::from_millis(105),
+            t0 + Duration::from_millis(520),
+        );
+        assert_eq!(pause, Some(Duration::from_millis(400)));
+        // Nothing acknowledged after the switch: unknown, not zero.
+        assert_eq!(
+            longest_pause(
+                &acked,
+                t0 + Duration::from_millis(600),
+                t0 + Duration::from_millis(700)
+            ),
+            None
+        );
+    }
 }

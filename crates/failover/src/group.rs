@@ -10,7 +10,6 @@ use georep_core::{crash_point, Database, FailoverGroup};
 use georep_db::postgres as pg;
 use georep_state::State;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::{self, Kind, Route};
@@ -149,26 +148,14 @@ impl Group {
             automatic: Mutex::new(None),
             unsettled: AtomicBool::new(unsettled),
         });
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
+        let listen = |addr, kind| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| proxy::spawn(l, kind, group.route.subscribe(), stop.clone()))
                 .map_err(|source| FailoverError::Bind { addr, source })
         };
-        let rw = bind(cfg.read_write_listener).await?;
-        tokio::spawn(proxy::serve(
-            rw,
-            Kind::ReadWrite,
-            group.route.subscribe(),
-            stop.clone(),
-        ));
+        listen(cfg.read_write_listener, Kind::ReadWrite)?;
         if let Some(ro) = cfg.read_only_listener {
-            let ro = bind(ro).await?;
-            tokio::spawn(proxy::serve(
-                ro,
-                Kind::ReadOnly,
-                group.route.subscribe(),
-                stop.clone(),
-            ));
+            listen(ro, Kind::ReadOnly)?;
         }
         tokio::spawn(group.clone().probe_loop(stop));
         Ok(group)
@@ -445,6 +432,10 @@ impl Group {
         }
         if let Ok(mut p) = self.primary.lock() {
             *p = rep.to.clone();
+        }
+        // Lags were measured against the old primary; the probes measure them afresh.
+        if let Ok(mut l) = self.lag.lock() {
+            l.clear();
         }
         let rw = address(&self.current_db().primary.url);
         self.route.send_modify(|r| {

@@ -1,6 +1,6 @@
 //! The listeners: accept, look up the route in memory, splice bytes both ways.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,8 +30,48 @@ pub(crate) enum Kind {
 /// The longest a new connection waits for a failover to finish before it is closed.
 const HOLD_LIMIT: Duration = Duration::from_secs(60);
 
+/// The data plane: one thread with its own single-threaded runtime runs every
+/// listener and splice, so client bytes never queue behind control-plane work (probes,
+/// SQLite, scans) and never hop between worker threads (measured in
+/// `bench/failover.sh`).
+fn data_plane() -> std::io::Result<tokio::runtime::Handle> {
+    static DATA_PLANE: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
+    let mut slot = DATA_PLANE
+        .lock()
+        .map_err(|_| std::io::Error::other("data-plane lock poisoned"))?;
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("georep-listeners".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Serves `listener` on the data plane until `stop` changes.
+pub(crate) fn spawn(
+    listener: std::net::TcpListener,
+    kind: Kind,
+    route: watch::Receiver<Route>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    data_plane()?.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => serve(l, kind, route, stop).await,
+            Err(e) => tracing::error!(error = %e, "cannot serve a failover listener"),
+        }
+    });
+    Ok(())
+}
+
 /// Serves one listener until `stop` changes.
-pub(crate) async fn serve(
+async fn serve(
     listener: TcpListener,
     kind: Kind,
     route: watch::Receiver<Route>,

@@ -46,6 +46,9 @@ pub enum Settled {
     Finished(SwitchoverReport),
 }
 
+/// How far behind (WAL bytes) the target may be when the fence goes up.
+const PREFLIGHT_MAX_BEHIND: i64 = 8 << 20;
+
 /// How long other replicas may take to confirm the fence once the target has.
 const OTHERS_GRACE: Duration = Duration::from_secs(5);
 
@@ -266,6 +269,42 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let tables = selected_tables(&p, db, "primary").await?;
     let slot = subscription_name(db, &target.name);
     let others: Vec<&DbMember> = db.replicas.iter().filter(|m| m.name != to).collect();
+
+    // 0. Before anything is held: the target streams and is nearly caught up, so the
+    //    fence below holds writes for a moment, not for a reconnect or a backlog.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = p
+            .query_opt(
+                "SELECT w.state = 'streaming', pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication w ON w.application_name = s.slot_name \
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| DbError::sql("primary", e))?;
+        let Some(row) = row else {
+            return Err(DbError::InvalidConfig(format!(
+                "replica '{to}' has no replication slot {slot} on the primary: it is not set up as a replica (run georep db setup {})",
+                db.name
+            )));
+        };
+        let (streaming, behind): (Option<bool>, Option<i64>) = (row.get(0), row.get(1));
+        if streaming == Some(true) && behind.is_some_and(|b| b <= PREFLIGHT_MAX_BEHIND) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(DbError::Timeout(format!(
+                "replica '{to}' is {} within {timeout:?}; nothing was fenced and the primary is unchanged",
+                if streaming == Some(true) {
+                    format!("{} bytes behind and did not catch up", behind.unwrap_or(-1))
+                } else {
+                    "not streaming from the primary".to_string()
+                }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // 1. Fence: new sessions are read-only, current client sessions end.
     set_fence(&p, "primary", true).await?;
