@@ -76,6 +76,23 @@ echo "== (1) pgbench -S (select-only), 8 clients, ${SECONDS_PGB}s: through the l
 tps() { pgbench -n -S -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
 D1=$(tps $Q/shop); L1=$(tps "postgres://postgres@127.0.0.1:$RW/shop"); D2=$(tps $Q/shop); L2=$(tps "postgres://postgres@127.0.0.1:$RW/shop")
 python3 -c "d=($D1+$D2)/2; l=($L1+$L2)/2; print(f'direct {d:.0f} tps, through the listener {l:.0f} tps: {l/d*100:.1f}% of direct (target >= 90%)')"
+if command -v socat >/dev/null; then
+  SP=$(free_port)
+  socat TCP-LISTEN:$SP,bind=127.0.0.1,fork,reuseaddr,nodelay TCP:127.0.0.1:$P1,nodelay & SOCAT=$!
+  sleep 0.3
+  S1=$(tps "postgres://postgres@127.0.0.1:$SP/shop"); kill $SOCAT
+  python3 -c "print(f'   peer: socat (a process per connection) as the proxy: {$S1:.0f} tps, {$S1/(($D1+$D2)/2)*100:.1f}% of direct; georep is {(($L1+$L2)/2)/$S1:.2f}x socat')"
+else
+  echo "   (peer proxy skipped: socat is not installed; apt-get install socat)"
+fi
+cpu() { awk '{print $14 + $15}' /proc/$SERVE_PID/stat; }  # utime + stime, in clock ticks
+C0=$(cpu); OUT=$(pgbench -n -S -c 8 -j 2 -T $SECONDS_PGB -d "postgres://postgres@127.0.0.1:$RW/shop" 2>/dev/null); C1=$(cpu)
+N=$(echo "$OUT" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+python3 -c "print(f'   the daemon used {($C1-$C0)/$(getconf CLK_TCK):.2f} CPU-seconds for {$N} transactions: {($C1-$C0)/$(getconf CLK_TCK)/$N*1e6:.1f} µs of CPU per transaction (two hops each way)')"
+echo "   at a fixed 2000 tps (CPU not saturated): average latency direct vs through the listener"
+lat() { pgbench -n -S -R 2000 -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p'; }
+LD=$(lat $Q/shop); LL=$(lat "postgres://postgres@127.0.0.1:$RW/shop")
+python3 -c "print(f'   direct {$LD*1000:.0f} µs, through the listener {$LL*1000:.0f} µs: +{($LL-$LD)*1000:.0f} µs per transaction')"
 echo "   (same, with a new connection per transaction: -C)"
 tpsc() { pgbench -n -S -C -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
 DC=$(tpsc $Q/shop); LC=$(tpsc "postgres://postgres@127.0.0.1:$RW/shop")
@@ -89,6 +106,7 @@ done
 python3 - $B/reports <<'PY'
 import json, glob, statistics as st, sys
 r = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/*.json"))]
+if not r: sys.exit(0)
 lost = sum(x["lost_writes"] for x in r); acked = sum(x["acknowledged_writes"] for x in r)
 def s(k): v = [x[k] for x in r if x.get(k) is not None]; return f"median {st.median(v):.0f} ms, max {max(v):.0f} ms"
 print(f"{len(r)} drills, {acked} acknowledged writes, {lost} lost; zero-loss drills: {sum(1 for x in r if x['lost_writes']==0)}/{len(r)}")

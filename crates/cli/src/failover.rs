@@ -89,6 +89,22 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
             v["write_gap_ms"],
             v["data_loss"].as_str().unwrap_or("?")
         );
+        if let Some(r) = v["repointed"].as_array().filter(|r| !r.is_empty()) {
+            let names: Vec<&str> = r.iter().filter_map(|m| m.as_str()).collect();
+            println!("  now following the new primary: {}", names.join(", "));
+        }
+        if let Some(l) = v["left_behind"].as_object() {
+            for (m, why) in l {
+                println!(
+                    "  fenced, needs `georep db reseed {} {m}`: {}",
+                    a.group,
+                    why.as_str().unwrap_or("?")
+                );
+            }
+        }
+        if v["outcome"].as_str().is_some_and(|o| o != "done") {
+            println!("  {}", v["outcome"].as_str().unwrap_or_default());
+        }
     }
     Ok(0)
 }

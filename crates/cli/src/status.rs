@@ -39,7 +39,8 @@ fn when(ms: Option<i64>) -> String {
 }
 
 /// Exit 0 when all is well; 1 when an RPO is breached, a policy is paused, the last scan
-/// failed or objects keep failing — so the command works as a monitoring check.
+/// failed, objects keep failing, a failover group is mid-change or has fenced members —
+/// so the command works as a monitoring check.
 pub(crate) fn run(a: StatusArgs) -> Result<u8> {
     let t = load(&a.config.config)?;
     if let Some(p) = t.state.sqlite_path() {
@@ -117,18 +118,65 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
         .iter()
         .map(|p| status::policy_status(&state, &t, p, true))
         .collect::<Result<_, _>>()?;
+    // Failover groups as recorded: the epoch, primary, fenced members, recent changes.
+    let mut groups = Vec::new();
+    if a.policy.is_none() {
+        for g in &t.failover_groups {
+            if let Some(rec) = state.failover(&g.name)? {
+                groups.push((rec, state.failover_history(&g.name, 5)?));
+            }
+        }
+    }
     let unhealthy = all.iter().any(|s| {
         s.rpo_breached
             || s.paused.is_some()
             || s.last_scan.as_ref().is_some_and(|l| l.error.is_some())
             || s.destinations.iter().any(|d| d.failed > 0)
-    });
+    }) || groups
+        .iter()
+        .any(|(r, _)| r.state != "stable" || r.fenced.as_deref().is_some_and(|f| !f.is_empty()));
     if a.output == Output::Json {
+        let groups: Vec<_> = groups
+            .iter()
+            .map(|(r, h)| serde_json::json!({ "group": r, "history": h }))
+            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "policies": all }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "policies": all, "failover_groups": groups })
+            )?
         );
     } else {
+        for (r, history) in &groups {
+            println!(
+                "failover group {}  primary {} (epoch {})  {}{}",
+                r.group,
+                r.primary,
+                r.epoch,
+                r.state.to_uppercase(),
+                r.fenced
+                    .as_deref()
+                    .filter(|f| !f.is_empty())
+                    .map(|f| format!("  FENCED (needs `georep db reseed`): {f}"))
+                    .unwrap_or_default()
+            );
+            for h in history {
+                println!(
+                    "  epoch {:<4} {:<9} {} → {}  {}  write gap {}  {}{}",
+                    h.epoch,
+                    h.kind,
+                    h.from,
+                    h.to,
+                    when(Some(h.started_at)),
+                    ms(h.write_gap_ms),
+                    h.outcome.as_deref().unwrap_or("in progress"),
+                    h.left_behind
+                        .as_deref()
+                        .map(|l| format!("; left behind: {l}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         for s in &all {
             println!(
                 "policy {}  {} ({}) → {} destination(s)  deletes={}  rpo target {}s{}",

@@ -389,6 +389,17 @@ fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
         "SELECT max(id) FILTER (WHERE v = 'four') - max(id) FILTER (WHERE v <> 'four') FROM w",
     );
     assert!(ids.parse::<i64>().is_ok_and(|d| d > 1), "{ids}");
+    // `georep status` shows the fenced members and the history, and exits 1.
+    let out = Command::new(BIN)
+        .args(["status", "-c", cfg.to_str().expect("utf-8")])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FENCED") && text.contains("left behind: au"),
+        "{text}"
+    );
     s.kill9();
 }
 
