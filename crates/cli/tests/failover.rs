@@ -114,6 +114,11 @@ fn planned_failover_loses_no_acknowledged_write_and_survives_a_restart() {
     )));
     // An insert on the new primary does not collide with ids the old one handed out.
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after')").is_some());
+    // The old primary, now a replica, refuses client writes, directly or through the
+    // read-only listener.
+    assert!(psql(&qc.url("shop"), "INSERT INTO w (v) VALUES ('stray')").is_none());
+    assert!(psql(&via_ro, "INSERT INTO w (v) VALUES ('stray')").is_none());
+    assert!(psql(&via_ro, "SELECT count(*) FROM w").is_some());
 
     // A restarted daemon routes by the recorded epoch.
     s.kill9();
@@ -471,6 +476,15 @@ fn automatic_failover_after_the_primary_dies_and_the_old_primary_is_never_routed
                     .any(|m| m["member"] == "primary" && m["healthy"] == true)
             })
     }));
+    // ... and it refuses client writes made to it directly.
+    assert!(
+        wait_until(Duration::from_secs(30), || psql(
+            &qc.url("shop"),
+            "INSERT INTO w (v) VALUES ('stray')"
+        )
+        .is_none()),
+        "the returned old primary takes writes"
+    );
     for _ in 0..5 {
         assert_eq!(
             psql(&via_rw, "SELECT inet_server_port()"),

@@ -91,6 +91,8 @@ pub struct Group {
     automatic: Mutex<Option<String>>,
     /// A role change was interrupted and is not settled yet: new connections are held.
     unsettled: AtomicBool,
+    /// Members whose read-only default matches their role (cleared at each role change).
+    fences_set: Mutex<BTreeSet<String>>,
 }
 
 /// `host:port` of a member's URL.
@@ -147,6 +149,7 @@ impl Group {
             primary_down_since: Mutex::new(None),
             automatic: Mutex::new(None),
             unsettled: AtomicBool::new(unsettled),
+            fences_set: Mutex::new(BTreeSet::new()),
         });
         let listen = |addr, kind| {
             std::net::TcpListener::bind(addr)
@@ -193,6 +196,7 @@ impl Group {
                 // The primary's view of each replica's lag: what a forced failover would lose.
                 let ok = match ok {
                     Ok(c) => {
+                        self.enforce_fence(&c, &m.name).await;
                         if is_primary {
                             match tokio::time::timeout(t, pg::replica_lag(&c, &db)).await {
                                 Ok(Ok(lags)) => {
@@ -239,6 +243,35 @@ impl Group {
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.probe_interval) => {}
                 _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Once per member and role: a replica is read-only for client sessions and the
+    /// primary is not, so a member that comes back from a partition or a crash cannot
+    /// take writes by default unless the recorded epoch makes it the primary. Skipped
+    /// while a role change runs (it sets fences itself).
+    async fn enforce_fence(&self, c: &pg::Client, member: &str) {
+        let done = self
+            .fences_set
+            .lock()
+            .map(|f| f.contains(member))
+            .unwrap_or(true);
+        if done || self.unsettled.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(_one) = self.op.try_lock() else {
+            return;
+        };
+        let primary = self.current_db().primary.name == member;
+        match pg::set_fence(c, member, !primary).await {
+            Ok(()) => {
+                if let Ok(mut f) = self.fences_set.lock() {
+                    f.insert(member.to_string());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.cfg.name, member, error = %e, "cannot set the member's read-only default")
             }
         }
     }
@@ -436,6 +469,9 @@ impl Group {
         // Lags were measured against the old primary; the probes measure them afresh.
         if let Ok(mut l) = self.lag.lock() {
             l.clear();
+        }
+        if let Ok(mut f) = self.fences_set.lock() {
+            f.clear();
         }
         let rw = address(&self.current_db().primary.url);
         self.route.send_modify(|r| {

@@ -167,6 +167,8 @@ impl Postgres {
                 "-c",
                 sql,
             ])
+            // The test acts as an administrator: a replica's read-only default does not bind it.
+            .env("PGOPTIONS", "-c default_transaction_read_only=off")
             .stdin(Stdio::null())
             .output()
             .expect("run psql (apt-get install -y postgresql-client)");

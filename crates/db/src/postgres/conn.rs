@@ -72,6 +72,12 @@ pub async fn connect(member: &str, url: &str) -> Result<Client> {
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
+    // Replicas in a failover group are read-only for client sessions; georep's own
+    // session still sets sequences, applies DDL and changes roles there.
+    client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| DbError::sql(member, e))?;
     Ok(client)
 }
 

@@ -21,9 +21,12 @@ pub use drift::{schema_drift, sequence_drift, sync_sequences, SchemaDiff, Sequen
 pub use setup::{setup, SetupProgress, SetupReport};
 pub use status::{status, ReplicaStatus};
 pub use switchover::{
-    prepare_reseed, promote, replica_lag, rotated, settle, switchover, Settled, SwitchoverReport,
+    prepare_reseed, promote, replica_lag, rotated, set_fence, settle, switchover, Settled,
+    SwitchoverReport,
 };
 pub use teardown::{teardown, TeardownReport};
+/// The connection type `connect` returns.
+pub use tokio_postgres::Client;
 pub use verify::{verify, RangeDiff, TableCheck, VerifyOptions, VerifyReport};
 
 use georep_core::Database;

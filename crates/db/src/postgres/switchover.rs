@@ -90,9 +90,10 @@ async fn dbname(c: &tokio_postgres::Client, who: &str) -> Result<String> {
         .map_err(|e| DbError::sql(who, e))
 }
 
-/// Sets or clears the fence on a member: new sessions read-only (planned switchover).
-async fn set_fence(c: &tokio_postgres::Client, who: &str, on: bool) -> Result<()> {
-    writable(c, who).await?;
+/// Sets or clears the fence on a member: new client sessions are read-only. Replicas
+/// keep it (a write there would diverge from the primary); the primary has none.
+/// georep's own sessions (see `connect`) and the apply workers are not bound by it.
+pub async fn set_fence(c: &tokio_postgres::Client, who: &str, on: bool) -> Result<()> {
     let name = quote_ident(&dbname(c, who).await?);
     let sql = if on {
         format!("ALTER DATABASE {name} SET default_transaction_read_only = on")
@@ -100,12 +101,6 @@ async fn set_fence(c: &tokio_postgres::Client, who: &str, on: bool) -> Result<()
         format!("ALTER DATABASE {name} RESET default_transaction_read_only")
     };
     exec(c, who, &sql).await
-}
-
-/// georep's own session on a fenced member must still write (to unfence it, drop its
-/// publication, subscribe it): the fence only binds client sessions.
-async fn writable(c: &tokio_postgres::Client, who: &str) -> Result<()> {
-    exec(c, who, "SET default_transaction_read_only = off").await
 }
 
 /// A subscription's state on a member: enabled, and the connection it follows.
@@ -203,6 +198,7 @@ async fn follow(
     primary_client: &tokio_postgres::Client,
 ) -> Result<()> {
     let sub = subscription_name(db, member);
+    set_fence(c, who, true).await?;
     if subscription(c, who, &sub).await?.is_some() {
         drop_subscription(c, who, &sub).await?;
     }
@@ -366,12 +362,12 @@ async fn finish_planned(
     others: &[&DbMember],
 ) -> Result<SwitchoverReport> {
     let rwho = format!("new primary '{}'", target.name);
-    writable(p, "primary").await?;
     let mut report = SwitchoverReport {
         from: db.primary.name.clone(),
         to: target.name.clone(),
         ..Default::default()
     };
+    set_fence(r, &rwho, false).await?;
     ensure_publication(r, &rwho, db).await?;
     let fenced_at: String = p
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -431,7 +427,8 @@ async fn finish_planned(
         ),
     )
     .await?;
-    set_fence(p, "primary", false).await?;
+    // The old primary keeps its fence: it is a replica now.
+    set_fence(p, "primary", true).await?;
     let back = subscription_name(db, &db.primary.name);
     match subscription(p, "primary", &back).await? {
         Some((_, conn)) if conn == target.url => {}
@@ -709,20 +706,8 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
     if !list.is_empty() {
         exec(&c, &who, &format!("TRUNCATE {list} CASCADE")).await?;
     }
-    let dbname: String = c
-        .query_one("SELECT current_database()", &[])
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| DbError::sql(&who, e))?;
-    exec(
-        &c,
-        &who,
-        &format!(
-            "ALTER DATABASE {} RESET default_transaction_read_only",
-            quote_ident(&dbname)
-        ),
-    )
-    .await?;
+    // It comes back as a replica: read-only for clients.
+    set_fence(&c, &who, true).await?;
     Ok(())
 }
 
