@@ -405,6 +405,46 @@ fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
         text.contains("FENCED") && text.contains("left behind: au"),
         "{text}"
     );
+
+    // A reseed rebuilds au from the current primary; it is routed to again.
+    let out = Command::new(BIN)
+        .args([
+            "db",
+            "reseed",
+            "fg",
+            "au",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+            "--api",
+            &s.base,
+        ])
+        .output()
+        .expect("reseed");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
+    let g = s.get("/api/v1/failover-groups/fg");
+    assert_eq!(g["fenced"], json!(["we"]), "{g:#}");
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('five')").is_some());
+    assert!(
+        wait_until(Duration::from_secs(30), || au
+            .psql("shop", "SELECT string_agg(v, ',' ORDER BY v) FROM w")
+            == "five,four,one,three,two"),
+        "au after the reseed: {}",
+        au.psql("shop", "SELECT string_agg(v, ',' ORDER BY v) FROM w")
+    );
+    assert!(psql(&au.url("shop"), "INSERT INTO w (v) VALUES ('stray')").is_none());
+    // Reseeding a member that is not fenced is refused.
+    let (code, _) = s.req(
+        reqwest::Method::POST,
+        "/api/v1/failover-groups/fg/reseed",
+        Some(&json!({"member": "au"})),
+    );
+    assert_eq!(code, 409);
     s.kill9();
 }
 
