@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use georep_testkit::{free_port, wait_until, Postgres, Serve};
+use georep_testkit::{free_port, wait_until, Partition, Postgres, Serve};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_georep");
@@ -31,6 +31,24 @@ fn psql(url: &str, sql: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether `url` refuses a client write because the database is read-only.
+fn refuses_writes(url: &str) -> bool {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            url,
+            "-c",
+            "INSERT INTO w (v) VALUES (gen_random_uuid()::text)",
+        ])
+        .output()
+        .is_ok_and(|o| {
+            !o.status.success()
+                && String::from_utf8_lossy(&o.stderr).contains("read-only transaction")
+        })
 }
 
 #[test]
@@ -116,8 +134,8 @@ fn planned_failover_loses_no_acknowledged_write_and_survives_a_restart() {
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after')").is_some());
     // The old primary, now a replica, refuses client writes, directly or through the
     // read-only listener.
-    assert!(psql(&qc.url("shop"), "INSERT INTO w (v) VALUES ('stray')").is_none());
-    assert!(psql(&via_ro, "INSERT INTO w (v) VALUES ('stray')").is_none());
+    assert!(refuses_writes(&qc.url("shop")));
+    assert!(refuses_writes(&via_ro));
     assert!(psql(&via_ro, "SELECT count(*) FROM w").is_some());
 
     // A restarted daemon routes by the recorded epoch.
@@ -437,7 +455,7 @@ fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
         "au after the reseed: {}",
         au.psql("shop", "SELECT string_agg(v, ',' ORDER BY v) FROM w")
     );
-    assert!(psql(&au.url("shop"), "INSERT INTO w (v) VALUES ('stray')").is_none());
+    assert!(refuses_writes(&au.url("shop")));
     // Reseeding a member that is not fenced is refused.
     let (code, _) = s.req(
         reqwest::Method::POST,
@@ -518,11 +536,7 @@ fn automatic_failover_after_the_primary_dies_and_the_old_primary_is_never_routed
     }));
     // ... and it refuses client writes made to it directly.
     assert!(
-        wait_until(Duration::from_secs(30), || psql(
-            &qc.url("shop"),
-            "INSERT INTO w (v) VALUES ('stray')"
-        )
-        .is_none()),
+        wait_until(Duration::from_secs(30), || refuses_writes(&qc.url("shop"))),
         "the returned old primary takes writes"
     );
     for _ in 0..5 {
@@ -635,4 +649,80 @@ fn drills_fail_over_and_back_with_zero_loss_and_write_a_report() {
     );
     assert_eq!(last["epochs"], json!([4, 5]));
     assert!(jsons[1].with_extension("md").exists());
+}
+
+#[test]
+fn a_partitioned_primary_is_failed_over_and_fenced_when_the_partition_heals() {
+    let (qc, we, _dir, cfg, rw, _ro) =
+        group_setup("policy = \"automatic\"\ngrace_period = \"2s\"\nmax_data_loss = \"5s\"");
+    // The daemon (probes and listeners) reaches the primary through a link the test can
+    // cut; replication between the regions does not go through it.
+    let link = Partition::start(qc.port);
+    let text = std::fs::read_to_string(&cfg).expect("read topology");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            &format!("127.0.0.1:{}/", qc.port),
+            &format!("127.0.0.1:{}/", link.port),
+        ),
+    )
+    .expect("write topology");
+    let s = Serve::start(BIN, &cfg, &[]);
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('before')").is_some());
+    assert!(wait_until(Duration::from_secs(30), || s
+        .get("/api/v1/failover-groups/fg")["last_known_lag"]["we"][1]
+        .is_number()));
+
+    link.cut();
+    let cut_at = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || psql(
+            &via_rw,
+            "INSERT INTO w (v) VALUES ('during')"
+        )
+        .is_some()),
+        "no write through the listener during the partition:\n{}",
+        s.log_text()
+    );
+    // Detection (2 probes timing out after 250 ms, 300 ms apart) + grace (2 s) + 5 s.
+    let took = cut_at.elapsed();
+    assert!(took < Duration::from_millis(1100 + 2000 + 5000), "{took:?}");
+    let g = s.get("/api/v1/failover-groups/fg");
+    assert_eq!(
+        (
+            g["epoch"].clone(),
+            g["primary"].clone(),
+            g["fenced"].clone()
+        ),
+        (json!(2), json!("we"), json!(["primary"])),
+        "{g:#}"
+    );
+    assert_eq!(
+        psql(&via_rw, "SELECT inet_server_port()"),
+        Some(we.port.to_string())
+    );
+    // The old primary was alive all along, cut off only from the daemon; until the
+    // link heals, nothing can stop a client that reaches it directly.
+    assert!(psql(&qc.url("shop"), "SELECT 1").is_some());
+
+    link.heal();
+    assert!(
+        wait_until(Duration::from_secs(30), || refuses_writes(&qc.url("shop"))),
+        "the old primary still takes writes after the partition healed:\n{}",
+        s.log_text()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            psql(&via_rw, "SELECT inet_server_port()"),
+            Some(we.port.to_string())
+        );
+    }
+    assert_eq!(
+        we.psql(
+            "shop",
+            "SELECT count(*) FROM w WHERE v IN ('before', 'during')"
+        ),
+        "2"
+    );
 }

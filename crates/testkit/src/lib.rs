@@ -14,11 +14,13 @@
 pub mod conformance;
 pub mod data;
 pub mod faults;
+mod partition;
 mod postgres;
 mod proxy;
 mod serve;
 mod services;
 
+pub use partition::Partition;
 pub use postgres::Postgres;
 pub use proxy::FlakyProxy;
 pub use serve::Serve;
