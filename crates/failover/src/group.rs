@@ -400,6 +400,8 @@ impl Group {
             .state
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
+        // An unreachable target is refused before anything is recorded or held.
+        drop(pg::connect(&format!("replica '{}'", target.name), &target.url).await?);
         let epoch = rec.epoch + 1;
         self.state
             .failover_begin(&self.cfg.name, epoch, kind, &db.primary.name, &target.name)?;
@@ -766,6 +768,8 @@ impl Group {
             .state
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
+        // Nothing is held while the target gets ready: clients keep writing meanwhile.
+        pg::preflight(&db, &target.name, Duration::from_secs(30)).await?;
         let epoch = rec.epoch + 1;
         self.state.failover_begin(
             &self.cfg.name,

@@ -21,8 +21,8 @@ pub use drift::{schema_drift, sequence_drift, sync_sequences, SchemaDiff, Sequen
 pub use setup::{setup, SetupProgress, SetupReport};
 pub use status::{status, ReplicaStatus};
 pub use switchover::{
-    prepare_reseed, promote, replica_lag, rotated, set_fence, settle, switchover, Settled,
-    SwitchoverReport,
+    preflight, prepare_reseed, promote, replica_lag, rotated, set_fence, settle, switchover,
+    Settled, SwitchoverReport,
 };
 pub use teardown::{teardown, TeardownReport};
 /// The connection type `connect` returns.

@@ -250,24 +250,14 @@ async fn ensure_publication(c: &tokio_postgres::Client, who: &str, db: &Database
     .await
 }
 
-/// Fences the current primary of `db` (read-only, client sessions ended), waits until
-/// replica `to` (and, for a few seconds more, every other replica) has confirmed every
-/// change up to the fence, sets its sequences exactly, promotes it, points the other
-/// replicas at it and reverses replication so the old primary follows it. On failure
-/// before the promotion the old primary is unfenced and stays the primary; after it,
-/// [`settle`] finishes the change.
-pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<SwitchoverReport> {
-    let target = replica(db, to)?;
-    let old = db.primary.clone();
-    let p = connect("primary", &old.url).await?;
-    let rwho = format!("replica '{to}'");
-    let mut r = connect(&rwho, &target.url).await?;
-    let tables = selected_tables(&p, db, "primary").await?;
-    let slot = subscription_name(db, &target.name);
-    let others: Vec<&DbMember> = db.replicas.iter().filter(|m| m.name != to).collect();
-
-    // 0. Before anything is held: the target streams and is nearly caught up, so the
-    //    fence below holds writes for a moment, not for a reconnect or a backlog.
+/// Waits, with nothing held or fenced, until replica `to` streams from the primary and
+/// is less than 8 MiB behind, so the fence of a planned switchover that follows holds
+/// writes for a moment rather than for a reconnect or a backlog. Fails after `timeout`,
+/// saying why, with nothing changed.
+pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()> {
+    replica(db, to)?;
+    let p = connect("primary", &db.primary.url).await?;
+    let slot = subscription_name(db, to);
     let deadline = Instant::now() + timeout;
     loop {
         let row = p
@@ -301,6 +291,24 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Fences the current primary of `db` (read-only, client sessions ended), waits until
+/// replica `to` (and, for a few seconds more, every other replica) has confirmed every
+/// change up to the fence, sets its sequences exactly, promotes it, points the other
+/// replicas at it and reverses replication so the old primary follows it. On failure
+/// before the promotion the old primary is unfenced and stays the primary; after it,
+/// [`settle`] finishes the change. Call [`preflight`] first, before holding clients.
+pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<SwitchoverReport> {
+    let target = replica(db, to)?;
+    let old = db.primary.clone();
+    let p = connect("primary", &old.url).await?;
+    let rwho = format!("replica '{to}'");
+    let mut r = connect(&rwho, &target.url).await?;
+    let tables = selected_tables(&p, db, "primary").await?;
+    let slot = subscription_name(db, &target.name);
+    let others: Vec<&DbMember> = db.replicas.iter().filter(|m| m.name != to).collect();
 
     // 1. Fence: new sessions are read-only, current client sessions end.
     set_fence(&p, "primary", true).await?;
