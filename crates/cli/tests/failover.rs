@@ -347,6 +347,23 @@ fn restart_settled(cfg: &std::path::Path, epoch: i64, primary: &str, outcome: &s
             .contains(outcome),
         "{g:#}"
     );
+    let mut metrics = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            metrics = s
+                .req(reqwest::Method::GET, "/metrics", None)
+                .1
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            metrics.contains(&format!("georep_failover_epoch{{group=\"fg\"}} {epoch}"))
+        }),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("georep_failover_unsettled{group=\"fg\"} 0"),
+        "{metrics}"
+    );
     s
 }
 

@@ -637,12 +637,26 @@ impl Group {
     }
 
     /// Points the read-only listener at a healthy replica (or the primary, if allowed).
+    /// Prefers a healthy replica whose last known lag is within the database's RPO, then
+    /// any healthy replica.
     fn update_read_only(&self) {
         let db = self.current_db();
-        let ro = db
+        let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
+        let rpo = db.rpo.as_secs_f64();
+        let fresh = |name: &str| {
+            lags.get(name)
+                .and_then(|(_, s)| *s)
+                .is_some_and(|s| s <= rpo)
+        };
+        let healthy: Vec<_> = db
             .replicas
             .iter()
-            .find(|r| self.healthy(&r.name))
+            .filter(|r| self.healthy(&r.name))
+            .collect();
+        let ro = healthy
+            .iter()
+            .find(|r| fresh(&r.name))
+            .or_else(|| healthy.first())
             .and_then(|r| address(&r.url))
             .or_else(|| {
                 self.cfg

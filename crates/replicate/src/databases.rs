@@ -232,6 +232,7 @@ pub(crate) struct GroupMetrics {
     primary: Family<MemberLabel, Gauge>,
     fenced: Family<MemberLabel, Gauge>,
     held: Family<GroupLabel, Gauge>,
+    unsettled: Family<GroupLabel, Gauge>,
 }
 
 impl GroupMetrics {
@@ -242,6 +243,7 @@ impl GroupMetrics {
             primary: Default::default(),
             fenced: Default::default(),
             held: Default::default(),
+            unsettled: Default::default(),
         };
         m.register(
             "failover_epoch",
@@ -268,6 +270,11 @@ impl GroupMetrics {
             "1 while a role change holds new connections",
             g.held.clone(),
         );
+        m.register(
+            "failover_unsettled",
+            "1 while a role change interrupted by a crash or an error is being rolled back or finished",
+            g.unsettled.clone(),
+        );
         g
     }
 
@@ -277,6 +284,7 @@ impl GroupMetrics {
         };
         self.epoch.get_or_create(&gl).set(s.epoch);
         self.held.get_or_create(&gl).set(s.route.held as i64);
+        self.unsettled.get_or_create(&gl).set(s.unsettled as i64);
         for m in &s.members {
             let l = MemberLabel {
                 group: s.name.clone(),
