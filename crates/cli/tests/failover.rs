@@ -236,13 +236,20 @@ fn members_setup(
 
 /// Starts the daemon with `GEOREP_CRASH_AT=point`, asks for a planned failover to `to`,
 /// and waits for the daemon to die at that point.
-fn crash_during_failover(cfg: &std::path::Path, to: &str, point: &str) {
+fn crash_during_failover(cfg: &std::path::Path, to: &str, force: bool, point: &str) {
     let mut s = Serve::start(BIN, cfg, &[("GEOREP_CRASH_AT".into(), point.into())]);
+    // A forced failover needs the target seen healthy first.
+    assert!(wait_until(Duration::from_secs(30), || s
+        .get("/api/v1/failover-groups/fg")["members"]
+        .as_array()
+        .is_some_and(|m| m
+            .iter()
+            .any(|m| m["member"] == to && m["healthy"] == true))));
     let sent = s
         .http
         .post(format!("{}/api/v1/failover-groups/fg/failover", s.base))
         .header("content-type", "application/json")
-        .body(json!({ "to": to }).to_string())
+        .body(json!({ "to": to, "force": force }).to_string())
         .send();
     assert!(
         sent.is_err(),
@@ -268,7 +275,7 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
 
     // Crash after the fence, before the promotion: rolled back, the old primary
     // takes writes again and still replicates.
-    crash_during_failover(&cfg, "we", "switchover-fenced");
+    crash_during_failover(&cfg, "we", false, "switchover-fenced");
     let s = restart_settled(&cfg, 2, "primary", "rolled back");
     assert_eq!(port(), Some(qc.port.to_string()));
     assert!(
@@ -283,7 +290,7 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
     drop(s);
 
     // Crash right after the promotion: finished, the old primary follows the new one.
-    crash_during_failover(&cfg, "we", "switchover-promoted");
+    crash_during_failover(&cfg, "we", false, "switchover-promoted");
     let s = restart_settled(&cfg, 3, "we", "finished");
     assert_eq!(port(), Some(we.port.to_string()));
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-finish')").is_some());
@@ -305,7 +312,7 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
 
     // Crash after every database step, before the new epoch was recorded: finishing
     // again changes nothing in the databases and routes to the new primary.
-    crash_during_failover(&cfg, "primary", "failover-before-route");
+    crash_during_failover(&cfg, "primary", false, "failover-before-route");
     let s = restart_settled(&cfg, 4, "primary", "finished");
     assert_eq!(port(), Some(qc.port.to_string()));
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-back')").is_some());
@@ -316,11 +323,35 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
         "{}",
         s.log_text()
     );
+    drop(s);
+
+    // A forced failover that crashed right after the promotion is finished too: the
+    // member it left is fenced, the promoted one takes writes.
+    crash_during_failover(&cfg, "we", true, "promote-promoted");
+    let s = restart_settled_fenced(&cfg, 5, "we", "finished", &["primary"]);
+    assert_eq!(port(), Some(we.port.to_string()));
+    assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-force')").is_some());
+    assert!(
+        wait_until(Duration::from_secs(30), || refuses_writes(&qc.url("shop"))),
+        "{}",
+        s.log_text()
+    );
 }
 
 /// Restarts the daemon and waits until the interrupted failover is settled at `epoch`
 /// with `primary`, its history saying `outcome`.
 fn restart_settled(cfg: &std::path::Path, epoch: i64, primary: &str, outcome: &str) -> Serve {
+    restart_settled_fenced(cfg, epoch, primary, outcome, &[])
+}
+
+/// [`restart_settled`], with `fenced` members expected.
+fn restart_settled_fenced(
+    cfg: &std::path::Path,
+    epoch: i64,
+    primary: &str,
+    outcome: &str,
+    fenced: &[&str],
+) -> Serve {
     let s = Serve::start(BIN, cfg, &[]);
     let mut g = serde_json::Value::Null;
     assert!(
@@ -337,7 +368,7 @@ fn restart_settled(cfg: &std::path::Path, epoch: i64, primary: &str, outcome: &s
             g["primary"].clone(),
             g["fenced"].clone()
         ),
-        (json!(epoch), json!(primary), json!([])),
+        (json!(epoch), json!(primary), json!(fenced)),
         "{g:#}"
     );
     assert!(
