@@ -400,11 +400,22 @@ fn restart_settled_fenced(
 
 #[test]
 fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
-    let (pgs, _dir, cfg, rw, _ro) = members_setup("", &["we", "au"]);
+    let (pgs, _dir, cfg, rw, ro) = members_setup("", &["we", "au"]);
     let (qc, we, au) = (&pgs[0], &pgs[1], &pgs[2]);
     let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");
     let mut s = Serve::start(BIN, &cfg, &[]);
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('one')").is_some());
+    // Read-only connections are spread over both replicas.
+    let mut seen = BTreeSet::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            seen.extend(psql(&via_ro, "SELECT inet_server_port()"));
+            seen.contains(&we.port.to_string()) && seen.contains(&au.port.to_string())
+        }),
+        "read-only connections went to {seen:?}"
+    );
+    assert!(!seen.contains(&qc.port.to_string()), "{seen:?}");
 
     // Planned: au has everything up to the fence, so it follows we from there.
     let r = s.post("/api/v1/failover-groups/fg/failover", &json!({"to": "we"}));

@@ -120,9 +120,9 @@ impl Group {
             epoch: rec.epoch,
             read_write: address(&current.primary.url),
             read_only: if cfg.read_only_to_primary {
-                address(&current.primary.url)
+                address(&current.primary.url).into_iter().collect()
             } else {
-                None
+                Vec::new()
             },
             held: unsettled,
         };
@@ -637,8 +637,9 @@ impl Group {
     }
 
     /// Points the read-only listener at a healthy replica (or the primary, if allowed).
-    /// Prefers a healthy replica whose last known lag is within the database's RPO, then
-    /// any healthy replica.
+    /// Spreads read-only connections over the healthy replicas whose last known lag is
+    /// within the database's RPO; failing that, over every healthy replica; failing
+    /// that, the primary if allowed.
     fn update_read_only(&self) {
         let db = self.current_db();
         let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
@@ -653,17 +654,15 @@ impl Group {
             .iter()
             .filter(|r| self.healthy(&r.name))
             .collect();
-        let ro = healthy
-            .iter()
-            .find(|r| fresh(&r.name))
-            .or_else(|| healthy.first())
-            .and_then(|r| address(&r.url))
-            .or_else(|| {
-                self.cfg
-                    .read_only_to_primary
-                    .then(|| address(&db.primary.url))
-                    .flatten()
-            });
+        let within: Vec<_> = healthy.iter().filter(|r| fresh(&r.name)).collect();
+        let mut ro: Vec<String> = if within.is_empty() {
+            healthy.iter().filter_map(|r| address(&r.url)).collect()
+        } else {
+            within.iter().filter_map(|r| address(&r.url)).collect()
+        };
+        if ro.is_empty() && self.cfg.read_only_to_primary {
+            ro.extend(address(&db.primary.url));
+        }
         self.route.send_if_modified(|r| {
             if r.read_only != ro {
                 r.read_only = ro.clone();

@@ -1,5 +1,6 @@
 //! The listeners: accept, look up the route in memory, splice bytes both ways.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +15,9 @@ pub struct Route {
     pub epoch: i64,
     /// `host:port` of the primary.
     pub read_write: Option<String>,
-    /// `host:port` of a healthy replica (or the primary, if configured).
-    pub read_only: Option<String>,
+    /// `host:port` of the healthy replicas new read-only connections are spread over
+    /// (or of the primary, if configured and none is healthy).
+    pub read_only: Vec<String>,
     /// While true, new connections wait (a failover is switching roles).
     pub held: bool,
 }
@@ -111,7 +113,13 @@ async fn handle(
     };
     let target = match kind {
         Kind::ReadWrite => route.read_write.clone(),
-        Kind::ReadOnly => route.read_only.clone(),
+        Kind::ReadOnly if route.read_only.is_empty() => None,
+        Kind::ReadOnly => {
+            // Round robin over the replicas.
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let i = NEXT.fetch_add(1, Ordering::Relaxed) % route.read_only.len();
+            Some(route.read_only[i].clone())
+        }
     };
     let Some(target) = target else {
         // Nowhere to go: closing tells the client at once.
