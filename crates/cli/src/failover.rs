@@ -71,10 +71,12 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
             "georep: failover of '{}' refused ({status}): {msg}",
             a.group
         );
-        return Ok(if status.as_u16() == 409 || status.as_u16() == 404 {
-            2
-        } else {
-            1
+        return Ok(match status.as_u16() {
+            404 | 409 | 400 => 2,
+            // A member unreachable, refusing or timing out: nothing was changed or the
+            // daemon keeps settling it.
+            502 | 503 => 3,
+            _ => 1,
         });
     }
     if a.output == Output::Json {

@@ -652,6 +652,24 @@ fn automatic_failover_is_refused_when_the_lag_exceeds_max_data_loss() {
         "SELECT 1"
     )
     .is_none());
+    // A planned failover needs the primary: refused as unavailable (exit 3), nothing changed.
+    let out = Command::new(BIN)
+        .args([
+            "failover",
+            "fg",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+            "--api",
+            &s.base,
+            "--to",
+            "we",
+        ])
+        .output()
+        .expect("failover");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("primary") && err.contains("503"), "{err}");
+    assert_eq!(s.get("/api/v1/failover-groups/fg")["epoch"], 1);
 }
 
 #[test]

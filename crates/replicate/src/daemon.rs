@@ -367,21 +367,17 @@ impl Daemon {
         } else {
             g.failover(to).await
         };
-        match r {
-            Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
-            Err(georep_failover::FailoverError::Refused(m)) => Err(ReplicateError::Conflict(m)),
-            Err(e) => Err(ReplicateError::Config(e.to_string())),
-        }
+        r.map(|r| serde_json::to_value(r).unwrap_or_default())
+            .map_err(group_error)
     }
 
     /// Rebuilds a fenced member of a group as a replica.
     pub async fn reseed(&self, name: &str, member: &str) -> Result<serde_json::Value> {
         let g = self.group(name)?.clone();
-        match g.reseed(member).await {
-            Ok(r) => Ok(serde_json::to_value(r).unwrap_or_default()),
-            Err(georep_failover::FailoverError::Refused(m)) => Err(ReplicateError::Conflict(m)),
-            Err(e) => Err(ReplicateError::Config(e.to_string())),
-        }
+        g.reseed(member)
+            .await
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .map_err(group_error)
     }
 
     pub fn has_policy(&self, name: &str) -> bool {
@@ -539,5 +535,22 @@ impl Daemon {
         if let Ok(mut w) = self.watchers.lock() {
             w.clear();
         }
+    }
+}
+
+/// A failover-group error as the API reports it: refusals are conflicts, members that
+/// cannot be reached (or time out, or fail a statement) make the service unavailable.
+fn group_error(e: georep_failover::FailoverError) -> ReplicateError {
+    use georep_db::DbError;
+    use georep_failover::FailoverError;
+    match e {
+        FailoverError::Refused(m) => ReplicateError::Conflict(m),
+        FailoverError::Db(
+            e @ (DbError::Unreachable { .. }
+            | DbError::Auth { .. }
+            | DbError::Timeout(_)
+            | DbError::Sql { .. }),
+        ) => ReplicateError::Unavailable(e.to_string()),
+        e => ReplicateError::Config(e.to_string()),
     }
 }

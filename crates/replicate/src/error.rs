@@ -24,6 +24,9 @@ pub enum ReplicateError {
     /// The request does not fit the current state (e.g. resuming a policy that is not paused).
     #[error("{0}")]
     Conflict(String),
+    /// A database member could not be reached, refused, or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ReplicateError {
@@ -31,6 +34,7 @@ impl ReplicateError {
     pub fn exit_class(&self) -> u8 {
         match self {
             Self::Store { source, .. } => source.exit_class(),
+            Self::Unavailable(_) => 3,
             _ => 2,
         }
     }

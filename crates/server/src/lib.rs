@@ -39,6 +39,7 @@ impl From<ReplicateError> for ApiError {
             ReplicateError::UnknownPolicy(_) | ReplicateError::NotFound(_) => StatusCode::NOT_FOUND,
             ReplicateError::Config(_) => StatusCode::BAD_REQUEST,
             ReplicateError::Conflict(_) => StatusCode::CONFLICT,
+            ReplicateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ReplicateError::Store { .. } => StatusCode::BAD_GATEWAY,
             ReplicateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
