@@ -273,10 +273,35 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
     let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");
     let port = || psql(&via_rw, "SELECT inet_server_port()");
 
-    // Crash after the fence, before the promotion: rolled back, the old primary
-    // takes writes again and still replicates.
+    // An application role (not a superuser) on both members.
+    for pg in [&qc, &we] {
+        pg.psql(
+            "shop",
+            "CREATE ROLE app LOGIN; GRANT ALL ON w TO app; GRANT ALL ON SEQUENCE w_id_seq TO app",
+        );
+    }
+    let app_direct = format!("postgres://app@127.0.0.1:{}/shop", qc.port);
+
+    // Crash after the fence, before the promotion. While nothing settles it, the old
+    // primary is closed to applications and read-only for everyone else.
     crash_during_failover(&cfg, "we", false, "switchover-fenced");
+    let refused = Command::new("psql")
+        .args(["-X", "-d", &app_direct, "-c", "SELECT 1"])
+        .output()
+        .expect("psql");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("too many connections"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(refuses_writes(&qc.url("shop")));
+    // On restart it is rolled back: the old primary takes writes again and replicates.
     let s = restart_settled(&cfg, 2, "primary", "rolled back");
+    assert!(psql(
+        &app_direct,
+        "INSERT INTO w (v) VALUES ('app-after-rollback')"
+    )
+    .is_some());
     assert_eq!(port(), Some(qc.port.to_string()));
     assert!(
         psql(&via_rw, "INSERT INTO w (v) VALUES ('after-rollback')").is_some(),
@@ -292,6 +317,9 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
     // Crash right after the promotion: finished, the old primary follows the new one.
     crash_during_failover(&cfg, "we", false, "switchover-promoted");
     let s = restart_settled(&cfg, 3, "we", "finished");
+    // The old primary, now a replica, is open to applications again, for reading.
+    assert!(psql(&app_direct, "SELECT count(*) FROM w").is_some());
+    assert!(refuses_writes(&app_direct));
     assert_eq!(port(), Some(we.port.to_string()));
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-finish')").is_some());
     assert!(
@@ -317,9 +345,10 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
     assert_eq!(port(), Some(qc.port.to_string()));
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('after-back')").is_some());
     assert!(
-        wait_until(Duration::from_secs(30), || we
-            .psql("shop", "SELECT count(*) FROM w WHERE v LIKE 'after-%'")
-            == "3"),
+        wait_until(Duration::from_secs(30), || we.psql(
+            "shop",
+            "SELECT count(*) FROM w WHERE v LIKE 'after-%' OR v LIKE 'app-%'"
+        ) == "4"),
         "{}",
         s.log_text()
     );

@@ -103,6 +103,34 @@ pub async fn set_fence(c: &tokio_postgres::Client, who: &str, on: bool) -> Resul
     exec(c, who, &sql).await
 }
 
+/// Closes or reopens the database to new non-superuser sessions for the length of a
+/// planned switchover (`CONNECTION LIMIT 0`), so a client that bypasses the listeners
+/// cannot connect and write past the fence. Only the default limit (-1) is changed, so a
+/// limit an operator set is left alone (and then only the read-only fence applies).
+async fn set_gate(c: &tokio_postgres::Client, who: &str, closed: bool) -> Result<()> {
+    let limit: i32 = c
+        .query_one(
+            "SELECT datconnlimit FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| DbError::sql(who, e))?;
+    let name = quote_ident(&dbname(c, who).await?);
+    match (closed, limit) {
+        (true, -1) => exec(c, who, &format!("ALTER DATABASE {name} CONNECTION LIMIT 0")).await,
+        (false, 0) => {
+            exec(
+                c,
+                who,
+                &format!("ALTER DATABASE {name} CONNECTION LIMIT -1"),
+            )
+            .await
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A subscription's state on a member: enabled, and the connection it follows.
 async fn subscription(
     c: &tokio_postgres::Client,
@@ -294,7 +322,8 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
     Ok(())
 }
 
-/// Fences the current primary of `db` (read-only, client sessions ended), waits until
+/// Fences the current primary of `db` (read-only, closed to new non-superuser sessions,
+/// client sessions ended), waits until
 /// replica `to` (and, for a few seconds more, every other replica) has confirmed every
 /// change up to the fence, sets its sequences exactly, promotes it, points the other
 /// replicas at it and reverses replication so the old primary follows it. On failure
@@ -312,6 +341,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
 
     // 1. Fence: new sessions are read-only, current client sessions end.
     set_fence(&p, "primary", true).await?;
+    set_gate(&p, "primary", true).await?;
     p.query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
          AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
@@ -337,6 +367,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     .await;
     if !matches!(&confirmed, Ok(c) if !c.is_empty()) {
         let _ = set_fence(&p, "primary", false).await;
+        let _ = set_gate(&p, "primary", false).await;
         confirmed?;
         return Err(DbError::Timeout(format!(
             "replica '{to}' did not confirm the fence position {fence_lsn} within {timeout:?}; the switchover was abandoned and the primary unfenced"
@@ -442,6 +473,8 @@ async fn finish_planned(
         Some((_, conn)) if conn == target.url => {}
         _ => follow(p, "primary", db, &db.primary.name, target, r).await?,
     }
+    // Readers may connect to it again.
+    set_gate(p, "primary", false).await?;
     Ok(report)
 }
 
@@ -614,6 +647,7 @@ pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
         if planned {
             let p = connect("primary", &db.primary.url).await?;
             set_fence(&p, "primary", false).await?;
+            set_gate(&p, "primary", false).await?;
         }
         return Ok(Settled::RolledBack);
     }
