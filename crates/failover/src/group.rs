@@ -264,7 +264,15 @@ impl Group {
             return;
         };
         let primary = self.current_db().primary.name == member;
-        match pg::set_fence(c, member, !primary).await {
+        let set = tokio::time::timeout(self.cfg.probe_timeout, pg::set_fence(c, member, !primary))
+            .await
+            .unwrap_or_else(|_| {
+                Err(georep_db::DbError::Timeout(format!(
+                    "no answer within {:?}",
+                    self.cfg.probe_timeout
+                )))
+            });
+        match set {
             Ok(()) => {
                 if let Ok(mut f) = self.fences_set.lock() {
                     f.insert(member.to_string());
@@ -333,7 +341,10 @@ impl Group {
             Some(r) => {
                 let name = r.name.clone();
                 tracing::warn!(group = %self.cfg.name, primary = %db.primary.name, to = %name, "primary unhealthy for the whole grace period: automatic failover");
-                if let Err(e) = self.force(Some(&name), "automatic").await {
+                if let Err(e) = self
+                    .force(Some(&name), "automatic", Some(&db.primary.name))
+                    .await
+                {
                     tracing::error!(group = %self.cfg.name, error = %e, "automatic failover failed");
                 }
             }
@@ -373,9 +384,22 @@ impl Group {
 
     /// Forced failover: promote a replica without the primary (which is fenced for good
     /// and needs a reseed), route to it, and record the estimated data loss.
-    pub async fn force(&self, to: Option<&str>, kind: &str) -> Result<FailoverReport> {
+    /// `expect_primary`: the primary the decision was made against; if another role
+    /// change got in first, nothing is done.
+    pub async fn force(
+        &self,
+        to: Option<&str>,
+        kind: &str,
+        expect_primary: Option<&str>,
+    ) -> Result<FailoverReport> {
         let _one = self.op.lock().await;
         let db = self.current_db();
+        if let Some(p) = expect_primary.filter(|p| *p != db.primary.name) {
+            return Err(FailoverError::Refused(format!(
+                "the primary changed from '{p}' to '{}' meanwhile; not failing over again",
+                db.primary.name
+            )));
+        }
         let target = match to {
             Some(t) => db
                 .replicas
@@ -418,13 +442,14 @@ impl Group {
             (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
             _ => "unknown (no lag was seen)".into(),
         };
-        let report = match pg::promote(&db, &target.name).await {
-            Ok(rep) => self.commit(epoch, kind, &db, &rep, held_at, data_loss, "done")?,
+        let result = match pg::promote(&db, &target.name).await {
+            Ok(rep) => self.commit(epoch, kind, &db, &rep, held_at, data_loss, "done"),
             Err(e) => {
                 self.settle_after_error(epoch, kind, &db, &target.name, e, held_at, data_loss)
-                    .await?
+                    .await
             }
         };
+        let report = self.unsettled_on_error(result)?;
         tracing::warn!(group = %self.cfg.name, epoch, from = %report.from, to = %report.to, data_loss = %report.data_loss, "forced failover done; the old primary is fenced and needs a reseed");
         Ok(report)
     }
@@ -476,12 +501,14 @@ impl Group {
             f.clear();
         }
         let rw = address(&self.current_db().primary.url);
+        // Both routes change with the release, so no held reader reaches the new primary.
+        let ro = self.read_only_targets();
         self.route.send_modify(|r| {
             r.epoch = epoch;
             r.read_write = rw.clone();
+            r.read_only = ro.clone();
             r.held = false;
         });
-        self.update_read_only();
         let gap = held_at.elapsed().as_millis() as u64;
         let left_behind: BTreeMap<String, String> = rep.left_behind.iter().cloned().collect();
         let left_text = left_behind
@@ -637,10 +664,36 @@ impl Group {
     }
 
     /// Points the read-only listener at a healthy replica (or the primary, if allowed).
-    /// Spreads read-only connections over the healthy replicas whose last known lag is
-    /// within the database's RPO; failing that, over every healthy replica; failing
-    /// that, the primary if allowed.
+    /// A role change that ended in an error while still recorded as in progress (a
+    /// state write failed, say) leaves new connections held: the probe loop settles it.
+    fn unsettled_on_error(&self, r: Result<FailoverReport>) -> Result<FailoverReport> {
+        if r.is_err()
+            && self
+                .state
+                .failover_pending(&self.cfg.name)
+                .map_or(true, |p| p.is_some())
+        {
+            self.unsettled.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Points the read-only listener at [`Self::read_only_targets`].
     fn update_read_only(&self) {
+        let ro = self.read_only_targets();
+        self.route.send_if_modified(|r| {
+            if r.read_only != ro {
+                r.read_only = ro.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The healthy replicas whose last known lag is within the database's RPO; failing
+    /// that, every healthy replica; failing that, the primary if allowed.
+    fn read_only_targets(&self) -> Vec<String> {
         let db = self.current_db();
         let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
         let rpo = db.rpo.as_secs_f64();
@@ -663,14 +716,7 @@ impl Group {
         if ro.is_empty() && self.cfg.read_only_to_primary {
             ro.extend(address(&db.primary.url));
         }
-        self.route.send_if_modified(|r| {
-            if r.read_only != ro {
-                r.read_only = ro.clone();
-                true
-            } else {
-                false
-            }
-        });
+        ro
     }
 
     /// Rebuilds a fenced member as a replica of the current primary (its data is
@@ -797,10 +843,10 @@ impl Group {
         tracing::info!(group = %self.cfg.name, from = %db.primary.name, to = %target.name, "planned failover: holding new connections");
         let loss =
             "none: every write acknowledged before the fence was confirmed by the new primary";
-        let report = match pg::switchover(&db, &target.name, Duration::from_secs(30)).await {
+        let result = match pg::switchover(&db, &target.name, Duration::from_secs(30)).await {
             Ok(rep) => {
                 crash_point("failover-before-route");
-                self.commit(epoch, "planned", &db, &rep, held_at, loss.into(), "done")?
+                self.commit(epoch, "planned", &db, &rep, held_at, loss.into(), "done")
             }
             Err(e) => {
                 self.settle_after_error(
@@ -812,9 +858,10 @@ impl Group {
                     held_at,
                     loss.into(),
                 )
-                .await?
+                .await
             }
         };
+        let report = self.unsettled_on_error(result)?;
         tracing::info!(group = %self.cfg.name, epoch, write_gap_ms = report.write_gap_ms, "planned failover done");
         Ok(report)
     }

@@ -363,7 +363,7 @@ impl Daemon {
     ) -> Result<serde_json::Value> {
         let g = self.group(name)?.clone();
         let r = if force {
-            g.force(to, "forced").await
+            g.force(to, "forced", None).await
         } else {
             g.failover(to).await
         };

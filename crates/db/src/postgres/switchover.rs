@@ -174,12 +174,21 @@ async fn stop_following(
     c: &mut tokio_postgres::Client,
     who: &str,
     sub: &str,
+    measure: bool,
 ) -> Result<Option<Option<u64>>> {
     if subscription(c, who, sub).await?.is_none() {
         return Ok(None);
     }
-    let applied = applied_lsn(c, who, sub).await?;
     let q = quote_ident(sub);
+    // To know what it applied, stop it first (a disabled subscription still means
+    // "not promoted"), then read its position once the worker is gone.
+    let applied = if measure {
+        exec(c, who, &format!("ALTER SUBSCRIPTION {q} DISABLE")).await?;
+        wait_worker_stopped(c, who, sub).await?;
+        applied_lsn(c, who, sub).await?
+    } else {
+        None
+    };
     let tx = c.transaction().await.map_err(|e| DbError::sql(who, e))?;
     tx.batch_execute(&format!(
         "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}"
@@ -188,6 +197,54 @@ async fn stop_following(
     .map_err(|e| DbError::sql(who, e))?;
     tx.commit().await.map_err(|e| DbError::sql(who, e))?;
     Ok(Some(applied))
+}
+
+/// Ends every client session of the database and waits until they are gone, so no
+/// commit can still be in flight when the fence position is read.
+async fn end_client_sessions(p: &tokio_postgres::Client) -> Result<()> {
+    const CLIENTS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = p
+            .query_one(
+                &format!("SELECT count(pg_terminate_backend(pid)) {CLIENTS}"),
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| DbError::sql("primary", e))?;
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DbError::Timeout(format!(
+                "{left} client session(s) of the primary did not end within 10 s of pg_terminate_backend; the switchover was abandoned and the primary unfenced"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (up to 5 s) until a subscription's apply worker has stopped, so what it has
+/// applied is final.
+async fn wait_worker_stopped(c: &tokio_postgres::Client, who: &str, sub: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let running: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL)",
+                &[&sub],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| DbError::sql(who, e))?;
+        if !running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Waits until the slot of each replica in `slots` has confirmed `lsn` on the
@@ -342,15 +399,15 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     // 1. Fence: new sessions are read-only, current client sessions end.
     set_fence(&p, "primary", true).await?;
     set_gate(&p, "primary", true).await?;
-    p.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
-         AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-        &[],
-    )
-    .await
-    .map_err(|e| DbError::sql("primary", e))?;
+    if let Err(e) = end_client_sessions(&p).await {
+        let _ = set_fence(&p, "primary", false).await;
+        let _ = set_gate(&p, "primary", false).await;
+        return Err(e);
+    }
+    // The insert position covers every commit record written so far, including
+    // asynchronous commits not yet flushed; no client session is left to add more.
     let fence_lsn: String = p
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map(|r| r.get(0))
         .map_err(|e| DbError::sql("primary", e))?;
@@ -379,7 +436,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let sequences_set = push_sequences(&p, &r, &target.name, &tables, 0).await?;
 
     // 4. Promote: the point of no return.
-    stop_following(&mut r, &rwho, &slot).await?;
+    stop_following(&mut r, &rwho, &slot, false).await?;
     crash_point("switchover-promoted");
 
     // 5. Everyone else follows the new primary.
@@ -409,7 +466,7 @@ async fn finish_planned(
     set_fence(r, &rwho, false).await?;
     ensure_publication(r, &rwho, db).await?;
     let fenced_at: String = p
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map(|r| r.get(0))
         .map_err(|e| DbError::sql("primary", e))?;
@@ -418,7 +475,11 @@ async fn finish_planned(
         let who = format!("replica '{}'", m.name);
         match connect(&who, &m.url).await {
             Ok(c) => match subscription(&c, &who, &subscription_name(db, &m.name)).await? {
-                Some((_, conn)) if conn == target.url => report.repointed.push(m.name.clone()),
+                Some((_, conn)) if conn == target.url => {
+                    // Re-pointed before an interruption: its old slot may remain.
+                    drop_slot(p, "primary", &subscription_name(db, &m.name)).await?;
+                    report.repointed.push(m.name.clone())
+                }
                 _ => pending.push((m, c)),
             },
             Err(e) => report.left_behind.push((
@@ -449,6 +510,8 @@ async fn finish_planned(
                 )
                 .await?;
             }
+            // Its slot would hold WAL on the old primary until the reseed.
+            drop_slot(p, "primary", &sub).await?;
             report.left_behind.push((
                 m.name.clone(),
                 format!("had not confirmed {fenced_at} within {OTHERS_GRACE:?} of the new primary"),
@@ -486,7 +549,7 @@ pub async fn promote(db: &Database, to: &str) -> Result<SwitchoverReport> {
     let target = replica(db, to)?;
     let who = format!("replica '{to}'");
     let mut r = connect(&who, &target.url).await?;
-    let applied = stop_following(&mut r, &who, &subscription_name(db, to))
+    let applied = stop_following(&mut r, &who, &subscription_name(db, to), true)
         .await?
         .flatten();
     crash_point("promote-promoted");
@@ -539,21 +602,7 @@ async fn finish_forced(
             None => {}
         }
         // Its apply worker stops at a transaction boundary; then what it applied is final.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let running: bool = c
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL)",
-                    &[&sub],
-                )
-                .await
-                .map(|r| r.get(0))
-                .map_err(|e| DbError::sql(&mwho, e))?;
-            if !running {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_worker_stopped(&c, &mwho, &sub).await?;
         let mine = applied_lsn(&c, &mwho, &sub).await?;
         match (applied, mine) {
             (Some(a), Some(b)) if a == b => {
@@ -748,8 +797,9 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
     if !list.is_empty() {
         exec(&c, &who, &format!("TRUNCATE {list} CASCADE")).await?;
     }
-    // It comes back as a replica: read-only for clients.
+    // It comes back as a replica: read-only for clients, open to readers.
     set_fence(&c, &who, true).await?;
+    set_gate(&c, &who, false).await?;
     Ok(())
 }
 
