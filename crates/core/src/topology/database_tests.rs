@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::tests::{parse, refused};
 use super::*;
 
 fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -15,10 +16,6 @@ fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Opt
 
 fn parse_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Topology, ConfigErrors> {
     Topology::parse(text, Path::new("/etc/georep"), env)
-}
-
-fn parse(text: &str) -> Result<Topology, ConfigErrors> {
-    parse_with(text, &|_| None)
 }
 
 const REGIONS: &str = r#"
@@ -356,14 +353,7 @@ fn each_error_class_is_reported() {
         ),
     ];
     for (name, chunk, wants) in cases {
-        let text = format!("{REGIONS}{chunk}");
-        let shown = match parse(&text) {
-            Ok(_) => panic!("{name}: accepted:\n{text}"),
-            Err(e) => e.render("g.toml"),
-        };
-        for want in wants {
-            assert!(shown.contains(want), "{name}: want {want:?} in:\n{shown}");
-        }
+        let shown = refused(name, &format!("{REGIONS}{chunk}"), wants);
         assert!(
             !shown.contains(":pw") && !shown.contains("pw2"),
             "{name}: a password is shown:\n{shown}"

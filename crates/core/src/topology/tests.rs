@@ -17,8 +17,22 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn parse(text: &str) -> Result<Topology, ConfigErrors> {
+/// Parses `text` as if read from `/etc/georep/`, with no environment variables.
+pub(super) fn parse(text: &str) -> Result<Topology, ConfigErrors> {
     Topology::parse(text, Path::new(BASE), &no_env)
+}
+
+/// Parses `text`, which must be refused, and checks that the rendered errors contain
+/// each of `wants`; returns them for further checks.
+pub(super) fn refused(name: &str, text: &str, wants: &[&str]) -> String {
+    let shown = match parse(text) {
+        Ok(_) => panic!("{name}: accepted:\n{text}"),
+        Err(e) => e.render("g.toml"),
+    };
+    for want in wants {
+        assert!(shown.contains(want), "{name}: want {want:?} in:\n{shown}");
+    }
+    shown
 }
 
 fn errors(text: &str) -> ConfigErrors {
