@@ -7,48 +7,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use georep_testkit::{free_port, wait_until, Partition, Postgres, Serve};
+use georep_testkit::{free_port, psql_at, wait_until, Partition, Postgres, Serve};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_georep");
 
+/// Runs SQL as an ordinary client: its output, or None when refused.
 fn psql(url: &str, sql: &str) -> Option<String> {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    psql_at(url, sql, false).ok()
 }
 
 /// Whether `url` refuses a client write because the database is read-only.
 fn refuses_writes(url: &str) -> bool {
-    Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-d",
-            url,
-            "-c",
-            "INSERT INTO w (v) VALUES (gen_random_uuid()::text)",
-        ])
-        .output()
-        .is_ok_and(|o| {
-            !o.status.success()
-                && String::from_utf8_lossy(&o.stderr).contains("read-only transaction")
-        })
+    psql_at(
+        url,
+        "INSERT INTO w (v) VALUES (gen_random_uuid()::text)",
+        false,
+    )
+    .is_err_and(|e| e.contains("read-only transaction"))
 }
 
 #[test]
@@ -285,14 +261,12 @@ fn a_failover_interrupted_by_a_crash_is_rolled_back_or_finished_on_restart() {
     // Crash after the fence, before the promotion. While nothing settles it, the old
     // primary is closed to applications and read-only for everyone else.
     crash_during_failover(&cfg, "we", false, "switchover-fenced");
-    let refused = Command::new("psql")
-        .args(["-X", "-d", &app_direct, "-c", "SELECT 1"])
-        .output()
-        .expect("psql");
+    let refused = psql_at(&app_direct, "SELECT 1", false);
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("too many connections"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("too many connections")),
+        "{refused:?}"
     );
     assert!(refuses_writes(&qc.url("shop")));
     // On restart it is rolled back: the old primary takes writes again and replicates.
@@ -478,19 +452,10 @@ fn other_replicas_follow_the_new_primary_or_are_fenced_when_they_cannot() {
     assert!(r["left_behind"]["au"].is_string(), "{r:#}");
     let g = s.get("/api/v1/failover-groups/fg");
     assert_eq!(g["fenced"], json!(["au", "we"]), "{g:#}");
+    let four = psql_at(&via_rw, "INSERT INTO w (v) VALUES ('four')", false);
     assert!(
-        psql(&via_rw, "INSERT INTO w (v) VALUES ('four')").is_some(),
-        "no write through the listener after the forced failover: {:?}\n{}",
-        Command::new("psql")
-            .args([
-                "-X",
-                "-d",
-                &via_rw,
-                "-c",
-                "INSERT INTO w (v) VALUES ('four')"
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stderr).to_string()),
+        four.is_ok(),
+        "no write through the listener after the forced failover: {four:?}\n{}",
         s.log_text()
     );
     assert_eq!(qc.psql("shop", "SELECT count(*) FROM w"), "4");

@@ -21,7 +21,7 @@ mod serve;
 mod services;
 
 pub use partition::Partition;
-pub use postgres::Postgres;
+pub use postgres::{psql_at, Postgres};
 pub use proxy::FlakyProxy;
 pub use serve::Serve;
 pub use services::{free_port, wait_until, Azurite, Moto, AZURITE_ACCOUNT, AZURITE_KEY};

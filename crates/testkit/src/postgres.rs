@@ -154,30 +154,7 @@ impl Postgres {
 
     /// Runs SQL with psql against `db`, panicking with psql's output on failure.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.url(db),
-                "-c",
-                sql,
-            ])
-            // The test acts as an administrator: a replica's read-only default does not bind it.
-            .env("PGOPTIONS", "-c default_transaction_read_only=off")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run psql (apt-get install -y postgresql-client)");
-        assert!(
-            out.status.success(),
-            "psql {sql:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_at(&self.url(db), sql, true).unwrap_or_else(|e| panic!("psql {sql:?} failed: {e}"))
     }
 
     /// Creates a database.
@@ -222,5 +199,36 @@ impl Drop for Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// Runs SQL with psql at `url`: its trimmed output, or its error text. As `admin`, a
+/// replica's read-only default does not bind the session (the test acts as an
+/// operator); otherwise the session is an ordinary client's.
+pub fn psql_at(url: &str, sql: &str, admin: bool) -> Result<String, String> {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        url,
+        "-c",
+        sql,
+    ])
+    .stdin(Stdio::null());
+    if admin {
+        cmd.env("PGOPTIONS", "-c default_transaction_read_only=off");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run psql ({e}); apt-get install -y postgresql-client"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
