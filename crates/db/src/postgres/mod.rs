@@ -102,23 +102,21 @@ pub(crate) async fn schema_dump(
 }
 
 /// Stops a subscription and drops it without touching its slot (the caller drops the
-/// slot on the publisher, or the publisher is gone).
+/// slot on the publisher, or the publisher is gone), in one transaction: the member
+/// either still follows or no longer does.
 pub(crate) async fn drop_subscription(
     c: &tokio_postgres::Client,
     who: &str,
     name: &str,
 ) -> crate::Result<()> {
     let q = quote_ident(name);
-    for sql in [
-        format!("ALTER SUBSCRIPTION {q} DISABLE"),
-        format!("ALTER SUBSCRIPTION {q} SET (slot_name = NONE)"),
-        format!("DROP SUBSCRIPTION {q}"),
-    ] {
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| crate::DbError::sql(who, e))?;
-    }
-    Ok(())
+    // One simple-query message runs as one implicit transaction; DROP SUBSCRIPTION is
+    // allowed in it once the slot is detached.
+    c.batch_execute(&format!(
+        "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}"
+    ))
+    .await
+    .map_err(|e| crate::DbError::sql(who, e))
 }
 
 /// Drops replication slot `slot` if it exists, ending the WAL sender that holds it

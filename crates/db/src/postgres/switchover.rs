@@ -171,7 +171,7 @@ fn parse_lsn(s: &str) -> Option<u64> {
 /// subscription is dropped; the slot is left to the caller). Returns the publisher's
 /// LSN it had applied, or None when it was no longer subscribed.
 async fn stop_following(
-    c: &mut tokio_postgres::Client,
+    c: &tokio_postgres::Client,
     who: &str,
     sub: &str,
     measure: bool,
@@ -179,23 +179,21 @@ async fn stop_following(
     if subscription(c, who, sub).await?.is_none() {
         return Ok(None);
     }
-    let q = quote_ident(sub);
     // To know what it applied, stop it first (a disabled subscription still means
     // "not promoted"), then read its position once the worker is gone.
     let applied = if measure {
-        exec(c, who, &format!("ALTER SUBSCRIPTION {q} DISABLE")).await?;
+        exec(
+            c,
+            who,
+            &format!("ALTER SUBSCRIPTION {} DISABLE", quote_ident(sub)),
+        )
+        .await?;
         wait_worker_stopped(c, who, sub).await?;
         applied_lsn(c, who, sub).await?
     } else {
         None
     };
-    let tx = c.transaction().await.map_err(|e| DbError::sql(who, e))?;
-    tx.batch_execute(&format!(
-        "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}"
-    ))
-    .await
-    .map_err(|e| DbError::sql(who, e))?;
-    tx.commit().await.map_err(|e| DbError::sql(who, e))?;
+    drop_subscription(c, who, sub).await?;
     Ok(Some(applied))
 }
 
@@ -391,7 +389,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let old = db.primary.clone();
     let p = connect("primary", &old.url).await?;
     let rwho = format!("replica '{to}'");
-    let mut r = connect(&rwho, &target.url).await?;
+    let r = connect(&rwho, &target.url).await?;
     let tables = selected_tables(&p, db, "primary").await?;
     let slot = subscription_name(db, &target.name);
     let others: Vec<&DbMember> = db.replicas.iter().filter(|m| m.name != to).collect();
@@ -436,7 +434,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let sequences_set = push_sequences(&p, &r, &target.name, &tables, 0).await?;
 
     // 4. Promote: the point of no return.
-    stop_following(&mut r, &rwho, &slot, false).await?;
+    stop_following(&r, &rwho, &slot, false).await?;
     crash_point("switchover-promoted");
 
     // 5. Everyone else follows the new primary.
@@ -548,8 +546,8 @@ async fn finish_planned(
 pub async fn promote(db: &Database, to: &str) -> Result<SwitchoverReport> {
     let target = replica(db, to)?;
     let who = format!("replica '{to}'");
-    let mut r = connect(&who, &target.url).await?;
-    let applied = stop_following(&mut r, &who, &subscription_name(db, to), true)
+    let r = connect(&who, &target.url).await?;
+    let applied = stop_following(&r, &who, &subscription_name(db, to), true)
         .await?
         .flatten();
     crash_point("promote-promoted");
