@@ -157,7 +157,7 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
             .api
             .clone()
             .unwrap_or_else(|| format!("http://{}", t.server.listen)),
-        token: t.server.token.clone(),
+        token: crate::api_token::for_client(&t)?,
         http: reqwest::Client::new(),
     };
     let before = api

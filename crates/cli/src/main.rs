@@ -1,6 +1,7 @@
 //! The `georep` binary: argument parsing, terminal output and exit codes. All work is
 //! done by the library crates; this is the only crate that prints.
 
+mod api_token;
 mod db;
 mod drill;
 mod failover;

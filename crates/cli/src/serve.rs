@@ -32,15 +32,24 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     let listen = a.listen.unwrap_or(topo.server.listen);
     let token = topo.server.token.clone();
     if !listen.ip().is_loopback() && token.is_none() {
-        tracing::warn!(%listen, "the API listens beyond loopback without a token; set [server] token");
+        tracing::warn!(%listen, "the API listens beyond loopback without a token: anyone who reaches it can read status; set [server] token");
     }
+    let (write_token, token_file) = crate::api_token::ensure(&topo)?;
     let listener = georep_server::bind(listen).await.map_err(ConfigFileError)?;
     let addr = listener.local_addr()?;
     let n = topo.policies.len();
     let daemon = Daemon::start(topo, Arc::new(state)).await?;
     println!("georep: replicating {n} policies; API on http://{addr}");
+    if let Some(f) = &token_file {
+        // Where the token is, never the token itself.
+        println!(
+            "georep: routes that change something need the token in {}",
+            f.display()
+        );
+    }
     tracing::info!(%addr, policies = n, "serving");
-    georep_server::serve(listener, daemon.clone(), token, shutdown_signal()).await?;
+    let access = georep_server::Access { token, write_token };
+    georep_server::serve(listener, daemon.clone(), access, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing transfers in flight");
     daemon.shutdown().await;
     Ok(0)

@@ -39,7 +39,10 @@ pub(crate) fn load(path: &Path) -> Result<Topology> {
     })?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-    Topology::parse(&text, &base, &|k| std::env::var(k).ok())
+    // Locations are compared as they are on disk (links resolved), at every load:
+    // `validate`, `plan` and each start of `serve`.
+    let resolve = |u: &georep_core::StoreUrl| Some(georep_storage::resolve_local(u));
+    Topology::parse_resolving(&text, &base, &|k| std::env::var(k).ok(), &resolve)
         .map_err(|e| ConfigFileError(e.render(&path.display().to_string())).into())
 }
 

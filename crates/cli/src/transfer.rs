@@ -89,6 +89,11 @@ pub(crate) struct Tuning {
     /// Objects larger than this are uploaded in parts of this size (min 5M).
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_part)]
     part_size: u64,
+    /// A local source's symbolic links: copy what they point to, as long as it is inside
+    /// the source folder (links leading out, and loops, are skipped). Without it, links
+    /// are skipped and reported. A destination's links are never followed.
+    #[arg(long)]
+    follow_symlinks: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,7 +179,12 @@ async fn execute(command: &'static str, pair: &Pair, opts: JobOptions) -> anyhow
     let src_url = StoreUrl::parse(src).context("bad source URL")?;
     let dst_url = StoreUrl::parse(dst).context("bad destination URL")?;
     let cwd = std::env::current_dir().unwrap_or_default();
-    if src_url.overlaps(&dst_url, &cwd) {
+    // Compared as they are on disk, links resolved: `bk -> data/backup` is inside `data`.
+    let (real_src, real_dst) = (
+        georep_storage::resolve_local(&src_url),
+        georep_storage::resolve_local(&dst_url),
+    );
+    if src_url.overlaps(&dst_url, &cwd) || real_src.overlaps(&real_dst, &cwd) {
         return Err(georep_core::StoreUrlError::Invalid {
             url: format!("{src_url} -> {dst_url}"),
             reason: "the source and the destination overlap (one is inside the other); choose separate locations".into(),
@@ -186,7 +196,11 @@ async fn execute(command: &'static str, pair: &Pair, opts: JobOptions) -> anyhow
         fsync: pair.tuning.fsync,
         ..Default::default()
     };
-    let src = Arc::new(Store::open(&src_url, &store_opts)?);
+    let src_opts = StoreOptions {
+        follow_symlinks: pair.tuning.follow_symlinks,
+        ..store_opts.clone()
+    };
+    let src = Arc::new(Store::open(&src_url, &src_opts)?);
     let dst = Arc::new(Store::open(&dst_url, &store_opts)?);
     let progress = Arc::new(Progress::default());
     let view = ProgressView::start(progress.clone());
@@ -244,6 +258,9 @@ fn print_text(command: &str, r: &Report) {
             eprintln!("failed: {}: {}", f.key, f.error);
         }
     }
+    for f in &r.skipped_keys {
+        eprintln!("skipped: {}: {}", f.key, f.error);
+    }
     if let Some(why) = &r.delete_refused {
         eprintln!("georep: {why}");
     }
@@ -271,8 +288,13 @@ fn print_text(command: &str, r: &Report) {
             } else {
                 ""
             };
+            let left = if r.skipped_keys.is_empty() {
+                String::new()
+            } else {
+                format!(", {} left alone (listed above)", r.skipped_keys.len())
+            };
             println!(
-                "{command}: {} copied ({}), {} skipped, {} deleted, {} failed, {} checked in {:.2}s ({rate}/s){dry}",
+                "{command}: {} copied ({}), {} skipped, {} deleted, {} failed{left}, {} checked in {:.2}s ({rate}/s){dry}",
                 r.copied,
                 human(r.bytes_copied),
                 r.skipped,

@@ -224,6 +224,7 @@ fn crash_during_failover(cfg: &std::path::Path, to: &str, force: bool, point: &s
     let sent = s
         .http
         .post(format!("{}/api/v1/failover-groups/fg/failover", s.base))
+        .bearer_auth(s.token().unwrap_or_default())
         .header("content-type", "application/json")
         .body(json!({ "to": to, "force": force }).to_string())
         .send();

@@ -58,6 +58,8 @@ pub struct ScanSummary {
     pub removed: u64,
     /// Removals held back by the mass-delete guard.
     pub held: u64,
+    /// Entries no store can hold (reported once each), left out of the pass.
+    pub skipped: u64,
     pub millis: u64,
 }
 
@@ -87,6 +89,9 @@ pub(crate) struct PolicyRuntime {
     job: JobOptions,
     /// How changes are detected besides scans (shown in status).
     pub(crate) notifications: std::sync::Mutex<String>,
+    /// Source entries already reported as unusable (bad names, link loops), so a scan
+    /// every few seconds reports each once, not every pass.
+    reported: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl PolicyRuntime {
@@ -97,22 +102,26 @@ impl PolicyRuntime {
         metrics: Arc<Metrics>,
         created_at: i64,
     ) -> Result<Self> {
-        let opts = StoreOptions::default();
-        let open = |name: &str| -> Result<Arc<Store>> {
+        let src_opts = StoreOptions {
+            follow_symlinks: policy.follow_symlinks,
+            ..StoreOptions::default()
+        };
+        let dst_opts = StoreOptions::default();
+        let open = |name: &str, opts: &StoreOptions| -> Result<Arc<Store>> {
             let def = topo
                 .store(name)
                 .ok_or_else(|| ReplicateError::Config(format!("store '{name}' is not defined")))?;
-            Store::open(&def.url, &opts)
+            Store::open(&def.url, opts)
                 .map(Arc::new)
                 .map_err(|e| ReplicateError::Store {
                     store: name.to_string(),
                     source: e,
                 })
         };
-        let src = open(&policy.source)?;
+        let src = open(&policy.source, &src_opts)?;
         let mut dests = Vec::new();
         for d in &policy.destinations {
-            dests.push((d.clone(), open(d)?));
+            dests.push((d.clone(), open(d, &dst_opts)?));
         }
         let job = JobOptions {
             transfers: 1,
@@ -134,6 +143,7 @@ impl PolicyRuntime {
             event_deletes: AtomicU64::new(0),
             job,
             notifications: std::sync::Mutex::new("scan only".into()),
+            reported: Default::default(),
         })
     }
 
@@ -281,6 +291,12 @@ impl PolicyRuntime {
             let entry = match listing.try_next().await {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
+                Err(StorageError::Skipped { key, detail, .. }) => {
+                    // One entry no store can hold never stops the others.
+                    sum.skipped += 1;
+                    self.report_once(&key, &detail);
+                    continue;
+                }
                 Err(e) => {
                     // Record what was found so far; never act on vanished keys after an
                     // incomplete listing.
@@ -345,7 +361,7 @@ impl PolicyRuntime {
                 None => break,
             }
         }
-        let forgot = self.forget(gone).await;
+        let forgot = self.forget(gone, sum.listed).await;
         // An operator's override covers one pass only, whatever that pass found.
         self.state.set_allow_mass_delete(&name, false)?;
         let (removed, held) = forgot?;
@@ -359,7 +375,7 @@ impl PolicyRuntime {
 
     /// Acts on keys missing from a complete listing: confirms each is really gone (it may
     /// have been created after the listing passed its place), then applies the guard.
-    async fn forget(&self, candidates: Vec<String>) -> Result<(u64, u64)> {
+    async fn forget(&self, candidates: Vec<String>, listed: u64) -> Result<(u64, u64)> {
         let name = self.name().to_string();
         let src = self.src.clone();
         let gone: Vec<String> = futures::stream::iter(candidates)
@@ -389,19 +405,37 @@ impl PolicyRuntime {
         if propagate {
             let total = self.state.manifest_count(&name)?;
             let rec = self.state.policy(&name)?;
-            let allowed = rec.as_ref().is_some_and(|r| r.allow_mass_delete)
-                || guard_allows(&self.policy.max_delete, gone.len() as u64, total);
+            let overridden = rec.as_ref().is_some_and(|r| r.allow_mass_delete);
+            let empties_on_purpose =
+                matches!(self.policy.max_delete, MaxDelete::Percent(p) if p >= 100.0);
+            // A source that lists nothing is far more often unmounted, or the wrong
+            // prefix, than emptied on purpose: whatever the count, hold the deletes.
+            let empty_source = listed == 0 && !empties_on_purpose;
+            let allowed = overridden
+                || (!empty_source
+                    && guard_allows(&self.policy.max_delete, gone.len() as u64, total));
             if !allowed {
-                let reason = format!(
+                let reason = if empty_source {
+                    format!(
+                        "empty-source guard: source '{}' listed no objects, so all {} would be deleted at \
+                         the destinations; deletes are held. Check that the source is mounted and the \
+                         prefix is right; if it is meant to be empty, resume with \
+                         POST /api/v1/policies/{name}/resume (or set max_delete = \"100%\")",
+                        self.policy.source,
+                        gone.len(),
+                    )
+                } else {
+                    format!(
                     "mass-delete guard: {} of {} objects vanished from source '{}' in one pass, \
                      more than max_delete = {}; deletes are held. If this is intended, resume with \
-                     POST /api/v1/policies/{}/resume (or georep resume); otherwise restore the source",
+                     POST /api/v1/policies/{}/resume; otherwise restore the source",
                     gone.len(),
                     total,
                     self.policy.source,
                     self.policy.max_delete,
                     name
-                );
+                )
+                };
                 if rec.and_then(|r| r.paused).as_deref() != Some(reason.as_str()) {
                     tracing::error!(policy = %name, "{reason}");
                 }
@@ -664,6 +698,18 @@ impl PolicyRuntime {
 }
 
 impl PolicyRuntime {
+    /// Logs an unusable source entry the first time it is seen in this process.
+    fn report_once(&self, key: &str, detail: &str) {
+        let first = self
+            .reported
+            .lock()
+            .map(|mut seen| seen.len() < 100_000 && seen.insert(key.to_string()))
+            .unwrap_or(false);
+        if first {
+            tracing::warn!(policy = self.name(), key = %key, "{detail}");
+        }
+    }
+
     /// Copies unless the destination provably holds these bytes already: a local replica
     /// with the same size and the source's mtime (georep sets it), or equal MD5 ETags.
     /// Anything less certain is copied again (a copy is idempotent; a skip is not undoable).

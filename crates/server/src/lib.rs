@@ -18,10 +18,20 @@ use georep_replicate::events::{self, Parsed};
 use georep_replicate::{Daemon, ReplicateError};
 use serde_json::json;
 
+/// Who may call the API.
+#[derive(Clone)]
+pub struct Access {
+    /// `[server] token`: when set, every route but `/healthz` needs it.
+    pub token: Option<String>,
+    /// The token that routes which change something always need: the configured one,
+    /// or one generated at first start into a 0600 file beside the state.
+    pub write_token: String,
+}
+
 /// Shared by every handler.
 struct App {
     daemon: Arc<Daemon>,
-    token: Option<String>,
+    access: Access,
 }
 
 /// Errors as JSON bodies with a status that says whose fault it is.
@@ -49,16 +59,23 @@ impl From<ReplicateError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router: `/healthz` is open; everything else needs the bearer token when one is
-/// configured.
-pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
-    let app = Arc::new(App { daemon, token });
+/// The router: `/healthz` is open; reading routes need the bearer token when one is
+/// configured; routes that change something (resync, resume, failover, reseed) always
+/// need the write token, a JSON body type and no foreign `Origin`, so neither another
+/// local process nor a web page in a browser on the same machine can drive them.
+pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
+    let app = Arc::new(App { daemon, access });
+    let changes = Router::new()
+        .route("/api/v1/policies/{name}/resync", post(resync))
+        .route("/api/v1/policies/{name}/resume", post(resume))
+        .route("/api/v1/failover-groups/{name}/failover", post(failover))
+        .route("/api/v1/failover-groups/{name}/reseed", post(reseed))
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/policies/{name}", get(policy))
         .route("/api/v1/policies/{name}/objects/{*key}", get(object))
-        .route("/api/v1/policies/{name}/resync", post(resync))
-        .route("/api/v1/policies/{name}/resume", post(resume))
+        .merge(changes)
         .route(
             "/api/v1/events/{name}",
             post(event).options(event_handshake),
@@ -67,8 +84,6 @@ pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
         .route("/api/v1/databases/{name}", get(database))
         .route("/api/v1/failover-groups", get(groups))
         .route("/api/v1/failover-groups/{name}", get(group))
-        .route("/api/v1/failover-groups/{name}/failover", post(failover))
-        .route("/api/v1/failover-groups/{name}/reseed", post(reseed))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
@@ -81,10 +96,10 @@ pub fn router(daemon: Arc<Daemon>, token: Option<String>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
-    token: Option<String>,
+    access: Access,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(daemon, token))
+    axum::serve(listener, router(daemon, access))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -97,24 +112,73 @@ pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, String>
 }
 
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &app.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            let mut r = ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token; send Authorization: Bearer <token from [server] token>".into(),
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+    if let Some(token) = &app.access.token {
+        if !bearer_is(req.headers(), token) {
+            return unauthorized(
+                "missing or wrong bearer token; send Authorization: Bearer <token from [server] token>",
+            );
         }
     }
     next.run(req).await
+}
+
+/// Routes that change something: the write token always, a JSON body, and no request
+/// from a web page of another origin (a browser sends `Origin` on cross-site POSTs).
+async fn guard_change(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if !bearer_is(req.headers(), &app.access.write_token) {
+        return unauthorized(
+            "this route changes something and needs the API token: send Authorization: Bearer <token> \
+             (from [server] token, or the api-token file beside the state that `georep serve` printed at start; \
+             georep commands on this machine read it themselves)",
+        );
+    }
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON with Content-Type: application/json (an empty object {} when there is nothing to say)".into(),
+        )
+        .into_response();
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let same = origin.to_str().ok().zip(host).is_some_and(|(o, h)| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(h))
+        });
+        if !same {
+            return ApiError(
+                StatusCode::FORBIDDEN,
+                "requests from a web page of another origin are refused on routes that change something".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// Compares without an early exit, so response time does not leak the token's prefix.

@@ -146,6 +146,13 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differences: Option<Vec<Difference>>,
     pub failures: Vec<Failure>,
+    /// Keys left alone because this side cannot hold or reach them (a name with a
+    /// control character, a symbolic link on the path, keys `a` and `a/b` on a folder).
+    /// Each is reported once per run; they do not hold back deletes of other keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_keys: Vec<Failure>,
+    /// Objects listed but gone when read (deleted meanwhile, or an empty folder marker).
+    pub vanished: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<Vec<Planned>>,
     /// Why deletions were refused (mass-delete guard, incomplete listing).
@@ -158,6 +165,7 @@ impl Report {
     /// refused deletes.
     pub fn is_clean(&self) -> bool {
         self.failed == 0
+            && self.skipped_keys.is_empty()
             && self.delete_refused.is_none()
             && self.differences.as_ref().is_none_or(|d| d.is_empty())
     }
@@ -183,6 +191,8 @@ enum Outcome {
     Planned(Planned),
     Delete(Entry),
     Nothing,
+    /// Listed, but gone from the source when read.
+    Vanished,
     ListFailure(StorageError),
     /// The whole store became unusable (credentials revoked, endpoint down): stop.
     Fatal(StorageError),
@@ -228,6 +238,9 @@ impl Side {
             match self.stream.next().await {
                 None => self.done = true,
                 Some(Err(e)) if e.is_fatal_for_store() => return Err(e),
+                // One entry no store can hold: reported, but every other key is still
+                // known, so deletes are not held back by it.
+                Some(Err(e @ StorageError::Skipped { .. })) => return Ok(Some(e)),
                 Some(Err(e)) => {
                     health.incomplete.store(true, Ordering::Relaxed);
                     return Ok(Some(e));
@@ -435,7 +448,15 @@ pub async fn run(
             }
             Outcome::Delete(e) => deletes.push(&e.key)?,
             Outcome::Nothing => report.checked += 1,
+            Outcome::Vanished => {
+                report.vanished += 1;
+                report.checked += 1;
+            }
             Outcome::Fatal(e) => return Err(e),
+            Outcome::ListFailure(StorageError::Skipped { key, detail, store }) => {
+                tracing::warn!(%store, %key, "{detail}");
+                report.skipped_keys.push(Failure { key, error: detail });
+            }
             Outcome::ListFailure(e) => {
                 report.failed += 1;
                 ctx.progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -457,6 +478,7 @@ pub async fn run(
         list.sort_by(|a, b| a.key.cmp(&b.key).then(a.action.cmp(b.action)));
     }
     report.failures.sort_by(|a, b| a.key.cmp(&b.key));
+    report.skipped_keys.sort_by(|a, b| a.key.cmp(&b.key));
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -596,6 +618,16 @@ async fn transfer(ctx: &Arc<Ctx>, entry: Entry) -> Outcome {
                 attempt += 1;
             }
             Err(e) if e.is_fatal_for_store() => return Outcome::Fatal(e),
+            Err(e @ StorageError::Skipped { .. }) => return Outcome::ListFailure(e),
+            Err(StorageError::NotFound { .. })
+                if matches!(
+                    ctx.src.head(&entry.key).await,
+                    Err(StorageError::NotFound { .. })
+                ) =>
+            {
+                tracing::debug!(key = %entry.key, "gone from the source since it was listed");
+                return Outcome::Vanished;
+            }
             Err(e) => {
                 tracing::warn!(key = %entry.key, error = %e, "copy failed");
                 return failed(entry.key, e);
@@ -875,6 +907,10 @@ async fn run_deletes(
         match r {
             Ok(()) => report.deleted += 1,
             Err(e) if e.is_fatal_for_store() => return Err(e),
+            Err(StorageError::Skipped { key, detail, store }) => {
+                tracing::warn!(%store, %key, "{detail}");
+                report.skipped_keys.push(Failure { key, error: detail });
+            }
             Err(e) => {
                 report.failed += 1;
                 report.failures.push(Failure {

@@ -38,6 +38,15 @@ pub enum StorageError {
         detail: String,
         retryable: bool,
     },
+    /// One entry that cannot be listed, read or written here (a name no store can hold,
+    /// a link left alone, keys `a` and `a/b` on a folder). Reported by key; the rest of
+    /// the run goes on, and it does not hold back deletes of other keys.
+    #[error("store '{store}': '{key}': {detail}")]
+    Skipped {
+        store: String,
+        key: String,
+        detail: String,
+    },
     /// Anything else the backend reported.
     #[error("store '{store}': {detail}")]
     Backend {

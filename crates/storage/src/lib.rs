@@ -7,6 +7,7 @@
 
 pub mod engine;
 mod error;
+mod fsafe;
 mod limiter;
 mod local;
 mod mime;
@@ -19,4 +20,4 @@ pub use engine::{
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;
 pub use local::TEMP_PREFIX;
-pub use store::{Entry, ListRole, ObjectReader, Store, StoreOptions};
+pub use store::{resolve_local, Entry, ListRole, ObjectReader, Store, StoreOptions};

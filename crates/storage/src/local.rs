@@ -15,19 +15,34 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Result, StorageError};
+use crate::fsafe::{self, SafeError};
 use crate::store::{Entry, ListRole};
 
 /// Name prefix of in-flight writes; never listed as objects.
 pub const TEMP_PREFIX: &str = ".georep-tmp-";
 const LIST_BATCH: usize = 512;
 
+/// How a local folder treats symbolic links below its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Links {
+    /// Skip them (reported once per listing); never read, write or delete through one.
+    #[default]
+    Skip,
+    /// Read what a link points to, as long as it stays inside the root (sources only).
+    FollowInside,
+}
+
 /// Walks `root` depth-first with each folder's entries sorted so that the emitted keys
 /// come out in ascending byte order: a folder `d` sorts as `d/`, exactly where the keys
 /// `d/...` belong. Memory is one folder's entries plus a few batches.
+///
+/// One bad entry never ends the listing: a name no store can hold (control characters,
+/// not UTF-8) or a link loop is yielded as [`StorageError::Skipped`] and the walk goes on.
 pub(crate) fn list_sorted(
     root: PathBuf,
     store: String,
     role: ListRole,
+    links: Links,
 ) -> BoxStream<'static, Result<Entry>> {
     let must_exist = role == ListRole::Source;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<Entry>>>(4);
@@ -48,11 +63,15 @@ pub(crate) fn list_sorted(
             })]);
             return;
         }
+        let follow = role == ListRole::Source && links == Links::FollowInside;
+        let real_root = if follow {
+            std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone())
+        } else {
+            root.clone()
+        };
         let walker = walkdir::WalkDir::new(&root)
             .min_depth(1)
-            // A source may link in folders; a destination must not, or a delete would
-            // reach outside it.
-            .follow_links(role == ListRole::Source)
+            .follow_links(follow)
             .sort_by(|a, b| {
                 let slash = |e: &walkdir::DirEntry| {
                     if e.file_type().is_dir() {
@@ -75,12 +94,35 @@ pub(crate) fn list_sorted(
                     .chain(slash(b));
                 an.cmp(bn)
             });
+        let mut links_skipped: (u64, Option<PathBuf>) = (0, None);
+        let mut specials: (u64, Option<PathBuf>) = (0, None);
         let mut batch = Vec::with_capacity(LIST_BATCH);
-        for item in walker {
+        let mut walker = walker.into_iter();
+        while let Some(item) = walker.next() {
             let out = match item {
-                Ok(e) if e.file_type().is_dir() => continue,
                 Ok(e) if e.file_type().is_symlink() => {
-                    tracing::warn!(path = %e.path().display(), "symbolic link in a destination: left alone");
+                    // Not followed: a link in a source is skipped unless asked for, and
+                    // a link in a destination is left alone whatever it points to.
+                    links_skipped.0 += 1;
+                    links_skipped
+                        .1
+                        .get_or_insert_with(|| e.path().to_path_buf());
+                    continue;
+                }
+                Ok(e) if follow && e.path_is_symlink() && !inside(&real_root, e.path()) => {
+                    links_skipped.0 += 1;
+                    links_skipped
+                        .1
+                        .get_or_insert_with(|| e.path().to_path_buf());
+                    if e.file_type().is_dir() {
+                        walker.skip_current_dir();
+                    }
+                    continue;
+                }
+                Ok(e) if e.file_type().is_dir() => continue,
+                Ok(e) if !e.file_type().is_file() => {
+                    specials.0 += 1;
+                    specials.1.get_or_insert_with(|| e.path().to_path_buf());
                     continue;
                 }
                 Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => {
@@ -97,6 +139,17 @@ pub(crate) fn list_sorted(
                     continue;
                 }
                 Ok(e) => entry_of(&root, &e, &store),
+                Err(err) if err.loop_ancestor().is_some() => {
+                    let path = err
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    Err(StorageError::Skipped {
+                        store: store.clone(),
+                        key: path,
+                        detail: "symbolic link loop; skipped".into(),
+                    })
+                }
                 Err(err) => {
                     let path = err
                         .path()
@@ -124,6 +177,22 @@ pub(crate) fn list_sorted(
         if !batch.is_empty() {
             let _ = tx.blocking_send(batch);
         }
+        if let (n, Some(first)) = links_skipped {
+            match role {
+                ListRole::Source if follow => {
+                    tracing::warn!(%store, count = n, first = %first.display(), "symbolic links that lead outside the source folder: skipped")
+                }
+                ListRole::Source => {
+                    tracing::warn!(%store, count = n, first = %first.display(), "symbolic links in the source: skipped (follow_symlinks / --follow-symlinks copies what they point to inside the folder)")
+                }
+                ListRole::Destination => {
+                    tracing::warn!(%store, count = n, first = %first.display(), "symbolic links in a destination: left alone, never written or deleted through")
+                }
+            }
+        }
+        if let (n, Some(first)) = specials {
+            tracing::warn!(%store, count = n, first = %first.display(), "devices, FIFOs or sockets: skipped");
+        }
     });
     stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (stream::iter(b), rx))
@@ -132,14 +201,47 @@ pub(crate) fn list_sorted(
     .boxed()
 }
 
-/// Whether a temp file's writer process (its pid is in the name) no longer runs.
+/// Whether a followed link's target stays inside the (canonical) root.
+fn inside(real_root: &Path, path: &Path) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|p| p.starts_with(real_root))
+}
+
+/// This machine's name as it goes into temp file names, so that a folder shared between
+/// hosts (NFS) never has one host judge another's temp files by its own process table.
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let uname = rustix::system::uname();
+        let name = uname.nodename().to_string_lossy();
+        let tag: String = name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(24)
+            .collect();
+        if tag.is_empty() {
+            "host".into()
+        } else {
+            tag
+        }
+    })
+}
+
+/// Whether a temp file's writer process no longer runs. Names are
+/// `.georep-tmp-h<HOST>-<PID>-…`; only this host's files are judged, by its own `/proc`.
+/// Older names without a host (`.georep-tmp-<PID>-…`) were always written locally.
 fn is_orphan(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
-    let pid = name
-        .strip_prefix(TEMP_PREFIX)
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|p| p.parse::<u32>().ok());
-    match pid {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    let first = parts.next().unwrap_or_default();
+    let pid = match first.strip_prefix('h') {
+        Some(host) if host == host_tag() => parts.next(),
+        Some(_) => return false,
+        None => Some(first),
+    };
+    match pid.and_then(|p| p.parse::<u32>().ok()) {
         Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
         None => false,
     }
@@ -147,17 +249,17 @@ fn is_orphan(name: &std::ffi::OsStr) -> bool {
 
 fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
     let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-    let key = rel.to_str().ok_or_else(|| StorageError::Io {
+    let key = rel.to_str().ok_or_else(|| StorageError::Skipped {
         store: store.to_string(),
-        detail: format!("file name is not UTF-8, skipped: {}", rel.display()),
-        retryable: false,
+        key: rel.display().to_string(),
+        detail: "file name is not UTF-8; no object store can hold it, skipped".into(),
     })?;
     if key.chars().any(char::is_control) {
         // Object stores refuse such keys, and the delete list is newline-separated.
-        return Err(StorageError::Io {
+        return Err(StorageError::Skipped {
             store: store.to_string(),
-            detail: format!("file name contains a control character, skipped: {key:?}"),
-            retryable: false,
+            key: key.escape_debug().to_string(),
+            detail: "file name contains a control character; skipped".into(),
         });
     }
     let meta = e.metadata().map_err(|err| StorageError::Io {
@@ -177,23 +279,98 @@ fn entry_of(root: &Path, e: &walkdir::DirEntry, store: &str) -> Result<Entry> {
     })
 }
 
-/// The file for `key` under `root`, refusing keys that could escape the folder.
-pub(crate) fn key_path(root: &Path, key: &str, store: &str) -> Result<PathBuf> {
+/// Refuses keys that could escape the folder or collide with georep's temp files.
+pub(crate) fn check_key(key: &str, store: &str) -> Result<()> {
     let bad = key.is_empty()
         || key
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(TEMP_PREFIX));
-    if bad {
-        return Err(StorageError::Backend {
+    if bad || key.contains('\0') {
+        return Err(StorageError::Skipped {
             store: store.to_string(),
-            detail: format!("key {key:?} cannot be a file name (empty, '.' or '..' segment)"),
-            retryable: false,
+            key: key.escape_debug().to_string(),
+            detail: "cannot be a file name (empty, '.' or '..' segment); skipped".into(),
         });
     }
-    Ok(root.join(key))
+    Ok(())
 }
 
-/// Streams an open file in `chunk`-sized reads on the blocking pool.
+/// Maps a refusal of the no-follow walk to an error naming the key and what stood there.
+pub(crate) fn safe_error(e: SafeError, key: &str, store: &str, what: &str) -> StorageError {
+    match e {
+        SafeError::Link(at) => StorageError::Skipped {
+            store: store.to_string(),
+            key: key.to_string(),
+            detail: format!("'{at}' is a symbolic link; georep never {what}s through a link, so it is left alone (remove the link or move it out of the folder)"),
+        },
+        SafeError::Clash(at) if at == key => StorageError::Skipped {
+            store: store.to_string(),
+            key: key.to_string(),
+            detail: "a folder of that name is in the way (keys 'a' and 'a/b' cannot both be files); skipped".into(),
+        },
+        SafeError::Clash(at) => StorageError::Skipped {
+            store: store.to_string(),
+            key: key.to_string(),
+            detail: format!("'{at}' is a file, so it cannot also be a folder (keys 'a' and 'a/b' cannot both be files); skipped"),
+        },
+        SafeError::Io(io) => StorageError::io(store, &format!("cannot {what} {key}"), io),
+    }
+}
+
+/// Opens a local file for reading: through no link below the root, or with
+/// [`Links::FollowInside`] through links whose target stays inside the root.
+pub(crate) fn open_file(root: &Path, key: &str, links: Links, store: &str) -> Result<File> {
+    check_key(key, store)?;
+    match links {
+        Links::Skip => fsafe::open_read(root, key).map_err(|e| safe_error(e, key, store, "read")),
+        Links::FollowInside => {
+            let path = root.join(key);
+            let real_root = std::fs::canonicalize(root)
+                .map_err(|e| StorageError::io(store, "cannot resolve the folder", e))?;
+            let real = std::fs::canonicalize(&path)
+                .map_err(|e| StorageError::io(store, &format!("cannot read {key}"), e))?;
+            if !real.starts_with(&real_root) {
+                return Err(StorageError::Skipped {
+                    store: store.to_string(),
+                    key: key.to_string(),
+                    detail: "a symbolic link leads outside the source folder; skipped".into(),
+                });
+            }
+            let rel = real
+                .strip_prefix(&real_root)
+                .ok()
+                .and_then(Path::to_str)
+                .unwrap_or(key);
+            fsafe::open_read(&real_root, rel).map_err(|e| safe_error(e, key, store, "read"))
+        }
+    }
+}
+
+/// A local file's properties, read without following links.
+pub(crate) fn head(root: &Path, key: &str, links: Links, store: &str) -> Result<(File, Entry)> {
+    let file = open_file(root, key, links, store)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StorageError::io(store, &format!("cannot stat {key}"), e))?;
+    let last_modified = meta
+        .modified()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now());
+    let entry = Entry {
+        key: key.to_string(),
+        size: meta.len(),
+        last_modified,
+        e_tag: None,
+    };
+    Ok((file, entry))
+}
+
+/// Deletes a key's file, never through a link; already gone counts as deleted.
+pub(crate) fn delete(root: &Path, key: &str, store: &str) -> Result<()> {
+    check_key(key, store)?;
+    fsafe::delete(root, key).map_err(|e| safe_error(e, key, store, "delete"))
+}
+
 /// Streams an open file in `chunk`-sized reads on the blocking pool. At the end the
 /// file's size and mtime must still be those it was opened with; a file rewritten while
 /// it was read ends the stream with an error, so the torn copy is never committed.
@@ -253,157 +430,189 @@ pub(crate) fn read_chunks(
     .boxed()
 }
 
-fn temp_path(dest: &Path) -> PathBuf {
+fn temp_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!(
-        "{TEMP_PREFIX}{}-{n}-{:08x}",
+    format!(
+        "{TEMP_PREFIX}h{}-{}-{n}-{:08x}",
+        host_tag(),
         std::process::id(),
         rand::random::<u32>()
-    );
-    dest.with_file_name(name)
+    )
 }
 
-fn create_parent(dest: &Path, store: &str) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StorageError::io(
-                store,
-                &format!("cannot create folder {}", parent.display()),
-                e,
-            )
-        })?;
+/// How a new local file gets its permissions: the source file's and folders' modes when
+/// the source is a local folder, else `0644` files and `0755` folders (as `cp` makes
+/// them). A file replaced from a store without modes keeps its own, so georep never
+/// widens what an operator narrowed. Temp files are `0600` until they are complete.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Modes {
+    pub file: Option<u32>,
+    pub source_root: Option<PathBuf>,
+}
+
+impl Modes {
+    fn folder(&self, prefix: &str) -> u32 {
+        self.source_root
+            .as_deref()
+            .and_then(|r| fsafe::folder_mode(r, prefix))
+            .unwrap_or(0o755)
     }
-    Ok(())
 }
 
-/// Writes a stream to `dest` through a temp file and a rename, then sets its mtime.
+/// A temp file beside the key, created `0600` without following any link, with the
+/// folder levels made as needed.
+fn create_temp(root: &Path, key: &str, modes: &Modes, store: &str) -> Result<Temp> {
+    check_key(key, store)?;
+    let folder = |p: &str| modes.folder(p);
+    let (dir, name) = fsafe::open_parent(root, key, Some(&folder))
+        .map_err(|e| safe_error(e, key, store, "write"))?;
+    let tmp = temp_name();
+    let file = fsafe::create_temp_in(&dir, &tmp).map_err(|e| safe_error(e, key, store, "write"))?;
+    let existing = fsafe::kind_at(&dir, name)
+        .ok()
+        .flatten()
+        .map(|(_, mode)| mode);
+    let mode = match (modes.file, existing) {
+        (Some(src), _) => src,
+        (None, Some(old)) => old,
+        (None, None) => 0o644,
+    };
+    Ok(Temp {
+        dir,
+        name: name.to_string(),
+        tmp,
+        mode,
+        key: key.to_string(),
+        store: store.to_string(),
+        file: Some(file),
+    })
+}
+
+/// A temp file being written; removed on drop unless committed.
+struct Temp {
+    dir: std::os::fd::OwnedFd,
+    name: String,
+    tmp: String,
+    mode: u32,
+    key: String,
+    store: String,
+    file: Option<File>,
+}
+
+impl Temp {
+    /// Sets mode and mtime, flushes (with `fsync`), and renames the temp file over the key.
+    fn commit(&mut self, mtime: Option<DateTime<Utc>>, fsync: bool) -> Result<()> {
+        let io = |what: &str, e: std::io::Error| {
+            StorageError::io(&self.store, &format!("cannot {what} {}", self.key), e)
+        };
+        if let Some(file) = self.file.take() {
+            fsafe::set_mode(&file, self.mode).map_err(|e| io("set the mode of", e))?;
+            if let Some(t) = mtime {
+                let _ = file.set_modified(t.into());
+            }
+            if fsync {
+                file.sync_all().map_err(|e| io("sync", e))?;
+            }
+        }
+        fsafe::commit_rename(&self.dir, &self.tmp, &self.name, &self.key)
+            .map_err(|e| safe_error(e, &self.key, &self.store, "write"))?;
+        self.tmp.clear();
+        if fsync {
+            rustix::fs::fsync(&self.dir).map_err(|e| io("sync the folder of", e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.tmp.is_empty() {
+            let _ = fsafe::unlink_in(&self.dir, &self.tmp);
+        }
+    }
+}
+
+/// Writes a stream to `key` under `root` through a temp file and a rename, then sets its
+/// mode and mtime. Nothing below `root` is followed if it is a link.
 pub(crate) async fn write_atomic(
-    dest: &Path,
+    root: &Path,
+    key: &str,
     mut data: BoxStream<'static, Result<Bytes>>,
     mtime: Option<DateTime<Utc>>,
+    modes: Modes,
     fsync: bool,
     store: &str,
 ) -> Result<()> {
-    let (file, tmp) = create_temp(dest, store)?;
-    let result: Result<()> = async {
-        let file = tokio::fs::File::from_std(file);
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        while let Some(chunk) = data.next().await {
-            w.write_all(&chunk?).await.map_err(|e| {
-                StorageError::io(store, &format!("cannot write {}", tmp.display()), e)
-            })?;
-        }
-        w.flush()
+    let (root, key_owned, store_owned) = (root.to_path_buf(), key.to_string(), store.to_string());
+    let mut temp =
+        tokio::task::spawn_blocking(move || create_temp(&root, &key_owned, &modes, &store_owned))
             .await
-            .map_err(|e| StorageError::io(store, &format!("cannot write {}", tmp.display()), e))?;
-        let file = w.into_inner().into_std().await;
-        if let Some(t) = mtime {
-            let _ = file.set_modified(t.into());
-        }
-        tokio::task::spawn_blocking(move || commit(file, fsync))
-            .await
-            .map_err(|e| StorageError::io(store, "fsync", std::io::Error::other(e)))?
-            .map_err(|e| StorageError::io(store, &format!("cannot sync {}", tmp.display()), e))?;
-        rename_durably(&tmp, dest, fsync, store)
-    }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Flushes a finished temp file to disk when `--fsync` asked for it, then closes it.
-fn commit(file: File, fsync: bool) -> std::io::Result<()> {
-    if fsync {
-        file.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Renames the temp file over the key; with `fsync`, also makes the rename durable.
-fn rename_durably(tmp: &Path, dest: &Path, fsync: bool, store: &str) -> Result<()> {
-    std::fs::rename(tmp, dest).map_err(|e| {
-        StorageError::io(store, &format!("cannot rename into {}", dest.display()), e)
-    })?;
-    if fsync {
-        if let Some(parent) = dest.parent() {
-            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| {
-                StorageError::io(store, &format!("cannot sync {}", parent.display()), e)
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates a fresh temp file beside `dest`, creating folders only when they are missing
-/// (one syscall per file in the common case).
-fn create_temp(dest: &Path, store: &str) -> Result<(File, PathBuf)> {
-    let tmp = temp_path(dest);
-    let open = || File::options().write(true).create_new(true).open(&tmp);
-    match open() {
-        Ok(f) => Ok((f, tmp)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_parent(dest, store)?;
-            open().map(|f| (f, tmp.clone())).map_err(|e| {
-                StorageError::io(store, &format!("cannot create {}", tmp.display()), e)
-            })
-        }
-        Err(e) => Err(StorageError::io(
+            .map_err(|e| StorageError::io(store, "create", std::io::Error::other(e)))??;
+    let Some(file) = temp.file.take() else {
+        return Err(StorageError::io(
             store,
-            &format!("cannot create {}", tmp.display()),
-            e,
-        )),
+            "write",
+            std::io::Error::other("no temp file"),
+        ));
+    };
+    let file = tokio::fs::File::from_std(file);
+    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let what = |e: std::io::Error| StorageError::io(store, &format!("cannot write {key}"), e);
+    while let Some(chunk) = data.next().await {
+        w.write_all(&chunk?).await.map_err(what)?;
     }
+    w.flush().await.map_err(what)?;
+    temp.file = Some(w.into_inner().into_std().await);
+    tokio::task::spawn_blocking(move || temp.commit(mtime, fsync))
+        .await
+        .map_err(|e| StorageError::io(store, "commit", std::io::Error::other(e)))?
 }
 
-/// Copies one local file to another folder atomically, keeping its mtime. The kernel
-/// copies the bytes (`copy_file_range`); the source's size after the copy must equal
-/// what was copied, or the source changed mid-copy and nothing is renamed into place.
+/// Copies one local file to another folder atomically, keeping its mtime and mode. The
+/// kernel copies the bytes (`copy_file_range`); the source's size after the copy must
+/// equal what was copied, or the source changed mid-copy and nothing is renamed into
+/// place. Neither side is reached through a link below its root.
 pub(crate) fn copy_file_atomic(
-    from: &Path,
-    to: &Path,
+    src: (&Path, Links, &str),
+    dst: (&Path, &str),
+    key: &str,
     mtime: DateTime<Utc>,
     fsync: bool,
-    src_store: &str,
-    dst_store: &str,
 ) -> Result<u64> {
-    let mut src = File::open(from)
-        .map_err(|e| StorageError::io(src_store, &format!("cannot read {}", from.display()), e))?;
-    let before = src
+    let (src_root, links, src_store) = src;
+    let (dst_root, dst_store) = dst;
+    let (mut file, before) = head(src_root, key, links, src_store)?;
+    let mode = file
         .metadata()
-        .and_then(|m| m.modified())
-        .map_err(|e| StorageError::io(src_store, &format!("cannot stat {}", from.display()), e))?;
-    let (mut dst, tmp) = create_temp(to, dst_store)?;
-    let result = (|| {
-        let n = std::io::copy(&mut src, &mut dst).map_err(|e| {
-            StorageError::io(
-                dst_store,
-                &format!("cannot copy {} to {}", from.display(), tmp.display()),
-                e,
-            )
-        })?;
-        let now = src.metadata().map_err(|e| {
-            StorageError::io(src_store, &format!("cannot stat {}", from.display()), e)
-        })?;
-        if now.len() != n || now.modified().ok() != Some(before) {
-            return Err(StorageError::Verify(format!(
-                "{} changed during the copy; it will be copied again",
-                from.display()
-            )));
-        }
-        let _ = dst.set_modified(mtime.into());
-        commit(dst, fsync).map_err(|e| {
-            StorageError::io(dst_store, &format!("cannot sync {}", tmp.display()), e)
-        })?;
-        rename_durably(&tmp, to, fsync, dst_store)?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .ok();
+    let modes = Modes {
+        file: mode,
+        source_root: Some(src_root.to_path_buf()),
+    };
+    let mut temp = create_temp(dst_root, key, &modes, dst_store)?;
+    let Some(mut out) = temp.file.take() else {
+        return Err(StorageError::io(
+            dst_store,
+            "write",
+            std::io::Error::other("no temp file"),
+        ));
+    };
+    let n = std::io::copy(&mut file, &mut out)
+        .map_err(|e| StorageError::io(dst_store, &format!("cannot copy {key}"), e))?;
+    let now = file
+        .metadata()
+        .map_err(|e| StorageError::io(src_store, &format!("cannot stat {key}"), e))?;
+    let now_mtime = now.modified().ok().map(DateTime::<Utc>::from);
+    if now.len() != n || now_mtime != Some(before.last_modified) {
+        return Err(StorageError::Verify(format!(
+            "{key} changed during the copy; it will be copied again"
+        )));
     }
-    result
+    temp.file = Some(out);
+    temp.commit(Some(mtime), fsync)?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -423,7 +632,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("real"), b"x").expect("write");
         let list = |role| {
-            list_sorted(dir.path().to_path_buf(), "t".into(), role)
+            list_sorted(dir.path().to_path_buf(), "t".into(), role, Links::Skip)
                 .map_ok(|e| e.key)
                 .try_collect::<Vec<_>>()
         };
@@ -445,11 +654,16 @@ mod tests {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(p, b"").expect("write");
         }
-        let keys: Vec<String> = list_sorted(dir.path().to_path_buf(), "t".into(), ListRole::Source)
-            .map_ok(|e| e.key)
-            .try_collect()
-            .await
-            .expect("list");
+        let keys: Vec<String> = list_sorted(
+            dir.path().to_path_buf(),
+            "t".into(),
+            ListRole::Source,
+            Links::Skip,
+        )
+        .map_ok(|e| e.key)
+        .try_collect()
+        .await
+        .expect("list");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -503,13 +717,96 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape_the_folder() {
-        let root = Path::new("/srv/x");
-        for bad in ["../etc/passwd", "a/../../b", "", "a//b", "./a"] {
-            assert!(key_path(root, bad, "t").is_err(), "{bad}");
+        for bad in ["../etc/passwd", "a/../../b", "", "a//b", "./a", "a\0b"] {
+            assert!(check_key(bad, "t").is_err(), "{bad}");
         }
-        assert_eq!(
-            key_path(root, "a/b c", "t").expect("ok"),
-            root.join("a/b c")
+        assert!(check_key("a/b c#1", "t").is_ok());
+    }
+
+    #[test]
+    fn deletes_never_reach_through_a_link() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("f"), b"keep").expect("write");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("sub")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path().join("f"), root.path().join("k"))
+            .expect("symlink");
+        for key in ["sub/f", "k"] {
+            let err = delete(root.path(), key, "t").expect_err(key);
+            assert!(
+                matches!(&err, StorageError::Skipped { detail, .. } if detail.contains("symbolic link")),
+                "{err}"
+            );
+        }
+        assert!(outside.path().join("f").exists(), "deleted through a link");
+        assert!(
+            root.path().join("k").symlink_metadata().is_ok(),
+            "the link is left alone"
         );
+        // Gone already, at any level, counts as deleted.
+        delete(root.path(), "no/such/key", "t").expect("missing is fine");
+    }
+
+    #[tokio::test]
+    async fn names_with_hash_digits_read_write_and_delete() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = futures::stream::once(async { Ok(Bytes::from_static(b"r1")) }).boxed();
+        write_atomic(
+            root.path(),
+            "d/report#1",
+            data,
+            None,
+            Modes::default(),
+            false,
+            "t",
+        )
+        .await
+        .expect("write");
+        let (_, e) = head(root.path(), "d/report#1", Links::Skip, "t").expect("head");
+        assert_eq!(e.size, 2);
+        delete(root.path(), "d/report#1", "t").expect("delete");
+        assert!(!root.path().join("d/report#1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_keeps_its_narrowed_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("k");
+        std::fs::write(&path, b"old").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let data = futures::stream::once(async { Ok(Bytes::from_static(b"new")) }).boxed();
+        write_atomic(root.path(), "k", data, None, Modes::default(), false, "t")
+            .await
+            .expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let data = futures::stream::once(async { Ok(Bytes::from_static(b"n")) }).boxed();
+        write_atomic(
+            root.path(),
+            "fresh",
+            data,
+            None,
+            Modes::default(),
+            false,
+            "t",
+        )
+        .await
+        .expect("write");
+        let meta = std::fs::metadata(root.path().join("fresh")).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn temp_files_of_another_host_are_never_judged_here() {
+        let other = std::ffi::OsString::from(format!("{TEMP_PREFIX}hotherbox-4194000-0-0000abcd"));
+        assert!(
+            !is_orphan(&other),
+            "another host's pid is not ours to judge"
+        );
+        let ours =
+            std::ffi::OsString::from(format!("{TEMP_PREFIX}h{}-4194000-0-0000abcd", host_tag()));
+        assert!(is_orphan(&ours), "our own dead writer's file is an orphan");
+        assert!(temp_name().starts_with(&format!("{TEMP_PREFIX}h{}-", host_tag())));
     }
 }

@@ -16,7 +16,6 @@ use georep_core::StoreUrl;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -68,6 +67,9 @@ pub struct StoreOptions {
     /// fsync local files and their folders before a write counts as done, so a power
     /// loss cannot leave a renamed but empty file. Off by default, as in cp and rclone.
     pub fsync: bool,
+    /// Local sources: read what symbolic links point to, as long as it stays inside the
+    /// folder. Off by default: links are skipped and reported. Destinations never follow.
+    pub follow_symlinks: bool,
 }
 
 impl Default for StoreOptions {
@@ -78,6 +80,7 @@ impl Default for StoreOptions {
             connect_timeout: Duration::from_secs(10),
             env: Default::default(),
             fsync: false,
+            follow_symlinks: false,
         }
     }
 }
@@ -117,7 +120,7 @@ impl ObjectReader {
 enum Backend {
     Local {
         root: PathBuf,
-        fs: OnceLock<Arc<LocalFileSystem>>,
+        links: local::Links,
     },
     Remote {
         os: Arc<dyn ObjectStore>,
@@ -174,7 +177,11 @@ impl Store {
         let backend = match url {
             StoreUrl::Local { path } => Backend::Local {
                 root: absolute(path),
-                fs: OnceLock::new(),
+                links: if opts.follow_symlinks {
+                    local::Links::FollowInside
+                } else {
+                    local::Links::Skip
+                },
             },
             StoreUrl::Memory { name, prefix } => Backend::Remote {
                 os: memory_store(name),
@@ -381,13 +388,14 @@ impl Store {
     /// Lists every object under the prefix in ascending byte order of key.
     pub fn list(&self, role: ListRole) -> BoxStream<'static, Result<Entry>> {
         match &self.backend {
-            Backend::Local { root, .. } => {
-                local::list_sorted(root.clone(), self.shown.clone(), role)
+            Backend::Local { root, links } => {
+                local::list_sorted(root.clone(), self.shown.clone(), role, *links)
             }
             Backend::Remote { os, prefix } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));
                 let this = self.error_mapper();
-                os.list(prefix.as_ref())
+                let entries = os
+                    .list(prefix.as_ref())
                     .map_err(move |e| this.map(e))
                     .try_filter_map(move |meta| {
                         let full = meta.location.as_ref();
@@ -401,14 +409,22 @@ impl Store {
                             last_modified: meta.last_modified,
                             e_tag: meta.e_tag,
                         })))
-                    })
-                    .boxed()
+                    });
+                drop_folder_markers(entries.boxed())
             }
         }
     }
 
     /// Reads an object's properties.
     pub async fn head(&self, key: &str) -> Result<Entry> {
+        if let Backend::Local { root, links } = &self.backend {
+            let (root, links, key, store) =
+                (root.clone(), *links, key.to_string(), self.shown.clone());
+            return blocking(&self.shown, move || {
+                local::head(&root, &key, links, &store).map(|(_, e)| e)
+            })
+            .await;
+        }
         let (os, path) = self.locate(key)?;
         let meta = os
             .head(&path)
@@ -424,27 +440,46 @@ impl Store {
 
     /// Opens an object for reading; `chunk` is the read size for local files.
     pub async fn get(&self, key: &str, chunk: usize) -> Result<ObjectReader> {
+        if let Backend::Local { root, links } = &self.backend {
+            let (root, links, k, store) =
+                (root.clone(), *links, key.to_string(), self.shown.clone());
+            let (file, entry) =
+                blocking(&self.shown, move || local::head(&root, &k, links, &store)).await?;
+            let mut attributes = Attributes::new();
+            if let Some(ct) = crate::mime::guess(key) {
+                attributes.insert(Attribute::ContentType, ct.into());
+            }
+            return Ok(ObjectReader {
+                size: entry.size,
+                last_modified: entry.last_modified,
+                e_tag: None,
+                attributes,
+                stream: local::read_chunks(
+                    file,
+                    PathBuf::from(key),
+                    entry.size,
+                    entry.last_modified,
+                    chunk,
+                    self.shown.clone(),
+                ),
+            });
+        }
         let (os, path) = self.locate(key)?;
         let mapper = self.error_mapper();
         let got = os.get(&path).await.map_err(|e| mapper.map(e))?;
         let size = got.meta.size;
         let last_modified = got.meta.last_modified;
         let e_tag = got.meta.e_tag.clone();
-        let mut attributes = got.attributes.clone();
+        let attributes = got.attributes.clone();
         let stream = match got.payload {
-            GetResultPayload::File(file, fs_path) => {
-                if let Some(ct) = crate::mime::guess(key) {
-                    attributes.insert(Attribute::ContentType, ct.into());
-                }
-                local::read_chunks(
-                    file,
-                    fs_path,
-                    size,
-                    last_modified,
-                    chunk,
-                    self.shown.clone(),
-                )
-            }
+            GetResultPayload::File(file, fs_path) => local::read_chunks(
+                file,
+                fs_path,
+                size,
+                last_modified,
+                chunk,
+                self.shown.clone(),
+            ),
             GetResultPayload::Stream(s) => s.map_err(move |e| mapper.map(e)).boxed(),
         };
         Ok(ObjectReader {
@@ -468,11 +503,12 @@ impl Store {
     ) -> Result<Option<String>> {
         match &self.backend {
             Backend::Local { root, .. } => {
-                let dest = local::key_path(root, key, &self.shown)?;
                 local::write_atomic(
-                    &dest,
+                    root,
+                    key,
                     reader.stream,
                     Some(reader.last_modified),
+                    local::Modes::default(),
                     self.fsync,
                     &self.shown,
                 )
@@ -541,29 +577,35 @@ impl Store {
         dst: &Store,
         src_mtime: DateTime<Utc>,
     ) -> Result<u64> {
-        let (Some(sroot), Some(droot)) = (self.local_root(), dst.local_root()) else {
+        let (Backend::Local { root: sroot, links }, Some(droot)) =
+            (&self.backend, dst.local_root())
+        else {
             return Err(StorageError::InvalidConfig {
                 store: self.shown.clone(),
                 detail: "copy_local needs two local stores".into(),
             });
         };
-        let from = local::key_path(sroot, key, &self.shown)?;
-        let to = local::key_path(droot, key, &dst.shown)?;
-        let (sname, dname) = (self.shown.clone(), dst.shown.clone());
+        let (sroot, droot, links) = (sroot.clone(), droot.to_path_buf(), *links);
+        let (sname, dname, key) = (self.shown.clone(), dst.shown.clone(), key.to_string());
         let fsync = dst.fsync;
-        tokio::task::spawn_blocking(move || {
-            local::copy_file_atomic(&from, &to, src_mtime, fsync, &sname, &dname)
+        blocking(&dst.shown, move || {
+            local::copy_file_atomic(
+                (&sroot, links, &sname),
+                (&droot, &dname),
+                &key,
+                src_mtime,
+                fsync,
+            )
         })
         .await
-        .map_err(|e| StorageError::Io {
-            store: dst.shown.clone(),
-            detail: e.to_string(),
-            retryable: false,
-        })?
     }
 
     /// Deletes an object; an object already gone counts as deleted.
     pub async fn delete(&self, key: &str) -> Result<()> {
+        if let Backend::Local { root, .. } = &self.backend {
+            let (root, key, store) = (root.clone(), key.to_string(), self.shown.clone());
+            return blocking(&self.shown, move || local::delete(&root, &key, &store)).await;
+        }
         let (os, path) = self.locate(key)?;
         match os.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -582,18 +624,8 @@ impl Store {
 
     fn locate(&self, key: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         match &self.backend {
-            Backend::Local { root, fs } => {
-                let fs = match fs.get() {
-                    Some(fs) => fs.clone(),
-                    None => {
-                        let made = LocalFileSystem::new_with_prefix(root)
-                            .map_err(|e| self.error_mapper().map(e))?
-                            .with_automatic_cleanup(true);
-                        fs.get_or_init(|| Arc::new(made)).clone()
-                    }
-                };
-                let path = Path::parse(key).map_err(|e| self.bad_key(key, e))?;
-                Ok((fs, path))
+            Backend::Local { .. } => {
+                Err(self.bad_key(key, "a local folder is read by georep's own code"))
             }
             Backend::Remote { os, .. } => Ok((os.clone(), self.remote_path(key)?)),
         }
@@ -816,6 +848,77 @@ fn short(text: &str) -> String {
     }
 }
 
+/// Drops S3/GCS "folder markers": zero-byte objects named `dir/`, which object_store
+/// lists as `dir` (it strips the trailing slash). A zero-byte entry is a marker when the
+/// next key is the same name (a real `dir` object listed before its marker) or lies
+/// below it (`dir/...`). A lone empty marker stays, and reads as gone when copied.
+fn drop_folder_markers(
+    entries: BoxStream<'static, Result<Entry>>,
+) -> BoxStream<'static, Result<Entry>> {
+    struct St {
+        /// A zero-byte entry waiting for the next key to tell whether it is a marker.
+        held: Option<Entry>,
+        last: Option<String>,
+    }
+    let marker_of = |held: &Entry, next: &str| {
+        next.strip_prefix(held.key.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    entries
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .scan(
+            St {
+                held: None,
+                last: None,
+            },
+            move |st, item| {
+                let mut out: Vec<Result<Entry>> = Vec::new();
+                match item {
+                    None => out.extend(st.held.take().map(Ok)),
+                    Some(Err(e)) => {
+                        out.extend(st.held.take().map(Ok));
+                        out.push(Err(e));
+                    }
+                    Some(Ok(e)) => {
+                        if let Some(h) = st.held.take() {
+                            if !marker_of(&h, &e.key) {
+                                out.push(Ok(h));
+                            }
+                        }
+                        if e.size == 0 && st.last.as_deref() == Some(e.key.as_str()) {
+                            // The marker of a real object of the same name: already listed.
+                        } else {
+                            st.last = Some(e.key.clone());
+                            if e.size == 0 {
+                                st.held = Some(e);
+                            } else {
+                                out.push(Ok(e));
+                            }
+                        }
+                    }
+                }
+                futures::future::ready(Some(futures::stream::iter(out)))
+            },
+        )
+        .flatten()
+        .boxed()
+}
+
+/// Runs file-system work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io {
+            store: store.to_string(),
+            detail: format!("worker task failed: {e}"),
+            retryable: false,
+        })?
+}
+
 fn parse_prefix(prefix: &str, shown: &str) -> Result<Option<Path>> {
     if prefix.is_empty() {
         return Ok(None);
@@ -841,6 +944,34 @@ fn parse_sas(s: &str) -> std::result::Result<Vec<(String, String)>, &'static str
         Ok(pairs)
     } else {
         Err("AZURE_STORAGE_SAS_TOKEN does not look like a SAS token (no sig=); copy the whole query string from the portal")
+    }
+}
+
+/// A local store URL with its links resolved as far as the path exists (the rest is
+/// appended as written), so overlap checks compare where data really goes. Other URLs
+/// come back unchanged.
+pub fn resolve_local(url: &StoreUrl) -> StoreUrl {
+    let StoreUrl::Local { path } = url else {
+        return url.clone();
+    };
+    let path = absolute(path);
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return StoreUrl::Local { path: out };
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return StoreUrl::Local { path },
+        }
     }
 }
 

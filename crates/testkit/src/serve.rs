@@ -45,8 +45,11 @@ impl Serve {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
+            // The address line, then (without [server] token) where the write token is.
+            for _ in 0..2 {
+                if let Some(Ok(l)) = lines.next() {
+                    let _ = tx.send(l);
+                }
             }
             for _ in lines {}
         });
@@ -65,10 +68,17 @@ impl Serve {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .trim()
             .to_string();
-        let token = env
+        let configured = env
             .iter()
             .find(|(k, _)| k == "GEOREP_TEST_TOKEN")
             .map(|(_, v)| v.clone());
+        let token = configured.or_else(|| {
+            let line = rx.recv_timeout(Duration::from_secs(10)).ok()?;
+            let file = line.split("the token in ").nth(1)?;
+            std::fs::read_to_string(file.trim())
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
         Self {
             child,
             base,
@@ -98,6 +108,12 @@ impl Serve {
             code,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// The bearer token this client sends: the configured one, or the daemon's generated
+    /// write token read from the file it named at start.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn get(&self, path: &str) -> Value {

@@ -226,6 +226,22 @@ impl Moto {
         );
     }
 
+    /// Puts an object with a raw, unsigned request (moto does not check signatures), so
+    /// tests can make keys no client library would: `dir/` folder markers, `a//b`.
+    pub fn put_raw(&self, bucket: &str, key: &str, body: &[u8]) {
+        let req = format!(
+            "PUT /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.port,
+            body.len(),
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(
+            http_status(self.port, &req),
+            Some(200),
+            "putting s3://{bucket}/{key} into moto"
+        );
+    }
+
     /// Environment for a `georep` child process (or `StoreOptions::env`).
     pub fn env(&self) -> Vec<(String, String)> {
         vec![

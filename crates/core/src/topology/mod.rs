@@ -191,6 +191,9 @@ pub struct Policy {
     pub scan_interval: Duration,
     /// Objects copied at the same time.
     pub transfers: usize,
+    /// A local source's symbolic links are read (when their target stays inside the
+    /// source folder) instead of skipped.
+    pub follow_symlinks: bool,
 }
 
 /// `filter` is left out: it is compiled from `include` and `exclude`.
@@ -207,6 +210,7 @@ impl PartialEq for Policy {
             && self.rpo == o.rpo
             && self.scan_interval == o.scan_interval
             && self.transfers == o.transfers
+            && self.follow_symlinks == o.follow_symlinks
     }
 }
 
@@ -230,6 +234,18 @@ impl Topology {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Topology, ConfigErrors> {
+        Self::parse_resolving(text, base_dir, env, &|_| None)
+    }
+
+    /// Like [`Topology::parse`], and compares store locations as `resolve` gives them
+    /// (the caller resolves symbolic links on disk; this crate does no IO), so a
+    /// destination `bk -> data/backup` is seen inside the source `data`.
+    pub fn parse_resolving(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        resolve: &dyn Fn(&StoreUrl) -> Option<StoreUrl>,
+    ) -> Result<Topology, ConfigErrors> {
         let root = toml::de::DeTable::parse(text).map_err(|e| {
             ConfigErrors(vec![ConfigError::at(
                 text,
@@ -239,7 +255,10 @@ impl Topology {
             )])
         })?;
         let mut ctx = read::Ctx::new(text);
-        let draft = sections::read(&mut ctx, root.get_ref(), root.span(), base_dir, env);
+        let mut draft = sections::read(&mut ctx, root.get_ref(), root.span(), base_dir, env);
+        for store in draft.stores.values_mut() {
+            store.real = store.url.as_ref().and_then(resolve);
+        }
         validate::check(&mut ctx, base_dir, &draft);
         if !ctx.errors.is_empty() {
             return Err(ConfigErrors::sorted(ctx.errors));

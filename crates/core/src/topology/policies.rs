@@ -22,6 +22,7 @@ const POLICY_FIELDS: &[&str] = &[
     "rpo",
     "scan_interval",
     "transfers",
+    "follow_symlinks",
 ];
 
 pub(super) struct DraftPolicy {
@@ -39,6 +40,7 @@ pub(super) struct DraftPolicy {
     pub(super) rpo: Duration,
     pub(super) scan_interval: Duration,
     pub(super) transfers: usize,
+    pub(super) follow_symlinks: bool,
 }
 
 pub(super) fn read(ctx: &mut Ctx<'_>, top: &Section<'_, '_>) -> Vec<DraftPolicy> {
@@ -88,7 +90,21 @@ fn policy(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>
         rpo: Policy::DEFAULT_RPO,
         scan_interval: Policy::DEFAULT_SCAN_INTERVAL,
         transfers: Policy::DEFAULT_TRANSFERS,
+        follow_symlinks: false,
     };
+    if let Some(value) = sec.get("follow_symlinks") {
+        match value.get_ref() {
+            DeValue::Boolean(b) => p.follow_symlinks = *b,
+            other => ctx.error(
+                Some(value.span()),
+                &what,
+                format!(
+                    "`follow_symlinks` must be true or false, not {}",
+                    kind(other)
+                ),
+            ),
+        }
+    }
     match &p.name {
         Some(n) if !valid_name(n.get_ref()) => {
             ctx.error(

@@ -48,6 +48,9 @@ pub(super) struct DraftStore {
     pub(super) region: Option<Spanned<String>>,
     /// `None` when missing or invalid (already reported).
     pub(super) url: Option<StoreUrl>,
+    /// Where a local folder really is (links resolved by the caller), for overlap and
+    /// cycle checks; `None` when no resolver was given.
+    pub(super) real: Option<StoreUrl>,
 }
 
 impl Draft {
@@ -82,6 +85,7 @@ impl Draft {
                 rpo: p.rpo,
                 scan_interval: p.scan_interval,
                 transfers: p.transfers,
+                follow_symlinks: p.follow_symlinks,
             });
         }
         let databases = self
@@ -303,6 +307,7 @@ fn stores(
             name: name.get_ref().clone(),
             region: None,
             url: None,
+            real: None,
         };
         if let Some(sec) = sec {
             sec.check_keys(ctx, "field", STORE_FIELDS);

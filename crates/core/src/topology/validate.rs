@@ -42,8 +42,11 @@ fn store_regions(ctx: &mut Ctx<'_>, draft: &Draft) {
     }
 }
 
+/// A store's location for overlap checks: where it really is when the caller resolved
+/// links, else as written.
 fn url<'d>(draft: &'d Draft, store: &str) -> Option<&'d StoreUrl> {
-    draft.stores.get(store)?.url.as_ref()
+    let s = draft.stores.get(store)?;
+    s.real.as_ref().or(s.url.as_ref())
 }
 
 fn policy_references(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft, p: &DraftPolicy) {
@@ -243,7 +246,7 @@ fn cycles(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft) {
     let stores: Vec<(&str, &StoreUrl)> = draft
         .stores
         .iter()
-        .filter_map(|(n, s)| Some((n.as_str(), s.url.as_ref()?)))
+        .filter_map(|(n, s)| Some((n.as_str(), s.real.as_ref().or(s.url.as_ref())?)))
         .collect();
     let index: HashMap<&str, usize> = stores
         .iter()

@@ -1,0 +1,507 @@
+//! Regression tests for the hardening issue: links, modes, odd names and overlapping
+//! locations, through the `georep` binary against real local folders and moto S3.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use georep_testkit::{data, Moto};
+use serde_json::Value;
+
+fn run(args: &[&str], env: &[(String, String)]) -> Output {
+    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run georep")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn skipped(v: &Value) -> Vec<(String, String)> {
+    v["skipped_keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["key"].as_str().unwrap_or_default().to_string(),
+                        f["error"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn destination_links_are_never_written_through() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    data::write_tree(
+        src.path(),
+        &[
+            ("sub/evil.txt", b"evil".to_vec()),
+            ("deep/a/b/evil.txt", b"evil".to_vec()),
+            ("target.txt", b"new".to_vec()),
+            ("fine.txt", b"fine".to_vec()),
+        ],
+    );
+    data::write_tree(outside.path(), &[("precious", b"keep".to_vec())]);
+    std::fs::create_dir_all(dst.path().join("deep/a")).expect("mkdir");
+    symlink(outside.path(), dst.path().join("sub")).expect("symlink");
+    symlink(outside.path(), dst.path().join("deep/a/b")).expect("symlink");
+    symlink(
+        outside.path().join("precious"),
+        dst.path().join("target.txt"),
+    )
+    .expect("symlink");
+    let out = run(
+        &["copy", s(src.path()), s(dst.path()), "--output", "json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    let keys: Vec<String> = skipped(&v).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        ["deep/a/b/evil.txt", "sub/evil.txt", "target.txt"],
+        "{v}"
+    );
+    assert!(skipped(&v).iter().all(|(_, e)| e.contains("symbolic link")));
+    assert!(
+        !outside.path().join("evil.txt").exists(),
+        "written through a link"
+    );
+    assert_eq!(
+        std::fs::read(outside.path().join("precious")).expect("read"),
+        b"keep",
+        "a link at the key itself was written through"
+    );
+    assert!(std::fs::symlink_metadata(dst.path().join("target.txt"))
+        .expect("stat")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(dst.path().join("fine.txt")).expect("read"),
+        b"fine"
+    );
+    // Nothing half-written is left beside the links.
+    let leftovers: Vec<_> = walk(outside.path());
+    assert_eq!(leftovers, ["precious"], "{leftovers:?}");
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if e.file_type().expect("type").is_dir() {
+                stack.push(p);
+            } else {
+                out.push(s(p.strip_prefix(root).expect("prefix")).to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn source_links_are_skipped_or_followed_only_inside() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    data::write_tree(src.path(), &[("real/a.txt", b"a".to_vec())]);
+    data::write_tree(outside.path(), &[("passwd", b"root:x:0:0".to_vec())]);
+    symlink(outside.path().join("passwd"), src.path().join("leak")).expect("symlink");
+    symlink(outside.path(), src.path().join("leakdir")).expect("symlink");
+    symlink(src.path().join("real/a.txt"), src.path().join("inner")).expect("symlink");
+    symlink(src.path(), src.path().join("real/loop")).expect("symlink");
+
+    let dst = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        &["copy", s(src.path()), s(dst.path()), "--output", "json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(walk(dst.path()), ["real/a.txt"]);
+    assert_eq!(
+        stderr(&out).matches("symbolic links in the source").count(),
+        1,
+        "reported once: {}",
+        stderr(&out)
+    );
+
+    let dst = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        &[
+            "copy",
+            s(src.path()),
+            s(dst.path()),
+            "--follow-symlinks",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let v = json(&out);
+    // The link inside the folder is copied as a file; links leading out never are; the
+    // loop is reported by name and does not stop the listing.
+    assert_eq!(walk(dst.path()), ["inner", "real/a.txt"], "{v}");
+    assert_eq!(std::fs::read(dst.path().join("inner")).expect("read"), b"a");
+    assert!(
+        skipped(&v)
+            .iter()
+            .any(|(k, e)| k.ends_with("real/loop") && e.contains("loop")),
+        "{v}"
+    );
+    assert!(!walk(dst.path())
+        .iter()
+        .any(|k| k.contains("passwd") || k == "leak"));
+}
+
+#[test]
+fn modes_are_kept_never_widened() {
+    let src = tempfile::tempdir().expect("tempdir");
+    data::write_tree(
+        src.path(),
+        &[
+            ("secret.key", b"k".to_vec()),
+            ("run.sh", b"#!/bin/sh".to_vec()),
+            ("private/notes", b"n".to_vec()),
+        ],
+    );
+    let set = |p: &str, m: u32| {
+        std::fs::set_permissions(src.path().join(p), std::fs::Permissions::from_mode(m))
+            .expect("chmod")
+    };
+    set("secret.key", 0o600);
+    set("run.sh", 0o700);
+    set("private/notes", 0o640);
+    set("private", 0o700);
+    let dst = tempfile::tempdir().expect("tempdir");
+    let out = run(&["copy", s(src.path()), s(dst.path())], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(mode(&dst.path().join("secret.key")), 0o600);
+    assert_eq!(mode(&dst.path().join("run.sh")), 0o700);
+    assert_eq!(mode(&dst.path().join("private/notes")), 0o640);
+    assert_eq!(mode(&dst.path().join("private")), 0o700);
+    // A replaced file keeps a mode an operator narrowed when the source has none to give
+    // (object stores): checked in the storage tests.
+}
+
+#[test]
+fn one_bad_name_never_stops_the_others_and_deletes_go_on() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let dst = tempfile::tempdir().expect("tempdir");
+    data::write_tree(
+        src.path(),
+        &[
+            ("a.txt", b"a".to_vec()),
+            ("m-bad\nname", b"x".to_vec()),
+            ("report#1", b"r1".to_vec()),
+            ("z.txt", b"z".to_vec()),
+        ],
+    );
+    data::write_tree(dst.path(), &[("extra.txt", b"e".to_vec())]);
+    let out = run(
+        &[
+            "sync",
+            s(src.path()),
+            s(dst.path()),
+            "--delete",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["copied"], 3, "{v}");
+    assert_eq!(v["deleted"], 1, "{v}");
+    assert!(v["delete_refused"].is_null(), "{v}");
+    let sk = skipped(&v);
+    assert_eq!(sk.len(), 1, "{v}");
+    assert!(sk[0].0.contains("m-bad\\nname") && sk[0].1.contains("control character"));
+    assert_eq!(walk(dst.path()), ["a.txt", "report#1", "z.txt"]);
+    // The next run has nothing to copy and reports the bad name once again, by key.
+    let out = run(
+        &["copy", s(src.path()), s(dst.path()), "--output", "json"],
+        &[],
+    );
+    let v = json(&out);
+    assert_eq!(v["copied"], 0, "{v}");
+    assert_eq!(skipped(&v).len(), 1, "{v}");
+}
+
+#[test]
+fn overlap_is_judged_on_disk_not_on_text() {
+    let base = tempfile::tempdir().expect("tempdir");
+    data::write_tree(base.path(), &[("data/f.txt", b"f".to_vec())]);
+    std::fs::create_dir_all(base.path().join("data/backup")).expect("mkdir");
+    symlink(base.path().join("data/backup"), base.path().join("bk")).expect("symlink");
+    let out = run(
+        &[
+            "copy",
+            s(&base.path().join("data")),
+            s(&base.path().join("bk")),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("overlap"), "{}", stderr(&out));
+    assert!(!base.path().join("data/backup/f.txt").exists());
+
+    let cfg = base.path().join("georep.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[regions.a]
+[regions.b]
+[stores.data]
+region = "a"
+url = "./data"
+[stores.bk]
+region = "b"
+url = "./bk"
+[[policies]]
+name = "p"
+source = "data"
+destinations = ["bk"]
+"#,
+    )
+    .expect("write config");
+    let out = run(&["validate", "-c", s(&cfg)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("overlaps the source"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn s3_folder_markers_and_file_folder_clashes_are_reported_once_not_forever() {
+    let moto = Moto::start();
+    moto.create_bucket("mkb");
+    moto.put_raw("mkb", "dir/", b"");
+    moto.put_raw("mkb", "dir/x.txt", b"x");
+    moto.put_raw("mkb", "empty-marker/", b"");
+    moto.put_raw("mkb", "a", b"file a");
+    moto.put_raw("mkb", "a/b", b"under a");
+    moto.put_raw("mkb", "ok.txt", b"ok");
+    let dst = tempfile::tempdir().expect("tempdir");
+    data::write_tree(dst.path(), &[("stale.txt", b"old".to_vec())]);
+    let env = moto.env();
+    let out = run(
+        &[
+            "sync",
+            "s3://mkb",
+            s(dst.path()),
+            "--delete",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert_eq!(v["failed"], 0, "markers are not failures: {v}");
+    let sk = skipped(&v);
+    assert_eq!(sk.len(), 1, "{v}");
+    // Copies run in parallel: whichever of `a` and `a/b` lands first stays, the other
+    // is reported by key.
+    let (kept, lost) = if sk[0].0 == "a" {
+        ("a/b", "a")
+    } else {
+        ("a", "a/b")
+    };
+    assert_eq!(sk[0].0, lost, "{v}");
+    assert!(sk[0].1.contains("cannot"), "{v}");
+    assert_eq!(v["deleted"], 1, "the clash does not hold back deletes: {v}");
+    assert_eq!(v["vanished"], 1, "the lone empty marker reads as gone: {v}");
+    let mut want = vec![kept, "dir/x.txt", "ok.txt"];
+    want.sort();
+    assert_eq!(walk(dst.path()), want);
+}
+
+/// A daemon over two local folders, with no `[server] token`.
+fn local_daemon(dir: &Path, extra: &str) -> georep_testkit::Serve {
+    std::fs::create_dir_all(dir.join("a")).expect("mkdir");
+    let cfg = dir.join("georep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[regions.r1]
+[regions.r2]
+[stores.a]
+region = "r1"
+url = "./a"
+[stores.b]
+region = "r2"
+url = "./b"
+[[policies]]
+name = "p"
+source = "a"
+destinations = ["b"]
+scan_interval = "1h"
+{extra}
+"#
+        ),
+    )
+    .expect("write config");
+    georep_testkit::Serve::start(env!("CARGO_BIN_EXE_georep"), &cfg, &[])
+}
+
+#[test]
+fn changing_routes_need_a_token_json_and_no_foreign_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = local_daemon(dir.path(), "");
+    let token_file = dir.path().join("georep-state/georep.api-token");
+    let meta = std::fs::metadata(&token_file).expect("token file beside the state");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .expect("read")
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 64);
+    assert!(
+        !s.log_text().contains(&token),
+        "the token itself is never logged"
+    );
+
+    let http = reqwest::blocking::Client::new();
+    let post = |path: &str, token: Option<&str>, ctype: &str, origin: Option<&str>| {
+        let mut r = http
+            .post(format!("{}{path}", s.base))
+            .header("content-type", ctype)
+            .body("{}");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().expect("post").status().as_u16()
+    };
+    let json = "application/json";
+    for path in [
+        "/api/v1/policies/p/resync",
+        "/api/v1/policies/p/resume",
+        "/api/v1/failover-groups/g/failover",
+        "/api/v1/failover-groups/g/reseed",
+    ] {
+        assert_eq!(post(path, None, json, None), 401, "{path} without a token");
+        assert_eq!(post(path, Some("wrong"), json, None), 401, "{path}");
+        assert_eq!(post(path, Some(&token), "text/plain", None), 415, "{path}");
+        assert_eq!(
+            post(path, Some(&token), json, Some("http://evil.example")),
+            403,
+            "{path} from another origin"
+        );
+    }
+    let host = s.base.trim_start_matches("http://").to_string();
+    assert_eq!(
+        post(
+            "/api/v1/policies/p/resync",
+            Some(&token),
+            json,
+            Some(&format!("http://{host}"))
+        ),
+        200
+    );
+    assert_eq!(
+        post("/api/v1/policies/p/resync", Some(&token), json, None),
+        200
+    );
+    // Reading stays open on loopback when no token is configured.
+    let r = http
+        .get(format!("{}/api/v1/policies", s.base))
+        .send()
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    drop(s);
+    // A restart keeps the same token.
+    let s = local_daemon(dir.path(), "");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).expect("read").trim(),
+        token
+    );
+    assert_eq!(post2(&s, &token), 200);
+}
+
+fn post2(s: &georep_testkit::Serve, token: &str) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/policies/p/resync", s.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn the_daemon_skips_bad_names_and_holds_deletes_of_an_empty_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a");
+    data::write_tree(
+        &a,
+        &[
+            ("a.txt", b"a".to_vec()),
+            ("m-bad\nname", b"x".to_vec()),
+            ("report#1", b"r".to_vec()),
+            ("z.txt", b"z".to_vec()),
+        ],
+    );
+    let s = local_daemon(dir.path(), "deletes = \"propagate\"");
+    // Everything but the bad name arrives, `report#1` included; the scan does not fail.
+    let st = s.converge("p", Some(3));
+    assert!(st["last_scan"]["error"].is_null(), "{st:#}");
+    assert_eq!(walk(&dir.path().join("b")), ["a.txt", "report#1", "z.txt"]);
+    assert_eq!(
+        s.log_text().matches("control character").count(),
+        1,
+        "reported once:\n{}",
+        s.log_text()
+    );
+    // The source folder is emptied (as an unmounted volume would look): no delete runs,
+    // though 3 is below the percentage guard's floor.
+    for k in ["a.txt", "report#1", "z.txt", "m-bad\nname"] {
+        std::fs::remove_file(a.join(k)).expect("rm");
+    }
+    let v = s.post("/api/v1/policies/p/resync", &serde_json::json!({}));
+    let _ = v;
+    let held = georep_testkit::wait_until(std::time::Duration::from_secs(30), || {
+        let st = s.get("/api/v1/policies/p");
+        st["paused"]
+            .as_str()
+            .is_some_and(|r| r.contains("empty-source guard"))
+    });
+    assert!(held, "{:#}", s.get("/api/v1/policies/p"));
+    assert_eq!(walk(&dir.path().join("b")), ["a.txt", "report#1", "z.txt"]);
+}
