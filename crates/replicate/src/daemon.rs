@@ -89,12 +89,16 @@ impl Daemon {
                 .store(&p.source)
                 .map(|d| d.url.to_string())
                 .unwrap_or_default();
-            let change = state.upsert_policy(
-                &p.name,
-                &policy_record(&topo, p),
-                &source_url,
-                &p.destinations,
-            )?;
+            let dests: Vec<(String, String)> = p
+                .destinations
+                .iter()
+                .map(|d| {
+                    let url = topo.store(d).map(|s| s.url.to_string()).unwrap_or_default();
+                    (d.clone(), url)
+                })
+                .collect();
+            let change =
+                state.upsert_policy(&p.name, &policy_record(&topo, p), &source_url, &dests)?;
             tracing::info!(policy = %p.name, ?change, "policy");
             let created = state
                 .policy(&p.name)?

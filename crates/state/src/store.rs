@@ -291,12 +291,14 @@ impl State {
     /// transaction, a destination added to the policy gets every object of the manifest
     /// queued (so it is filled, not just sent later changes), and a changed source drops
     /// the manifest (so the next scan compares against the new source from scratch).
+    /// Destinations are `(name, url)`: a destination whose URL changed is a new place
+    /// and is filled like an added one.
     pub fn upsert_policy(
         &self,
         name: &str,
         config: &serde_json::Value,
         source: &str,
-        dests: &[String],
+        dests: &[(String, String)],
     ) -> Result<PolicyChange> {
         let mut conn = self.lock();
         let now = crate::now_ms();
@@ -323,12 +325,14 @@ impl State {
                 if old_source.as_deref().is_some_and(|s| s != source) {
                     tx.execute("DELETE FROM manifest WHERE policy = ?1", [name])?;
                 }
-                let before: Vec<String> = old_dests
-                    .as_deref()
-                    .map(serde_json::from_str)
-                    .transpose()?
-                    .unwrap_or_default();
-                for d in dests.iter().filter(|d| !before.contains(d)) {
+                let before = recorded_dests(old_dests.as_deref())?;
+                let moved = |(d, url): &&(String, String)| match before.get(d) {
+                    None => true,
+                    // Recorded before URLs were: a name alone says nothing moved.
+                    Some(None) => false,
+                    Some(Some(old)) => old != url,
+                };
+                for (d, _) in dests.iter().filter(moved) {
                     tx.execute(
                         "INSERT INTO items (policy, dest, key, op, status, generation, size, \
                          change_time, enqueued_at, attempts, next_attempt_at) \
@@ -1021,6 +1025,28 @@ fn enqueue(
     Ok(())
 }
 
+/// The destinations recorded with a policy: `[[name, url], ...]`, or names alone from
+/// before URLs were recorded.
+fn recorded_dests(json: Option<&str>) -> Result<std::collections::HashMap<String, Option<String>>> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Dest {
+        Named(String),
+        WithUrl(String, String),
+    }
+    let list: Vec<Dest> = json
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default();
+    Ok(list
+        .into_iter()
+        .map(|d| match d {
+            Dest::Named(n) => (n, None),
+            Dest::WithUrl(n, u) => (n, Some(u)),
+        })
+        .collect())
+}
+
 fn redact(url: &str) -> String {
     match url.split_once('@') {
         Some((_, rest)) => match url.split_once("://") {
@@ -1103,13 +1129,23 @@ mod tests {
     fn an_added_destination_is_backfilled_and_requeued_rows_are_released() {
         let (_d, st) = open();
         let a = vec!["a".to_string()];
-        st.upsert_policy("p", &serde_json::json!({"v": 1}), "src", &a)
+        let named = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), format!("/srv/{n}")))
+                .collect()
+        };
+        st.upsert_policy("p", &serde_json::json!({"v": 1}), "src", &named(&["a"]))
             .expect("up");
         st.apply("p", &a, &[up("k1", 1, 1), up("k2", 2, 2)])
             .expect("apply");
-        let ab = vec!["a".to_string(), "b".to_string()];
-        st.upsert_policy("p", &serde_json::json!({"v": 2}), "src", &ab)
-            .expect("up");
+        st.upsert_policy(
+            "p",
+            &serde_json::json!({"v": 2}),
+            "src",
+            &named(&["a", "b"]),
+        )
+        .expect("up");
         let lag = st.lag("p").expect("lag");
         assert_eq!(
             lag.iter().find(|l| l.dest == "b").map(|l| l.pending),
@@ -1130,8 +1166,30 @@ mod tests {
             "{again:?}"
         );
 
+        // A destination whose URL changed is a new place: filled like an added one.
+        for i in items.iter().filter(|i| i.dest == "b").chain(&again) {
+            st.complete(i, None).expect("complete");
+        }
+        let pending_at = |st: &State, d: &str| {
+            st.lag("p")
+                .expect("lag")
+                .iter()
+                .find(|l| l.dest == d)
+                .map(|l| l.pending)
+        };
+        assert_eq!(pending_at(&st, "b"), Some(0));
+        let a_before = pending_at(&st, "a");
+        let moved = vec![
+            ("a".to_string(), "/srv/a".to_string()),
+            ("b".to_string(), "/srv/b-new".to_string()),
+        ];
+        st.upsert_policy("p", &serde_json::json!({"v": 2}), "src", &moved)
+            .expect("up");
+        assert_eq!(pending_at(&st, "b"), Some(2), "the new place is filled");
+        assert_eq!(pending_at(&st, "a"), a_before, "an unmoved one is not");
+
         // A new source URL drops the manifest.
-        st.upsert_policy("p", &serde_json::json!({"v": 3}), "other", &ab)
+        st.upsert_policy("p", &serde_json::json!({"v": 3}), "other", &moved)
             .expect("up");
         assert_eq!(st.manifest_count("p").expect("count"), 0);
     }
@@ -1200,12 +1258,12 @@ mod tests {
         let (d, st) = open();
         let cfg = serde_json::json!({"rpo": "5m"});
         assert_eq!(
-            st.upsert_policy("p", &cfg, "src", &["a".to_string()])
+            st.upsert_policy("p", &cfg, "src", &[("a".to_string(), "/srv/a".to_string())])
                 .expect("up"),
             PolicyChange::Added
         );
         assert_eq!(
-            st.upsert_policy("p", &cfg, "src", &["a".to_string()])
+            st.upsert_policy("p", &cfg, "src", &[("a".to_string(), "/srv/a".to_string())])
                 .expect("up"),
             PolicyChange::Unchanged
         );
