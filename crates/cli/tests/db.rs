@@ -461,3 +461,43 @@ fn the_daemon_reports_replicas_and_keeps_sequences_ahead() {
     let (code, _) = s.req(reqwest::Method::GET, "/api/v1/databases/nope", None);
     assert_eq!(code, 404);
 }
+
+/// A duration past what a clock can hold is refused where it is typed (exit 2, naming
+/// the field and the maximum), never accepted and then a panic when a deadline is built.
+#[test]
+fn huge_durations_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Nothing listens on port 1: before the bound, setup got past parsing and failed later.
+    let url = "postgres://app@127.0.0.1:1/shop";
+    let cfg = topology(dir.path(), url, &[("we", url.replace("shop", "shop2"))], "");
+    let c = cfg.to_str().expect("utf-8");
+    let (code, out, err) = run(&[
+        "db",
+        "setup",
+        "shop",
+        "-c",
+        c,
+        "--timeout",
+        "18000000000000000000s",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--timeout") && err.contains("the maximum is 100 years"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let cfg = topology(
+        dir.path(),
+        url,
+        &[("we", url.replace("shop", "shop2"))],
+        "sequence_sync_interval = \"18000000000000000000s\"\n",
+    );
+    let (code, out, err) = run(&["validate", "-c", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "{out}{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("sequence_sync_interval: duration \"18000000000000000000s\" is too long: the maximum is 100 years"),
+        "{all}"
+    );
+}

@@ -13,7 +13,7 @@ mod store_url;
 pub mod topology;
 
 pub use filter::{Filter, FilterError};
-pub use size::{parse_duration, parse_size, MaxDelete, SizeError};
+pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
     ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode, FailoverGroup,

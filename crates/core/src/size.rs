@@ -9,6 +9,8 @@ pub enum SizeError {
     Size(String),
     #[error("invalid duration {0:?}: use a number with a unit, e.g. 500ms, 30s, 5m, 1h")]
     Duration(String),
+    #[error("duration {0:?} is too long: the maximum is 100 years")]
+    DurationTooLong(String),
     #[error(
         "invalid delete limit {0:?}: use a count (100) or a percentage of the destination (5%)"
     )]
@@ -46,9 +48,18 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     Ok(bytes.round() as u64)
 }
 
-/// Parses a duration such as `500ms`, `30s`, `5m`, `1h 30m`.
+/// The longest duration accepted anywhere (100 years of 365.25 days): adding it to a clock reading can never
+/// overflow, so no deadline or timer built from a parsed duration panics.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `1h 30m`, at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, SizeError> {
-    humantime::parse_duration(text.trim()).map_err(|_| SizeError::Duration(text.to_string()))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|_| SizeError::Duration(text.to_string()))?;
+    if d > MAX_DURATION {
+        return Err(SizeError::DurationTooLong(text.to_string()));
+    }
+    Ok(d)
 }
 
 /// How many destination objects one `sync --delete` may remove before it refuses.
@@ -129,6 +140,12 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5").is_err());
+        assert_eq!(parse_duration("100years"), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("18000000000000000000s"),
+            Err(SizeError::DurationTooLong("18000000000000000000s".into()))
+        );
+        assert!(parse_duration("101years").is_err());
     }
 
     #[test]

@@ -128,7 +128,12 @@ pub(crate) async fn run(
                     tracing::warn!(database = %db.name, error = %e, "sequence sync failed; retrying at the next interval")
                 }
             }
-            next_seq = tokio::time::Instant::now() + db.sequence_sync_interval;
+            // Checked: an interval past what the clock holds means "not again".
+            let now = tokio::time::Instant::now();
+            next_seq = now
+                .checked_add(db.sequence_sync_interval)
+                .or_else(|| now.checked_add(georep_core::MAX_DURATION))
+                .unwrap_or(now);
         }
         let now = chrono::Utc::now().to_rfc3339();
         let st = match pg::status(&db).await {

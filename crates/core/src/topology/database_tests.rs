@@ -289,6 +289,11 @@ fn each_error_class_is_reported() {
             &["rpo: invalid duration \"soon\"", "sequence_sync_interval = \"10ms\" is too short; the minimum is 1s"],
         ),
         (
+            "huge duration",
+            with("engine = \"postgres\"\n", "engine = \"postgres\"\nsequence_sync_interval = \"18000000000000000000s\"\n"),
+            &["sequence_sync_interval: duration \"18000000000000000000s\" is too long: the maximum is 100 years"],
+        ),
+        (
             "negative sequence_margin",
             with("engine = \"postgres\"\n", "engine = \"postgres\"\nsequence_margin = -1\n"),
             &["sequence_margin = -1 is negative; use 0 or more (default 1000)"],

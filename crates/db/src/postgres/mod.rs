@@ -41,6 +41,15 @@ pub fn subscription_name(db: &Database, replica: &str) -> String {
     ident(&format!("georep_{}_{}", db.name, replica))
 }
 
+/// `start + d`, or 100 years after `start` when that is past what the clock can hold:
+/// a deadline from a huge timeout means "never", not a panic.
+fn deadline_after(start: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(georep_core::MAX_DURATION))
+        .unwrap_or(start)
+}
+
 /// A lowercase identifier of at most 63 bytes made of `[a-z0-9_]`.
 fn ident(s: &str) -> String {
     let mut out: String = s

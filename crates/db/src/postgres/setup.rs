@@ -386,7 +386,7 @@ pub async fn setup(
     }
 
     // Wait for every table of every replica to be ready.
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| super::deadline_after(Instant::now(), t));
     for ((m, c), rep) in replicas.iter().zip(reports.iter_mut()) {
         let who = format!("replica '{}'", m.name);
         let sub = subscription_name(db, &m.name);

@@ -15,8 +15,8 @@ use super::conn::connect;
 use super::drift::push_sequences;
 use super::setup::selected_tables;
 use super::{
-    drop_slot, drop_subscription, publication_name, quote_ident, quote_literal, quote_table,
-    subscription_name,
+    deadline_after, drop_slot, drop_subscription, publication_name, quote_ident, quote_literal,
+    quote_table, subscription_name,
 };
 use crate::error::{DbError, Result};
 
@@ -341,7 +341,7 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
     replica(db, to)?;
     let p = connect("primary", &db.primary.url).await?;
     let slot = subscription_name(db, to);
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(Instant::now(), timeout);
     loop {
         let row = p
             .query_opt(
@@ -417,7 +417,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         &p,
         std::slice::from_ref(&slot),
         &fence_lsn,
-        started + timeout,
+        deadline_after(started, timeout),
     )
     .await;
     if !matches!(&confirmed, Ok(c) if !c.is_empty()) {
