@@ -64,13 +64,16 @@ pub enum StoreUrlError {
         name: String,
         rule: &'static str,
     },
-    #[error("store URL '{0}' carries credentials (a query string or password); remove them and set AZURE_STORAGE_SAS_TOKEN / AZURE_STORAGE_ACCOUNT_KEY or AWS_* in the environment instead")]
+    #[error("store URL '{0}' carries credentials (a query string, or user or password before '@'); remove them: credentials come only from the environment ({ENV_CREDENTIALS})")]
     CredentialsInUrl(String),
     #[error("file URL '{0}' has a host; use file:///absolute/path")]
     FileHost(String),
     #[error("invalid URL '{url}': {reason}")]
     Invalid { url: String, reason: String },
 }
+
+/// Where credentials come from instead, named in the refusal of a URL that carries some.
+const ENV_CREDENTIALS: &str = "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; GOOGLE_APPLICATION_CREDENTIALS";
 
 impl StoreUrl {
     pub fn parse(input: &str) -> Result<Self, StoreUrlError> {
@@ -79,6 +82,16 @@ impl StoreUrl {
             return Err(StoreUrlError::Empty);
         }
         if let Some((scheme, rest)) = input.split_once("://") {
+            // `s3://KEY:SECRET@bucket`: everything up to the last '@' of the host part
+            // is a credential; refuse it before any message can echo the host.
+            let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            if let Some(at) = rest[..host_end].rfind('@') {
+                let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+                return Err(StoreUrlError::CredentialsInUrl(format!(
+                    "{scheme}://{}",
+                    &rest[at + 1..cut]
+                )));
+            }
             // A query or fragment is where SAS tokens and signatures travel: refuse it
             // for every scheme, and never echo what follows it.
             let lower = scheme.to_ascii_lowercase();
@@ -562,19 +575,65 @@ mod tests {
 
     #[test]
     fn never_echoes_a_sas() {
-        let err = StoreUrl::parse("https://acct.blob.core.windows.net/c1x?sv=2022&sig=SECRET")
+        let err = StoreUrl::parse("https://acct.blob.core.windows.net/c1x?sv=2022&sig=S3CR3T")
             .expect_err("sas refused")
             .to_string();
-        assert!(!err.contains("SECRET"), "{err}");
+        assert!(!err.contains("S3CR3T"), "{err}");
         assert!(err.contains("AZURE_STORAGE_SAS_TOKEN"), "{err}");
         for url in [
-            "az://c1x/p?sv=1&sig=SECRET",
-            "s3://bkt/p?X-Amz-Signature=SECRET",
-            "gs://bkt#SECRET",
-            "https://user:SECRET@[bad/",
+            "az://c1x/p?sv=1&sig=S3CR3T",
+            "s3://bkt/p?X-Amz-Signature=S3CR3T",
+            "gs://bkt#S3CR3T",
+            "https://user:S3CR3T@[bad/",
         ] {
             let err = StoreUrl::parse(url).expect_err(url).to_string();
-            assert!(!err.contains("SECRET"), "{url}: {err}");
+            assert!(!err.contains("S3CR3T"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn never_echoes_credentials_in_the_host_part() {
+        let cases: &[(&str, &str)] = &[
+            ("s3://AKIAEXAMPLE:S3CR3T@bucket/p", "'s3://bucket/p'"),
+            ("s3://AKIAEXAMPLE:S3CR3T@B/p", "'s3://B/p'"),
+            ("gs://S3CR3T@bkt", "'gs://bkt'"),
+            ("az://acct:S3CR3T@photos/x", "'az://photos/x'"),
+            ("az://a:b@c:S3CR3T@photos", "'az://photos'"),
+            ("file://user:S3CR3T@/srv/x", "'file:///srv/x'"),
+            ("file://S3CR3T@host/srv/x", "'file://host/srv/x'"),
+            ("memory://S3CR3T@m", "'memory://m'"),
+            (
+                "http://u:S3CR3T@127.0.0.1:10000/acct/c1x",
+                "'http://127.0.0.1:10000/acct/c1x'",
+            ),
+            (
+                "https://AKIA:S3CR3T@acct.blob.core.windows.net/c1x?sig=S3CR3T",
+                "'https://acct.blob.core.windows.net/c1x'",
+            ),
+            ("s3://AKIAEXAMPLE%3AS3CR3T@bucket", "'s3://bucket'"),
+        ];
+        for (url, shown) in cases {
+            let err = StoreUrl::parse(url).expect_err(url).to_string();
+            assert!(
+                !err.contains("S3CR3T") && !err.contains("AKIA"),
+                "{url}: {err}"
+            );
+            assert!(err.contains(shown), "{url}: {err}");
+            for var in [
+                "AWS_SECRET_ACCESS_KEY",
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "GOOGLE_APPLICATION_CREDENTIALS",
+            ] {
+                assert!(err.contains(var), "{url}: {err}");
+            }
+        }
+        // An '@' in the key prefix is not a credential.
+        assert_eq!(
+            StoreUrl::parse("s3://bkt/user@example.com/x").expect("@ in the prefix"),
+            StoreUrl::S3 {
+                bucket: "bkt".into(),
+                prefix: "user@example.com/x".into()
+            }
+        );
     }
 }

@@ -693,3 +693,20 @@ fn serializes_without_secrets() {
     assert_eq!(json["stores"]["photos-we"]["url"], "/etc/georep/dr/photos");
     assert_eq!(json["state"]["url"], "postgres://u:***@db/g");
 }
+
+#[test]
+fn store_credentials_in_the_host_part_are_refused_without_echo() {
+    let text = PRELUDE.replace("s3://archive/photos", "s3://AKIAMARK:S3CR3T@archive/photos");
+    let shown = refused(
+        "s3 userinfo",
+        &text,
+        &[
+            "url: store URL 's3://archive/photos' carries credentials",
+            "AWS_SECRET_ACCESS_KEY",
+        ],
+    );
+    assert!(
+        !shown.contains("S3CR3T") && !shown.contains("AKIAMARK"),
+        "{shown}"
+    );
+}
