@@ -501,3 +501,135 @@ fn huge_durations_are_refused_with_exit_2() {
         "{all}"
     );
 }
+
+/// A password in a database URL, in the user info or as `?password=`, never reaches the
+/// CLI's output, the daemon's log or its API, whichever path shows the URL: a reachable
+/// primary with a refused replica, a refused primary, a refused state database.
+#[test]
+fn database_passwords_never_appear_in_output_logs_or_the_api() {
+    const MARKERS: [&str; 2] = ["S3cr3tMarker", "S3cr3tMarker2"];
+    let clean = |what: &str, text: &str| {
+        for m in MARKERS {
+            assert!(!text.contains(m), "{what} shows a password:\n{text}");
+        }
+    };
+    let qc = Postgres::start(&[]);
+    qc.create_db("shop");
+    let refused = georep_testkit::free_port();
+    let with_secrets = |port: u16, db: &str| {
+        format!("postgres://postgres:S3cr3tMarker2@127.0.0.1:{port}/{db}?sslmode=disable&password=S3cr3tMarker")
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("georep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[regions.qc]\n[regions.we]\n\
+             [[databases]]\nname = \"shop\"\nengine = \"postgres\"\nrpo = \"2s\"\n\
+             primary = {{ region = \"qc\", url = \"{}\" }}\n\
+             replicas = [{{ region = \"we\", url = \"{}\" }}]\n\
+             [[databases]]\nname = \"lost\"\nengine = \"postgres\"\n\
+             primary = {{ region = \"qc\", url = \"{}\" }}\n\
+             replicas = [{{ region = \"we\", url = \"{}\" }}]\n",
+            with_secrets(qc.port, "shop"),
+            with_secrets(refused, "shop"),
+            with_secrets(refused, "lost"),
+            with_secrets(refused, "lost_we"),
+        ),
+    )
+    .expect("write topology");
+    let c = cfg.to_str().expect("utf-8");
+
+    // The replica is refused: its status row carries its URL and the connection error.
+    for output in ["text", "json"] {
+        let (code, out, err) = run(&["db", "status", "shop", "-c", c, "--output", output]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains("127.0.0.1:"), "the URL is still shown: {out}");
+        clean("db status (refused replica)", &format!("{out}{err}"));
+    }
+    // The primary is refused: every command fails naming it.
+    for cmd in ["status", "setup", "verify", "sync-sequences", "teardown"] {
+        let (code, out, err) = run(&["db", cmd, "lost", "-c", c]);
+        assert_eq!(code, 3, "db {cmd}: {out}{err}");
+        assert!(err.contains("password=***"), "db {cmd}: {err}");
+        clean(
+            &format!("db {cmd} (refused primary)"),
+            &format!("{out}{err}"),
+        );
+    }
+    let (code, out, err) = run(&[
+        "db",
+        "copy",
+        "--from",
+        &with_secrets(refused, "shop"),
+        "--to",
+        &with_secrets(qc.port, "shop"),
+    ]);
+    assert_eq!(code, 3, "db copy: {out}{err}");
+    clean("db copy", &format!("{out}{err}"));
+    for cmd in [
+        &["validate", "-c", c][..],
+        &["plan", "-c", c],
+        &["plan", "-c", c, "--output", "json"],
+    ] {
+        let (code, out, err) = run(cmd);
+        assert_eq!(code, 0, "{cmd:?}: {out}{err}");
+        clean(&format!("{cmd:?}"), &format!("{out}{err}"));
+    }
+
+    // The daemon: its log (status read failures) and GET /api/v1/databases.
+    let s = georep_testkit::Serve::start(env!("CARGO_BIN_EXE_georep"), &cfg, &[]);
+    let mut v = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            v = s.get("/api/v1/databases");
+            let dbs = v["databases"].as_array().cloned().unwrap_or_default();
+            let by = |n: &str| {
+                dbs.iter()
+                    .find(|d| d["name"] == n)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            by("shop")["replicas"][0]["state"] == "unreachable"
+                && by("lost")["error"].as_str().is_some()
+        }),
+        "no status with both failures: {v:#}\n{}",
+        s.log_text()
+    );
+    let shown = v.to_string();
+    assert!(shown.contains("password=***"), "{shown}");
+    clean("GET /api/v1/databases", &shown);
+    clean(
+        "GET /api/v1/databases/shop",
+        &s.get("/api/v1/databases/shop").to_string(),
+    );
+    let log = s.log_text();
+    assert!(
+        log.contains("cannot read the database's replication status"),
+        "{log}"
+    );
+    clean("the daemon log", &log);
+    drop(s);
+
+    // A PostgreSQL state URL is refused by plan and serve, naming it.
+    let state_cfg = dir.path().join("state.toml");
+    std::fs::write(
+        &state_cfg,
+        format!(
+            "[state]\nurl = \"{}\"\n{}",
+            with_secrets(refused, "state"),
+            std::fs::read_to_string(&cfg).expect("read topology")
+        ),
+    )
+    .expect("write topology");
+    let sc = state_cfg.to_str().expect("utf-8");
+    for cmd in [
+        &["plan", "-c", sc][..],
+        &["serve", "-c", sc, "--listen", "127.0.0.1:0"],
+    ] {
+        let (code, out, err) = run(cmd);
+        assert_ne!(code, 0, "{cmd:?}: {out}{err}");
+        assert!(err.contains("127.0.0.1:"), "{cmd:?}: {err}");
+        clean(&format!("{cmd:?}"), &format!("{out}{err}"));
+    }
+}

@@ -8,11 +8,13 @@
 //! HTTP, SQL or `object_store`.
 
 mod filter;
+mod redact;
 mod size;
 mod store_url;
 pub mod topology;
 
 pub use filter::{Filter, FilterError};
+pub use redact::redact_url;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{

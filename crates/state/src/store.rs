@@ -185,14 +185,14 @@ impl State {
             PathBuf::from(p)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Err(StateError::InvalidConfig {
-                url: redact(url),
+                url: georep_core::redact_url(url),
                 reason: "PostgreSQL state (shared by many workers) is not available in this \
                          version; use sqlite://PATH"
                     .into(),
             });
         } else if url.contains("://") {
             return Err(StateError::InvalidConfig {
-                url: redact(url),
+                url: georep_core::redact_url(url),
                 reason: "unknown scheme; use sqlite://PATH".into(),
             });
         } else {
@@ -1045,16 +1045,6 @@ fn recorded_dests(json: Option<&str>) -> Result<std::collections::HashMap<String
             Dest::WithUrl(n, u) => (n, Some(u)),
         })
         .collect())
-}
-
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((_, rest)) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://…@{rest}"),
-            None => format!("…@{rest}"),
-        },
-        None => url.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -91,12 +91,12 @@ impl DbMember {
     /// The URL with any password (in the user info or a `password=` parameter) replaced
     /// by `***`, for output and logs.
     pub fn redacted_url(&self) -> String {
-        super::redact_url(&self.url)
+        crate::redact_url(&self.url)
     }
 }
 
 fn redacted<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&super::redact_url(url))
+    s.serialize_str(&crate::redact_url(url))
 }
 
 const DATABASE_FIELDS: &[&str] = &[

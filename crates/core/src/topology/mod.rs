@@ -77,44 +77,7 @@ impl StateConfig {
 
     /// The URL with any password replaced by `***`, for output and logs.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
-    }
-}
-
-/// `url` with its password replaced by `***`: the one in the user info and any
-/// `password` or `sslpassword` parameter (libpq reads both).
-fn redact_url(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return url.to_string();
-    };
-    let secret =
-        |key: &str| key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword");
-    let mut changed = false;
-    if u.query_pairs().any(|(k, _)| secret(&k)) {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret(&k) {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-        changed = true;
-    }
-    if u.password().is_some() {
-        if u.set_password(Some("***")).is_err() {
-            return format!("{}://***", u.scheme());
-        }
-        changed = true;
-    }
-    if changed {
-        u.to_string()
-    } else {
-        url.to_string()
+        crate::redact_url(&self.url)
     }
 }
 

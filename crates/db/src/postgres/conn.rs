@@ -10,23 +10,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{DbError, Result};
 
-/// The URL with any password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Connects to `url`, naming `member` in any error.
 pub async fn connect(member: &str, url: &str) -> Result<Client> {
-    let shown = redact(url);
+    let shown = georep_core::redact_url(url);
     let mut cfg: Config = url.parse().map_err(|e| {
         DbError::InvalidConfig(format!(
             "{member}: invalid PostgreSQL URL {shown}: {e}; use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"
@@ -145,17 +131,4 @@ fn tls() -> Result<MakeRustlsConnect, String> {
         })
         .clone()
         .map(MakeRustlsConnect::new)
-}
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            redact("postgres://app:s3cret@h:5432/db"),
-            "postgres://app:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://app@h/db"), "postgres://app@h/db");
-    }
 }

@@ -14,7 +14,7 @@ mod switchover;
 mod teardown;
 mod verify;
 
-pub use conn::{connect, redact};
+pub use conn::connect;
 pub use copy::{copy, CopyOptions, CopyReport, CopyTable};
 pub use ddl::{ddl, primary_first, DdlReport};
 pub use drift::{schema_drift, sequence_drift, sync_sequences, SchemaDiff, SequenceDrift};
@@ -98,7 +98,7 @@ pub(crate) async fn schema_dump(
     if !out.status.success() {
         return Err(crate::DbError::Tool(format!(
             "pg_dump --schema-only of {} failed: {}",
-            conn::redact(url),
+            georep_core::redact_url(url),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }

@@ -5,7 +5,7 @@ use georep_core::Database;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::conn::{connect, redact};
+use super::conn::connect;
 use super::drift::{schema_drift, sequence_drift, SchemaDiff, SequenceDrift};
 use super::setup::selected_tables;
 use super::subscription_name;
@@ -60,7 +60,7 @@ pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
         let mut st = ReplicaStatus {
             name: r.name.clone(),
             region: r.region.clone(),
-            url: redact(&r.url),
+            url: georep_core::redact_url(&r.url),
             state: "not-set-up".into(),
             error: None,
             tables_ready: 0,
