@@ -633,3 +633,69 @@ fn database_passwords_never_appear_in_output_logs_or_the_api() {
         clean(&format!("{cmd:?}"), &format!("{out}{err}"));
     }
 }
+
+/// pg_dump (run for table definitions) gets the password in its environment, never on
+/// its command line, where `ps` shows it to every user: a stand-in `pg_dump` first on
+/// PATH records its arguments, then runs the real one against a role that must log in
+/// with a password.
+#[test]
+fn pg_dump_runs_without_the_password_on_its_command_line() {
+    const PW: &str = "Pw-S3cr3tMarker-4";
+    let pg = Postgres::start(&[]);
+    pg.password_role("app", PW);
+    pg.create_db("src");
+    pg.create_db("dst");
+    pg.psql(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let real = std::env::split_paths(&path)
+        .map(|d| d.join("pg_dump"))
+        .find(|p| p.is_file())
+        .expect("pg_dump on PATH");
+    let log = dir.path().join("pg_dump.args");
+    let script = dir.path().join("pg_dump");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{log}'\necho \"PGPASSWORD=${{PGPASSWORD:+set}}\" >> '{log}'\nexec '{real}' \"$@\"\n",
+            log = log.display(),
+            real = real.display()
+        ),
+    )
+    .expect("write stand-in");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let url = |db: &str| {
+        format!(
+            "postgres://app:{PW}@127.0.0.1:{}/{db}?sslmode=disable",
+            pg.port
+        )
+    };
+    let out = georep_testkit::command(
+        env!("CARGO_BIN_EXE_georep"),
+        &["db", "copy", "--from", &url("src"), "--to", &url("dst")],
+        &[(
+            "PATH".to_string(),
+            format!("{}:{path}", dir.path().display()),
+        )],
+    )
+    .env_remove("PGPASSWORD")
+    .output()
+    .expect("run georep");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{o}{e}");
+    assert_eq!(pg.psql("dst", "SELECT count(*) FROM t"), "100");
+    let args = std::fs::read_to_string(&log).expect("the stand-in pg_dump ran");
+    assert!(args.contains("--schema-only"), "{args}");
+    assert!(args.contains("PGPASSWORD=set"), "{args}");
+    assert!(
+        !args.contains(PW) && !args.contains("postgres://"),
+        "{args}"
+    );
+}

@@ -162,6 +162,34 @@ impl Postgres {
         self.psql("postgres", &format!("CREATE DATABASE {db}"));
     }
 
+    /// Creates superuser `role`, which must log in over TCP with `password` (SCRAM)
+    /// while every other role keeps `trust`: for tests of how passwords reach clients.
+    pub fn password_role(&self, role: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'"),
+        );
+        let hba = self.data().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{text}"),
+        )
+        .expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        let wrong = format!(
+            "postgres://{role}:not-{password}@127.0.0.1:{}/postgres",
+            self.port
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || psql_at(
+                &wrong, "SELECT 1", false
+            )
+            .is_err()),
+            "pg_hba.conf change not applied"
+        );
+    }
+
     /// Stops the server (fast shutdown), keeping its data.
     pub fn stop(&self) {
         let _ = self

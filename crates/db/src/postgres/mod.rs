@@ -66,6 +66,111 @@ fn ident(s: &str) -> String {
     out
 }
 
+/// How pg_dump is run: its arguments, and the environment that tells it where to
+/// connect. The URL is never an argument: argv is world-readable (`ps`, /proc), so the
+/// password travels in the child's `PGPASSWORD` and the rest in `PGHOST`, `PGPORT`, ...
+#[derive(Debug)]
+struct PgDump {
+    args: Vec<String>,
+    env: Vec<(&'static str, std::ffi::OsString)>,
+}
+
+/// The pg_dump invocation for `url`, read with the same parser `connect` uses so both
+/// reach the same server as the same user.
+fn pg_dump_invocation(
+    url: &str,
+    section: Option<&str>,
+    tables: &[String],
+) -> crate::Result<PgDump> {
+    use std::ffi::OsString;
+    use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
+
+    let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+        crate::DbError::InvalidConfig(format!(
+            "invalid PostgreSQL URL {}: {e}",
+            georep_core::redact_url(url)
+        ))
+    })?;
+    let mut args: Vec<String> = [
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--no-publications",
+        "--no-subscriptions",
+        "--no-password",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(s) = section {
+        args.push(format!("--section={s}"));
+    }
+    for t in tables {
+        let (s, n) = t.split_once('.').unwrap_or(("public", t));
+        args.push("-t".into());
+        args.push(format!("{}.{}", quote_ident(s), quote_ident(n)));
+    }
+    let join = |parts: Vec<String>| OsString::from(parts.join(","));
+    let mut env: Vec<(&'static str, OsString)> = Vec::new();
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        env.push(("PGHOST", join(hosts)));
+    }
+    let addrs: Vec<String> = cfg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+    if !addrs.is_empty() {
+        env.push(("PGHOSTADDR", join(addrs)));
+    }
+    let ports: Vec<String> = cfg.get_ports().iter().map(|p| p.to_string()).collect();
+    env.push((
+        "PGPORT",
+        if ports.is_empty() {
+            "5432".into()
+        } else {
+            join(ports)
+        },
+    ));
+    if let Some(user) = cfg.get_user() {
+        env.push(("PGUSER", user.into()));
+        // tokio-postgres's default database is the user's name; libpq's would be PGDATABASE.
+        env.push(("PGDATABASE", cfg.get_dbname().unwrap_or(user).into()));
+    } else if let Some(db) = cfg.get_dbname() {
+        env.push(("PGDATABASE", db.into()));
+    }
+    if let Some(pw) = cfg.get_password() {
+        env.push((
+            "PGPASSWORD",
+            std::os::unix::ffi::OsStringExt::from_vec(pw.to_vec()),
+        ));
+    }
+    let sslmode = match cfg.get_ssl_mode() {
+        SslMode::Disable => "disable",
+        SslMode::Require => "require",
+        _ => "prefer",
+    };
+    env.push(("PGSSLMODE", sslmode.into()));
+    if let Some(o) = cfg.get_options() {
+        env.push(("PGOPTIONS", o.into()));
+    }
+    if let Some(a) = cfg.get_application_name() {
+        env.push(("PGAPPNAME", a.into()));
+    }
+    if let Some(t) = cfg.get_connect_timeout() {
+        env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string().into()));
+    }
+    match cfg.get_target_session_attrs() {
+        TargetSessionAttrs::ReadWrite => env.push(("PGTARGETSESSIONATTRS", "read-write".into())),
+        TargetSessionAttrs::ReadOnly => env.push(("PGTARGETSESSIONATTRS", "read-only".into())),
+        _ => {}
+    }
+    Ok(PgDump { args, env })
+}
+
 /// Table definitions from `pg_dump --schema-only` (one `--section` of them, if given),
 /// ready to run over a SQL connection.
 pub(crate) async fn schema_dump(
@@ -73,23 +178,11 @@ pub(crate) async fn schema_dump(
     section: Option<&str>,
     tables: &[String],
 ) -> crate::Result<String> {
+    let inv = pg_dump_invocation(url, section, tables)?;
     let mut cmd = tokio::process::Command::new("pg_dump");
-    cmd.args([
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-publications",
-        "--no-subscriptions",
-    ]);
-    if let Some(s) = section {
-        cmd.arg(format!("--section={s}"));
-    }
-    for t in tables {
-        let (s, n) = t.split_once('.').unwrap_or(("public", t));
-        cmd.arg("-t")
-            .arg(format!("{}.{}", quote_ident(s), quote_ident(n)));
-    }
-    cmd.arg("-d").arg(url).stdin(std::process::Stdio::null());
+    cmd.args(&inv.args)
+        .envs(inv.env)
+        .stdin(std::process::Stdio::null());
     let out = cmd.output().await.map_err(|e| {
         crate::DbError::Tool(format!(
             "cannot run pg_dump ({e}); install the PostgreSQL client tools (apt-get install -y postgresql-client) matching the server's major version"
@@ -193,5 +286,60 @@ mod tests {
         assert_eq!(ident(&"x".repeat(100)).len(), 63);
         assert_eq!(quote_table("public.t"), "\"public\".\"t\"");
         assert_eq!(quote_literal("a'b"), "'a''b'");
+    }
+
+    /// The password is never an argument (argv is visible to every user through `ps`):
+    /// it and the connection parameters go to pg_dump through its environment.
+    #[test]
+    fn pg_dump_gets_no_password_on_its_command_line() {
+        let url =
+            "postgresql://app:S3cr%40t%20pw@db-qc:6432/orders?sslmode=require&application_name=x";
+        let inv =
+            pg_dump_invocation(url, Some("pre-data"), &["sales.Orders".into()]).expect("valid");
+        let argv = inv.args.join(" ");
+        for part in ["S3cr", "db-qc", "6432", "app", "orders?", "postgres"] {
+            assert!(!argv.contains(part), "{part} in argv: {argv}");
+        }
+        assert!(
+            argv.contains("--no-password") && argv.contains("--section=pre-data"),
+            "{argv}"
+        );
+        assert!(argv.contains("-t \"sales\".\"Orders\""), "{argv}");
+        let env: std::collections::BTreeMap<&str, String> = inv
+            .env
+            .iter()
+            .map(|(k, v)| (*k, v.to_string_lossy().into_owned()))
+            .collect();
+        let want = [
+            ("PGHOST", "db-qc"),
+            ("PGPORT", "6432"),
+            ("PGUSER", "app"),
+            ("PGDATABASE", "orders"),
+            ("PGPASSWORD", "S3cr@t pw"),
+            ("PGSSLMODE", "require"),
+            ("PGAPPNAME", "x"),
+        ];
+        for (k, v) in want {
+            assert_eq!(env.get(k).map(String::as_str), Some(v), "{k} in {env:?}");
+        }
+
+        // ?password= is read the same way, and no password means no PGPASSWORD.
+        let inv = pg_dump_invocation("postgres://app@h1,h2:5433/d?password=pw2", None, &[])
+            .expect("valid");
+        assert!(!inv.args.join(" ").contains("pw2"));
+        let env: Vec<_> = inv
+            .env
+            .iter()
+            .map(|(k, v)| (*k, v.to_string_lossy().into_owned()))
+            .collect();
+        assert!(env.contains(&("PGPASSWORD", "pw2".into())), "{env:?}");
+        assert!(env.contains(&("PGHOST", "h1,h2".into())), "{env:?}");
+        let inv = pg_dump_invocation("postgres://app@h/d", None, &[]).expect("valid");
+        assert!(inv.env.iter().all(|(k, _)| *k != "PGPASSWORD"));
+
+        let err = pg_dump_invocation("postgres://app:pw9@h/d?bogus=1", None, &[])
+            .expect_err("unknown option")
+            .to_string();
+        assert!(!err.contains("pw9"), "{err}");
     }
 }
