@@ -699,3 +699,155 @@ fn pg_dump_runs_without_the_password_on_its_command_line() {
         "{args}"
     );
 }
+
+const MIXED_CASE: &str = r#"
+CREATE SCHEMA "Sales EU";
+CREATE TABLE "Sales EU"."Orders" ("OrderId" serial PRIMARY KEY, "Amount" numeric NOT NULL, note text);
+CREATE SEQUENCE "Sales EU"."Invoice-Seq";
+CREATE TABLE "Sales EU"."Invoices" (id bigint PRIMARY KEY DEFAULT nextval('"Sales EU"."Invoice-Seq"'), v text);
+INSERT INTO "Sales EU"."Orders" ("Amount") SELECT g FROM generate_series(1, 300) g;
+INSERT INTO "Sales EU"."Invoices" (v) SELECT 'i' || g FROM generate_series(1, 50) g;
+CREATE TABLE public."Orders" ("OrderId" serial PRIMARY KEY, v text);
+INSERT INTO public."Orders" (v) SELECT 'o' || g FROM generate_series(1, 20) g;
+"#;
+
+fn seq(pg: &Postgres, db: &str, name: &str) -> i64 {
+    pg.psql(
+        db,
+        &format!("SELECT last_value FROM \"Sales EU\".\"{name}\""),
+    )
+    .parse()
+    .unwrap_or(-1)
+}
+
+/// Quoted mixed-case schema, table, column and sequence names (`"Sales EU"."Orders"`,
+/// `"OrderId"`, `"Invoice-Seq"`) go through every database command and a planned
+/// failover: names from the catalog are quoted, never folded to lower case.
+#[test]
+fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
+    let (qc, we) = (Postgres::start(&[]), Postgres::start(&[]));
+    for pg in [&qc, &we] {
+        pg.create_db("shop");
+    }
+    we.create_db("copy");
+    qc.psql("shop", MIXED_CASE);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = topology(
+        dir.path(),
+        &qc.url("shop"),
+        &[("we", we.url("shop"))],
+        "schemas = ['\"Sales EU\"', \"public\"]\nsequence_margin = 100\n",
+    );
+    let c = cfg.to_str().expect("utf-8");
+
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    assert_eq!(code, 0, "setup:\n{out}{err}");
+    let count = |pg: &Postgres, t: &str| {
+        pg.psql(
+            "shop",
+            &format!("SELECT count(*) FROM \"Sales EU\".\"{t}\""),
+        )
+    };
+    qc.psql(
+        "shop",
+        "INSERT INTO \"Sales EU\".\"Orders\" (\"Amount\") SELECT g FROM generate_series(1, 200) g",
+    );
+    qc.psql(
+        "shop",
+        "INSERT INTO \"Sales EU\".\"Invoices\" (v) VALUES ('late')",
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || count(&we, "Orders") == "500"
+            && count(&we, "Invoices") == "51"),
+        "replica has {} orders",
+        count(&we, "Orders")
+    );
+
+    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c]);
+    assert_eq!(code, 0, "sync-sequences:\n{out}{err}");
+    assert!(seq(&we, "shop", "Orders_OrderId_seq") >= seq(&qc, "shop", "Orders_OrderId_seq") + 100);
+    assert!(seq(&we, "shop", "Invoice-Seq") >= seq(&qc, "shop", "Invoice-Seq") + 100);
+    let public_seq = |pg: &Postgres| -> i64 {
+        pg.psql(
+            "shop",
+            "SELECT last_value FROM public.\"Orders_OrderId_seq\"",
+        )
+        .parse()
+        .unwrap_or(-1)
+    };
+    assert!(public_seq(&we) >= public_seq(&qc) + 100);
+
+    let (code, out, err) = run(&["db", "verify", "shop", "-c", c, "--output", "json"]);
+    assert_eq!(code, 0, "verify:\n{out}{err}");
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify json ({e}): {out}"));
+    assert_eq!(v["tables"].as_array().map(Vec::len), Some(3), "{v:#}");
+    let (code, out, err) = run(&[
+        "db",
+        "verify",
+        "shop",
+        "-c",
+        c,
+        "--table",
+        "\"Sales EU\".\"Orders\"",
+    ]);
+    assert_eq!(code, 0, "verify --table:\n{out}{err}");
+    let (code, st) = status(c);
+    assert_eq!(code, 0, "status: {st:#}");
+    assert_eq!(
+        st["replicas"][0]["schema_drift"],
+        serde_json::json!([]),
+        "{st:#}"
+    );
+
+    // One-shot copy into an empty database: tables, data, sequences, indexes.
+    let (code, out, err) = run(&[
+        "db",
+        "copy",
+        "--from",
+        &qc.url("shop"),
+        "--to",
+        &we.url("copy"),
+    ]);
+    assert_eq!(code, 0, "copy:\n{out}{err}");
+    assert_eq!(
+        we.psql("copy", "SELECT count(*) FROM \"Sales EU\".\"Orders\""),
+        "500"
+    );
+    assert_eq!(
+        seq(&we, "copy", "Invoice-Seq"),
+        seq(&qc, "shop", "Invoice-Seq")
+    );
+    assert_eq!(
+        seq(&we, "copy", "Orders_OrderId_seq"),
+        seq(&qc, "shop", "Orders_OrderId_seq")
+    );
+
+    // A planned failover sets the new primary's sequences and finishes.
+    let rw = georep_testkit::free_port();
+    let mut t = std::fs::read_to_string(&cfg).expect("read topology");
+    t.push_str(&format!(
+        "[[failover_groups]]\nname = \"fg\"\ndatabase = \"shop\"\n\
+         read_write_listener = \"127.0.0.1:{rw}\"\nprobe_interval = \"300ms\"\nprobe_timeout = \"250ms\"\n"
+    ));
+    std::fs::write(&cfg, t).expect("write topology");
+    let s = georep_testkit::Serve::start(env!("CARGO_BIN_EXE_georep"), &cfg, &[]);
+    let (code, report) = s.req(
+        reqwest::Method::POST,
+        "/api/v1/failover-groups/fg/failover",
+        Some(&serde_json::json!({"to": "we"})),
+    );
+    assert_eq!(code, 200, "{report}\n{}", s.log_text());
+    assert_eq!(report["epoch"], 2, "{report}");
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            georep_testkit::psql_at(
+            &via_rw,
+            "INSERT INTO \"Sales EU\".\"Orders\" (\"Amount\") VALUES (1) RETURNING inet_server_port()",
+            false
+        ) == Ok(we.port.to_string())
+        }),
+        "no insert on the new primary through the listener"
+    );
+}

@@ -254,11 +254,11 @@ fn each_error_class_is_reported() {
         ),
         (
             "bad table names",
-            with("engine = \"postgres\"\n", "engine = \"postgres\"\ntables = [\"public.orders\", \"a.b.c\", \"my table\", \"\\\"Quoted\\\"\", \"1x\", \"public.ORDERS\"]\n"),
+            with("engine = \"postgres\"\n", "engine = \"postgres\"\ntables = [\"public.orders\", \"a.b.c\", \"my table\", \"\\\"Bad.Name\\\"\", \"\\\"Quoted\\\"\", \"1x\", \"public.ORDERS\"]\n"),
             &[
                 "table 'a.b.c' is not `schema.table` or `table` (which means public.table)",
                 "table 'my table' is not `schema.table` or `table` ('my table' has a character not allowed)",
-                "table '\"Quoted\"' is not",
+                "table '\"Bad.Name\"' is not `schema.table` or `table` (\"Bad.Name\" is empty or has a '\"', '.' or control character inside the quotes)",
                 "table '1x' is not",
                 "table 'public.orders' is listed twice in `tables`",
             ],
@@ -276,7 +276,7 @@ fn each_error_class_is_reported() {
         (
             "bad schemas",
             with("engine = \"postgres\"\n", "engine = \"postgres\"\nschemas = [\"a.b\", \"x\", \"X\"]\n"),
-            &["schema 'a.b' is not a plain schema name", "schema 'x' is listed twice"],
+            &["schema 'a.b' is not a schema name", "schema 'x' is listed twice"],
         ),
         (
             "long identifier",
@@ -408,4 +408,34 @@ replicas = [{ region = "west-europe", url = "postgres://h2/db" }]
     let shown = parse(&text).expect_err("refused").to_string();
     assert!(shown.contains("url is not a postgres:// URL"), "{shown}");
     assert!(!shown.contains("secret"), "{shown}");
+}
+
+#[test]
+fn quoted_names_are_kept_exactly_and_unquoted_ones_folded() {
+    let cases: &[(&str, Result<&str, &str>)] = &[
+        ("Orders", Ok("public.orders")),
+        ("Sales.Orders", Ok("sales.orders")),
+        ("\"Orders\"", Ok("public.Orders")),
+        ("\"Sales EU\".\"Orders\"", Ok("Sales EU.Orders")),
+        ("sales.\"Order-Lines\"", Ok("sales.Order-Lines")),
+        ("\"a.b\".c", Err("'.'")),
+        ("\"\"", Err("empty")),
+        ("\"Sales EU.Orders", Err("not `schema.table`")),
+        ("a.b.c", Err("not `schema.table`")),
+        ("\"Sales EU\"", Ok("public.Sales EU")),
+    ];
+    for (input, want) in cases {
+        match (table_name(input), want) {
+            (Ok(got), Ok(w)) => assert_eq!(got, *w, "{input}"),
+            (Err(e), Err(w)) => assert!(e.contains(w), "{input}: {e}"),
+            (got, _) => panic!("{input}: {got:?}, want {want:?}"),
+        }
+    }
+    let t = parse(&format!(
+        "{REGIONS}[[databases]]\nname = \"o\"\nengine = \"postgres\"\nschemas = ['\"Sales EU\"', 'public']\n\
+         primary = {{ region = \"qatar-central\", url = \"postgres://h/a\" }}\n\
+         replicas = [{{ region = \"west-europe\", url = \"postgres://h2/a\" }}]\n"
+    ))
+    .expect("valid");
+    assert_eq!(t.databases[0].schemas, ["Sales EU", "public"]);
 }

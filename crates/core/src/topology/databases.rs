@@ -116,7 +116,7 @@ const REPLICA_FIELDS: &[&str] = &["name", "region", "url"];
 const URL_EXAMPLE: &str = "\"postgres://USER@HOST:5432/DATABASE\"";
 const URL_HELP: &str = "write postgres://USER@HOST:PORT/DATABASE (or postgresql://...), with any password from ${NAME}";
 const MEMBER_SHAPE: &str = "{ region = \"REGION\", url = \"postgres://USER@HOST:5432/DATABASE\" }";
-const IDENT_RULE: &str = "each part starts with a letter or '_' and has only letters, digits, '_' and '$' (quoted identifiers are not supported)";
+const IDENT_RULE: &str = "each part starts with a letter or '_' and has only letters, digits, '_' and '$' (folded to lower case), or is a \"Quoted Name\" kept exactly (without '\"' or '.' inside)";
 /// PostgreSQL cuts longer identifiers short, so a longer name could never match.
 const MAX_IDENT: usize = 63;
 
@@ -371,7 +371,7 @@ fn schemas(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Vec<String> {
                     Some(schema.span()),
                     &sec.what,
                     format!(
-                        "schema '{}' is not a plain schema name ({why}): {IDENT_RULE}",
+                        "schema '{}' is not a schema name ({why}): {IDENT_RULE}",
                         schema.get_ref()
                     ),
                 ),
@@ -384,45 +384,75 @@ fn schemas(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Vec<String> {
     out
 }
 
-/// `schema.table`, or `table` in the schema `public`, in lower case as PostgreSQL folds
-/// unquoted names.
-fn table_name(text: &str) -> Result<String, String> {
-    let parts: Vec<&str> = text.split('.').collect();
+/// `schema.table`, or `table` in the schema `public`, as the catalog spells it: an
+/// unquoted part folded to lower case as PostgreSQL folds it, a `"Quoted"` part exactly.
+/// The result joins the two parts with `.`, so no part may contain one.
+pub fn table_name(text: &str) -> Result<String, String> {
+    let parts = split_qualified(text).map_err(|why| {
+        format!("table '{text}' is not `schema.table` or `table` ({why}): {IDENT_RULE}")
+    })?;
     let (schema, table) = match parts.as_slice() {
-        [table] => (Database::DEFAULT_SCHEMA, *table),
-        [schema, table] => (*schema, *table),
+        [table] => (Database::DEFAULT_SCHEMA, table.as_str()),
+        [schema, table] => (schema.as_str(), table.as_str()),
         _ => {
             return Err(format!(
                 "table '{text}' is not `schema.table` or `table` (which means public.table); {IDENT_RULE}"
             ))
         }
     };
-    match (identifier(schema), identifier(table)) {
-        (Ok(s), Ok(t)) => Ok(format!("{s}.{t}")),
-        (Err(why), _) | (_, Err(why)) => Err(format!(
-            "table '{text}' is not `schema.table` or `table` ({why}): {IDENT_RULE}"
-        )),
-    }
+    Ok(format!("{schema}.{table}"))
 }
 
-/// One unquoted identifier, folded to lower case; the error says what is wrong with it.
+/// The dot-separated parts of a name, each an identifier (see [`identifier`]); dots
+/// inside quotes do not separate.
+fn split_qualified(text: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => {
+                parts.push(identifier(&text[start..i])?);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(identifier(&text[start..])?);
+    Ok(parts)
+}
+
+/// One identifier as the catalog spells it: unquoted, folded to lower case; in double
+/// quotes, exactly as written. The error says what is wrong with it.
 fn identifier(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("a name is empty".to_string());
     }
-    let mut bytes = text.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
-    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
-        return Err(format!("'{text}' has a character not allowed"));
-    }
-    if text.len() > MAX_IDENT {
+    let name = if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // `"` and `.` inside would make `schema.table` ambiguous wherever it is read.
+        if inner.is_empty() || inner.contains(['"', '.']) || inner.chars().any(char::is_control) {
+            return Err(format!(
+                "{text} is empty or has a '\"', '.' or control character inside the quotes"
+            ));
+        }
+        inner.to_string()
+    } else {
+        let mut bytes = text.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+            return Err(format!("'{text}' has a character not allowed"));
+        }
+        text.to_ascii_lowercase()
+    };
+    if name.len() > MAX_IDENT {
         return Err(format!(
             "'{text}' is longer than {MAX_IDENT} characters, which PostgreSQL cuts short"
         ));
     }
-    Ok(text.to_ascii_lowercase())
+    Ok(name)
 }
 
 fn replicas(

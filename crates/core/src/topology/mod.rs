@@ -31,7 +31,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{Filter, MaxDelete, StoreUrl};
 
-pub use databases::{Database, DbEngine, DbMember};
+pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
 

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::conn::connect;
-use super::{quote_ident, quote_table, schema_dump};
+use super::{
+    quote_ident, quote_table, schema_dump, sequences_used_by, split_table, tables_that_exist,
+};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ async fn parts_of(src: &Client, table: &str, jobs: usize) -> Result<Vec<Part>> {
     let est: f32 = src
         .query_one(
             "SELECT greatest(reltuples, 0)::float4 FROM pg_class WHERE oid = $1::text::regclass",
-            &[&table],
+            &[&quote_table(table)],
         )
         .await
         .map(|r| r.get(0))
@@ -72,7 +74,7 @@ async fn parts_of(src: &Client, table: &str, jobs: usize) -> Result<Vec<Part>> {
         .query_one(
             "SELECT current_setting('server_version_num')::int, \
              (pg_relation_size($1::text::regclass) / current_setting('block_size')::int)::bigint",
-            &[&table],
+            &[&quote_table(table)],
         )
         .await
         .map(|r| (r.get(0), r.get(1)))
@@ -103,7 +105,7 @@ async fn parts_of(src: &Client, table: &str, jobs: usize) -> Result<Vec<Part>> {
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
              AND a.attnum = i.indkey[0] WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
              AND i.indnatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
-            &[&table],
+            &[&quote_table(table)],
         )
         .await
         .map_err(|e| DbError::sql("source", e))?
@@ -204,7 +206,7 @@ pub async fn copy(
     let started = Instant::now();
     let src = connect("source", from).await?;
     let dst = connect("target", to).await?;
-    let tables: Vec<String> = if opts.tables.is_empty() {
+    let mut tables: Vec<String> = if opts.tables.is_empty() {
         src.query(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
@@ -217,43 +219,43 @@ pub async fn copy(
         .map(|r| r.get(0))
         .collect()
     } else {
+        // The topology's syntax: `Orders` is orders, `"Orders"` is Orders.
         opts.tables
             .iter()
-            .map(|t| {
-                if t.contains('.') {
-                    t.clone()
-                } else {
-                    format!("public.{t}")
-                }
-            })
-            .collect()
+            .map(|t| georep_core::topology::table_name(t).map_err(DbError::InvalidConfig))
+            .collect::<Result<_>>()?
     };
+    tables.dedup();
+    if let Some(t) = tables.iter().find(|t| t.matches('.').count() > 1) {
+        return Err(DbError::InvalidConfig(format!(
+            "table {t} has a '.' in its schema or table name, which georep does not support; copy the other tables with --tables"
+        )));
+    }
     if tables.is_empty() {
         return Err(DbError::InvalidConfig(
             "the source has no tables to copy".into(),
         ));
     }
-    let clash: Vec<String> = dst
-        .query(
-            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
-            &[&tables],
-        )
-        .await
-        .map_err(|e| DbError::sql("target", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let missing = tables_that_exist(&src, "source", &tables, false).await?;
+    if !missing.is_empty() {
+        return Err(DbError::InvalidConfig(format!(
+            "the source has no table {}; name tables as schema.table (\"Quoted\" for mixed case)",
+            missing.join(", ")
+        )));
+    }
+    let clash = tables_that_exist(&dst, "target", &tables, true).await?;
     if !clash.is_empty() {
         return Err(DbError::InvalidConfig(format!(
             "the target already has {}; copy into an empty database (or drop those tables)",
             clash.join(", ")
         )));
     }
-    // 1. Tables, sequences and defaults; no indexes or constraints yet.
-    let mut schemas: Vec<&str> = tables
-        .iter()
-        .map(|t| t.split_once('.').map_or("public", |(s, _)| s))
-        .collect();
+    // 1. Tables, sequences and defaults; no indexes or constraints yet. With the
+    // sequences their defaults use that the target lacks.
+    let used = sequences_used_by(&src, "source", &tables).await?;
+    let mut objects = tables.clone();
+    objects.extend(tables_that_exist(&dst, "target", &used, false).await?);
+    let mut schemas: Vec<&str> = objects.iter().map(|t| split_table(t).0).collect();
     schemas.sort();
     schemas.dedup();
     for s in &schemas {
@@ -261,7 +263,7 @@ pub async fn copy(
             .await
             .map_err(|e| DbError::sql("target", e))?;
     }
-    let pre = schema_dump(from, Some("pre-data"), &tables).await?;
+    let pre = schema_dump(from, Some("pre-data"), &objects).await?;
     dst.batch_execute(&pre)
         .await
         .map_err(|e| DbError::sql("target", e))?;
@@ -344,32 +346,37 @@ pub async fn copy(
     // 4. Sequences, as of the snapshot.
     let seqs = src
         .query(
-            "SELECT schemaname || '.' || sequencename FROM pg_sequences WHERE schemaname = ANY($1)",
+            "SELECT schemaname::text, sequencename::text FROM pg_sequences WHERE schemaname = ANY($1)",
             &[&schemas.iter().map(|s| s.to_string()).collect::<Vec<_>>()],
         )
         .await
         .map_err(|e| DbError::sql("source", e))?;
     let mut n = 0;
     for s in seqs {
-        let name: String = s.get(0);
+        let (schema, name): (String, String) = (s.get(0), s.get(1));
         let r = src
             .query_one(
-                &format!("SELECT last_value, is_called FROM {}", quote_table(&name)),
+                &format!(
+                    "SELECT last_value, is_called FROM {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                ),
                 &[],
             )
             .await
             .map_err(|e| DbError::sql("source", e))?;
         let (v, called): (i64, bool) = (r.get(0), r.get(1));
-        if dst
-            .query_one(
-                "SELECT setval($1::text::regclass, $2, $3)",
-                &[&name, &v, &called],
+        // Only sequences the copied definitions created (a sequence of a table left out
+        // is not there); quoted by the server, so mixed case is kept.
+        let set = dst
+            .query(
+                "SELECT setval(r, $3, $4) FROM \
+                 (SELECT to_regclass(format('%I.%I', $1::text, $2::text)) AS r) x WHERE r IS NOT NULL",
+                &[&schema, &name, &v, &called],
             )
             .await
-            .is_ok()
-        {
-            n += 1;
-        }
+            .map_err(|e| DbError::sql("target", e))?;
+        n += set.len();
     }
     src.batch_execute("COMMIT")
         .await

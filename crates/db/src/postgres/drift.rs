@@ -38,27 +38,31 @@ pub struct SchemaDiff {
 fn schemas_of(tables: &[String]) -> Vec<String> {
     let mut s: Vec<String> = tables
         .iter()
-        .map(|t| t.split_once('.').map_or("public", |(s, _)| s).to_string())
+        .map(|t| super::split_table(t).0.to_string())
         .collect();
     s.sort();
     s.dedup();
     s
 }
 
+/// Every sequence of `schemas` by (schema, name), exactly as the catalog spells them.
 async fn sequences(
     c: &Client,
     member: &str,
     schemas: &[String],
-) -> Result<BTreeMap<String, Option<i64>>> {
+) -> Result<BTreeMap<(String, String), Option<i64>>> {
     let rows = c
         .query(
-            "SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences \
+            "SELECT schemaname::text, sequencename::text, last_value FROM pg_sequences \
              WHERE schemaname = ANY($1)",
             &[&schemas],
         )
         .await
         .map_err(|e| DbError::sql(member, e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
 }
 
 /// Sets each replica sequence to at least the primary's value plus `margin`; returns how
@@ -75,23 +79,24 @@ pub(crate) async fn push_sequences(
     let p = sequences(primary, "primary", &schemas).await?;
     let r = sequences(replica, &who, &schemas).await?;
     let mut moved = 0;
-    for (seq, value) in &p {
+    for (seq @ (schema, name), value) in &p {
         let Some(v) = value else { continue };
         let target = v.saturating_add(margin);
         match r.get(seq) {
             Some(Some(cur)) if *cur >= target => {}
             Some(_) => {
+                // Quoted by the server: "Sales EU"."Invoice-Seq" is not sales_eu.invoice_seq.
                 replica
                     .query_one(
-                        "SELECT setval($1::text::regclass, $2, true)",
-                        &[seq, &target],
+                        "SELECT setval(format('%I.%I', $1::text, $2::text)::regclass, $3, true)",
+                        &[schema, name, &target],
                     )
                     .await
                     .map_err(|e| DbError::sql(&who, e))?;
                 moved += 1;
             }
             None => {
-                tracing::warn!(replica = replica_name, sequence = %seq, "sequence missing on the replica")
+                tracing::warn!(replica = replica_name, sequence = %format!("{schema}.{name}"), "sequence missing on the replica")
             }
         }
     }
@@ -141,7 +146,7 @@ pub async fn sequence_drift(
             let rv = r.get(seq).copied().flatten();
             SequenceDrift {
                 replica: replica_name.to_string(),
-                sequence: seq.clone(),
+                sequence: format!("{}.{}", seq.0, seq.1),
                 primary: *pv,
                 replica_value: rv,
                 behind: pv.unwrap_or(0) - rv.unwrap_or(0),

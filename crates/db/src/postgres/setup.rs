@@ -8,7 +8,8 @@ use tokio_postgres::Client;
 
 use super::conn::connect;
 use super::{
-    publication_name, quote_ident, quote_literal, quote_table, schema_dump, subscription_name,
+    publication_name, quote_ident, quote_literal, quote_table, schema_dump, sequences_used_by,
+    split_table, subscription_name, tables_that_exist,
 };
 use crate::error::{DbError, Result};
 
@@ -74,16 +75,17 @@ pub(crate) async fn selected_tables(
             )
             .await
             .map_err(|e| DbError::sql(member, e))?;
-        return Ok(rows.iter().map(|r| r.get(0)).collect());
+        let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        // `schema.table` is read back by splitting at the first dot.
+        if let Some(t) = tables.iter().find(|t| t.matches('.').count() > 1) {
+            return Err(DbError::InvalidConfig(format!(
+                "database '{}': table {t} has a '.' in its schema or table name, which georep does not support; rename it or list the other tables in `tables`",
+                db.name
+            )));
+        }
+        return Ok(tables);
     }
-    let rows = client
-        .query(
-            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
-            &[&db.tables],
-        )
-        .await
-        .map_err(|e| DbError::sql(member, e))?;
-    let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let missing = tables_that_exist(client, member, &db.tables, false).await?;
     if !missing.is_empty() {
         return Err(DbError::InvalidConfig(format!(
             "database '{}': tables not found on the {member}: {}; fix `tables` in the topology",
@@ -256,19 +258,13 @@ pub async fn setup(
     let mut reports = Vec::new();
     for (m, c) in &replicas {
         let who = format!("replica '{}'", m.name);
-        let rows = c
-            .query(
-                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
-                &[&tables],
-            )
-            .await
-            .map_err(|e| DbError::sql(&who, e))?;
-        let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let missing = tables_that_exist(c, &who, &tables, false).await?;
         if !missing.is_empty() {
-            let mut schemas: Vec<&str> = missing
-                .iter()
-                .map(|t| t.split_once('.').map_or("public", |(s, _)| s))
-                .collect();
+            // With the sequences their defaults use that the replica lacks too.
+            let used = sequences_used_by(&primary, "primary", &missing).await?;
+            let mut objects = missing.clone();
+            objects.extend(tables_that_exist(c, &who, &used, false).await?);
+            let mut schemas: Vec<&str> = objects.iter().map(|t| split_table(t).0).collect();
             schemas.sort();
             schemas.dedup();
             for s in schemas {
@@ -276,7 +272,7 @@ pub async fn setup(
                     .await
                     .map_err(|e| DbError::sql(&who, e))?;
             }
-            let ddl = schema_dump(&db.primary.url, None, &missing).await?;
+            let ddl = schema_dump(&db.primary.url, None, &objects).await?;
             c.batch_execute(&ddl)
                 .await
                 .map_err(|e| DbError::sql(&who, e))?;

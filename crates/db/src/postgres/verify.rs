@@ -77,7 +77,7 @@ async fn plan(primary: &Client, table: &str, ranges: usize) -> Result<Plan> {
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
              WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[&table],
+            &[&super::quote_table(table)],
         )
         .await
         .map_err(|e| DbError::sql("primary", e))?;
@@ -201,11 +201,8 @@ pub async fn verify(db: &Database, opts: &VerifyOptions) -> Result<VerifyReport>
     let primary = connect("primary", &db.primary.url).await?;
     let mut tables = selected_tables(&primary, db, "primary").await?;
     if let Some(t) = &opts.table {
-        let want = if t.contains('.') {
-            t.clone()
-        } else {
-            format!("public.{t}")
-        };
+        // The topology's syntax: `Orders` is orders, `"Orders"` is Orders.
+        let want = georep_core::topology::table_name(t).map_err(DbError::InvalidConfig)?;
         if !tables.contains(&want) {
             return Err(DbError::InvalidConfig(format!(
                 "table {want} is not replicated by database '{}'; replicated: {}",
