@@ -439,3 +439,62 @@ fn quoted_names_are_kept_exactly_and_unquoted_ones_folded() {
     .expect("valid");
     assert_eq!(t.databases[0].schemas, ["Sales EU", "public"]);
 }
+
+#[test]
+fn object_names_are_sanitised_and_never_shared() {
+    let t = parse(&format!(
+        "{REGIONS}[[databases]]\nname = \"Orders-EU.1\"\nengine = \"postgres\"\n\
+         primary = {{ region = \"qatar-central\", url = \"postgres://h/a\" }}\n\
+         replicas = [{{ region = \"west-europe\", url = \"postgres://h2/a\", name = \"{}\" }}]\n",
+        "x".repeat(60)
+    ))
+    .expect("valid");
+    let d = &t.databases[0];
+    assert_eq!(d.publication_name(), "georep_orders_eu_1");
+    assert_eq!(d.subscription_name("we-1"), "georep_orders_eu_1_we_1");
+    assert_eq!(d.subscription_name(&"x".repeat(60)).len(), 63);
+    assert_eq!(
+        d.subscription_names(),
+        [
+            "georep_orders_eu_1_primary".to_string(),
+            d.subscription_name(&"x".repeat(60))
+        ]
+    );
+
+    let db = |name: &str, replica: &str, n: u8| {
+        format!(
+            "[[databases]]\nname = \"{name}\"\nengine = \"postgres\"\n\
+             primary = {{ region = \"qatar-central\", url = \"postgres://p{n}/a\" }}\n\
+             replicas = [{{ region = \"west-europe\", url = \"postgres://r{n}/a\", name = \"{replica}\" }}]\n"
+        )
+    };
+    // orders + eu-west and orders-eu + west: both georep_orders_eu_west.
+    let shown = refused(
+        "subscription clash",
+        &format!("{REGIONS}{}{}", db("orders", "eu-west", 1), db("orders-eu", "west", 2)),
+        &["database 'orders-eu', replica 'west': its subscription and slot would be named georep_orders_eu_west, as those of database 'orders', member 'eu-west'; georep names its objects"],
+    );
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    refused(
+        "publication clash",
+        &format!("{REGIONS}{}{}", db("orders-eu", "a", 1), db("orders_eu", "b", 2)),
+        &["database 'orders_eu': its publication would be named georep_orders_eu, as database 'orders-eu''s is"],
+    );
+    refused(
+        "clash within a database",
+        &format!(
+            "{REGIONS}[[databases]]\nname = \"o\"\nengine = \"postgres\"\n\
+             primary = {{ region = \"qatar-central\", url = \"postgres://p/a\" }}\n\
+             replicas = [{{ region = \"west-europe\", url = \"postgres://r1/a\", name = \"eu-west\" }},\n\
+             {{ region = \"north-europe\", url = \"postgres://r2/a\", name = \"eu_west\" }}]\n"
+        ),
+        &["its subscription and slot would be named georep_o_eu_west, as those of database 'o', member 'eu-west'"],
+    );
+    // Distinct names that merely share a prefix are fine.
+    parse(&format!(
+        "{REGIONS}{}{}",
+        db("orders", "we", 1),
+        db("orders-eu", "we", 2)
+    ))
+    .expect("valid");
+}

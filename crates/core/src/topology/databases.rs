@@ -51,6 +51,53 @@ impl Database {
         }
         self.replicas.iter().find(|r| r.name == name)
     }
+
+    /// The publication on the primary: `georep_<db>`.
+    pub fn publication_name(&self) -> String {
+        publication_name(&self.name)
+    }
+
+    /// The subscription on member `member`, which is also its slot's name on the
+    /// primary: `georep_<db>_<member>`.
+    pub fn subscription_name(&self, member: &str) -> String {
+        subscription_name(&self.name, member)
+    }
+
+    /// The subscription (and slot) name of every member, primary included: after a
+    /// failover any member may follow another. Reseed and teardown match these exactly.
+    pub fn subscription_names(&self) -> Vec<String> {
+        std::iter::once(&self.primary)
+            .chain(&self.replicas)
+            .map(|m| self.subscription_name(&m.name))
+            .collect()
+    }
+}
+
+fn publication_name(db: &str) -> String {
+    object_name(&format!("georep_{db}"))
+}
+
+fn subscription_name(db: &str, member: &str) -> String {
+    object_name(&format!("georep_{db}_{member}"))
+}
+
+/// A PostgreSQL object name georep creates: lower case, every character other than an
+/// ASCII letter or digit read as `_`, at most 63 bytes. Different topology names can give
+/// the same object name (`orders` + `eu-west`, `orders-eu` + `west`), so validation
+/// refuses a topology where two would.
+fn object_name(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(63);
+    out
 }
 
 /// The database server software.
@@ -665,6 +712,49 @@ fn same_names(ctx: &mut Ctx<'_>, d: &DraftDatabase) {
     }
 }
 
+/// Object names georep creates are unique across the topology (slots and subscriptions
+/// are per server, and any two databases may share one): two names that differ only in
+/// the characters sanitising drops would make teardown or reseed of one remove the
+/// other's replication.
+fn same_object_names(ctx: &mut Ctx<'_>, databases: &[DraftDatabase]) {
+    const RULE: &str = "georep names its objects georep_<database> and georep_<database>_<member>, in lower case with every character other than a letter or digit as '_', cut at 63 characters; rename one";
+    let mut publications: HashMap<String, &str> = HashMap::new();
+    let mut subscriptions: HashMap<String, String> = HashMap::new();
+    for d in databases {
+        let Some(name) = &d.name else { continue };
+        let db = name.get_ref().as_str();
+        let publication = publication_name(db);
+        match publications.get(&publication) {
+            Some(other) if *other != db => ctx.error(
+                Some(name.span()),
+                &d.what,
+                format!("its publication would be named {publication}, as database '{other}''s is; {RULE}"),
+            ),
+            Some(_) => {}
+            None => {
+                publications.insert(publication, db);
+            }
+        }
+        for m in d.primary.iter().chain(&d.replicas) {
+            let Some(member) = &m.name else { continue };
+            let sub = subscription_name(db, member.get_ref());
+            let this = format!("database '{db}', member '{}'", member.get_ref());
+            match subscriptions.get(&sub) {
+                // The same member listed twice is reported by `same_names`.
+                Some(other) if *other != this => ctx.error(
+                    Some(member.span()),
+                    &m.what,
+                    format!("its subscription and slot would be named {sub}, as those of {other}; {RULE}"),
+                ),
+                Some(_) => {}
+                None => {
+                    subscriptions.insert(sub, this);
+                }
+            }
+        }
+    }
+}
+
 /// No replica is the primary's database or another replica's.
 fn same_databases(ctx: &mut Ctx<'_>, d: &DraftDatabase) {
     let primary = d.primary.as_ref().and_then(|p| p.target.as_ref());
@@ -698,12 +788,14 @@ fn same_databases(ctx: &mut Ctx<'_>, d: &DraftDatabase) {
     }
 }
 
-/// Checks across sections: members' regions are declared, database names are unique.
+/// Checks across sections: members' regions are declared, database names are unique,
+/// and no two databases or members would share a publication, subscription or slot name.
 pub(super) fn check(
     ctx: &mut Ctx<'_>,
     regions: &BTreeMap<String, Region>,
     databases: &[DraftDatabase],
 ) {
+    same_object_names(ctx, databases);
     let mut first: HashMap<&str, usize> = HashMap::new();
     for d in databases {
         for m in d.primary.iter().chain(&d.replicas) {

@@ -31,14 +31,15 @@ pub use verify::{verify, RangeDiff, TableCheck, VerifyOptions, VerifyReport};
 
 use georep_core::Database;
 
-/// The publication of a database on its primary.
+/// The publication of a database on its primary (named in the topology's model, which
+/// also checks that no two databases share one).
 pub fn publication_name(db: &Database) -> String {
-    ident(&format!("georep_{}", db.name))
+    db.publication_name()
 }
 
 /// The subscription on a replica, which is also its slot's name on the primary.
 pub fn subscription_name(db: &Database, replica: &str) -> String {
-    ident(&format!("georep_{}_{}", db.name, replica))
+    db.subscription_name(replica)
 }
 
 /// `start + d`, or 100 years after `start` when that is past what the clock can hold:
@@ -48,22 +49,6 @@ fn deadline_after(start: std::time::Instant, d: std::time::Duration) -> std::tim
         .checked_add(d)
         .or_else(|| start.checked_add(georep_core::MAX_DURATION))
         .unwrap_or(start)
-}
-
-/// A lowercase identifier of at most 63 bytes made of `[a-z0-9_]`.
-fn ident(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    out.truncate(63);
-    out
 }
 
 /// How pg_dump is run: its arguments, and the environment that tells it where to
@@ -332,8 +317,6 @@ mod tests {
 
     #[test]
     fn names_are_safe_identifiers() {
-        assert_eq!(ident("georep_Orders-EU.1"), "georep_orders_eu_1");
-        assert_eq!(ident(&"x".repeat(100)).len(), 63);
         assert_eq!(quote_table("public.t"), "\"public\".\"t\"");
         assert_eq!(quote_literal("a'b"), "'a''b'");
     }

@@ -756,11 +756,14 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
     let c = connect(&who, &member.url).await?;
     let p = connect("primary", &db.primary.url).await?;
     let tables = selected_tables(&p, db, "primary").await?;
-    let prefix = format!("{}_", publication_name(db));
+    // Exactly this database's names, in this database: a LIKE 'georep_orders_%' would
+    // also match database orders-eu's objects (and '_' is a wildcard in LIKE).
+    let ours = db.subscription_names();
     let subs: Vec<String> = c
         .query(
-            "SELECT subname::text FROM pg_subscription WHERE subname LIKE $1 || '%'",
-            &[&prefix],
+            "SELECT subname::text FROM pg_subscription WHERE subname = ANY($1) \
+             AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&ours],
         )
         .await
         .map_err(|e| DbError::sql(&who, e))?
@@ -782,8 +785,8 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
     // Slots a former primary still holds for others would keep WAL forever.
     c.query(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-         WHERE slot_name LIKE $1 || '%' AND NOT active",
-        &[&prefix],
+         WHERE slot_name = ANY($1) AND database = current_database() AND NOT active",
+        &[&ours],
     )
     .await
     .map_err(|e| DbError::sql(&who, e))?;
