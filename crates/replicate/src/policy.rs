@@ -272,6 +272,8 @@ impl PolicyRuntime {
         let mut manifest_done = false;
         let mut changes = Vec::new();
         let mut gone: Vec<String> = Vec::new();
+        // Part of the source went unseen: keys missing from the listing may still exist.
+        let mut partial = false;
         // Pulls the next manifest page when the buffer runs dry.
         macro_rules! refill {
             () => {
@@ -292,9 +294,16 @@ impl PolicyRuntime {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
                 Err(StorageError::Skipped { key, detail, .. }) => {
-                    // One entry no store can hold never stops the others.
+                    // One entry no store can hold never stops the others, but what it
+                    // is cannot be told: vanished keys are not acted on this pass.
                     sum.skipped += 1;
+                    partial = true;
                     self.report_once(&key, &detail);
+                    continue;
+                }
+                Err(StorageError::Unlisted { detail, .. }) => {
+                    partial = true;
+                    self.report_once("(symbolic links)", &detail);
                     continue;
                 }
                 Err(e) => {
@@ -361,6 +370,9 @@ impl PolicyRuntime {
                 None => break,
             }
         }
+        if partial {
+            gone.clear();
+        }
         let forgot = self.forget(gone, sum.listed).await;
         // An operator's override covers one pass only, whatever that pass found.
         self.state.set_allow_mass_delete(&name, false)?;
@@ -385,6 +397,9 @@ impl PolicyRuntime {
                     match src.head(&k).await {
                         Err(StorageError::NotFound { .. }) => Ok(Some(k)),
                         Ok(_) => Ok(None),
+                        // There, but not readable here (a link now on its path): keep
+                        // its replicas.
+                        Err(StorageError::Skipped { .. }) => Ok(None),
                         Err(e) => Err(e),
                     }
                 }

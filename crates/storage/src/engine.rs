@@ -200,6 +200,7 @@ enum Outcome {
 
 struct Side {
     stream: BoxStream<'static, Result<Entry>>,
+    source: bool,
     head: Option<Entry>,
     /// The previous key, for the order check (reused buffer).
     last: String,
@@ -214,12 +215,15 @@ struct MergeHealth {
     incomplete: AtomicBool,
     src_count: AtomicU64,
     dst_count: AtomicU64,
+    /// Why part of the source was not listed (links not followed).
+    unlisted: Mutex<Option<String>>,
 }
 
 impl Side {
-    fn new(stream: BoxStream<'static, Result<Entry>>) -> Self {
+    fn new(stream: BoxStream<'static, Result<Entry>>, source: bool) -> Self {
         Self {
             stream,
+            source,
             head: None,
             last: String::new(),
             done: false,
@@ -238,9 +242,22 @@ impl Side {
             match self.stream.next().await {
                 None => self.done = true,
                 Some(Err(e)) if e.is_fatal_for_store() => return Err(e),
-                // One entry no store can hold: reported, but every other key is still
-                // known, so deletes are not held back by it.
-                Some(Err(e @ StorageError::Skipped { .. })) => return Ok(Some(e)),
+                // Part of the source unseen on purpose: hold deletes, report it once.
+                Some(Err(StorageError::Unlisted { detail, .. })) => {
+                    health.incomplete.store(true, Ordering::Relaxed);
+                    if let Ok(mut why) = health.unlisted.lock() {
+                        why.get_or_insert(detail);
+                    }
+                }
+                // One destination entry no store can hold: reported; deletes go on. A
+                // source entry skipped may exist at an object-store destination under
+                // the same key, so it holds deletes back.
+                Some(Err(e @ StorageError::Skipped { .. })) => {
+                    if self.source {
+                        health.incomplete.store(true, Ordering::Relaxed);
+                    }
+                    return Ok(Some(e));
+                }
                 Some(Err(e)) => {
                     health.incomplete.store(true, Ordering::Relaxed);
                     return Ok(Some(e));
@@ -272,8 +289,8 @@ fn merge(
     progress: Arc<Progress>,
 ) -> BoxStream<'static, Result<Item>> {
     let state = (
-        Side::new(src),
-        Side::new(dst),
+        Side::new(src, true),
+        Side::new(dst, false),
         filter,
         health,
         progress,
@@ -863,6 +880,8 @@ async fn run_deletes(
         matches!(ctx.opts.max_delete, Some(MaxDelete::Percent(p)) if p >= 100.0);
     let refuse = if report.failed > 0 {
         Some(format!("refusing to delete {n} objects: {} objects failed (see failures), so the destination would lose data it has no replacement for; fix them and run again", report.failed))
+    } else if let Some(why) = health.unlisted.lock().ok().and_then(|w| w.clone()) {
+        Some(format!("refusing to delete {n} objects: {why}"))
     } else if health.incomplete.load(Ordering::Relaxed) {
         Some(format!("refusing to delete {n} objects: a listing was incomplete (see failures); fix it and run again"))
     } else if health.out_of_order.load(Ordering::Relaxed) {

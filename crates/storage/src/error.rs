@@ -47,6 +47,11 @@ pub enum StorageError {
         key: String,
         detail: String,
     },
+    /// The listing left part of the store unseen on purpose (symbolic links not
+    /// followed): every listed entry is right, but a key missing from it may still
+    /// exist, so nothing may be deleted for its absence.
+    #[error("store '{store}': {detail}")]
+    Unlisted { store: String, detail: String },
     /// Anything else the backend reported.
     #[error("store '{store}': {detail}")]
     Backend {

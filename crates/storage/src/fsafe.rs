@@ -84,7 +84,7 @@ pub(crate) fn open_parent<'k>(
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create.is_some() => {
                     let mode = create.map_or(0o755, |f| f(prefix));
-                    match rustix::fs::mkdirat(&dir, seg, Mode::from_raw_mode(mode & 0o7777)) {
+                    match rustix::fs::mkdirat(&dir, seg, Mode::from_raw_mode(mode & 0o1777)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -170,9 +170,11 @@ pub(crate) fn create_temp_in(dir: &OwnedFd, tmp: &str) -> SafeResult<File> {
     Ok(File::from(fd))
 }
 
-/// Sets a file's permission bits through its descriptor.
+/// Sets a file's permission bits through its descriptor. Set-user-ID and set-group-ID
+/// bits are never carried: georep (often root) owns what it writes, and a setuid file of
+/// an ordinary user must not become a setuid-root one.
 pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
-    rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777)).map_err(io::Error::from)
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o777)).map_err(io::Error::from)
 }
 
 /// Renames `tmp` over `name`, both in `dir`. What stands at `name` must be absent or a

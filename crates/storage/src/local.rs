@@ -174,6 +174,19 @@ pub(crate) fn list_sorted(
                 }
             }
         }
+        if let (n, Some(first)) = &links_skipped {
+            if role == ListRole::Source {
+                // What a skipped link holds is unknown: its replicas at a destination
+                // must not look like objects the source lost.
+                batch.push(Err(StorageError::Unlisted {
+                    store: store.clone(),
+                    detail: format!(
+                        "{n} symbolic link(s) in the source were not followed (first: {}), so deletes are held; pass --follow-symlinks (policy: follow_symlinks = true) to copy what they point to inside the folder, or remove the links",
+                        first.display()
+                    ),
+                }));
+            }
+        }
         if !batch.is_empty() {
             let _ = tx.blocking_send(batch);
         }
@@ -469,10 +482,11 @@ fn create_temp(root: &Path, key: &str, modes: &Modes, store: &str) -> Result<Tem
         .map_err(|e| safe_error(e, key, store, "write"))?;
     let tmp = temp_name();
     let file = fsafe::create_temp_in(&dir, &tmp).map_err(|e| safe_error(e, key, store, "write"))?;
-    let existing = fsafe::kind_at(&dir, name)
-        .ok()
-        .flatten()
-        .map(|(_, mode)| mode);
+    // Only a regular file's own mode is kept; whatever else stands there says nothing.
+    let existing = match fsafe::kind_at(&dir, name) {
+        Ok(Some((rustix::fs::FileType::RegularFile, mode))) => Some(mode & 0o777),
+        _ => None,
+    };
     let mode = match (modes.file, existing) {
         (Some(src), _) => src,
         (None, Some(old)) => old,
