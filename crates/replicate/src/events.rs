@@ -119,8 +119,23 @@ pub fn relative_key(change: &Change, container: &str, prefix: &str) -> Option<St
     } else {
         change.name.strip_prefix(prefix)?.strip_prefix('/')?
     };
-    // The prefix "directory" itself (or an empty name) is not an object in the store.
-    (!rest.is_empty()).then(|| rest.to_owned())
+    canonical_key(rest)
+}
+
+/// The key as a listing of the store shows it, or `None` for a name that is not an
+/// object there: a folder marker (`dir/`), an empty name, empty, `.` or `..` segments,
+/// control characters. object_store strips one leading `/`, so `/x.txt` lists as
+/// `x.txt`; storing the event's spelling would leave a row no scan ever matches.
+pub fn canonical_key(name: &str) -> Option<String> {
+    if name.ends_with('/') || name.chars().any(char::is_control) {
+        return None;
+    }
+    let key = name.strip_prefix('/').unwrap_or(name);
+    let ok = !key.is_empty()
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    ok.then(|| key.to_owned())
 }
 
 /// Response header value for the CloudEvents OPTIONS handshake.
@@ -858,6 +873,17 @@ mod tests {
         assert_eq!(relative_key(&c, "photos", "2024/01/cat.jpg"), None);
         assert_eq!(relative_key(&c, "videos", ""), None);
         assert_eq!(relative_key(&c, "Photos", ""), None);
+    }
+
+    #[test]
+    fn event_keys_are_canonical_as_listings_show_them() {
+        assert_eq!(canonical_key("/x.txt").as_deref(), Some("x.txt"));
+        assert_eq!(canonical_key("a/b.txt").as_deref(), Some("a/b.txt"));
+        for odd in [
+            "x.txt/", "dir/", "", "/", "a//b", "a/../b", "./a", "a\nb", "//x",
+        ] {
+            assert_eq!(canonical_key(odd), None, "{odd:?}");
+        }
     }
 
     #[test]

@@ -256,7 +256,9 @@ async fn event(
             Ok(Json(json!({ "validationResponse": code })).into_response())
         }
         Parsed::SnsConfirmation { subscribe_url } => {
-            tracing::warn!(policy = %name, %subscribe_url, "SNS subscription needs confirmation: open the SubscribeURL to confirm it");
+            // Escaped: a URL with a line break must not forge a log line.
+            let shown = subscribe_url.escape_debug().to_string();
+            tracing::warn!(policy = %name, subscribe_url = %shown, "SNS subscription needs confirmation: open the SubscribeURL to confirm it");
             Ok(Json(json!({ "confirm": subscribe_url })).into_response())
         }
         p @ Parsed::Changes { .. } => {
