@@ -101,6 +101,18 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     georep_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Lifts the soft open-files limit to the hard one: the daemon holds a descriptor per
+/// proxied connection, transfer and watch, and a soft limit of 1024 (or less) would make
+/// accept fail long before `max_connections` does.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -123,6 +135,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

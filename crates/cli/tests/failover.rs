@@ -798,3 +798,40 @@ fn a_partitioned_primary_is_failed_over_and_fenced_when_the_partition_heals() {
         "2"
     );
 }
+
+/// Whether the listener closed this connection (EOF) within a few seconds.
+fn closed_by_listener(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    matches!(c.read(&mut [0u8; 1]), Ok(0))
+}
+
+#[test]
+fn a_listener_at_max_connections_closes_new_ones_and_the_api_keeps_answering() {
+    let (_pgs, _dir, cfg, rw, _ro) = members_setup("max_connections = 2", &["we"]);
+    let s = Serve::start(BIN, &cfg, &[]);
+    assert!(wait_until(Duration::from_secs(30), || s
+        .get("/api/v1/failover-groups/fg")["members"]
+        .as_array()
+        .is_some_and(|m| m.iter().all(|m| m["healthy"] == true))));
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", rw)).expect("connect");
+    // Two sessions are carried (PostgreSQL waits for their start-up packet)...
+    let first = connect();
+    let second = connect();
+    // ...the third is closed at once.
+    let mut third = connect();
+    assert!(
+        closed_by_listener(&mut third),
+        "a third connection was carried"
+    );
+    assert_eq!(s.get("/healthz")["status"], "ok");
+    // When one ends, a new one is carried again.
+    drop(first);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut again = connect();
+        let _ = again.set_read_timeout(Some(Duration::from_millis(300)));
+        use std::io::Read;
+        matches!(again.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+    }));
+    drop(second);
+}

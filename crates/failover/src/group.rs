@@ -153,7 +153,15 @@ impl Group {
         });
         let listen = |addr, kind| {
             std::net::TcpListener::bind(addr)
-                .and_then(|l| proxy::spawn(l, kind, group.route.subscribe(), stop.clone()))
+                .and_then(|l| {
+                    proxy::spawn(
+                        l,
+                        kind,
+                        cfg.max_connections as usize,
+                        group.route.subscribe(),
+                        stop.clone(),
+                    )
+                })
                 .map_err(|source| FailoverError::Bind { addr, source })
         };
         listen(cfg.read_write_listener, Kind::ReadWrite)?;

@@ -59,27 +59,33 @@ fn data_plane() -> std::io::Result<tokio::runtime::Handle> {
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
     kind: Kind,
+    max_connections: usize,
     route: watch::Receiver<Route>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     data_plane()?.spawn(async move {
         match TcpListener::from_std(listener) {
-            Ok(l) => serve(l, kind, route, stop).await,
+            Ok(l) => serve(l, kind, max_connections, route, stop).await,
             Err(e) => tracing::error!(error = %e, "cannot serve a failover listener"),
         }
     });
     Ok(())
 }
 
-/// Serves one listener until `stop` changes.
+/// Serves one listener until `stop` changes, carrying at most `max_connections` client
+/// connections at once: beyond that a new one is closed at once (the client sees a
+/// refused session, not a hang), so a flood cannot take every file descriptor.
 async fn serve(
     listener: TcpListener,
     kind: Kind,
+    max_connections: usize,
     route: watch::Receiver<Route>,
     mut stop: watch::Receiver<bool>,
 ) {
     let route = Arc::new(route);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let mut refused_logged = false;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -88,12 +94,28 @@ async fn serve(
         let (client, _) = match accepted {
             Ok(c) => c,
             Err(e) => {
+                // Out of descriptors (EMFILE) or a transient error: back off a little
+                // instead of spinning on a listener that stays readable.
                 tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(
+                    max_connections,
+                    "a failover listener is at max_connections; new connections are closed until some end"
+                );
+                refused_logged = true;
+            }
+            drop(client);
+            continue;
+        };
+        refused_logged = false;
         let rx = (*route).clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = handle(client, kind, rx).await {
                 tracing::debug!(error = %e, "proxied connection ended");
             }
@@ -131,9 +153,12 @@ async fn handle(
     let _ = upstream.set_nodelay(true);
     let epoch = route.epoch;
     // A connection lives in the epoch it was routed in: a newer epoch closes it, so no
-    // session keeps writing to a demoted primary.
+    // session keeps writing to a demoted primary. A read-write connection is also cut
+    // the moment a role change holds the route: a forced failover must not let writes
+    // reach a still-live old primary while the new one is being promoted.
+    let read_write = matches!(kind, Kind::ReadWrite);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.map(|_| ()),
-        _ = rx.wait_for(|r| r.epoch != epoch) => Ok(()),
+        _ = rx.wait_for(|r| r.epoch != epoch || (read_write && r.held)) => Ok(()),
     }
 }

@@ -39,6 +39,9 @@ pub struct FailoverGroup {
     pub probe_timeout: Duration,
     /// Probes failed in a row before a member counts as down (`1..=100`).
     pub probe_failures: u32,
+    /// Client connections each listener carries at once; beyond it new ones are closed
+    /// at once, so a flood cannot take the file descriptors the API and probes need.
+    pub max_connections: u32,
 }
 
 impl FailoverGroup {
@@ -51,6 +54,8 @@ impl FailoverGroup {
     pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
     pub const DEFAULT_PROBE_FAILURES: u32 = 3;
     pub const MAX_PROBE_FAILURES: u32 = 100;
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+    pub const MAX_MAX_CONNECTIONS: u32 = 1_000_000;
 }
 
 /// Who decides to fail over.
@@ -92,6 +97,7 @@ const GROUP_FIELDS: &[&str] = &[
     "probe_interval",
     "probe_timeout",
     "probe_failures",
+    "max_connections",
 ];
 
 pub(super) struct DraftGroup {
@@ -108,6 +114,7 @@ pub(super) struct DraftGroup {
     probe_interval: Duration,
     probe_timeout: Duration,
     probe_failures: u32,
+    max_connections: u32,
 }
 
 impl DraftGroup {
@@ -125,6 +132,7 @@ impl DraftGroup {
             probe_interval: self.probe_interval,
             probe_timeout: self.probe_timeout,
             probe_failures: self.probe_failures,
+            max_connections: self.max_connections,
         })
     }
 }
@@ -206,6 +214,7 @@ fn group(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>>
         probe_interval: FailoverGroup::DEFAULT_PROBE_INTERVAL,
         probe_timeout: FailoverGroup::DEFAULT_PROBE_TIMEOUT,
         probe_failures: FailoverGroup::DEFAULT_PROBE_FAILURES,
+        max_connections: FailoverGroup::DEFAULT_MAX_CONNECTIONS,
     };
     if let Some(value) = sec.get("read_only_to_primary") {
         match value.get_ref() {
@@ -266,6 +275,21 @@ fn group(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>>
                     n.get_ref(),
                     FailoverGroup::MAX_PROBE_FAILURES,
                     FailoverGroup::DEFAULT_PROBE_FAILURES
+                ),
+            ),
+        }
+    }
+    if let Some(n) = sec.integer(ctx, "max_connections", "1000") {
+        match u32::try_from(*n.get_ref()) {
+            Ok(m) if (1..=FailoverGroup::MAX_MAX_CONNECTIONS).contains(&m) => g.max_connections = m,
+            _ => ctx.error(
+                Some(n.span()),
+                &what,
+                format!(
+                    "max_connections = {} is out of range; use 1 to {} (default {})",
+                    n.get_ref(),
+                    FailoverGroup::MAX_MAX_CONNECTIONS,
+                    FailoverGroup::DEFAULT_MAX_CONNECTIONS
                 ),
             ),
         }

@@ -66,6 +66,7 @@ fn full_example_parses_into_the_model() {
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(250),
             probe_failures: 5,
+            max_connections: FailoverGroup::DEFAULT_MAX_CONNECTIONS,
         }
     );
     // Defaults.
@@ -83,6 +84,7 @@ fn full_example_parses_into_the_model() {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
             probe_failures: 3,
+            max_connections: FailoverGroup::DEFAULT_MAX_CONNECTIONS,
         }
     );
     assert_eq!(t.failover_group("nope"), None);
