@@ -523,8 +523,7 @@ fn the_daemon_skips_bad_names_and_holds_deletes_of_an_empty_source() {
     for k in ["a.txt", "report#1", "z.txt", "m-bad\nname"] {
         std::fs::remove_file(a.join(k)).expect("rm");
     }
-    let v = s.post("/api/v1/policies/p/resync", &serde_json::json!({}));
-    let _ = v;
+    s.post("/api/v1/policies/p/resync", &serde_json::json!({}));
     let held = georep_testkit::wait_until(std::time::Duration::from_secs(30), || {
         let st = s.get("/api/v1/policies/p");
         st["paused"]
