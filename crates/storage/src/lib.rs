@@ -8,6 +8,7 @@
 pub mod engine;
 mod error;
 mod fsafe;
+mod lenient;
 mod limiter;
 mod local;
 mod mime;

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use georep_core::StoreUrl;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -24,6 +24,7 @@ use object_store::{
 };
 
 use crate::error::{Result, StorageError};
+use crate::lenient::Lenient;
 use crate::local;
 
 /// The Azurite/Azure Storage Emulator key: public, documented, and only ever used for an
@@ -126,6 +127,9 @@ enum Backend {
         os: Arc<dyn ObjectStore>,
         /// Full prefix inside the container; `None` for the whole container.
         prefix: Option<Path>,
+        /// S3 and Azure list through georep's own List request, so that one name
+        /// object_store cannot hold never stops a listing.
+        lenient: Option<Arc<Lenient>>,
     },
 }
 
@@ -186,6 +190,7 @@ impl Store {
             StoreUrl::Memory { name, prefix } => Backend::Remote {
                 os: memory_store(name),
                 prefix: parse_prefix(prefix, &shown)?,
+                lenient: None,
             },
             StoreUrl::Azure {
                 account,
@@ -222,10 +227,7 @@ impl Store {
                         for (_, v) in &pairs {
                             secrets.push(v.clone());
                         }
-                        b = b.with_config(
-                            object_store::azure::AzureConfigKey::SasKey,
-                            s.trim_start_matches('?'),
-                        );
+                        b = b.with_config(AzureConfigKey::SasKey, s.trim_start_matches('?'));
                     }
                     (None, None) if endpoint.is_some() && account == EMULATOR_ACCOUNT => {
                         b = b.with_access_key(EMULATOR_KEY);
@@ -243,10 +245,33 @@ impl Store {
                         }
                     }
                 }
+                let emulated = b
+                    .get_config_value(&AzureConfigKey::UseEmulator)
+                    .is_some_and(|v| v == "true");
+                let base = match b.get_config_value(&AzureConfigKey::Endpoint) {
+                    Some(e) => format!("{}/{container}", e.trim_end_matches('/')),
+                    None => format!("https://{account}.blob.core.windows.net/{container}"),
+                };
                 let os = b.build().map_err(|e| invalid(e.to_string()))?;
+                let allow_http = endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"));
+                let lenient = (!emulated)
+                    .then(|| {
+                        Lenient::azure(
+                            os.credentials().clone(),
+                            account.clone(),
+                            &base,
+                            &client(allow_http),
+                            opts.retry_timeout,
+                        )
+                    })
+                    .flatten()
+                    .map(Arc::new);
                 Backend::Remote {
                     os: Arc::new(os),
                     prefix: parse_prefix(prefix, &shown)?,
+                    lenient,
                 }
             }
             StoreUrl::S3 { bucket, prefix } => {
@@ -298,10 +323,39 @@ impl Store {
                     b = b.with_token(&t);
                     secrets.push(t);
                 }
+                let cfg = |k: AmazonS3ConfigKey| b.get_config_value(&k).filter(|v| !v.is_empty());
+                let region = cfg(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+                let base = match (
+                    cfg(AmazonS3ConfigKey::Endpoint),
+                    cfg(AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref() == Some("true"),
+                ) {
+                    (Some(e), true) => e,
+                    (Some(e), false) => format!("{}/{bucket}", e.trim_end_matches('/')),
+                    (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+                    (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+                };
+                // S3 Express buckets sign differently: they keep object_store's listing.
+                let express = cfg(AmazonS3ConfigKey::S3Express).as_deref() == Some("true");
+                let allow_http = endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"));
                 let os = b.build().map_err(|e| invalid(e.to_string()))?;
+                let lenient = (!express)
+                    .then(|| {
+                        Lenient::s3(
+                            os.credentials().clone(),
+                            region,
+                            &base,
+                            &client(allow_http),
+                            opts.retry_timeout,
+                        )
+                    })
+                    .flatten()
+                    .map(Arc::new);
                 Backend::Remote {
                     os: Arc::new(os),
                     prefix: parse_prefix(prefix, &shown)?,
+                    lenient,
                 }
             }
             StoreUrl::Gcs { bucket, prefix } => {
@@ -329,6 +383,7 @@ impl Store {
                 Backend::Remote {
                     os: Arc::new(os),
                     prefix: parse_prefix(prefix, &shown)?,
+                    lenient: None,
                 }
             }
         };
@@ -352,7 +407,11 @@ impl Store {
         Self {
             shown: url.to_string(),
             url,
-            backend: Backend::Remote { os, prefix: None },
+            backend: Backend::Remote {
+                os,
+                prefix: None,
+                lenient: None,
+            },
             secrets: Vec::new(),
             fsync: false,
         }
@@ -391,7 +450,18 @@ impl Store {
             Backend::Local { root, links } => {
                 local::list_sorted(root.clone(), self.shown.clone(), role, *links)
             }
-            Backend::Remote { os, prefix } => {
+            Backend::Remote {
+                lenient: Some(l),
+                prefix,
+                ..
+            } => {
+                let full = prefix
+                    .as_ref()
+                    .map(|p| format!("{}/", p.as_ref()))
+                    .unwrap_or_default();
+                drop_folder_markers(l.clone().list_after(full, None, self.error_mapper()))
+            }
+            Backend::Remote { os, prefix, .. } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));
                 let this = self.error_mapper();
                 let entries = os
@@ -737,6 +807,46 @@ impl ErrorMapper {
                     retryable,
                 }
             }
+        }
+    }
+
+    pub(crate) fn store(&self) -> &str {
+        &self.store
+    }
+
+    /// An HTTP error status from a request georep signed and sent itself.
+    pub(crate) fn map_status(&self, status: u16, body: &str) -> StorageError {
+        let text = self.scrub(body);
+        let store = self.store.clone();
+        let container_missing = [
+            "ContainerNotFound",
+            "NoSuchBucket",
+            "The specified container does not exist",
+        ]
+        .iter()
+        .any(|m| text.contains(m));
+        if status == 404 && container_missing {
+            if let Some((what, name)) = &self.container {
+                return StorageError::ContainerNotFound {
+                    store,
+                    what,
+                    name: name.clone(),
+                };
+            }
+        }
+        let detail = short(&format!("HTTP {status}: {}", text.trim()));
+        match status {
+            401 | 403 => StorageError::PermissionDenied {
+                store,
+                detail,
+                env: self.env_hint,
+            },
+            404 => StorageError::NotFound { store, detail },
+            _ => StorageError::Backend {
+                store,
+                detail,
+                retryable: status >= 500 || status == 429 || status == 408,
+            },
         }
     }
 

@@ -133,24 +133,74 @@ impl Azurite {
 
     /// Creates a container with a Shared Key signed request (object_store cannot).
     pub fn create_container(&self, name: &str) {
+        let status = self.signed_put(&format!("{name}?restype=container"), &[], b"");
+        assert_eq!(status, Some(201), "creating Azurite container {name}");
+    }
+
+    /// Puts a block blob with a raw signed request, so tests can make names no client
+    /// library would (`b//x`).
+    pub fn put_raw(&self, container: &str, name: &str, body: &[u8]) {
+        let status = self.signed_put(
+            &format!("{container}/{name}"),
+            &[("x-ms-blob-type", "BlockBlob")],
+            body,
+        );
+        assert_eq!(status, Some(201), "putting {container}/{name} into Azurite");
+    }
+
+    /// A Shared Key signed PUT of `path_and_query` (below the account).
+    fn signed_put(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<u16> {
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
         let version = "2021-08-06";
-        let to_sign = format!(
-            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let mut canon_headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        canon_headers.push(("x-ms-date".into(), date.clone()));
+        canon_headers.push(("x-ms-version".into(), version.into()));
+        canon_headers.sort();
+        let mut to_sign = format!(
+            "PUT\n\n\n{}\n\n\n\n\n\n\n\n\n",
+            if body.is_empty() {
+                String::new()
+            } else {
+                body.len().to_string()
+            }
         );
+        for (k, v) in &canon_headers {
+            to_sign.push_str(&format!("{k}:{v}\n"));
+        }
+        to_sign.push_str(&format!("/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}"));
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            to_sign.push_str(&format!("\n{k}:{v}"));
+        }
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = b64.decode(AZURITE_KEY).expect("emulator key is base64");
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("hmac key");
         mac.update(to_sign.as_bytes());
         let sig = b64.encode(mac.finalize().into_bytes());
-        let req = format!(
-            "PUT /{AZURITE_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+        let mut req = format!(
+            "PUT /{AZURITE_ACCOUNT}/{path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.port,
+            body.len()
         );
-        let status = http_status(self.port, &req);
-        assert_eq!(status, Some(201), "creating Azurite container {name}");
+        for (k, v) in &canon_headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&String::from_utf8_lossy(body));
+        http_status(self.port, &req)
     }
 
     /// Environment for a `georep` child process talking to this instance.
