@@ -182,7 +182,14 @@ fn members_setup(
     let members = replicas
         .iter()
         .zip(&pgs[1..])
-        .map(|(r, pg)| format!("{{ region = \"{r}\", url = \"{}\" }}", pg.url("shop")))
+        // Replicas name their port as a parameter, as libpq users often do: the
+        // listener must route where the connection goes, not to the default 5432.
+        .map(|(r, pg)| {
+            format!(
+                "{{ region = \"{r}\", url = \"postgres://postgres@127.0.0.1/shop?port={}\" }}",
+                pg.port
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     std::fs::write(
@@ -834,4 +841,98 @@ fn a_listener_at_max_connections_closes_new_ones_and_the_api_keeps_answering() {
         matches!(again.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
     }));
     drop(second);
+}
+
+/// A georep role that is not a superuser: owner of the database, allowed to end client
+/// sessions; the topology's primary URL is switched to it.
+fn run_primary_as_owner(qc: &Postgres, cfg: &std::path::Path) -> String {
+    qc.psql(
+        "shop",
+        "CREATE ROLE op LOGIN REPLICATION; ALTER DATABASE shop OWNER TO op; \
+         GRANT pg_signal_backend, pg_monitor TO op; GRANT ALL ON w TO op; \
+         GRANT ALL ON SEQUENCE w_id_seq TO op",
+    );
+    let owner = format!("postgres://op@127.0.0.1:{}/shop", qc.port);
+    let text = std::fs::read_to_string(cfg).expect("read topology");
+    let text = text.replace(&qc.url("shop"), &owner);
+    assert!(text.contains(&owner), "{text}");
+    std::fs::write(cfg, text).expect("write topology");
+    owner
+}
+
+#[test]
+fn a_busy_primary_is_never_failed_over_and_a_closed_database_settles_without_a_superuser() {
+    let (qc, _we, _dir, cfg, _rw, _ro) =
+        group_setup("policy = \"automatic\"\ngrace_period = \"1s\"\nmax_data_loss = \"30s\"");
+    let owner = run_primary_as_owner(&qc, &cfg);
+
+    // "Too many connections" is an answer: the primary is up, and failing over would
+    // lose writes for nothing.
+    let s = Serve::start(BIN, &cfg, &[]);
+    let mut g = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            g["last_known_lag"]["we"][1].is_number()
+        }),
+        "lag unknown: {g:#}\n{}",
+        s.log_text()
+    );
+    qc.psql("shop", "ALTER ROLE op CONNECTION LIMIT 1");
+    let mut holder = Command::new("psql")
+        .args(["-X", "-q", "-d", &owner, "-c", "SELECT pg_sleep(120)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let busy = |g: &serde_json::Value| {
+        g["members"].as_array().is_some_and(|m| {
+            m.iter().any(|m| {
+                m["member"] == "primary"
+                    && m["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("too many connections"))
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            busy(&g)
+        }),
+        "the probes never saw the busy primary: {g:#}"
+    );
+    // Without the fix, two failed probes and the 1 s grace period fail it over.
+    assert!(
+        !wait_until(Duration::from_secs(5), || s
+            .get("/api/v1/failover-groups/fg")["epoch"]
+            != 1),
+        "a busy primary was failed over: {:#}\n{}",
+        s.get("/api/v1/failover-groups/fg"),
+        s.log_text()
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    qc.psql("shop", "ALTER ROLE op CONNECTION LIMIT -1");
+    drop(s);
+
+    // A planned failover run as `op` crashes after closing the database to new
+    // sessions (CONNECTION LIMIT 0, which holds `op` too): on restart georep reopens
+    // it from the maintenance database and rolls the change back.
+    crash_during_failover(&cfg, "we", false, "switchover-fenced");
+    assert!(psql_at(&owner, "SELECT 1", false)
+        .is_err_and(|e| e.contains("too many connections for database")));
+    let s = restart_settled(&cfg, 2, "primary", "rolled back");
+    assert!(
+        psql(&owner, "INSERT INTO w (v) VALUES ('after-rollback')").is_some(),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(
+        qc.psql(
+            "shop",
+            "SELECT datconnlimit FROM pg_database WHERE datname = 'shop'"
+        ),
+        "-1"
+    );
 }

@@ -8,12 +8,14 @@
 //! HTTP, SQL or `object_store`.
 
 mod filter;
+mod pg_url;
 mod redact;
 mod size;
 mod store_url;
 pub mod topology;
 
 pub use filter::{Filter, FilterError};
+pub use pg_url::{pg_connect_url, pg_endpoint, PgEndpoint, PgUrlError};
 pub use redact::redact_url;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};

@@ -12,6 +12,14 @@ pub enum DbError {
         url: String,
         detail: String,
     },
+    /// The server answered but refused a session for lack of room (SQLSTATE class 53:
+    /// `max_connections`, a role's or a database's connection limit). It is up.
+    #[error("{member} ({url}) is up but refused a session: {detail}; {}", busy_hint(.detail))]
+    Busy {
+        member: String,
+        url: String,
+        detail: String,
+    },
     /// Credentials refused or privileges missing.
     #[error("{member} ({url}) refused the connection: {detail}; check the user and password (PGPASSWORD or the URL)")]
     Auth {
@@ -33,13 +41,29 @@ pub enum DbError {
     Timeout(String),
 }
 
+fn busy_hint(detail: &str) -> &'static str {
+    if detail.contains("for database") {
+        "a planned failover closes the database to new sessions (CONNECTION LIMIT 0) until it settles; superusers are not held"
+    } else {
+        "raise max_connections or the role's connection limit, or close idle sessions"
+    }
+}
+
 impl DbError {
+    /// Whether the member's server answered: it is running, whatever it refused.
+    pub fn server_answered(&self) -> bool {
+        matches!(
+            self,
+            Self::Busy { .. } | Self::Auth { .. } | Self::Sql { .. }
+        )
+    }
+
     /// Exit class for the CLI: 2 bad config or unmet prerequisites, 3 unreachable or
     /// refused, 1 anything that went wrong while running.
     pub fn exit_class(&self) -> u8 {
         match self {
             Self::InvalidConfig(_) | Self::Prerequisites(_) | Self::Tool(_) => 2,
-            Self::Unreachable { .. } | Self::Auth { .. } => 3,
+            Self::Unreachable { .. } | Self::Auth { .. } | Self::Busy { .. } => 3,
             Self::Sql { .. } | Self::Timeout(_) => 1,
         }
     }

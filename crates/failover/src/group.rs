@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use georep_core::{crash_point, Database, FailoverGroup};
+use georep_core::{crash_point, Database, DbMember, FailoverGroup};
 use georep_db::postgres as pg;
 use georep_state::State;
 use serde::Serialize;
@@ -95,10 +95,37 @@ pub struct Group {
     fences_set: Mutex<BTreeSet<String>>,
 }
 
-/// `host:port` of a member's URL.
+/// Why a probe failed: the server answered with a refusal, or did not answer at all.
+enum Probe {
+    Answered(String),
+    Down(String),
+}
+
+/// Connects to a member and runs `SELECT 1` within `t`.
+async fn probe(m: &DbMember, t: Duration) -> std::result::Result<pg::Client, Probe> {
+    tokio::time::timeout(t, async {
+        let c = pg::connect(&m.name, &m.url).await.map_err(|e| {
+            if e.server_answered() {
+                Probe::Answered(e.to_string())
+            } else {
+                Probe::Down(e.to_string())
+            }
+        })?;
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| Probe::Down(e.to_string()))?;
+        Ok(c)
+    })
+    .await
+    .unwrap_or_else(|_| Err(Probe::Down(format!("no answer within {t:?}"))))
+}
+
+/// `host:port` of a member's URL, read as connections read it (`host=`/`port=` too).
 fn address(url: &str) -> Option<String> {
-    let u = url::Url::parse(url).ok()?;
-    Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(5432)))
+    georep_core::pg_endpoint(url)
+        .ok()
+        .filter(|e| !e.is_socket())
+        .map(|e| e.address())
 }
 
 impl Group {
@@ -190,17 +217,7 @@ impl Group {
             for (m, role) in members {
                 let t = self.cfg.probe_timeout;
                 let is_primary = role == "primary";
-                let ok = tokio::time::timeout(t, async {
-                    let c = pg::connect(&m.name, &m.url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    c.simple_query("SELECT 1")
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(c)
-                })
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {t:?}")));
+                let ok = probe(&m, t).await;
                 // The primary's view of each replica's lag: what a forced failover would lose.
                 let ok = match ok {
                     Ok(c) => {
@@ -236,7 +253,13 @@ impl Group {
                             e.last_error = None;
                             e.last_ok = Some(chrono::Utc::now().to_rfc3339());
                         }
-                        Err(err) => {
+                        // The server answered ("too many clients", a closed database,
+                        // a refused password): it is running, and a failover would
+                        // not help. Reported, never counted as down.
+                        Err(Probe::Answered(err)) => {
+                            e.last_error = Some(err);
+                        }
+                        Err(Probe::Down(err)) => {
                             e.consecutive_failures += 1;
                             e.last_error = Some(err);
                             if e.consecutive_failures >= self.cfg.probe_failures {
@@ -347,6 +370,24 @@ impl Group {
         });
         match candidate {
             Some(r) => {
+                // Probes can time out while the primary is only slow: before acting,
+                // one more look with a longer timeout. Any answer keeps the primary.
+                let patient = (self.cfg.probe_timeout * 4).max(Duration::from_secs(2));
+                if let Ok(()) | Err(Probe::Answered(_)) =
+                    probe(&db.primary, patient).await.map(|_| ())
+                {
+                    tracing::warn!(group = %self.cfg.name, primary = %db.primary.name, "the primary missed its probes but answered a last, longer one: no automatic failover");
+                    if let Ok(mut h) = self.health.lock() {
+                        if let Some(e) = h.get_mut(&db.primary.name) {
+                            e.consecutive_failures = 0;
+                            e.healthy = true;
+                        }
+                    }
+                    if let Ok(mut d) = self.primary_down_since.lock() {
+                        *d = None;
+                    }
+                    return;
+                }
                 let name = r.name.clone();
                 tracing::warn!(group = %self.cfg.name, primary = %db.primary.name, to = %name, "primary unhealthy for the whole grace period: automatic failover");
                 if let Err(e) = self

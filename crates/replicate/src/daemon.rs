@@ -551,6 +551,7 @@ fn group_error(e: georep_failover::FailoverError) -> ReplicateError {
         FailoverError::Refused(m) => ReplicateError::Conflict(m),
         FailoverError::Db(
             e @ (DbError::Unreachable { .. }
+            | DbError::Busy { .. }
             | DbError::Auth { .. }
             | DbError::Timeout(_)
             | DbError::Sql { .. }),

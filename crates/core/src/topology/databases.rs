@@ -198,6 +198,26 @@ impl DraftDatabase {
         self.name.as_ref().map(|n| n.get_ref().as_str())
     }
 
+    /// Members a failover group's TCP listeners cannot forward to, with the url's span
+    /// and why: a Unix socket, or several servers.
+    pub(super) fn unroutable_members(&self) -> Vec<(&str, Span, String)> {
+        self.primary
+            .iter()
+            .chain(&self.replicas)
+            .filter_map(|m| {
+                let url = m.url.as_ref()?;
+                let why = match crate::pg_endpoint(url.get_ref()) {
+                    Ok(ep) if ep.is_socket() => {
+                        "this url reaches its server through a Unix socket (host=/...); give the server's host name or address".to_string()
+                    }
+                    Ok(_) => return None,
+                    Err(e) => format!("{e}; a listener forwards to one server"),
+                };
+                Some((m.what.as_str(), url.span(), why))
+            })
+            .collect()
+    }
+
     /// `None` only when a required piece is missing, which has been reported.
     pub(super) fn finish(self) -> Option<Database> {
         Some(Database {
@@ -632,9 +652,15 @@ fn member(
     let Some(text) = expand_field(ctx, &what, "url", &raw, env) else {
         return m;
     };
-    match postgres_url(&text) {
-        Ok(url) => {
-            m.target = Some(Target::of(&url));
+    let read = postgres_url(&text).and_then(|_| match crate::pg_endpoint(&text) {
+        Ok(ep) => Ok(Some(Target::of(&ep))),
+        // Several servers tried in turn: a connection may, a failover group may not.
+        Err(crate::PgUrlError::ManyServers(_)) => Ok(None),
+        Err(crate::PgUrlError::Invalid(m)) => Err(m),
+    });
+    match read {
+        Ok(target) => {
+            m.target = target;
             m.url = Some(Spanned::new(raw.span(), text));
         }
         Err(message) => ctx.error(Some(raw.span()), &what, message),
@@ -662,31 +688,18 @@ fn postgres_url(text: &str) -> Result<url::Url, String> {
 }
 
 /// The server and database a URL points at, ignoring the user, the password and other
-/// options, as libpq reads them: `host`, `port` and `dbname` parameters win over the
-/// URL's parts; the port defaults to 5432 and the database to the user's name.
+/// options (read by `pg_endpoint`, as connections and listeners read it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target(String);
 
 impl Target {
-    fn of(url: &url::Url) -> Self {
-        let param = |key: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.into_owned())
-        };
-        let host = param("host")
-            .or_else(|| url.host_str().map(str::to_string))
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let port = param("port")
-            .or_else(|| url.port().map(|p| p.to_string()))
-            .unwrap_or_else(|| "5432".to_string());
-        let path = url.path().trim_start_matches('/');
-        let db = param("dbname")
-            .or_else(|| (!path.is_empty()).then(|| path.to_string()))
-            .or_else(|| param("user"))
-            .unwrap_or_else(|| url.username().to_string());
-        Self(format!("{host}:{port}/{db}"))
+    fn of(ep: &crate::PgEndpoint) -> Self {
+        Self(format!(
+            "{}:{}/{}",
+            ep.host.to_ascii_lowercase(),
+            ep.port,
+            ep.dbname
+        ))
     }
 }
 

@@ -383,6 +383,15 @@ pub(super) fn check(
             let name = g.name.as_ref().map_or("?", |n| n.get_ref().as_str());
             let line = ctx.line_of(&g.span);
             fronted.insert(d, (name, line));
+            for x in databases.iter().filter(|x| x.name() == Some(d)) {
+                for (member, span, why) in x.unroutable_members() {
+                    ctx.error(
+                        Some(span),
+                        member,
+                        format!("in the failover group '{name}': {why}"),
+                    );
+                }
+            }
         }
     }
     let mut seen: Vec<(SocketAddr, String, usize)> = Vec::new();

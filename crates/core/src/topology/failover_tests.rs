@@ -264,3 +264,54 @@ probe_failures = -1
         assert!(line.starts_with(w), "want {w:?}, got {line:?}");
     }
 }
+
+#[test]
+fn a_member_url_names_one_server_once() {
+    let group = r#"
+[[failover_groups]]
+name = "orders-fg"
+database = "orders"
+read_write_listener = "127.0.0.1:6432"
+"#;
+    let with = |primary: &str| {
+        format!(
+            r#"
+[regions.a]
+[regions.b]
+[[databases]]
+name = "orders"
+engine = "postgres"
+primary = {{ region = "a", url = "{primary}" }}
+replicas = [{{ region = "b", url = "postgres://app@db-b/orders" }}]
+{group}"#
+        )
+    };
+    // The listener and the connection read the same place.
+    let t = parse(&with("postgres://app@127.0.0.1/orders?port=5999")).expect("valid");
+    let url = &t.database("orders").expect("db").primary.url;
+    assert_eq!(
+        crate::pg_endpoint(url).expect("endpoint").address(),
+        "127.0.0.1:5999"
+    );
+    refused(
+        "port twice",
+        &with("postgres://app:pw@db-a:5432/orders?port=5999"),
+        &["g.toml:7:", "gives the port twice"],
+    );
+    refused(
+        "host twice",
+        &with("postgres://app@db-a/orders?host=db-c"),
+        &["names the server twice"],
+    );
+    refused(
+        "two hosts",
+        &with("postgres:///orders?host=db-a,db-c"),
+        &["exactly one host", "orders-fg"],
+    );
+    let shown = refused(
+        "socket",
+        &with("postgres:///orders?host=/run/postgresql"),
+        &["Unix socket", "orders-fg"],
+    );
+    assert!(!shown.contains("pw"), "{shown}");
+}

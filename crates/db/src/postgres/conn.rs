@@ -13,7 +13,7 @@ use crate::error::{DbError, Result};
 /// Connects to `url`, naming `member` in any error.
 pub async fn connect(member: &str, url: &str) -> Result<Client> {
     let shown = georep_core::redact_url(url);
-    let mut cfg: Config = url.parse().map_err(|e| {
+    let mut cfg: Config = georep_core::pg_connect_url(url).parse().map_err(|e| {
         DbError::InvalidConfig(format!(
             "{member}: invalid PostgreSQL URL {shown}: {e}; use postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"
         ))
@@ -82,6 +82,11 @@ fn classify(member: &str, shown: &str, e: tokio_postgres::Error) -> DbError {
             "3D000" => DbError::InvalidConfig(format!(
                 "{member} ({shown}): {detail}; create it or fix the database name in the URL"
             )),
+            c if c.starts_with("53") => DbError::Busy {
+                member: member.into(),
+                url: shown.into(),
+                detail,
+            },
             _ => DbError::Unreachable {
                 member: member.into(),
                 url: shown.into(),

@@ -70,7 +70,7 @@ fn pg_dump_invocation(
     use std::ffi::OsString;
     use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
 
-    let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+    let cfg: tokio_postgres::Config = georep_core::pg_connect_url(url).parse().map_err(|e| {
         crate::DbError::InvalidConfig(format!(
             "invalid PostgreSQL URL {}: {e}",
             georep_core::redact_url(url)

@@ -131,6 +131,68 @@ async fn set_gate(c: &tokio_postgres::Client, who: &str, closed: bool) -> Result
     }
 }
 
+/// Connects to an old primary that a planned switchover closed (`CONNECTION LIMIT 0`)
+/// and that no one reopened (georep crashed, or its connection broke). A georep role
+/// that is not a superuser is held by that gate like any client, so it reopens the
+/// gate from the server's maintenance database (`postgres`, else `template1`) and
+/// connects again; the read-only fence stays until the change is settled.
+async fn connect_through_gate(who: &str, url: &str) -> Result<tokio_postgres::Client> {
+    let refused = match connect(who, url).await {
+        Err(e @ DbError::Busy { .. }) if e.to_string().contains("for database") => e,
+        other => return other,
+    };
+    let Ok(ep) = georep_core::pg_endpoint(url) else {
+        return Err(refused);
+    };
+    for maintenance in ["postgres", "template1"] {
+        let Some(other) = with_database(url, maintenance) else {
+            continue;
+        };
+        let Ok(m) = connect(who, &other).await else {
+            continue;
+        };
+        let closed: bool = m
+            .query_one(
+                "SELECT datconnlimit = 0 FROM pg_database WHERE datname = $1",
+                &[&ep.dbname],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| DbError::sql(who, e))?;
+        if closed {
+            exec(
+                &m,
+                who,
+                &format!(
+                    "ALTER DATABASE {} CONNECTION LIMIT -1",
+                    quote_ident(&ep.dbname)
+                ),
+            )
+            .await?;
+            tracing::warn!(member = who, database = %ep.dbname, "reopened a database a switchover had closed, to settle it");
+        }
+        return connect(who, url).await;
+    }
+    Err(refused)
+}
+
+/// `url` pointed at another database of the same server.
+fn with_database(url: &str, name: &str) -> Option<String> {
+    let mut u = url::Url::parse(url).ok()?;
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "dbname")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.set_path(&format!("/{name}"));
+    if kept.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Some(u.to_string())
+}
+
 /// A subscription's state on a member: enabled, and the connection it follows.
 async fn subscription(
     c: &tokio_postgres::Client,
@@ -692,14 +754,14 @@ pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
             .await?;
         }
         if planned {
-            let p = connect("primary", &db.primary.url).await?;
+            let p = connect_through_gate("primary", &db.primary.url).await?;
             set_fence(&p, "primary", false).await?;
             set_gate(&p, "primary", false).await?;
         }
         return Ok(Settled::RolledBack);
     }
     if planned {
-        match connect("primary", &db.primary.url).await {
+        match connect_through_gate("primary", &db.primary.url).await {
             Ok(p) => {
                 let others: Vec<&DbMember> = db.replicas.iter().filter(|m| m.name != to).collect();
                 return Ok(Settled::Finished(
@@ -807,6 +869,22 @@ pub async fn prepare_reseed(db: &Database, member: &DbMember) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_maintenance_database_keeps_the_server_and_options() {
+        assert_eq!(
+            with_database(
+                "postgres://op:pw@h:6000/Shop?sslmode=require&dbname=x",
+                "postgres"
+            )
+            .as_deref(),
+            Some("postgres://op:pw@h:6000/postgres?sslmode=require")
+        );
+        assert_eq!(
+            with_database("postgres://h/shop", "template1").as_deref(),
+            Some("postgres://h/template1")
+        );
+    }
 
     #[test]
     fn lsns_compare_as_numbers() {
