@@ -48,7 +48,11 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
         );
     }
     tracing::info!(%addr, policies = n, "serving");
-    let access = georep_server::Access { token, write_token };
+    let access = georep_server::Access {
+        token,
+        write_token,
+        loopback: listen.ip().is_loopback(),
+    };
     georep_server::serve(listener, daemon.clone(), access, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing transfers in flight");
     daemon.shutdown().await;

@@ -523,6 +523,41 @@ fn changing_routes_need_a_token_json_and_no_foreign_origin() {
         .send()
         .expect("get");
     assert_eq!(r.status().as_u16(), 200);
+    // ... but only for loopback names: a page whose DNS name was rebound to 127.0.0.1
+    // sends its own name as Host.
+    let port = host.rsplit(':').next().unwrap_or_default();
+    for (name, want) in [
+        (format!("evil.example:{port}"), 403),
+        (format!("localhost:{port}"), 200),
+        (host.clone(), 200),
+    ] {
+        let r = http
+            .get(format!("{}/api/v1/policies", s.base))
+            .header("host", &name)
+            .send()
+            .expect("get");
+        assert_eq!(r.status().as_u16(), want, "Host: {name}");
+    }
+    // The event webhook needs the token too, as a bearer or in the endpoint URL that
+    // Event Grid or SNS is given. (Past the guard, a local source is refused: 400.)
+    let event = |query: &str, token: Option<&str>, origin: Option<&str>| {
+        let mut r = http
+            .post(format!("{}/api/v1/events/p{query}", s.base))
+            .header("content-type", json)
+            .body("[]");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().expect("post").status().as_u16()
+    };
+    assert_eq!(event("", None, None), 401);
+    assert_eq!(event("?token=wrong", None, None), 401);
+    assert_eq!(event(&format!("?token={token}"), None, None), 400);
+    assert_eq!(event("", Some(&token), None), 400);
+    assert_eq!(event("", Some(&token), Some("http://evil.example")), 403);
     drop(s);
     // A restart keeps the same token.
     let s = local_daemon(dir.path(), "");

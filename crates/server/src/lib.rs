@@ -26,6 +26,9 @@ pub struct Access {
     /// The token that routes which change something always need: the configured one,
     /// or one generated at first start into a 0600 file beside the state.
     pub write_token: String,
+    /// The API listens on a loopback address only: requests must then name a loopback
+    /// `Host` too, so a web page whose DNS name was rebound to 127.0.0.1 cannot read it.
+    pub loopback: bool,
 }
 
 /// Shared by every handler.
@@ -76,20 +79,104 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route("/api/v1/policies/{name}", get(policy))
         .route("/api/v1/policies/{name}/objects/{*key}", get(object))
         .merge(changes)
-        .route(
-            "/api/v1/events/{name}",
-            post(event).options(event_handshake),
-        )
         .route("/api/v1/databases", get(databases))
         .route("/api/v1/databases/{name}", get(database))
         .route("/api/v1/failover-groups", get(groups))
         .route("/api/v1/failover-groups/{name}", get(group))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    let events = Router::new()
+        .route(
+            "/api/v1/events/{name}",
+            post(event).options(event_handshake),
+        )
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard_event));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(api)
+        .merge(events)
+        .layer(middleware::from_fn_with_state(app.clone(), guard_host))
         .with_state(app)
+}
+
+/// On a loopback-only API, a `Host` that is not a loopback name or address comes from
+/// a browser tricked by DNS rebinding: refused before any route runs.
+async fn guard_host(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if app.access.loopback {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !is_loopback_host(host) {
+            return ApiError(
+                StatusCode::FORBIDDEN,
+                "this API listens on loopback only and answers requests for localhost or a loopback address; use http://127.0.0.1:PORT".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The storage-event webhook only makes the daemon look at its source again, but an
+/// open one would let anyone make it read objects at will: it needs the write token
+/// too, as a bearer or as `?token=` in the endpoint URL given to Event Grid or SNS
+/// (they deliver to a fixed URL and cannot add a header), and no foreign `Origin`.
+async fn guard_event(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let in_query = req.uri().query().is_some_and(|q| {
+        q.split('&').any(|pair| {
+            pair.strip_prefix("token=").is_some_and(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8()
+                    .is_ok_and(|t| {
+                        constant_time_eq(t.as_bytes(), app.access.write_token.as_bytes())
+                    })
+            })
+        })
+    });
+    if !(in_query || bearer_is(req.headers(), &app.access.write_token)) {
+        return unauthorized(
+            "the event webhook needs the API token: subscribe with the endpoint              https://HOST/api/v1/events/POLICY?token=<token> (the token from [server] token, or the              api-token file beside the state that `georep serve` printed at start), or send Authorization: Bearer <token>",
+        );
+    }
+    if let Some(refused) = foreign_origin(&req) {
+        return refused;
+    }
+    next.run(req).await
+}
+
+/// A browser's cross-site request: its `Origin` is not this server's `Host`.
+fn foreign_origin(req: &Request) -> Option<Response> {
+    let origin = req.headers().get(header::ORIGIN)?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let same = origin.to_str().ok().zip(host).is_some_and(|(o, h)| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(h))
+    });
+    (!same).then(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "requests from a web page of another origin are refused on routes that change something".into(),
+        )
+        .into_response()
+    })
 }
 
 /// Binds `listen` and serves until `shutdown` resolves.
@@ -145,23 +232,8 @@ async fn guard_change(State(app): State<Arc<App>>, req: Request, next: Next) -> 
         )
         .into_response();
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let same = origin.to_str().ok().zip(host).is_some_and(|(o, h)| {
-            o.strip_prefix("http://")
-                .or_else(|| o.strip_prefix("https://"))
-                .is_some_and(|o| o.eq_ignore_ascii_case(h))
-        });
-        if !same {
-            return ApiError(
-                StatusCode::FORBIDDEN,
-                "requests from a web page of another origin are refused on routes that change something".into(),
-            )
-            .into_response();
-        }
+    if let Some(refused) = foreign_origin(&req) {
+        return refused;
     }
     next.run(req).await
 }
