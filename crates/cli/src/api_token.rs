@@ -53,51 +53,175 @@ pub(crate) fn ensure(topo: &Topology) -> Result<(String, Option<PathBuf>)> {
     Ok((token, Some(path)))
 }
 
-/// The token a client on this machine sends: the configured one, else the generated
-/// file's when it exists and is readable (root, or the user that runs the daemon).
-pub(crate) fn for_client(topo: &Topology) -> Result<Option<String>> {
+/// The token a client sends to the daemon at `base`: the configured one, else the
+/// generated file's when it exists and is readable (root, or the user that runs the
+/// daemon) and `base` is this machine (a loopback address, `localhost`, or the
+/// configured listen address), so that `--api` pointed elsewhere never carries it off.
+pub(crate) fn for_client(topo: &Topology, base: &str) -> Result<Option<String>> {
     if let Some(t) = &topo.server.token {
         return Ok(Some(t.clone()));
     }
-    match path(topo) {
-        Some(p) => read(&p),
-        None => Ok(None),
+    let Some(p) = path(topo) else {
+        return Ok(None);
+    };
+    if !is_this_machine(base, topo.server.listen) {
+        tracing::warn!(api = %base, "not sending this machine's generated API token to another host; set [server] token to call a daemon elsewhere");
+        return Ok(None);
+    }
+    read(&p)
+}
+
+fn is_this_machine(base: &str, listen: std::net::SocketAddr) -> bool {
+    let Ok(url) = url::Url::parse(base) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || std::net::IpAddr::V4(ip) == listen.ip()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || std::net::IpAddr::V6(ip) == listen.ip()
+        }
+        None => false,
     }
 }
 
-/// Reads a token file, refusing a link or a file others may read or write.
+/// Reads a token file, refusing a link, a file others may read or write, a file owned by
+/// another user, or one in a folder anyone may write to (someone could have put their
+/// own token there). Checked on the opened file, so nothing can swap it in between.
 fn read(path: &std::path::Path) -> Result<Option<String>> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| -> anyhow::Error { ConfigFileError(why).into() };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(m) = std::fs::metadata(dir) {
+            if m.permissions().mode() & 0o1002 == 0o002 {
+                return Err(refuse(format!(
+                    "the folder of the API token file, {}, may be written by anyone; run chmod o-w on it",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32,
+        )
+        .open(path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
-        Err(e) => {
-            return Err(ConfigFileError(format!("cannot read {}: {e}", path.display())).into())
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(refuse(format!(
+                "the API token file {} is a symbolic link; remove it and restart georep serve",
+                path.display()
+            )))
         }
+        Err(e) => return Err(refuse(format!("cannot read {}: {e}", path.display()))),
     };
+    let meta = f
+        .metadata()
+        .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
     if !meta.file_type().is_file() {
-        return Err(ConfigFileError(format!(
-            "the API token file {} is not a regular file (a link?); remove it and restart georep serve",
+        return Err(refuse(format!(
+            "the API token file {} is not a regular file; remove it and restart georep serve",
             path.display()
-        ))
-        .into());
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "the API token file {} belongs to user {}, not to this user or root; remove it and restart georep serve",
+            path.display(),
+            meta.uid()
+        )));
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(ConfigFileError(format!(
+        return Err(refuse(format!(
             "the API token file {} may be read by others (mode {:o}); run chmod 600 on it, or remove it to get a new token",
             path.display(),
             meta.permissions().mode() & 0o777
-        ))
-        .into());
+        )));
     }
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
-        Ok(_) => Err(ConfigFileError(format!(
+    let mut t = String::new();
+    f.take(4096)
+        .read_to_string(&mut t)
+        .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+    match t.trim() {
+        "" => Err(refuse(format!(
             "the API token file {} is empty; remove it and restart georep serve",
             path.display()
-        ))
-        .into()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(None),
-        Err(e) => Err(ConfigFileError(format!("cannot read {}: {e}", path.display())).into()),
+        ))),
+        t => Ok(Some(t.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_token_goes_only_to_this_machine() {
+        let listen: std::net::SocketAddr = "10.1.2.3:8080".parse().expect("addr");
+        for here in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:2",
+            "http://0.0.0.0:8080",
+            "http://10.1.2.3:8080",
+        ] {
+            assert!(is_this_machine(here, listen), "{here}");
+        }
+        for away in [
+            "http://10.9.9.9:8080",
+            "https://georep.example.com",
+            "http://localhost.evil.example",
+            "not a url",
+        ] {
+            assert!(!is_this_machine(away, listen), "{away}");
+        }
+    }
+
+    #[test]
+    fn a_token_file_anyone_could_have_planted_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let good = dir.path().join("good.api-token");
+        std::fs::write(&good, "t0k\n").expect("write");
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read(&good).expect("read").as_deref(), Some("t0k"));
+        assert_eq!(read(&dir.path().join("none")).expect("read"), None);
+
+        let link = dir.path().join("link.api-token");
+        std::os::unix::fs::symlink(&good, &link).expect("symlink");
+        let e = read(&link).expect_err("a link").to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+
+        let open = dir.path().join("open.api-token");
+        std::fs::write(&open, "x").expect("write");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = read(&open).expect_err("readable by others").to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs.api-token");
+            std::fs::write(&theirs, "x").expect("write");
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            std::os::unix::fs::chown(&theirs, Some(65534), None).expect("chown");
+            let e = read(&theirs).expect_err("another user's").to_string();
+            assert!(e.contains("belongs to user 65534"), "{e}");
+        }
+
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let e = read(&good)
+            .expect_err("a folder anyone may write")
+            .to_string();
+        assert!(e.contains("chmod o-w"), "{e}");
     }
 }

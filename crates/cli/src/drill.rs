@@ -152,12 +152,13 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
         .database(&g.database)
         .ok_or_else(|| ConfigFileError(format!("no database '{}'", g.database)))?
         .clone();
+    let base = a
+        .api
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", t.server.listen));
     let api = Api {
-        base: a
-            .api
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", t.server.listen)),
-        token: crate::api_token::for_client(&t)?,
+        token: crate::api_token::for_client(&t, &base)?,
+        base,
         http: reqwest::Client::new(),
     };
     let before = api

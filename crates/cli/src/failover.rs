@@ -52,7 +52,7 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
         .post(&url)
         .header("content-type", "application/json")
         .body(body);
-    if let Some(tok) = crate::api_token::for_client(&t)? {
+    if let Some(tok) = crate::api_token::for_client(&t, &base)? {
         req = req.bearer_auth(tok);
     }
     let resp = req.send().await.with_context(|| {
@@ -140,7 +140,7 @@ pub(crate) async fn reseed(a: ReseedArgs) -> Result<u8> {
         .post(&url)
         .header("content-type", "application/json")
         .body(serde_json::json!({ "member": a.member }).to_string());
-    if let Some(tok) = crate::api_token::for_client(&t)? {
+    if let Some(tok) = crate::api_token::for_client(&t, &base)? {
         req = req.bearer_auth(tok);
     }
     let resp = req.send().await.with_context(|| {
