@@ -388,7 +388,7 @@ pub async fn run(
 ) -> Result<Report> {
     let started = Instant::now();
     if opts.mode != Mode::Check && !opts.dry_run {
-        dst.prepare_destination()?;
+        dst.prepare_destination(Some(&src))?;
     }
     let health = Arc::new(MergeHealth::default());
     let items = merge(

@@ -69,7 +69,12 @@ pub(crate) fn open_parent<'k>(
     };
     let mut dir = match open_root() {
         Err(Errno::NOENT) if create.is_some() => {
-            std::fs::create_dir_all(root)?;
+            let mode = create.map_or(0o755, |f| f(""));
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                mode & 0o1777,
+            )
+            .create(root)?;
             open_root()?
         }
         other => other?,
@@ -129,34 +134,64 @@ pub(crate) fn kind_at(dir: &OwnedFd, name: &str) -> SafeResult<Option<(FileType,
     }
 }
 
-/// Opens a regular file for reading without following a link at any level. A FIFO or
-/// device is refused without blocking on it.
+/// Opens a regular file for reading without following a link at any level. What stands
+/// there is looked at through an `O_PATH` descriptor first, so a device or a FIFO is
+/// never opened (opening some devices acts: a tape rewinds, a modem hangs up); the file
+/// is then reopened through that same descriptor, so nothing can be swapped in between.
 pub(crate) fn open_read(root: &Path, key: &str) -> SafeResult<File> {
+    use std::os::fd::AsRawFd;
     let (dir, name) = open_parent(root, key, None)?;
-    let fd = match rustix::fs::openat(
+    let path_fd = match rustix::fs::openat(
         &dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(fd) => fd,
         Err(Errno::LOOP) => return Err(SafeError::Link(key.to_string())),
         Err(e) => return Err(e.into()),
     };
-    let st = rustix::fs::fstat(&fd)?;
+    let st = rustix::fs::fstat(&path_fd)?;
     match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => {
-            // Back to blocking reads; O_NONBLOCK was only there to not hang on a FIFO.
+        FileType::RegularFile => {}
+        FileType::Symlink => return Err(SafeError::Link(key.to_string())),
+        FileType::Directory => return Err(SafeError::Clash(key.to_string())),
+        _ => {
+            return Err(SafeError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a device, FIFO or socket); skipped",
+            )))
+        }
+    }
+    let read = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(
+        format!("/proc/self/fd/{}", path_fd.as_raw_fd()),
+        read,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // No /proc: open by name, refusing anything but the file just looked at.
+        Err(Errno::NOENT) => {
+            let fd = rustix::fs::openat(
+                &dir,
+                name,
+                read | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                Mode::empty(),
+            )?;
+            let now = rustix::fs::fstat(&fd)?;
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(SafeError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the file was replaced while it was opened; it will be read again",
+                )));
+            }
             let flags = rustix::fs::fcntl_getfl(&fd)?;
             rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
-            Ok(File::from(fd))
+            fd
         }
-        FileType::Directory => Err(SafeError::Clash(key.to_string())),
-        _ => Err(SafeError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a device, FIFO or socket); skipped",
-        ))),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(File::from(fd))
 }
 
 /// A new temp file `tmp` in `dir`, created `0600` and never through a link.
@@ -221,5 +256,45 @@ pub(crate) fn folder_mode(root: &Path, prefix: &str) -> Option<u32> {
     match kind_at(&dir, name).ok()?? {
         (FileType::Directory, mode) => Some(mode),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened_for_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), b"data").expect("write");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("f"), dir.path().join("l")).expect("link");
+
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut open_read(dir.path(), "f").expect("file"), &mut text)
+            .expect("read");
+        assert_eq!(text, "data");
+        // A FIFO is refused without being opened (no writer: opening it would block).
+        match open_read(dir.path(), "fifo") {
+            Err(SafeError::Io(e)) => assert!(e.to_string().contains("not a regular file")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            open_read(dir.path(), "d"),
+            Err(SafeError::Clash(_))
+        ));
+        assert!(matches!(
+            open_read(dir.path(), "l"),
+            Err(SafeError::Link(_))
+        ));
     }
 }

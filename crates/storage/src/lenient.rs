@@ -115,7 +115,7 @@ impl Lenient {
                     .items
                     .into_iter()
                     .filter(|it| after.as_deref().is_none_or(|a| it.key.as_str() > a))
-                    .map(|it| judge(it, &prefix, mapper.store()))
+                    .filter_map(|it| judge(it, &prefix, mapper.store()))
                     .collect::<Vec<_>>();
                 Some((items, Some(st)))
             }
@@ -293,9 +293,17 @@ fn bad_reply(mapper: &ErrorMapper, e: impl std::fmt::Display) -> StorageError {
 }
 
 /// Turns one listed object into an entry, or into `Skipped` when object_store could
-/// never read, write or delete it. A trailing `/` is dropped as object_store does, so
-/// folder markers are recognised downstream.
-fn judge(it: Item, prefix: &str, store: &str) -> Result<Entry> {
+/// never read, write or delete it. Folder markers (`dir/`, zero bytes, made by consoles
+/// and tools to show empty folders) are not objects and are left out; a real empty
+/// object `dir` is kept, whatever is listed below `dir/`.
+fn judge(it: Item, prefix: &str, store: &str) -> Option<Result<Entry>> {
+    if it.size == 0 && it.key.ends_with('/') {
+        return None;
+    }
+    Some(judge_named(it, prefix, store))
+}
+
+fn judge_named(it: Item, prefix: &str, store: &str) -> Result<Entry> {
     let rel = it.key.strip_prefix(prefix).unwrap_or(&it.key);
     let skipped = |detail: &str| StorageError::Skipped {
         store: store.to_string(),
@@ -307,14 +315,12 @@ fn judge(it: Item, prefix: &str, store: &str) -> Result<Entry> {
             "a name that starts with '/' cannot be read or copied by georep; rename it",
         ));
     }
-    let trimmed =
-        match it.key.strip_suffix('/') {
-            Some(t) if it.size == 0 => t,
-            Some(_) => return Err(skipped(
-                "a name that ends with '/' and holds data cannot be copied to a folder; rename it",
-            )),
-            None => it.key.as_str(),
-        };
+    if it.key.ends_with('/') {
+        return Err(skipped(
+            "a name that ends with '/' and holds data cannot be copied to a folder; rename it",
+        ));
+    }
+    let trimmed = it.key.as_str();
     if Path::parse(trimmed).is_err() || trimmed.is_empty() {
         return Err(skipped(
             "a name with an empty, '.' or '..' part (such as 'a//b') cannot be read or copied by georep; rename it",
@@ -410,16 +416,19 @@ mod tests {
     #[test]
     fn names_object_store_cannot_hold_are_skipped_by_name() {
         for bad in ["b//x", "/x", "a/./b", "a/../b", "data/", "//"] {
-            let size = if bad == "data/" { 3 } else { 1 };
-            match judge(item(bad, size), "", "s3://b") {
-                Err(StorageError::Skipped { key, .. }) => assert_eq!(key, bad),
+            match judge(item(bad, 1), "", "s3://b") {
+                Some(Err(StorageError::Skipped { key, .. })) => assert_eq!(key, bad),
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        let e = judge(item("p/dir/", 0), "p/", "s3://b").expect("a marker passes");
-        assert_eq!(e.key, "dir");
-        let e = judge(item("p/a b#1", 2), "p/", "s3://b").expect("ordinary");
-        assert_eq!(e.key, "a b#1");
+        assert!(
+            judge(item("p/dir/", 0), "p/", "s3://b").is_none(),
+            "a marker"
+        );
+        let e = judge(item("p/dir", 0), "p/", "s3://b").expect("kept");
+        assert_eq!(e.expect("an empty object").key, "dir");
+        let e = judge(item("p/a b#1", 2), "p/", "s3://b").expect("kept");
+        assert_eq!(e.expect("ordinary").key, "a b#1");
     }
 
     #[test]

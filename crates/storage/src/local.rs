@@ -72,13 +72,15 @@ pub(crate) fn list_sorted(
         let walker = walkdir::WalkDir::new(&root)
             .min_depth(1)
             .follow_links(follow)
-            .sort_by(|a, b| {
+            .sort_by(move |a, b| {
+                // A followed link to a folder sorts as a folder (`d/`), where its keys
+                // belong; walkdir hands the sorter the link itself.
                 let slash = |e: &walkdir::DirEntry| {
-                    if e.file_type().is_dir() {
-                        Some(b'/')
-                    } else {
-                        None
-                    }
+                    let dir = e.file_type().is_dir()
+                        || (follow
+                            && e.path_is_symlink()
+                            && std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()));
+                    dir.then_some(b'/')
                 };
                 let an = a
                     .file_name()
@@ -127,7 +129,15 @@ pub(crate) fn list_sorted(
                 }
                 Ok(e) if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) => {
                     if role == ListRole::Destination && is_orphan(e.file_name()) {
-                        match std::fs::remove_file(e.path()) {
+                        let rel = e.path().strip_prefix(&root).ok().and_then(Path::to_str);
+                        let removed = match rel {
+                            Some(rel) => fsafe::delete(&root, rel).map_err(|e| match e {
+                                SafeError::Io(io) => io,
+                                other => std::io::Error::other(format!("{other:?}")),
+                            }),
+                            None => Err(std::io::Error::other("not a UTF-8 path")),
+                        };
+                        match removed {
                             Ok(()) => {
                                 tracing::info!(path = %e.path().display(), "removed a temp file left by a dead georep process")
                             }
@@ -148,6 +158,31 @@ pub(crate) fn list_sorted(
                         store: store.clone(),
                         key: path,
                         detail: "symbolic link loop; skipped".into(),
+                    })
+                }
+                // One entry below the root that cannot be read (a dangling link when
+                // links are followed, a folder without permission): reported by key,
+                // and, being a source entry, it holds deletes. The walk goes on.
+                Err(err) if err.depth() > 0 => {
+                    let rel = err
+                        .path()
+                        .map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string())
+                        .unwrap_or_default();
+                    let dangling = err
+                        .path()
+                        .is_some_and(|p| p.is_symlink() && std::fs::metadata(p).is_err());
+                    let detail = if dangling {
+                        "a symbolic link that points nowhere; skipped".to_string()
+                    } else {
+                        match err.io_error() {
+                            Some(io) => format!("cannot be listed ({io}); skipped"),
+                            None => format!("cannot be listed ({err}); skipped"),
+                        }
+                    };
+                    Err(StorageError::Skipped {
+                        store: store.clone(),
+                        key: rel,
+                        detail,
                     })
                 }
                 Err(err) => {
@@ -225,18 +260,34 @@ fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let uname = rustix::system::uname();
-        let name = uname.nodename().to_string_lossy();
-        let tag: String = name
+        let full = uname.nodename().to_bytes();
+        // Readable part plus a hash of the whole name: `web-01.a` and `web01a` differ.
+        let readable: String = String::from_utf8_lossy(full)
             .chars()
             .filter(char::is_ascii_alphanumeric)
-            .take(24)
+            .take(12)
             .collect();
-        if tag.is_empty() {
-            "host".into()
-        } else {
-            tag
-        }
+        let hash = blake3::hash(full).to_hex();
+        format!("{readable}x{}", &hash.as_str()[..8])
     })
+}
+
+/// The tag earlier versions put in temp names (the first 24 letters and digits of the
+/// host name), still recognised as this host's.
+fn legacy_host_tag() -> String {
+    let uname = rustix::system::uname();
+    let tag: String = uname
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect();
+    if tag.is_empty() {
+        "host".into()
+    } else {
+        tag
+    }
 }
 
 /// Whether a temp file's writer process no longer runs. Names are
@@ -250,7 +301,7 @@ fn is_orphan(name: &std::ffi::OsStr) -> bool {
     let mut parts = rest.split('-');
     let first = parts.next().unwrap_or_default();
     let pid = match first.strip_prefix('h') {
-        Some(host) if host == host_tag() => parts.next(),
+        Some(host) if host == host_tag() || host == legacy_host_tag() => parts.next(),
         Some(_) => return false,
         None => Some(first),
     };
@@ -326,6 +377,21 @@ pub(crate) fn safe_error(e: SafeError, key: &str, store: &str, what: &str) -> St
             key: key.to_string(),
             detail: format!("'{at}' is a file, so it cannot also be a folder (keys 'a' and 'a/b' cannot both be files); skipped"),
         },
+        // A name this file system cannot hold (too long, or not in its encoding): one
+        // key reported, never a failure that repeats on every run.
+        SafeError::Io(io)
+            if matches!(
+                io.raw_os_error(),
+                Some(c) if c == rustix::io::Errno::NAMETOOLONG.raw_os_error()
+                    || c == rustix::io::Errno::ILSEQ.raw_os_error()
+            ) =>
+        {
+            StorageError::Skipped {
+                store: store.to_string(),
+                key: key.to_string(),
+                detail: format!("this file system cannot hold the name ({io}); skipped"),
+            }
+        }
         SafeError::Io(io) => StorageError::io(store, &format!("cannot {what} {key}"), io),
     }
 }
@@ -465,12 +531,41 @@ pub(crate) struct Modes {
 }
 
 impl Modes {
-    fn folder(&self, prefix: &str) -> u32 {
-        self.source_root
-            .as_deref()
-            .and_then(|r| fsafe::folder_mode(r, prefix))
-            .unwrap_or(0o755)
+    /// The mode for a new destination folder `prefix` (`""` for the root itself): the
+    /// source folder's (through a followed link too), else what `mkdir` would give.
+    pub(crate) fn folder(&self, prefix: &str) -> u32 {
+        let Some(root) = self.source_root.as_deref() else {
+            return 0o777 & !umask();
+        };
+        let followed = || {
+            std::fs::metadata(root.join(prefix))
+                .ok()
+                .filter(|m| m.is_dir())
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        };
+        if prefix.is_empty() {
+            return followed().unwrap_or(0o777 & !umask());
+        }
+        fsafe::folder_mode(root, prefix)
+            .or_else(followed)
+            .unwrap_or(0o777 & !umask())
     }
+}
+
+/// The process's umask, read once (Linux shows it in /proc/self/status; setting it to
+/// read it would race with other threads). Default 022.
+fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 /// A temp file beside the key, created `0600` without following any link, with the
@@ -490,7 +585,7 @@ fn create_temp(root: &Path, key: &str, modes: &Modes, store: &str) -> Result<Tem
     let mode = match (modes.file, existing) {
         (Some(src), _) => src,
         (None, Some(old)) => old,
-        (None, None) => 0o644,
+        (None, None) => 0o666 & !umask(),
     };
     Ok(Temp {
         dir,

@@ -459,7 +459,7 @@ impl Store {
                     .as_ref()
                     .map(|p| format!("{}/", p.as_ref()))
                     .unwrap_or_default();
-                drop_folder_markers(l.clone().list_after(full, None, self.error_mapper()))
+                l.clone().list_after(full, None, self.error_mapper())
             }
             Backend::Remote { os, prefix, .. } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));
@@ -683,10 +683,20 @@ impl Store {
         }
     }
 
-    /// Makes sure a local destination folder exists (object stores need nothing).
-    pub fn prepare_destination(&self) -> Result<()> {
+    /// Makes sure a local destination folder exists (object stores need nothing), made
+    /// as closed as a local `source` folder, else as `mkdir -p` would.
+    pub fn prepare_destination(&self, source: Option<&Store>) -> Result<()> {
         if let Backend::Local { root, .. } = &self.backend {
-            std::fs::create_dir_all(root)
+            if root.is_dir() {
+                return Ok(());
+            }
+            let modes = local::Modes {
+                file: None,
+                source_root: source.and_then(Store::local_root).map(FsPath::to_path_buf),
+            };
+            let mut b = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(b.recursive(true), modes.folder("") & 0o1777);
+            b.create(root)
                 .map_err(|e| StorageError::io(&self.shown, "cannot create the folder", e))?;
         }
         Ok(())
@@ -958,7 +968,8 @@ fn short(text: &str) -> String {
     }
 }
 
-/// Drops S3/GCS "folder markers": zero-byte objects named `dir/`, which object_store
+/// For stores listed through object_store (GCS, S3 Express): drops "folder markers",
+/// zero-byte objects named `dir/`, which object_store
 /// lists as `dir` (it strips the trailing slash). A zero-byte entry is a marker when the
 /// next key is the same name (a real `dir` object listed before its marker) or lies
 /// below it (`dir/...`). A lone empty marker stays, and reads as gone when copied.
