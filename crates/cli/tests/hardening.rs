@@ -712,3 +712,89 @@ fn files_from_an_object_store_follow_the_umask() {
     assert_eq!(mode(&root.join("sub")), 0o700);
     assert_eq!(mode(&root), 0o700);
 }
+
+/// An S3 endpoint that says every listing goes on but never says where (servers that
+/// only speak the old ListObjects behave so): each reply holds one key.
+fn endless_s3() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(false).expect("blocking");
+    let handle = std::thread::spawn(move || {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>fake</Name><IsTruncated>true</IsTruncated><Contents><Key>k1</Key><LastModified>2026-11-30T10:00:00.000Z</LastModified><ETag>\"e\"</ETag><Size>1</Size></Contents></ListBucketResult>";
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let (mut c, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::park_timeout(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let _ = c.set_nonblocking(false);
+            let mut r = BufReader::new(c.try_clone().expect("clone"));
+            let mut line = String::new();
+            let mut first = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if first.is_empty() {
+                    first = line.clone();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            if first.starts_with("QUIT") {
+                return;
+            }
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[test]
+fn a_listing_cut_short_by_the_endpoint_never_deletes() {
+    let (endpoint, server) = endless_s3();
+    let dst = tempfile::tempdir().expect("tempdir");
+    data::write_tree(
+        dst.path(),
+        &[
+            ("k1", b"1".to_vec()),
+            ("k2", b"2".to_vec()),
+            ("k3", b"3".to_vec()),
+        ],
+    );
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "t".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL".to_string(), endpoint.clone()),
+    ];
+    let out = run(
+        &[
+            "sync",
+            "s3://fake",
+            s(dst.path()),
+            "--delete",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(text.contains("cut short"), "{text}");
+    assert_eq!(walk(dst.path()), ["k1", "k2", "k3"]);
+    if let Ok(mut c) = std::net::TcpStream::connect(endpoint.trim_start_matches("http://")) {
+        use std::io::Write;
+        let _ = c.write_all(b"QUIT / HTTP/1.1\r\n\r\n");
+    }
+    let _ = server.join();
+}

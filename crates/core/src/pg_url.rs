@@ -64,11 +64,16 @@ pub fn pg_endpoint(text: &str) -> Result<PgEndpoint, PgUrlError> {
                 .into(),
         ));
     }
+    // libpq decodes the host part: `%2Fvar%2Frun%2Fpostgresql` is a socket folder.
     let url_host = url
         .host_str()
         .filter(|h| !h.is_empty())
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
-    let host_params = params("host");
+        .map(|h| percent_decode(h.trim_start_matches('[').trim_end_matches(']')));
+    // An empty parameter is no parameter, as in libpq.
+    let host_params: Vec<String> = params("host")
+        .into_iter()
+        .filter(|h| !h.is_empty())
+        .collect();
     let host = match (url_host, host_params.as_slice()) {
         (Some(_), [_, ..]) => {
             return Err(Invalid(
@@ -93,7 +98,10 @@ pub fn pg_endpoint(text: &str) -> Result<PgEndpoint, PgUrlError> {
             "url names several servers (h1,h2); give exactly one host".into(),
         ));
     }
-    let port_params = params("port");
+    let port_params: Vec<String> = params("port")
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
     let port =
         match (url.port(), port_params.as_slice()) {
             (Some(_), [_, ..]) => {
@@ -103,7 +111,6 @@ pub fn pg_endpoint(text: &str) -> Result<PgEndpoint, PgUrlError> {
             }
             (Some(p), []) => p,
             (None, []) => 5432,
-            (None, [one]) if one.is_empty() => 5432,
             (None, [one]) => one.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
                 Invalid(format!("url: port={one:?} is not a port number (1-65535)"))
             })?,
@@ -209,6 +216,11 @@ mod tests {
         assert!(pg_endpoint("postgres:///o?host=/run/postgresql")
             .expect("socket")
             .is_socket());
+        assert!(pg_endpoint("postgres://%2Fvar%2Frun%2Fpostgresql/o")
+            .expect("socket")
+            .is_socket());
+        assert_eq!(at("postgres://u@db1:6000/orders?port="), "db1:6000/orders");
+        assert!(at("postgres:///orders?host=").contains("no host"));
         for bad in [
             "postgres://u@db1:5432/orders?port=5999",
             "postgres://u@db1/orders?host=db2",

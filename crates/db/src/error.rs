@@ -19,6 +19,8 @@ pub enum DbError {
         member: String,
         url: String,
         detail: String,
+        /// The SQLSTATE (`53300`: too many connections).
+        code: String,
     },
     /// Credentials refused or privileges missing.
     #[error("{member} ({url}) refused the connection: {detail}; check the user and password (PGPASSWORD or the URL)")]
@@ -50,12 +52,11 @@ fn busy_hint(detail: &str) -> &'static str {
 }
 
 impl DbError {
-    /// Whether the member's server answered: it is running, whatever it refused.
+    /// Whether the member's server refused a new session at login for a reason that
+    /// says it is running (no room, credentials): a failover would not help. A session
+    /// that dies after login says nothing of the kind.
     pub fn server_answered(&self) -> bool {
-        matches!(
-            self,
-            Self::Busy { .. } | Self::Auth { .. } | Self::Sql { .. }
-        )
+        matches!(self, Self::Busy { .. } | Self::Auth { .. })
     }
 
     /// Exit class for the CLI: 2 bad config or unmet prerequisites, 3 unreachable or

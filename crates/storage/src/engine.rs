@@ -217,6 +217,8 @@ struct MergeHealth {
     dst_count: AtomicU64,
     /// Why part of the source was not listed (links not followed).
     unlisted: Mutex<Option<String>>,
+    /// Source entries skipped by name: how many, and the first with why.
+    skipped_source: Mutex<(u64, Option<String>)>,
 }
 
 impl Side {
@@ -255,6 +257,12 @@ impl Side {
                 Some(Err(e @ StorageError::Skipped { .. })) => {
                     if self.source {
                         health.incomplete.store(true, Ordering::Relaxed);
+                        if let (Ok(mut sk), StorageError::Skipped { key, detail, .. }) =
+                            (health.skipped_source.lock(), &e)
+                        {
+                            sk.0 += 1;
+                            sk.1.get_or_insert_with(|| format!("'{key}': {detail}"));
+                        }
                     }
                     return Ok(Some(e));
                 }
@@ -882,6 +890,13 @@ async fn run_deletes(
         Some(format!("refusing to delete {n} objects: {} objects failed (see failures), so the destination would lose data it has no replacement for; fix them and run again", report.failed))
     } else if let Some(why) = health.unlisted.lock().ok().and_then(|w| w.clone()) {
         Some(format!("refusing to delete {n} objects: {why}"))
+    } else if let Some((k, first)) = health
+        .skipped_source
+        .lock()
+        .ok()
+        .and_then(|s| s.1.clone().map(|f| (s.0, f)))
+    {
+        Some(format!("refusing to delete {n} objects: {k} source name(s) could not be read (first {first}), and what they hold could be among the objects to delete; rename or fix them (see skipped_keys) and run again"))
     } else if health.incomplete.load(Ordering::Relaxed) {
         Some(format!("refusing to delete {n} objects: a listing was incomplete (see failures); fix it and run again"))
     } else if health.out_of_order.load(Ordering::Relaxed) {

@@ -3,10 +3,13 @@
 //! object_store turns every key of a listing page into a `Path` and fails the whole page
 //! (and so the whole listing) on one key with an empty, `.` or `..` segment, such as
 //! `b//x`. One such object, which any client can create, would stop every copy and scan
-//! of its bucket. When that happens, `Store::list` carries on here: the same List
-//! request, signed with object_store's own authorizers and credentials, parsed without
+//! of its bucket. So `Store::list` sends the same List request itself, signed with
+//! object_store's own authorizers and credentials, and parses it without
 //! judging names. Keys no store can address come back as `StorageError::Skipped`, by
-//! name, and the keys after them are listed as usual.
+//! name, and the keys after them are listed as usual. Every S3 and Azure listing goes
+//! through here (so a listing never depends on which page a bad key falls in); the
+//! signing options object_store honours for listings (anonymous access, requester
+//! pays) are carried over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +36,26 @@ type AzureCreds = Arc<dyn CredentialProvider<Credential = AzureCredential>>;
 /// How to sign a List request for one container.
 #[derive(Debug)]
 enum Api {
-    S3 { creds: AwsCreds, region: String },
-    Azure { creds: AzureCreds, account: String },
+    S3 {
+        creds: AwsCreds,
+        region: String,
+        /// What the store was opened with: anonymous requests (public buckets) and
+        /// requester-pays buckets, as object_store would send them.
+        unsigned: bool,
+        request_payer: bool,
+    },
+    Azure {
+        creds: AzureCreds,
+        account: String,
+        unsigned: bool,
+    },
+}
+
+/// How a store's requests are signed, as it was opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Signing {
+    pub unsigned: bool,
+    pub request_payer: bool,
 }
 
 /// A lister for one S3 bucket or Azure container, used only after object_store gave up.
@@ -51,21 +72,34 @@ impl Lenient {
     pub(crate) fn s3(
         creds: AwsCreds,
         region: String,
+        signing: Signing,
         base: &str,
         options: &ClientOptions,
         retry_timeout: Duration,
     ) -> Option<Self> {
-        Self::new(Api::S3 { creds, region }, base, options, retry_timeout)
+        let api = Api::S3 {
+            creds,
+            region,
+            unsigned: signing.unsigned,
+            request_payer: signing.request_payer,
+        };
+        Self::new(api, base, options, retry_timeout)
     }
 
     pub(crate) fn azure(
         creds: AzureCreds,
         account: String,
+        signing: Signing,
         base: &str,
         options: &ClientOptions,
         retry_timeout: Duration,
     ) -> Option<Self> {
-        Self::new(Api::Azure { creds, account }, base, options, retry_timeout)
+        let api = Api::Azure {
+            creds,
+            account,
+            unsigned: signing.unsigned,
+        };
+        Self::new(api, base, options, retry_timeout)
     }
 
     fn new(api: Api, base: &str, options: &ClientOptions, retry_timeout: Duration) -> Option<Self> {
@@ -78,46 +112,58 @@ impl Lenient {
     }
 
     /// Lists keys under `prefix` (the full prefix inside the container, with its trailing
-    /// `/`, or empty) that sort after `after` (a full key), in key order. Keys come back
-    /// relative to the prefix, as `Store::list` gives them.
-    pub(crate) fn list_after(
+    /// `/`, or empty), in key order. Keys come back relative to the prefix, as
+    /// `Store::list` gives them. A reply that says "more" without saying where to go on,
+    /// or that sends the same continuation twice, ends the listing with an error: a
+    /// short listing taken for a whole one would make a sync delete what it missed.
+    pub(crate) fn list(
         self: Arc<Self>,
         prefix: String,
-        after: Option<String>,
         mapper: ErrorMapper,
     ) -> BoxStream<'static, Result<Entry>> {
         struct St {
             token: Option<String>,
-            first: bool,
+            seen: std::collections::HashSet<String>,
         }
         let st = St {
             token: None,
-            first: true,
+            seen: Default::default(),
         };
-        futures::stream::unfold(Some(st), move |st| {
-            let (this, prefix, after, mapper) =
-                (self.clone(), prefix.clone(), after.clone(), mapper.clone());
+        futures::stream::unfold(Some((st, true)), move |state| {
+            let (this, prefix, mapper) = (self.clone(), prefix.clone(), mapper.clone());
             async move {
-                let mut st = st?;
-                if !st.first && st.token.is_none() {
+                let (mut st, first) = state?;
+                if !first && st.token.is_none() {
                     return None;
                 }
-                st.first = false;
-                let page = match this
-                    .page(&prefix, after.as_deref(), st.token.as_deref(), &mapper)
-                    .await
-                {
+                let page = match this.page(&prefix, st.token.as_deref(), &mapper).await {
                     Ok(p) => p,
                     Err(e) => return Some((vec![Err(e)], None)),
                 };
-                st.token = page.next;
-                let items = page
+                let mut items = page
                     .items
                     .into_iter()
-                    .filter(|it| after.as_deref().is_none_or(|a| it.key.as_str() > a))
                     .filter_map(|it| judge(it, &prefix, mapper.store()))
                     .collect::<Vec<_>>();
-                Some((items, Some(st)))
+                match page.next {
+                    More::Done => st.token = None,
+                    More::At(t) if st.seen.insert(t.clone()) => st.token = Some(t),
+                    More::At(_) => {
+                        items.push(Err(broken_paging(
+                            &mapper,
+                            "sent the same continuation twice",
+                        )));
+                        return Some((items, None));
+                    }
+                    More::Lost => {
+                        items.push(Err(broken_paging(
+                            &mapper,
+                            "said the listing goes on but gave no continuation token",
+                        )));
+                        return Some((items, None));
+                    }
+                }
+                Some((items, Some((st, false))))
             }
         })
         .flat_map(futures::stream::iter)
@@ -125,13 +171,7 @@ impl Lenient {
     }
 
     /// One List request, retried while the endpoint is unreachable or busy.
-    async fn page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        token: Option<&str>,
-        mapper: &ErrorMapper,
-    ) -> Result<Page> {
+    async fn page(&self, prefix: &str, token: Option<&str>, mapper: &ErrorMapper) -> Result<Page> {
         let mut url = self.base.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -141,14 +181,8 @@ impl Lenient {
                     if !prefix.is_empty() {
                         q.append_pair("prefix", prefix);
                     }
-                    match (token, after) {
-                        (Some(t), _) => {
-                            q.append_pair("continuation-token", t);
-                        }
-                        (None, Some(a)) => {
-                            q.append_pair("start-after", a);
-                        }
-                        (None, None) => {}
+                    if let Some(t) = token {
+                        q.append_pair("continuation-token", t);
                     }
                 }
                 Api::Azure { .. } => {
@@ -208,11 +242,19 @@ impl Lenient {
             .body(HttpRequestBody::empty())
             .map_err(|e| generic(Box::new(e)))?;
         match &self.api {
-            Api::S3 { creds, region } => {
+            Api::S3 { unsigned: true, .. } | Api::Azure { unsigned: true, .. } => {}
+            Api::S3 {
+                creds,
+                region,
+                request_payer,
+                ..
+            } => {
                 let cred = creds.get_credential().await?;
-                AwsAuthorizer::new(&cred, "s3", region).try_authorize(&mut req, None)?;
+                AwsAuthorizer::new(&cred, "s3", region)
+                    .with_request_payer(*request_payer)
+                    .try_authorize(&mut req, None)?;
             }
-            Api::Azure { creds, account } => {
+            Api::Azure { creds, account, .. } => {
                 let cred = creds.get_credential().await?;
                 AzureAuthorizer::new(&cred, account).try_authorize(&mut req)?;
             }
@@ -239,23 +281,21 @@ impl Lenient {
                 let items = r
                     .contents
                     .into_iter()
-                    .map(|c| {
-                        let at = DateTime::parse_from_rfc3339(&c.last_modified)
-                            .map_err(|e| bad_reply(mapper, e))?;
-                        Ok(Item {
-                            key: c.key,
-                            size: c.size,
-                            last_modified: at.with_timezone(&Utc),
-                            e_tag: c.e_tag,
-                        })
+                    .map(|c| Item {
+                        last_modified: DateTime::parse_from_rfc3339(&c.last_modified)
+                            .ok()
+                            .map(|t| t.with_timezone(&Utc)),
+                        key: c.key,
+                        size: c.size,
+                        e_tag: c.e_tag,
                     })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Page {
-                    items,
-                    next: r
-                        .next_continuation_token
-                        .filter(|t| r.is_truncated && !t.is_empty()),
-                })
+                    .collect();
+                let next = match (r.is_truncated, r.next_continuation_token) {
+                    (false, _) => More::Done,
+                    (true, Some(t)) if !t.is_empty() => More::At(t),
+                    (true, _) => More::Lost,
+                };
+                Ok(Page { items, next })
             }
             Api::Azure { .. } => {
                 let r: AzureList =
@@ -264,23 +304,32 @@ impl Lenient {
                     .blobs
                     .blobs
                     .into_iter()
-                    .map(|b| {
-                        let at = DateTime::parse_from_rfc2822(&b.properties.last_modified)
-                            .map_err(|e| bad_reply(mapper, e))?;
-                        Ok(Item {
-                            key: b.name,
-                            size: b.properties.content_length,
-                            last_modified: at.with_timezone(&Utc),
-                            e_tag: b.properties.e_tag,
-                        })
+                    .map(|b| Item {
+                        key: b.name.decoded(),
+                        size: b.properties.content_length,
+                        last_modified: DateTime::parse_from_rfc2822(&b.properties.last_modified)
+                            .ok()
+                            .map(|t| t.with_timezone(&Utc)),
+                        e_tag: b.properties.e_tag,
                     })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Page {
-                    items,
-                    next: r.next_marker.filter(|m| !m.is_empty()),
-                })
+                    .collect();
+                let next = match r.next_marker.filter(|m| !m.is_empty()) {
+                    Some(m) => More::At(m),
+                    None => More::Done,
+                };
+                Ok(Page { items, next })
             }
         }
+    }
+}
+
+fn broken_paging(mapper: &ErrorMapper, what: &str) -> StorageError {
+    StorageError::Backend {
+        store: mapper.store().to_string(),
+        detail: format!(
+            "the listing was cut short: the endpoint {what}; nothing is deleted on a partial listing (is it a fully S3-compatible endpoint with ListObjectsV2?)"
+        ),
+        retryable: false,
     }
 }
 
@@ -307,9 +356,16 @@ fn judge_named(it: Item, prefix: &str, store: &str) -> Result<Entry> {
     let rel = it.key.strip_prefix(prefix).unwrap_or(&it.key);
     let skipped = |detail: &str| StorageError::Skipped {
         store: store.to_string(),
-        key: rel.to_string(),
+        key: rel.escape_debug().to_string(),
         detail: detail.to_string(),
     };
+    if it.key.chars().any(char::is_control) {
+        // A terminal would act on them when the key is printed, folders cannot hold
+        // them, and delete lists are split on newlines.
+        return Err(skipped(
+            "the name contains a control character; georep does not copy it (shown escaped); rename it",
+        ));
+    }
     if it.key.starts_with('/') {
         return Err(skipped(
             "a name that starts with '/' cannot be read or copied by georep; rename it",
@@ -320,16 +376,20 @@ fn judge_named(it: Item, prefix: &str, store: &str) -> Result<Entry> {
             "a name that ends with '/' and holds data cannot be copied to a folder; rename it",
         ));
     }
-    let trimmed = it.key.as_str();
-    if Path::parse(trimmed).is_err() || trimmed.is_empty() {
+    if it.key.is_empty() || Path::parse(&it.key).is_err() {
         return Err(skipped(
             "a name with an empty, '.' or '..' part (such as 'a//b') cannot be read or copied by georep; rename it",
         ));
     }
+    let Some(last_modified) = it.last_modified else {
+        return Err(skipped(
+            "the endpoint gave no readable Last-Modified time for it; skipped",
+        ));
+    };
     Ok(Entry {
-        key: trimmed.strip_prefix(prefix).unwrap_or(trimmed).to_string(),
+        key: rel.to_string(),
         size: it.size,
-        last_modified: it.last_modified,
+        last_modified,
         e_tag: it.e_tag,
     })
 }
@@ -337,13 +397,21 @@ fn judge_named(it: Item, prefix: &str, store: &str) -> Result<Entry> {
 struct Item {
     key: String,
     size: u64,
-    last_modified: DateTime<Utc>,
+    last_modified: Option<DateTime<Utc>>,
     e_tag: Option<String>,
+}
+
+/// Where a listing goes after a page.
+enum More {
+    Done,
+    At(String),
+    /// "Truncated" with no token: a listing that cannot go on.
+    Lost,
 }
 
 struct Page {
     items: Vec<Item>,
-    next: Option<String>,
+    next: More,
 }
 
 #[derive(Deserialize)]
@@ -386,8 +454,30 @@ struct AzureBlobs {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct AzureBlob {
-    name: String,
+    name: AzureName,
     properties: AzureProperties,
+}
+
+/// A blob name; the service percent-encodes names XML cannot carry and says so.
+#[derive(Deserialize)]
+struct AzureName {
+    #[serde(rename = "@Encoded", default)]
+    encoded: Option<String>,
+    #[serde(rename = "$text", default)]
+    text: String,
+}
+
+impl AzureName {
+    fn decoded(self) -> String {
+        if self.encoded.as_deref() == Some("true") {
+            url::form_urlencoded::parse(format!("n={}", self.text.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or(self.text)
+        } else {
+            self.text
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -408,7 +498,7 @@ mod tests {
         Item {
             key: key.into(),
             size,
-            last_modified: Utc::now(),
+            last_modified: Some(Utc::now()),
             e_tag: None,
         }
     }
@@ -421,6 +511,19 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+        match judge(item("red\u{1b}[31m", 1), "", "s3://b") {
+            Some(Err(StorageError::Skipped { key, detail, .. })) => {
+                assert_eq!(key, "red\\u{1b}[31m");
+                assert!(detail.contains("control character"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut undated = item("x", 1);
+        undated.last_modified = None;
+        assert!(matches!(
+            judge(undated, "", "s3://b"),
+            Some(Err(StorageError::Skipped { .. }))
+        ));
         assert!(
             judge(item("p/dir/", 0), "p/", "s3://b").is_none(),
             "a marker"
@@ -448,10 +551,18 @@ mod tests {
         let az = r#"<?xml version="1.0" encoding="utf-8"?>
 <EnumerationResults ServiceEndpoint="http://127.0.0.1/devstoreaccount1" ContainerName="c"><Prefix/><Blobs>
 <Blob><Name>b//x</Name><Properties><Creation-Time>Mon, 30 Nov 2026 10:00:00 GMT</Creation-Time><Last-Modified>Mon, 30 Nov 2026 10:00:00 GMT</Last-Modified><Etag>0x8D1</Etag><Content-Length>5</Content-Length><BlobType>BlockBlob</BlobType></Properties></Blob>
+<Blob><Name Encoded="true">a+b%20c%01</Name><Properties><Last-Modified>Mon, 30 Nov 2026 10:00:00 GMT</Last-Modified><Content-Length>1</Content-Length></Properties></Blob>
 </Blobs><NextMarker/></EnumerationResults>"#;
         let r: AzureList = quick_xml::de::from_str(az).expect("azure reply");
-        assert_eq!(r.blobs.blobs.len(), 1);
+        assert_eq!(r.blobs.blobs.len(), 2);
         assert_eq!(r.blobs.blobs[0].properties.content_length, 5);
         assert_eq!(r.next_marker.as_deref(), Some(""));
+        let names: Vec<String> = r
+            .blobs
+            .blobs
+            .into_iter()
+            .map(|b| b.name.decoded())
+            .collect();
+        assert_eq!(names, ["b//x", "a+b c\u{1}"]);
     }
 }

@@ -245,6 +245,12 @@ impl Store {
                         }
                     }
                 }
+                let signing = crate::lenient::Signing {
+                    unsigned: b
+                        .get_config_value(&AzureConfigKey::SkipSignature)
+                        .is_some_and(|v| v == "true"),
+                    request_payer: false,
+                };
                 let emulated = b
                     .get_config_value(&AzureConfigKey::UseEmulator)
                     .is_some_and(|v| v == "true");
@@ -261,6 +267,7 @@ impl Store {
                         Lenient::azure(
                             os.credentials().clone(),
                             account.clone(),
+                            signing,
                             &base,
                             &client(allow_http),
                             opts.retry_timeout,
@@ -334,6 +341,10 @@ impl Store {
                     (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
                     (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
                 };
+                let signing = crate::lenient::Signing {
+                    unsigned: cfg(AmazonS3ConfigKey::SkipSignature).as_deref() == Some("true"),
+                    request_payer: cfg(AmazonS3ConfigKey::RequestPayer).as_deref() == Some("true"),
+                };
                 // S3 Express buckets sign differently: they keep object_store's listing.
                 let express = cfg(AmazonS3ConfigKey::S3Express).as_deref() == Some("true");
                 let allow_http = endpoint
@@ -345,6 +356,7 @@ impl Store {
                         Lenient::s3(
                             os.credentials().clone(),
                             region,
+                            signing,
                             &base,
                             &client(allow_http),
                             opts.retry_timeout,
@@ -459,7 +471,7 @@ impl Store {
                     .as_ref()
                     .map(|p| format!("{}/", p.as_ref()))
                     .unwrap_or_default();
-                l.clone().list_after(full, None, self.error_mapper())
+                l.clone().list(full, self.error_mapper())
             }
             Backend::Remote { os, prefix, .. } => {
                 let strip = prefix.as_ref().map(|p| format!("{}/", p.as_ref()));

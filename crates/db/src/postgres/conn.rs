@@ -86,6 +86,7 @@ fn classify(member: &str, shown: &str, e: tokio_postgres::Error) -> DbError {
                 member: member.into(),
                 url: shown.into(),
                 detail,
+                code: c.to_string(),
             },
             _ => DbError::Unreachable {
                 member: member.into(),

@@ -138,7 +138,11 @@ async fn set_gate(c: &tokio_postgres::Client, who: &str, closed: bool) -> Result
 /// connects again; the read-only fence stays until the change is settled.
 async fn connect_through_gate(who: &str, url: &str) -> Result<tokio_postgres::Client> {
     let refused = match connect(who, url).await {
-        Err(e @ DbError::Busy { .. }) if e.to_string().contains("for database") => e,
+        // too_many_connections; whether the database's own limit is the cause is read
+        // from pg_database below, not from the (translated) message.
+        Err(e @ DbError::Busy { .. }) if matches!(&e, DbError::Busy { code, .. } if code == "53300") => {
+            e
+        }
         other => return other,
     };
     let Ok(ep) = georep_core::pg_endpoint(url) else {
