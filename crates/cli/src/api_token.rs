@@ -18,16 +18,51 @@ pub(crate) fn path(topo: &Topology) -> Option<PathBuf> {
         .map(|db| db.with_extension("api-token"))
 }
 
-/// The write token for `serve`: the configured one, or the file's (made on first start).
-/// Returns the file's path when the token came from it.
-pub(crate) fn ensure(topo: &Topology) -> Result<(String, Option<PathBuf>)> {
-    if let Some(t) = &topo.server.token {
+/// Which generated token: the API's write token, or the storage-event webhook's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Api,
+    Events,
+}
+
+impl Kind {
+    fn extension(self) -> &'static str {
+        match self {
+            Kind::Api => "api-token",
+            Kind::Events => "events-token",
+        }
+    }
+
+    fn configured(self, topo: &Topology) -> Option<&String> {
+        match self {
+            Kind::Api => topo.server.token.as_ref(),
+            Kind::Events => topo.server.events_token.as_ref(),
+        }
+    }
+
+    fn field(self) -> &'static str {
+        match self {
+            Kind::Api => "token = \"${GEOREP_API_TOKEN}\"",
+            Kind::Events => "events_token = \"${GEOREP_EVENTS_TOKEN}\"",
+        }
+    }
+}
+
+/// A token for `serve`: the configured one, or the file's beside the state (made on
+/// first start, 0600). Returns the file's path when the token came from it.
+pub(crate) fn ensure(topo: &Topology, kind: Kind) -> Result<(String, Option<PathBuf>)> {
+    if let Some(t) = kind.configured(topo) {
         return Ok((t.clone(), None));
     }
-    let Some(path) = path(topo) else {
-        return Err(ConfigFileError(
-            "a state that is not a SQLite file has no place for a generated API token; set [server] token = \"${GEOREP_API_TOKEN}\"".into(),
-        )
+    let Some(path) = topo
+        .state
+        .sqlite_path()
+        .map(|db| db.with_extension(kind.extension()))
+    else {
+        return Err(ConfigFileError(format!(
+            "a state that is not a SQLite file has no place for a generated token; set [server] {}",
+            kind.field()
+        ))
         .into());
     };
     if let Some(t) = read(&path)? {
@@ -43,7 +78,7 @@ pub(crate) fn ensure(topo: &Topology) -> Result<(String, Option<PathBuf>)> {
         .open(&path)
         .map_err(|e| {
             ConfigFileError(format!(
-                "cannot create the API token file {}: {e}",
+                "cannot create the token file {}: {e}",
                 path.display()
             ))
         })?;

@@ -34,7 +34,9 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     if !listen.ip().is_loopback() && token.is_none() {
         tracing::warn!(%listen, "the API listens beyond loopback without a token: anyone who reaches it can read status; set [server] token");
     }
-    let (write_token, token_file) = crate::api_token::ensure(&topo)?;
+    let (write_token, token_file) = crate::api_token::ensure(&topo, crate::api_token::Kind::Api)?;
+    let (events_token, events_file) =
+        crate::api_token::ensure(&topo, crate::api_token::Kind::Events)?;
     let listener = georep_server::bind(listen).await.map_err(ConfigFileError)?;
     let addr = listener.local_addr()?;
     let n = topo.policies.len();
@@ -47,10 +49,17 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
             f.display()
         );
     }
+    if let Some(f) = &events_file {
+        println!(
+            "georep: storage-event webhooks take ?token= with the token in {}",
+            f.display()
+        );
+    }
     tracing::info!(%addr, policies = n, "serving");
     let access = georep_server::Access {
         token,
         write_token,
+        events_token,
         loopback: listen.ip().is_loopback(),
     };
     georep_server::serve(listener, daemon.clone(), access, shutdown_signal()).await?;

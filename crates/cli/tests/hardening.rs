@@ -620,10 +620,32 @@ fn changing_routes_need_a_token_json_and_no_foreign_origin() {
         }
         r.send().expect("post").status().as_u16()
     };
+    // The webhook has its own token, good for nothing else; the write token never
+    // travels in a URL.
+    let events_file = dir.path().join("georep-state/georep.events-token");
+    assert_eq!(
+        std::fs::metadata(&events_file)
+            .expect("events token file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let events = std::fs::read_to_string(&events_file)
+        .expect("read")
+        .trim()
+        .to_string();
+    assert_ne!(events, token);
     assert_eq!(event("", None, None), 401);
     assert_eq!(event("?token=wrong", None, None), 401);
-    assert_eq!(event(&format!("?token={token}"), None, None), 400);
+    assert_eq!(event(&format!("?token={token}"), None, None), 401);
+    assert_eq!(event(&format!("?token={events}"), None, None), 400);
+    assert_eq!(event("", Some(&events), None), 400);
     assert_eq!(event("", Some(&token), None), 400);
+    assert_eq!(
+        post("/api/v1/policies/p/resync", Some(&events), json, None),
+        401
+    );
     assert_eq!(event("", Some(&token), Some("http://evil.example")), 403);
     drop(s);
     // A restart keeps the same token.

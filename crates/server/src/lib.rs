@@ -26,6 +26,10 @@ pub struct Access {
     /// The token that routes which change something always need: the configured one,
     /// or one generated at first start into a 0600 file beside the state.
     pub write_token: String,
+    /// The webhook's own token (`?token=` or bearer), good for nothing else: it travels
+    /// in the endpoint URL given to Event Grid or SNS and may end up in their settings
+    /// and in proxy logs.
+    pub events_token: String,
     /// The API listens on a loopback address only: requests must then name a loopback
     /// `Host` too, so a web page whose DNS name was rebound to 127.0.0.1 cannot read it.
     pub loopback: bool,
@@ -132,9 +136,10 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// The storage-event webhook only makes the daemon look at its source again, but an
-/// open one would let anyone make it read objects at will: it needs the write token
-/// too, as a bearer or as `?token=` in the endpoint URL given to Event Grid or SNS
-/// (they deliver to a fixed URL and cannot add a header), and no foreign `Origin`.
+/// open one would let anyone make it read objects at will: it needs the events token,
+/// as `?token=` in the endpoint URL given to Event Grid or SNS (they deliver to a fixed
+/// URL and cannot add a header) or as a bearer, or the write token as a bearer; and no
+/// foreign `Origin`. The write token is never accepted in the URL.
 async fn guard_event(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let in_query = req.uri().query().is_some_and(|q| {
         q.split('&').any(|pair| {
@@ -142,15 +147,19 @@ async fn guard_event(State(app): State<Arc<App>>, req: Request, next: Next) -> R
                 percent_encoding::percent_decode_str(t)
                     .decode_utf8()
                     .is_ok_and(|t| {
-                        constant_time_eq(t.as_bytes(), app.access.write_token.as_bytes())
+                        constant_time_eq(t.as_bytes(), app.access.events_token.as_bytes())
                     })
             })
         })
     });
-    if !(in_query || bearer_is(req.headers(), &app.access.write_token)) {
-        return unauthorized(
-            "the event webhook needs the API token: subscribe with the endpoint              https://HOST/api/v1/events/POLICY?token=<token> (the token from [server] token, or the              api-token file beside the state that `georep serve` printed at start), or send Authorization: Bearer <token>",
-        );
+    let bearer = bearer_is(req.headers(), &app.access.events_token)
+        || bearer_is(req.headers(), &app.access.write_token);
+    if !(in_query || bearer) {
+        return unauthorized(concat!(
+            "the event webhook needs its token: subscribe with the endpoint ",
+            "https://HOST/api/v1/events/POLICY?token=<token> (the token from [server] events_token, ",
+            "or the events-token file beside the state that `georep serve` named at start)"
+        ));
     }
     if let Some(refused) = foreign_origin(&req) {
         return refused;

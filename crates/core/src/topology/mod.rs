@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// Bearer token the API requires, after `${NAME}` expansion. Never serialized.
     #[serde(skip)]
     pub token: Option<String>,
+    /// The token storage-event webhooks present (`?token=` in the URL given to Event
+    /// Grid or SNS): good for the webhook only. Never serialized.
+    #[serde(skip)]
+    pub events_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

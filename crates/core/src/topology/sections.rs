@@ -29,7 +29,7 @@ const SECTIONS: &[&str] = &[
     "failover_groups",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
-const SERVER_FIELDS: &[&str] = &["listen", "token"];
+const SERVER_FIELDS: &[&str] = &["listen", "token", "events_token"];
 const REGION_FIELDS: &[&str] = &["description"];
 const STORE_FIELDS: &[&str] = &["region", "url"];
 
@@ -202,6 +202,7 @@ fn server(
     let mut out = ServerConfig {
         listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| default_listen()),
         token: None,
+        events_token: None,
     };
     let Some(value) = top.get("server") else {
         return out;
@@ -224,18 +225,34 @@ fn server(
             ),
         }
     }
-    if let Some(raw) = sec.string(ctx, "token", "\"${GEOREP_TOKEN}\"") {
-        if let Some(token) = expand_field(ctx, &sec.what, "token", &raw, env) {
-            if token.trim().is_empty() {
-                ctx.error(
-                    Some(raw.span()),
-                    &sec.what,
-                    "token is empty; set it to a secret (e.g. token = \"${GEOREP_TOKEN}\") or remove the line",
-                );
-            } else {
-                out.token = Some(token);
-            }
+    for (field, example) in [
+        ("token", "${GEOREP_TOKEN}"),
+        ("events_token", "${GEOREP_EVENTS_TOKEN}"),
+    ] {
+        let Some(raw) = sec.string(ctx, field, &format!("\"{example}\"")) else {
+            continue;
+        };
+        let Some(token) = expand_field(ctx, &sec.what, field, &raw, env) else {
+            continue;
+        };
+        if token.trim().is_empty() {
+            ctx.error(
+                Some(raw.span()),
+                &sec.what,
+                format!("{field} is empty; set it to a secret (e.g. {field} = \"{example}\") or remove the line"),
+            );
+        } else if field == "token" {
+            out.token = Some(token);
+        } else {
+            out.events_token = Some(token);
         }
+    }
+    if out.token.is_some() && out.token == out.events_token {
+        ctx.error(
+            Some(sec.span.clone()),
+            &sec.what,
+            "events_token equals token; give the webhook its own secret, since it travels in the URL given to Event Grid or SNS",
+        );
     }
     out
 }

@@ -710,3 +710,20 @@ fn store_credentials_in_the_host_part_are_refused_without_echo() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_webhook_token_is_its_own_secret() {
+    let text = |events: &str| {
+        format!("[server]\ntoken = \"${{GEOREP_TOKEN}}\"\nevents_token = \"{events}\"\n")
+    };
+    let env = env_of(&[("GEOREP_TOKEN", "s3cret"), ("EV", "ev3nts")]);
+    let t = Topology::parse(&text("${EV}"), Path::new(BASE), &env).expect("valid");
+    assert_eq!(t.server.events_token.as_deref(), Some("ev3nts"));
+    let e = Topology::parse(&text("${GEOREP_TOKEN}"), Path::new(BASE), &env)
+        .expect_err("same as token")
+        .to_string();
+    assert!(
+        e.contains("events_token equals token") && !e.contains("s3cret"),
+        "{e}"
+    );
+}
