@@ -264,6 +264,12 @@ fn print_text(command: &str, r: &Report) {
     if let Some(why) = &r.delete_refused {
         eprintln!("georep: {why}");
     }
+    if r.deletes_held > 0 {
+        eprintln!(
+            "georep: {} delete(s) held: their keys are source names listed as skipped above, so what the source holds there is unknown",
+            r.deletes_held
+        );
+    }
     let rate = if r.elapsed_secs > 0.0 {
         human((r.bytes_copied as f64 / r.elapsed_secs) as u64)
     } else {

@@ -215,7 +215,13 @@ fn followed_links_keep_key_order_and_a_dangling_one_is_skipped_by_name() {
     symlink(src.path().join("real"), src.path().join("d")).expect("symlink");
     symlink(src.path().join("gone"), src.path().join("m-dangling")).expect("symlink");
     let dst = tempfile::tempdir().expect("tempdir");
-    data::write_tree(dst.path(), &[("m-dangling", b"replica".to_vec())]);
+    data::write_tree(
+        dst.path(),
+        &[
+            ("m-dangling", b"replica".to_vec()),
+            ("gone.txt", b"old".to_vec()),
+        ],
+    );
     let out = run(
         &[
             "sync",
@@ -237,8 +243,10 @@ fn followed_links_keep_key_order_and_a_dangling_one_is_skipped_by_name() {
         sk[0].0 == "m-dangling" && sk[0].1.contains("points nowhere"),
         "{v}"
     );
-    // What the dangling link held is unknown: its replica stays.
-    assert_eq!(v["deleted"], 0, "{v}");
+    // What the dangling link held is unknown: its replica stays; other deletes go on.
+    assert_eq!(v["deleted"], 1, "{v}");
+    assert_eq!(v["deletes_held"], 1, "{v}");
+    assert!(stderr(&out).contains("deletes held"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("order"), "{}", stderr(&out));
     assert_eq!(
         walk(dst.path()),
@@ -327,16 +335,13 @@ fn one_bad_name_never_stops_the_others() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["copied"], 3, "{v}");
-    // The skipped name could exist at an object-store destination: deletes are held.
-    assert_eq!(v["deleted"], 0, "{v}");
-    assert!(v["delete_refused"].is_string(), "{v}");
+    // A delete is held only for a key the skipped name could be; others go ahead.
+    assert_eq!(v["deleted"], 1, "{v}");
+    assert!(v["delete_refused"].is_null(), "{v}");
     let sk = skipped(&v);
     assert_eq!(sk.len(), 1, "{v}");
     assert!(sk[0].0.contains("m-bad\\nname") && sk[0].1.contains("control character"));
-    assert_eq!(
-        walk(dst.path()),
-        ["a.txt", "extra.txt", "report#1", "z.txt"]
-    );
+    assert_eq!(walk(dst.path()), ["a.txt", "report#1", "z.txt"]);
     // The next run has nothing to copy and reports the bad name once again, by key.
     let out = run(
         &["copy", s(src.path()), s(dst.path()), "--output", "json"],
@@ -469,9 +474,9 @@ fn one_bad_object_name_is_reported_and_the_rest_copied(url: &str, env: &[(String
     assert_eq!(sk.len(), 1, "{v}");
     assert_eq!(sk[0].0, "b//x", "{v}");
     assert!(sk[0].1.contains("rename"), "{v}");
-    // What the odd name holds cannot be told: deletes wait.
-    assert_eq!(v["deleted"], 0, "{v}");
-    assert_eq!(walk(dst.path()), ["a.txt", "c.txt", "stale.txt"]);
+    // No destination key can be what the odd name holds: other deletes go ahead.
+    assert_eq!(v["deleted"], 1, "{v}");
+    assert_eq!(walk(dst.path()), ["a.txt", "c.txt"]);
 }
 
 #[test]

@@ -274,6 +274,9 @@ impl PolicyRuntime {
         let mut gone: Vec<String> = Vec::new();
         // Part of the source went unseen: keys missing from the listing may still exist.
         let mut partial = false;
+        // Source names skipped this pass: a vanished key that is one of them, or lies
+        // below one, is not acted on; other vanished keys are.
+        let mut protected: Vec<String> = Vec::new();
         // Pulls the next manifest page when the buffer runs dry.
         macro_rules! refill {
             () => {
@@ -295,9 +298,13 @@ impl PolicyRuntime {
                 Ok(None) => break,
                 Err(StorageError::Skipped { key, detail, .. }) => {
                     // One entry no store can hold never stops the others, but what it
-                    // is cannot be told: vanished keys are not acted on this pass.
+                    // is cannot be told: its key (and what lies below it) is kept.
                     sum.skipped += 1;
-                    partial = true;
+                    if protected.len() < 10_000 {
+                        protected.push(key.clone());
+                    } else {
+                        partial = true;
+                    }
                     self.report_once(&key, &detail);
                     continue;
                 }
@@ -373,6 +380,12 @@ impl PolicyRuntime {
         if partial {
             gone.clear();
         }
+        gone.retain(|k| {
+            !protected.iter().any(|p| {
+                k.strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        });
         let forgot = self.forget(gone, sum.listed).await;
         // An operator's override covers one pass only, whatever that pass found.
         self.state.set_allow_mass_delete(&name, false)?;

@@ -158,6 +158,14 @@ pub struct Report {
     /// Why deletions were refused (mass-delete guard, incomplete listing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_refused: Option<String>,
+    /// Deletes not done because the key is (or lies below) a source name that was
+    /// skipped: what that name holds is unknown. Other deletes go ahead.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deletes_held: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -219,7 +227,13 @@ struct MergeHealth {
     unlisted: Mutex<Option<String>>,
     /// Source entries skipped by name: how many, and the first with why.
     skipped_source: Mutex<(u64, Option<String>)>,
+    /// Their keys: a delete of one of them (or of a key below one) is held back.
+    protected: Mutex<Vec<String>>,
 }
+
+/// How many skipped source names are remembered one by one; past that, every delete
+/// of the run is held.
+const MAX_PROTECTED: usize = 10_000;
 
 impl Side {
     fn new(stream: BoxStream<'static, Result<Entry>>, source: bool) -> Self {
@@ -256,12 +270,23 @@ impl Side {
                 // the same key, so it holds deletes back.
                 Some(Err(e @ StorageError::Skipped { .. })) => {
                     if self.source {
-                        health.incomplete.store(true, Ordering::Relaxed);
                         if let (Ok(mut sk), StorageError::Skipped { key, detail, .. }) =
                             (health.skipped_source.lock(), &e)
                         {
                             sk.0 += 1;
                             sk.1.get_or_insert_with(|| format!("'{key}': {detail}"));
+                        }
+                        let kept = match (health.protected.lock(), &e) {
+                            (Ok(mut p), StorageError::Skipped { key, .. })
+                                if p.len() < MAX_PROTECTED =>
+                            {
+                                p.push(key.clone());
+                                true
+                            }
+                            _ => false,
+                        };
+                        if !kept {
+                            health.incomplete.store(true, Ordering::Relaxed);
                         }
                     }
                     return Ok(Some(e));
@@ -890,13 +915,6 @@ async fn run_deletes(
         Some(format!("refusing to delete {n} objects: {} objects failed (see failures), so the destination would lose data it has no replacement for; fix them and run again", report.failed))
     } else if let Some(why) = health.unlisted.lock().ok().and_then(|w| w.clone()) {
         Some(format!("refusing to delete {n} objects: {why}"))
-    } else if let Some((k, first)) = health
-        .skipped_source
-        .lock()
-        .ok()
-        .and_then(|s| s.1.clone().map(|f| (s.0, f)))
-    {
-        Some(format!("refusing to delete {n} objects: {k} source name(s) could not be read (first {first}), and what they hold could be among the objects to delete; rename or fix them (see skipped_keys) and run again"))
     } else if health.incomplete.load(Ordering::Relaxed) {
         Some(format!("refusing to delete {n} objects: a listing was incomplete (see failures); fix it and run again"))
     } else if health.out_of_order.load(Ordering::Relaxed) {
@@ -914,7 +932,33 @@ async fn run_deletes(
         report.delete_refused = Some(why);
         return Ok(());
     }
-    let keys = deletes.into_keys()?;
+    let protected = health
+        .protected
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    // The delete list stays on disk: held keys are counted as it streams past.
+    let held_n = Arc::new(AtomicU64::new(0));
+    let counter = held_n.clone();
+    let keys = deletes.into_keys()?.filter(move |key| {
+        let held = protected.iter().any(|p| {
+            key.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        if held {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        !held
+    });
+    let note_held = |report: &mut Report| {
+        let n = held_n.load(Ordering::Relaxed);
+        if n > 0 {
+            report.deletes_held = n;
+            if let Ok(sk) = health.skipped_source.lock() {
+                tracing::warn!(held = n, first = sk.1.as_deref().unwrap_or(""), "deletes held: their keys are source names that were skipped, so what the source holds there is unknown");
+            }
+        }
+    };
     if ctx.opts.dry_run {
         if let Some(list) = report.planned.as_mut() {
             list.extend(keys.map(|key| Planned {
@@ -923,6 +967,7 @@ async fn run_deletes(
                 size: 0,
             }));
         }
+        note_held(report);
         return Ok(());
     }
     let mut results = stream::iter(keys)
@@ -954,6 +999,7 @@ async fn run_deletes(
             }
         }
     }
+    note_held(report);
     Ok(())
 }
 
