@@ -122,7 +122,7 @@ CUR=$(curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'impo
 if [ "$CUR" = "primary" ]; then DIR=$B/qc; else DIR=$B/we; fi
 # The replica must be streaming (its lag known) or automatic failover is rightly refused.
 for _ in $(seq 600); do
-  curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; g=json.load(sys.stdin); sys.exit(0 if any(isinstance(v[1], (int, float)) for v in g["last_known_lag"].values()) else 1)' && break
+  curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; g=json.load(sys.stdin); sys.exit(0 if any(isinstance(v["seconds"], (int, float)) for v in g["last_known_lag"].values()) else 1)' && break
   sleep 0.1
 done
 python3 - "$DIR" "postgres://postgres@127.0.0.1:$RW/shop" <<'PY'

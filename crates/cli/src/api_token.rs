@@ -106,6 +106,16 @@ pub(crate) fn for_client(topo: &Topology, base: &str) -> Result<Option<String>> 
     read(&p)
 }
 
+/// A client of the daemon at `api` (default: `http://[server] listen`), with the token
+/// this machine may send it.
+pub(crate) fn client(topo: &Topology, api: Option<&str>) -> Result<georep_api::Client> {
+    let base = api
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("http://{}", topo.server.listen));
+    let token = for_client(topo, &base)?;
+    Ok(georep_api::Client::new(&base, token))
+}
+
 fn is_this_machine(base: &str, listen: std::net::SocketAddr) -> bool {
     let Ok(url) = url::Url::parse(base) else {
         return false;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use georep_api::Client;
 use georep_db::postgres as pg;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::topology::{load, ConfigArg, ConfigFileError};
 
@@ -30,47 +31,6 @@ pub(crate) struct DrillArgs {
     /// Where to write drill-GROUP-TIME.md and .json.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) report_dir: PathBuf,
-}
-
-struct Api {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.with_context(|| {
-            format!(
-                "cannot reach the georep daemon at {}: is `georep serve` running?",
-                self.base
-            )
-        })?;
-        let status = resp.status();
-        let v: Value =
-            serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!(
-                "{path}: {status}: {}",
-                v["error"].as_str().unwrap_or("error")
-            );
-        }
-        Ok(v)
-    }
 }
 
 /// Writes through the listener until stopped, reconnecting after errors; returns the
@@ -120,17 +80,15 @@ fn longest_pause(acked: &[(String, Instant)], from: Instant, to: Instant) -> Opt
 
 /// Waits until the group's primary sees `member` streaming (its lag in time is known),
 /// so a switch measures the failover rather than a replica still reconnecting.
-async fn wait_streaming(api: &Api, group: &str, member: &str) -> Result<()> {
+async fn wait_streaming(api: &Client, group: &str, member: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let g = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/failover-groups/{group}"),
-                None,
-            )
-            .await?;
-        if g["last_known_lag"][member][1].is_number() {
+        let g = api.group(group).await?;
+        if g.last_known_lag
+            .get(member)
+            .and_then(|l| l.seconds)
+            .is_some()
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -140,6 +98,13 @@ async fn wait_streaming(api: &Api, group: &str, member: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `1234 bytes, 0.012 s`, with `unknown` for what is not known.
+fn lag_text(l: &georep_api::Lag) -> String {
+    let b = l.bytes.map_or("unknown".into(), |b| b.to_string());
+    let s = l.seconds.map_or("unknown".into(), |s| format!("{s:.3}"));
+    format!("{b} bytes, {s} s")
 }
 
 pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
@@ -152,35 +117,14 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
         .database(&g.database)
         .ok_or_else(|| ConfigFileError(format!("no database '{}'", g.database)))?
         .clone();
-    let base = a
-        .api
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", t.server.listen));
-    let api = Api {
-        token: crate::api_token::for_client(&t, &base)?,
-        base,
-        http: reqwest::Client::new(),
-    };
-    let before = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/failover-groups/{}", a.group),
-            None,
-        )
-        .await?;
-    let original = before["primary"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no primary in the group's status"))?
-        .to_string();
+    let api = crate::api_token::client(&t, a.api.as_deref())?;
+    let before = api.group(&a.group).await?;
+    let original = before.primary.clone();
     let current = pg::rotated(&db, &original);
     let target = current
         .replicas
         .iter()
-        .find(|r| {
-            !before["fenced"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == r.name.as_str()))
-        })
+        .find(|r| !before.fenced.contains(&r.name))
         .ok_or_else(|| anyhow!("group '{}' has no replica to fail over to", a.group))?
         .name
         .clone();
@@ -207,33 +151,24 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
     eprintln!("drill: failing over {} → {target}", original);
     wait_streaming(&api, &a.group, &target).await?;
     let lag_before = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/failover-groups/{}", a.group),
-            None,
-        )
-        .await?["last_known_lag"][&target]
-        .clone();
+        .group(&a.group)
+        .await?
+        .last_known_lag
+        .get(&target)
+        .copied()
+        .unwrap_or_default();
+    let to = |m: &str| georep_api::FailoverRequest {
+        to: Some(m.to_string()),
+        force: false,
+    };
     let t1 = Instant::now();
-    let over = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/failover-groups/{}/failover", a.group),
-            Some(json!({"to": target})),
-        )
-        .await?;
+    let over = api.failover(&a.group, &to(&target)).await?;
     let t1_end = Instant::now();
     tokio::time::sleep(settle).await;
     wait_streaming(&api, &a.group, &original).await?;
     eprintln!("drill: failing back {target} → {original}");
     let t2 = Instant::now();
-    let back = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/api/v1/failover-groups/{}/failover", a.group),
-            Some(json!({"to": original})),
-        )
-        .await?;
+    let back = api.failover(&a.group, &to(&original)).await?;
     let t2_end = Instant::now();
     tokio::time::sleep(settle).await;
     stop.store(true, Ordering::Relaxed);
@@ -266,10 +201,10 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
         "data_loss": if lost.is_empty() { "none" } else { "WRITES LOST" },
         "rto_failover_ms": ms(rto_over),
         "rto_failback_ms": ms(rto_back),
-        "write_gap_failover_ms": over["write_gap_ms"],
-        "write_gap_failback_ms": back["write_gap_ms"],
+        "write_gap_failover_ms": over.write_gap_ms,
+        "write_gap_failback_ms": back.write_gap_ms,
         "lag_before_failover": lag_before,
-        "epochs": [over["epoch"], back["epoch"]],
+        "epochs": [over.epoch, back.epoch],
         "finished_at": chrono::Utc::now().to_rfc3339(),
     });
     std::fs::create_dir_all(&a.report_dir)?;
@@ -281,10 +216,10 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
     )?;
     let md = format!(
         "# DR drill: failover group `{}`\n\n| | |\n|---|---|\n| database | `{}` |\n| failover | {} → {} (epoch {}) |\n| failback | {} → {} (epoch {}) |\n| RTO failover (longest pause between acknowledged writes) | {} ms |\n| RTO failback | {} ms |\n| write gap at the listener (failover / failback) | {} ms / {} ms |\n| lag before failover (bytes, seconds) | {} |\n| acknowledged writes | {} |\n| **data loss** | **{}** |\n| finished | {} |\n",
-        a.group, db.name, original, target, over["epoch"], target, original, back["epoch"],
+        a.group, db.name, original, target, over.epoch, target, original, back.epoch,
         ms(rto_over).map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
         ms(rto_back).map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-        over["write_gap_ms"], back["write_gap_ms"], lag_before, acked.len(),
+        over.write_gap_ms, back.write_gap_ms, lag_text(&lag_before), acked.len(),
         if lost.is_empty() { "0 writes lost".to_string() } else { format!("{} writes LOST", lost.len()) },
         report["finished_at"].as_str().unwrap_or_default()
     );

@@ -1,7 +1,7 @@
 //! `georep failover GROUP`: asks the running daemon (which holds the listeners) to fail
 //! a group over, and prints what happened.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::topology::{load, ConfigArg, ConfigFileError};
@@ -37,75 +37,36 @@ pub(crate) async fn run(a: FailoverArgs) -> Result<u8> {
         ))
         .into());
     }
-    let base = a
-        .api
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", t.server.listen));
-    let url = format!(
-        "{}/api/v1/failover-groups/{}/failover",
-        base.trim_end_matches('/'),
-        a.group
-    );
-    let body = serde_json::json!({ "to": a.to, "force": a.force }).to_string();
-    let client = reqwest::Client::new();
-    let mut req = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(tok) = crate::api_token::for_client(&t, &base)? {
-        req = req.bearer_auth(tok);
-    }
-    let resp = req.send().await.with_context(|| {
-        format!("cannot reach the georep daemon at {base}: is `georep serve` running? (it holds the listeners; pass --api URL if it listens elsewhere)")
-    })?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    if !status.is_success() {
-        let msg = v["error"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string());
-        eprintln!(
-            "georep: failover of '{}' refused ({status}): {msg}",
-            a.group
-        );
-        return Ok(match status.as_u16() {
-            404 | 409 | 400 => 2,
-            // A member unreachable, refusing or timing out: nothing was changed or the
-            // daemon keeps settling it.
-            502 | 503 => 3,
-            _ => 1,
-        });
-    }
+    let api = crate::api_token::client(&t, a.api.as_deref())?;
+    let req = georep_api::FailoverRequest {
+        to: a.to.clone(),
+        force: a.force,
+    };
+    let rep = match api.failover(&a.group, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("georep: failover of '{}' refused: {e}", a.group);
+            return Ok(e.exit_class());
+        }
+    };
     if a.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         println!(
             "{}: {} → {} (epoch {}); writes paused {} ms; data loss: {}",
-            a.group,
-            v["from"].as_str().unwrap_or("?"),
-            v["to"].as_str().unwrap_or("?"),
-            v["epoch"],
-            v["write_gap_ms"],
-            v["data_loss"].as_str().unwrap_or("?")
+            a.group, rep.from, rep.to, rep.epoch, rep.write_gap_ms, rep.data_loss
         );
-        if let Some(r) = v["repointed"].as_array().filter(|r| !r.is_empty()) {
-            let names: Vec<&str> = r.iter().filter_map(|m| m.as_str()).collect();
-            println!("  now following the new primary: {}", names.join(", "));
+        if !rep.repointed.is_empty() {
+            println!(
+                "  now following the new primary: {}",
+                rep.repointed.join(", ")
+            );
         }
-        if let Some(l) = v["left_behind"].as_object() {
-            for (m, why) in l {
-                println!(
-                    "  fenced, needs `georep db reseed {} {m}`: {}",
-                    a.group,
-                    why.as_str().unwrap_or("?")
-                );
-            }
+        for (m, why) in &rep.left_behind {
+            println!("  fenced, needs `georep db reseed {} {m}`: {why}", a.group);
         }
-        if v["outcome"].as_str().is_some_and(|o| o != "done") {
-            println!("  {}", v["outcome"].as_str().unwrap_or_default());
+        if rep.outcome != "done" {
+            println!("  {}", rep.outcome);
         }
     }
     Ok(0)
@@ -127,41 +88,20 @@ pub(crate) struct ReseedArgs {
 /// Asks the daemon to rebuild a fenced member as a replica of the current primary.
 pub(crate) async fn reseed(a: ReseedArgs) -> Result<u8> {
     let t = load(&a.config.config)?;
-    let base = a
-        .api
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", t.server.listen));
-    let url = format!(
-        "{}/api/v1/failover-groups/{}/reseed",
-        base.trim_end_matches('/'),
-        a.group
-    );
-    let mut req = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(serde_json::json!({ "member": a.member }).to_string());
-    if let Some(tok) = crate::api_token::for_client(&t, &base)? {
-        req = req.bearer_auth(tok);
-    }
-    let resp = req.send().await.with_context(|| {
-        format!("cannot reach the georep daemon at {base}: is `georep serve` running?")
-    })?;
-    let status = resp.status();
-    let v: serde_json::Value =
-        serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or_default();
-    if !status.is_success() {
-        eprintln!(
-            "georep: reseed refused ({status}): {}",
-            v["error"].as_str().unwrap_or("error")
-        );
-        return Ok(2);
-    }
+    let api = crate::api_token::client(&t, a.api.as_deref())?;
+    let rep = match api.reseed(&a.group, &a.member).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("georep: reseed refused: {e}");
+            return Ok(e.exit_class());
+        }
+    };
     println!(
         "{}: '{}' rebuilt as a replica ({} tables copied in {:.1}s); it is routed to again",
         a.group,
         a.member,
-        v["tables"].as_array().map(Vec::len).unwrap_or(0),
-        v["seconds"].as_f64().unwrap_or(0.0)
+        rep.tables.len(),
+        rep.seconds
     );
     Ok(0)
 }

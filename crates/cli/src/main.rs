@@ -7,6 +7,7 @@ mod drill;
 mod failover;
 mod ls;
 mod output;
+mod policy_cmd;
 mod serve;
 mod status;
 mod topology;
@@ -70,6 +71,12 @@ enum Command {
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Let a policy's next scan delete past the mass-delete guard once (the operator
+    /// confirmed the deletes are meant), through the running daemon.
+    Resume(policy_cmd::PolicyArgs),
+    /// Rescan a policy's source now, retry failed items and queue again every object
+    /// missing or different at a destination, through the running daemon.
+    Resync(policy_cmd::PolicyArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -159,6 +166,8 @@ fn main() -> ExitCode {
             Command::Db(c) => db::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
+            Command::Resume(a) => policy_cmd::run(a, policy_cmd::Action::Resume).await,
+            Command::Resync(a) => policy_cmd::run(a, policy_cmd::Action::Resync).await,
         }
     });
     match result {

@@ -1004,3 +1004,56 @@ fn kill_9_mid_copy_to_azurite_then_resume() {
     let env = az.env();
     kill_and_resume(&url, &env, &|| ls_keys(&url, &env));
 }
+
+/// Every `georep …` command a message or a doc comment tells a user to run exists: its
+/// `--help` succeeds.
+#[test]
+fn every_command_the_code_tells_users_to_run_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    let crates = std::fs::read_dir(root.join("crates")).expect("crates folder");
+    for c in crates.flatten() {
+        sources(&c.path().join("src"), &mut files);
+    }
+    let mut hints = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read source");
+        for part in text.split('`').skip(1).step_by(2) {
+            let Some(rest) = part.strip_prefix("georep ") else {
+                continue;
+            };
+            let words: Vec<&str> = rest
+                .split_whitespace()
+                .take_while(|w| {
+                    w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                        && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                })
+                .collect();
+            if !words.is_empty() {
+                hints.insert(words.join(" "));
+            }
+        }
+    }
+    assert!(hints.len() >= 10, "too few hints found: {hints:?}");
+    assert!(hints.contains("resume"), "{hints:?}");
+    for h in &hints {
+        let mut args: Vec<&str> = h.split(' ').collect();
+        args.push("--help");
+        let out = georep(&args, &[]).output().expect("run georep");
+        assert!(
+            out.status.success(),
+            "`georep {h}` is named in a message but does not exist: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

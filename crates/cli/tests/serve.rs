@@ -218,13 +218,23 @@ fn propagate_deletes_and_the_mass_delete_guard() {
     assert_eq!(code, 1, "status exits 1 while a policy is paused");
 
     // The operator confirms: the rest goes.
-    s.post("/api/v1/policies/p/resume", &json!({}));
+    let cfg_s = cfg.to_str().expect("utf-8");
+    let (code, out, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("p: resumed"), "{out}");
     assert!(
         wait_until(Duration::from_secs(60), || tree(&b) == tree(&a)),
         "deletes did not complete after resume:\n{}",
         s.log_text()
     );
     assert!(s.get("/api/v1/policies/p")["paused"].is_null());
+    // Nothing is paused any more: refused as a conflict, exit 2, saying why.
+    let (code, _, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not paused") && err.contains("409"), "{err}");
+    let (code, _, err) = run(&["resume", "nope", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no policy named 'nope'"), "{err}");
 }
 
 #[test]
@@ -471,7 +481,21 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
         &env,
     );
     assert_eq!(code, 0, "{err}");
-    let v = s.post("/api/v1/policies/photos/resync", &json!({}));
+    let (code, out, err) = run(
+        &[
+            "resync",
+            "photos",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+            "--api",
+            &s.base,
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["repaired"], 5, "{v}");
     s.converge("photos", Some(7));
     let (code, out, err) = run(&["check", &az_a.url("src"), &az_b.url("dst")], &env);

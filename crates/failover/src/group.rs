@@ -9,72 +9,14 @@ use std::time::{Duration, Instant};
 use georep_core::{crash_point, Database, DbMember, FailoverGroup};
 use georep_db::postgres as pg;
 use georep_state::State;
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::proxy::{self, Kind, Route};
 use crate::{FailoverError, Result};
 
-/// A replica's last known lag as seen by the primary: WAL bytes and seconds (None: unknown).
-pub type Lag = (Option<i64>, Option<f64>);
-
-/// What the probes last saw of one member.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct MemberHealth {
-    pub member: String,
-    pub region: String,
-    pub role: String,
-    pub healthy: bool,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
-    pub last_ok: Option<String>,
-}
-
-/// A group's status for the API and metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupStatus {
-    pub name: String,
-    pub database: String,
-    pub epoch: i64,
-    pub primary: String,
-    pub state: String,
-    pub route: Route,
-    pub read_write_listener: String,
-    pub read_only_listener: Option<String>,
-    pub members: Vec<MemberHealth>,
-    /// Members never routed to again (an old primary after a forced failover); each
-    /// needs `georep db reseed` before it can serve as a replica.
-    pub fenced: Vec<String>,
-    /// Last known lag per replica, read on the primary: bytes and seconds (None: unknown).
-    pub last_known_lag: BTreeMap<String, Lag>,
-    /// Why automatic failover is not happening, when it is wanted but refused.
-    pub automatic: Option<String>,
-    pub last_failover: Option<FailoverReport>,
-    /// An interrupted role change is being settled; new connections are held meanwhile.
-    pub unsettled: bool,
-    /// The latest role changes, newest first, including rolled-back attempts.
-    pub history: Vec<georep_state::FailoverEvent>,
-}
-
-/// What a failover did.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailoverReport {
-    pub kind: String,
-    pub from: String,
-    pub to: String,
-    pub epoch: i64,
-    /// From holding new connections to releasing them at the new primary.
-    pub write_gap_ms: u64,
-    pub catch_up_ms: u64,
-    pub data_loss: String,
-    pub finished_at: String,
-    /// Other replicas now following the new primary.
-    pub repointed: Vec<String>,
-    /// Members that now need `georep db reseed`, with why.
-    pub left_behind: BTreeMap<String, String>,
-    /// `done`, or how an interrupted change was finished.
-    pub outcome: String,
-}
+pub use georep_api::{
+    FailoverEvent, FailoverKind, FailoverReport, GroupState, GroupStatus, Lag, MemberHealth,
+};
 
 pub struct Group {
     pub cfg: FailoverGroup,
@@ -93,6 +35,12 @@ pub struct Group {
     unsettled: AtomicBool,
     /// Members whose read-only default matches their role (cleared at each role change).
     fences_set: Mutex<BTreeSet<String>>,
+}
+
+/// A role change's kind as recorded (`planned`, `forced`, `automatic`). georep writes
+/// only those; anything else would be a change without the primary's consent.
+fn kind_of(s: &str) -> FailoverKind {
+    FailoverKind::parse(s).unwrap_or(FailoverKind::Forced)
 }
 
 /// Why a probe failed: the server answered with a refusal, or did not answer at all.
@@ -227,7 +175,13 @@ impl Group {
                                 Ok(Ok(lags)) => {
                                     if let Ok(mut l) = self.lag.lock() {
                                         for (name, b, s) in lags {
-                                            l.insert(name, (b, s));
+                                            l.insert(
+                                                name,
+                                                Lag {
+                                                    bytes: b,
+                                                    seconds: s,
+                                                },
+                                            );
                                         }
                                     }
                                 }
@@ -365,7 +319,7 @@ impl Group {
             self.healthy(&r.name)
                 && lags
                     .get(&r.name)
-                    .and_then(|(_, s)| *s)
+                    .and_then(|l| l.seconds)
                     .is_some_and(|s| s <= limit)
         });
         match candidate {
@@ -407,7 +361,7 @@ impl Group {
                         .map(|r| format!(
                             "{} {}",
                             r.name,
-                            match lags.get(&r.name).and_then(|(_, s)| *s) {
+                            match lags.get(&r.name).and_then(|l| l.seconds) {
                                 Some(s) => format!("{s:.1}s"),
                                 None => "unknown".into(),
                             }
@@ -485,8 +439,8 @@ impl Group {
             .lock()
             .ok()
             .and_then(|l| l.get(&target.name).cloned())
-            .unwrap_or((None, None));
-        let data_loss = match loss {
+            .unwrap_or_default();
+        let data_loss = match (loss.bytes, loss.seconds) {
             (Some(b), Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
             (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
             _ => "unknown (no lag was seen)".into(),
@@ -579,7 +533,7 @@ impl Group {
             tracing::warn!(group = %self.cfg.name, member = %m, "{why}; it is fenced until `georep db reseed`");
         }
         let report = FailoverReport {
-            kind: kind.to_string(),
+            kind: kind_of(kind),
             from: rep.from.clone(),
             to: rep.to.clone(),
             epoch,
@@ -748,7 +702,7 @@ impl Group {
         let rpo = db.rpo.as_secs_f64();
         let fresh = |name: &str| {
             lags.get(name)
-                .and_then(|(_, s)| *s)
+                .and_then(|l| l.seconds)
                 .is_some_and(|s| s <= rpo)
         };
         let healthy: Vec<_> = db
@@ -816,7 +770,7 @@ impl Group {
             database: self.cfg.database.clone(),
             epoch: rec.epoch,
             primary: rec.primary,
-            state: rec.state,
+            state: GroupState::from_record(&rec.state),
             route: self.route.borrow().clone(),
             read_write_listener: self.cfg.read_write_listener.to_string(),
             read_only_listener: self.cfg.read_only_listener.map(|a| a.to_string()),
@@ -825,16 +779,28 @@ impl Group {
                 .lock()
                 .map(|h| h.values().cloned().collect())
                 .unwrap_or_default(),
-            fenced: self
-                .fenced
-                .lock()
-                .map(|f| f.iter().cloned().collect())
-                .unwrap_or_default(),
+            fenced: self.fenced.lock().map(|f| f.clone()).unwrap_or_default(),
             last_known_lag: self.lag.lock().map(|l| l.clone()).unwrap_or_default(),
             automatic: self.automatic.lock().ok().and_then(|a| a.clone()),
             last_failover: self.last.lock().ok().and_then(|l| l.clone()),
             unsettled: self.unsettled.load(Ordering::SeqCst),
-            history: self.state.failover_history(&self.cfg.name, 20)?,
+            history: self
+                .state
+                .failover_history(&self.cfg.name, 20)?
+                .into_iter()
+                .map(|e| FailoverEvent {
+                    epoch: e.epoch,
+                    kind: kind_of(&e.kind),
+                    from: e.from,
+                    to: e.to,
+                    started_at: e.started_at,
+                    finished_at: e.finished_at,
+                    write_gap_ms: e.write_gap_ms,
+                    data_loss: e.data_loss,
+                    outcome: e.outcome,
+                    left_behind: e.left_behind,
+                })
+                .collect(),
         })
     }
 

@@ -11,7 +11,9 @@
 mod group;
 mod proxy;
 
-pub use group::{FailoverReport, Group, GroupStatus, Lag, MemberHealth};
+pub use group::{
+    FailoverEvent, FailoverKind, FailoverReport, Group, GroupState, GroupStatus, Lag, MemberHealth,
+};
 pub use proxy::Route;
 
 /// Why a failover group operation failed.

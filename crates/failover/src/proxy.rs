@@ -4,23 +4,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Where listeners send new connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Route {
-    /// The epoch this route belongs to (as recorded in the state store).
-    pub epoch: i64,
-    /// `host:port` of the primary.
-    pub read_write: Option<String>,
-    /// `host:port` of the healthy replicas new read-only connections are spread over
-    /// (or of the primary, if configured and none is healthy).
-    pub read_only: Vec<String>,
-    /// While true, new connections wait (a failover is switching roles).
-    pub held: bool,
-}
+pub use georep_api::Route;
 
 /// Which route a listener follows.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::error::{ReplicateError, Result};
 use crate::events::{self, Parsed};
 use crate::metrics::{self, Metrics};
-use crate::policy::{PolicyRuntime, ScanSummary, Via};
+use crate::policy::{PolicyRuntime, Via};
 use crate::status::{self, ObjectStatus, PolicyStatus};
 
 /// The running daemon.
@@ -46,15 +46,7 @@ pub struct Ingested {
     pub queued: usize,
 }
 
-/// What a resync did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Resynced {
-    pub scan: ScanSummary,
-    /// Items made due now (including failed ones).
-    pub retried: u64,
-    /// Objects missing or different at a destination, queued again.
-    pub repaired: u64,
-}
+pub use georep_api::Resynced;
 
 /// The JSON recorded for a policy, to tell when its configuration changed.
 pub fn policy_record(topo: &Topology, p: &georep_core::Policy) -> serde_json::Value {

@@ -50,18 +50,7 @@ impl Via {
     }
 }
 
-/// What one scan found.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ScanSummary {
-    pub listed: u64,
-    pub changed: u64,
-    pub removed: u64,
-    /// Removals held back by the mass-delete guard.
-    pub held: u64,
-    /// Entries no store can hold (reported once each), left out of the pass.
-    pub skipped: u64,
-    pub millis: u64,
-}
+pub use georep_api::ScanSummary;
 
 /// A policy's stores, state and signals.
 pub(crate) struct PolicyRuntime {
@@ -447,16 +436,16 @@ impl PolicyRuntime {
                     format!(
                         "empty-source guard: source '{}' listed no objects, so all {} would be deleted at \
                          the destinations; deletes are held. Check that the source is mounted and the \
-                         prefix is right; if it is meant to be empty, resume with \
-                         POST /api/v1/policies/{name}/resume (or set max_delete = \"100%\")",
+                         prefix is right; if it is meant to be empty, run `georep resume {name}` \
+                         (POST /api/v1/policies/{name}/resume) or set max_delete = \"100%\"",
                         self.policy.source,
                         gone.len(),
                     )
                 } else {
                     format!(
                     "mass-delete guard: {} of {} objects vanished from source '{}' in one pass, \
-                     more than max_delete = {}; deletes are held. If this is intended, resume with \
-                     POST /api/v1/policies/{}/resume; otherwise restore the source",
+                     more than max_delete = {}; deletes are held. If this is intended, run \
+                     `georep resume {}`; otherwise restore the source",
                     gone.len(),
                     total,
                     self.policy.source,

@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use georep_api::{paths, FailoverRequest, ReseedRequest};
 use georep_replicate::events::{self, Parsed};
 use georep_replicate::{Daemon, ReplicateError};
 use serde_json::json;
@@ -73,30 +74,30 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
     let app = Arc::new(App { daemon, access });
     let changes = Router::new()
-        .route("/api/v1/policies/{name}/resync", post(resync))
-        .route("/api/v1/policies/{name}/resume", post(resume))
-        .route("/api/v1/failover-groups/{name}/failover", post(failover))
-        .route("/api/v1/failover-groups/{name}/reseed", post(reseed))
+        .route(paths::POLICY_RESYNC, post(resync))
+        .route(paths::POLICY_RESUME, post(resume))
+        .route(paths::GROUP_FAILOVER, post(failover))
+        .route(paths::GROUP_RESEED, post(reseed))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
-        .route("/api/v1/policies", get(policies))
-        .route("/api/v1/policies/{name}", get(policy))
-        .route("/api/v1/policies/{name}/objects/{*key}", get(object))
+        .route(paths::POLICIES, get(policies))
+        .route(paths::POLICY, get(policy))
+        .route(paths::POLICY_OBJECT, get(object))
         .merge(changes)
-        .route("/api/v1/databases", get(databases))
-        .route("/api/v1/databases/{name}", get(database))
-        .route("/api/v1/failover-groups", get(groups))
-        .route("/api/v1/failover-groups/{name}", get(group))
-        .route("/metrics", get(metrics))
+        .route(paths::DATABASES, get(databases))
+        .route(paths::DATABASE, get(database))
+        .route(paths::GROUPS, get(groups))
+        .route(paths::GROUP, get(group))
+        .route(paths::METRICS, get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     let events = Router::new()
-        .route(
-            "/api/v1/events/{name}",
-            post(event).options(event_handshake),
-        )
+        .route(paths::EVENTS, post(event).options(event_handshake))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_event));
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            paths::HEALTHZ,
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
         .merge(api)
         .merge(events)
         .layer(middleware::from_fn_with_state(app.clone(), guard_host))
@@ -409,20 +410,13 @@ async fn group(
     Ok(Json(app.daemon.failover_group(&name)?))
 }
 
-#[derive(serde::Deserialize, Default)]
-struct FailoverBody {
-    to: Option<String>,
-    #[serde(default)]
-    force: bool,
-}
-
 async fn failover(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let req: FailoverBody = if body.is_empty() {
-        FailoverBody::default()
+    let req: FailoverRequest = if body.is_empty() {
+        FailoverRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError(
@@ -438,17 +432,12 @@ async fn failover(
     ))
 }
 
-#[derive(serde::Deserialize)]
-struct ReseedBody {
-    member: String,
-}
-
 async fn reseed(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let req: ReseedBody = serde_json::from_slice(&body).map_err(|e| {
+    let req: ReseedRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("body must be {{\"member\": \"NAME\"}}: {e}"),
