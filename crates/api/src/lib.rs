@@ -20,6 +20,7 @@ pub mod paths {
     pub const POLICY_OBJECT: &str = "/api/v1/policies/{name}/objects/{*key}";
     pub const POLICY_RESYNC: &str = "/api/v1/policies/{name}/resync";
     pub const POLICY_RESUME: &str = "/api/v1/policies/{name}/resume";
+    pub const POLICY_PAUSE: &str = "/api/v1/policies/{name}/pause";
     pub const EVENTS: &str = "/api/v1/events/{name}";
     pub const DATABASES: &str = "/api/v1/databases";
     pub const DATABASE: &str = "/api/v1/databases/{name}";
@@ -248,6 +249,21 @@ pub struct Resynced {
     pub repaired: u64,
 }
 
+/// `POST` [`paths::POLICY_PAUSE`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PauseRequest {
+    /// Why, shown in status (e.g. a change ticket).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// The answer to a pause: the policy and what status shows while it is paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    pub paused: String,
+    pub held: String,
+}
+
 /// `POST` [`paths::POLICY_RESUME`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resumed {
@@ -372,6 +388,14 @@ impl Client {
         let path = paths::fill(paths::POLICY_RESYNC, policy);
         self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
             .await
+    }
+
+    pub async fn pause(&self, policy: &str, note: Option<&str>) -> Result<Paused, ClientError> {
+        let path = paths::fill(paths::POLICY_PAUSE, policy);
+        let req = PauseRequest {
+            note: note.map(str::to_string),
+        };
+        self.call(reqwest::Method::POST, &path, Some(&req)).await
     }
 
     pub async fn resume(&self, policy: &str) -> Result<Resumed, ClientError> {

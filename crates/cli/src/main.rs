@@ -71,8 +71,12 @@ enum Command {
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
-    /// Let a policy's next scan delete past the mass-delete guard once (the operator
-    /// confirmed the deletes are meant), through the running daemon.
+    /// Pause a policy in the running daemon: nothing is copied or deleted (transfers in
+    /// flight finish) until `georep resume`; changes are still recorded, so the lag and
+    /// the RPO show what waits. Survives a restart.
+    Pause(policy_cmd::PauseArgs),
+    /// End a pause; for a policy the mass-delete guard paused, let its next scan delete
+    /// past the guard once (the operator confirmed the deletes are meant).
     Resume(policy_cmd::PolicyArgs),
     /// Rescan a policy's source now, retry failed items and queue again every object
     /// missing or different at a destination, through the running daemon.
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
             Command::Db(c) => db::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
+            Command::Pause(a) => policy_cmd::run(a.policy, policy_cmd::Action::Pause(a.note)).await,
             Command::Resume(a) => policy_cmd::run(a, policy_cmd::Action::Resume).await,
             Command::Resync(a) => policy_cmd::run(a, policy_cmd::Action::Resync).await,
         }

@@ -1,5 +1,5 @@
-//! `georep resume POLICY` and `georep resync POLICY`: ask the running daemon to act on a
-//! policy, through the typed API client, and print what it did.
+//! `georep pause|resume|resync POLICY`: ask the running daemon to act on a policy,
+//! through the typed API client, and print what it did.
 
 use anyhow::Result;
 use clap::Args;
@@ -20,9 +20,19 @@ pub(crate) struct PolicyArgs {
     pub(crate) output: Output,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct PauseArgs {
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+    /// Why (a change ticket, say): shown in status while the policy is paused.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) note: Option<String>,
+}
+
 /// What to ask of the daemon.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Action {
+    Pause(Option<String>),
     Resume,
     Resync,
 }
@@ -39,6 +49,19 @@ pub(crate) async fn run(a: PolicyArgs, action: Action) -> Result<u8> {
     }
     let api = crate::api_token::client(&t, a.api.as_deref())?;
     let (json, text) = match action {
+        Action::Pause(note) => match api.pause(&a.policy, note.as_deref()).await {
+            Ok(r) => (
+                serde_json::to_value(&r)?,
+                format!(
+                    "{}: {}; nothing is copied or deleted until `georep resume {}`",
+                    a.policy, r.held, a.policy
+                ),
+            ),
+            Err(e) => {
+                eprintln!("georep: pause of '{}' refused: {e}", a.policy);
+                return Ok(e.exit_class());
+            }
+        },
         Action::Resume => match api.resume(&a.policy).await {
             Ok(r) => (
                 serde_json::to_value(&r)?,

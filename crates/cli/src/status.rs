@@ -130,6 +130,7 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
     let unhealthy = all.iter().any(|s| {
         s.rpo_breached
             || s.paused.is_some()
+            || s.held.is_some()
             || s.last_scan.as_ref().is_some_and(|l| l.error.is_some())
             || s.destinations.iter().any(|d| d.failed > 0)
     }) || groups
@@ -190,6 +191,12 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
             );
             if let Some(p) = &s.paused {
                 println!("  PAUSED    {p}");
+            }
+            if let Some(h) = &s.held {
+                println!(
+                    "  PAUSED    {h} (nothing is copied or deleted until `georep resume {}`)",
+                    s.name
+                );
             }
             match &s.last_scan {
                 Some(sc) => println!(

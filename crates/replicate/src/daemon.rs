@@ -97,6 +97,11 @@ impl Daemon {
                 .map(|r| r.created_at)
                 .unwrap_or_else(georep_state::now_ms);
             let rt = PolicyRuntime::new(&topo, p, state.clone(), metrics.clone(), created)?;
+            // An operator's pause outlives a restart.
+            if let Some(note) = state.policy(&p.name)?.and_then(|r| r.held) {
+                tracing::warn!(policy = %p.name, %note, "policy paused by an operator: nothing is copied or deleted until `georep resume`");
+                rt.held.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             metrics
                 .rpo_target
                 .get_or_create(&metrics::pol(&p.name))
@@ -297,7 +302,7 @@ impl Daemon {
                 .policy(name)
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.paused.is_some());
+                .is_some_and(|r| r.paused.is_some() || r.held.is_some());
             self.metrics
                 .paused
                 .get_or_create(&metrics::pol(name))
@@ -453,17 +458,47 @@ impl Daemon {
         })
     }
 
-    /// Lets the next pass delete past the mass-delete guard (the operator confirmed).
-    pub fn resume(&self, name: &str) -> Result<()> {
+    /// An operator's pause: nothing more is copied or deleted (transfers in flight
+    /// finish) until [`Daemon::resume`]; changes are still recorded, so the lag and the
+    /// RPO show what waits. Survives restarts. Pausing a paused policy changes nothing.
+    pub fn pause(&self, name: &str, note: Option<&str>) -> Result<String> {
         let rt = self.runtime(name)?;
-        if self.state.policy(name)?.and_then(|r| r.paused).is_none() {
+        if let Some(held) = self.state.policy(name)?.and_then(|r| r.held) {
+            return Ok(held);
+        }
+        let note = format!(
+            "paused by an operator at {}{}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            note.map(|n| format!(": {}", n.escape_debug()))
+                .unwrap_or_default()
+        );
+        self.state.set_held(name, Some(&note))?;
+        rt.held.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::warn!(policy = name, %note, "policy paused: nothing is copied or deleted until `georep resume`");
+        Ok(note)
+    }
+
+    /// Ends an operator's pause (copies and deletes go on), or, for a policy the
+    /// mass-delete guard paused, lets the next pass delete past the guard (the operator
+    /// confirmed). Returns what was done.
+    pub fn resume(&self, name: &str) -> Result<&'static str> {
+        let rt = self.runtime(name)?;
+        let rec = self.state.policy(name)?;
+        if rec.as_ref().is_some_and(|r| r.held.is_some()) {
+            self.state.set_held(name, None)?;
+            rt.held.store(false, std::sync::atomic::Ordering::SeqCst);
+            rt.wake.notify_one();
+            tracing::info!(policy = name, "policy resumed by an operator");
+            return Ok("copies and deletes go on from where they stopped");
+        }
+        if rec.and_then(|r| r.paused).is_none() {
             return Err(ReplicateError::Conflict(format!(
                 "policy '{name}' is not paused; there is nothing to resume"
             )));
         }
         self.state.set_allow_mass_delete(name, true)?;
         rt.scan_now.notify_one();
-        Ok(())
+        Ok("the next scan may delete past the mass-delete guard once")
     }
 
     /// Queues the objects named by a webhook delivery.

@@ -81,6 +81,9 @@ pub(crate) struct PolicyRuntime {
     /// Source entries already reported as unusable (bad names, link loops), so a scan
     /// every few seconds reports each once, not every pass.
     reported: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// An operator paused the policy: the dispatcher claims nothing (what is in flight
+    /// finishes); scans and events still record changes. Mirrors the state's `held`.
+    pub(crate) held: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyRuntime {
@@ -133,6 +136,7 @@ impl PolicyRuntime {
             job,
             notifications: std::sync::Mutex::new("scan only".into()),
             reported: Default::default(),
+            held: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -584,7 +588,8 @@ impl PolicyRuntime {
             }
             let free = slots.available_permits();
             let mut claimed = 0;
-            if free > 0 {
+            let held = self.held.load(Ordering::SeqCst);
+            if free > 0 && !held {
                 match self.state.claim(self.name(), free, LEASE) {
                     Ok(items) => {
                         claimed = items.len();

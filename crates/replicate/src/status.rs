@@ -22,6 +22,9 @@ pub struct PolicyStatus {
     pub rpo_target_seconds: f64,
     /// Why deletes are held (mass-delete guard), if they are.
     pub paused: Option<String>,
+    /// An operator paused the whole policy (`georep pause`): when, and the note given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// How changes are detected besides scans, when a daemon reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notifications: Option<String>,
@@ -184,6 +187,7 @@ pub fn policy_status(
         deletes: format!("{:?}", policy.deletes).to_lowercase(),
         rpo_target_seconds: rpo_target,
         paused: rec.as_ref().and_then(|r| r.paused.clone()),
+        held: rec.as_ref().and_then(|r| r.held.clone()),
         notifications: None,
         scan_interval_seconds: policy.scan_interval.as_secs_f64(),
         last_scan: rec.as_ref().and_then(|r| {

@@ -76,6 +76,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
     let changes = Router::new()
         .route(paths::POLICY_RESYNC, post(resync))
         .route(paths::POLICY_RESUME, post(resume))
+        .route(paths::POLICY_PAUSE, post(pause))
         .route(paths::GROUP_FAILOVER, post(failover))
         .route(paths::GROUP_RESEED, post(reseed))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
@@ -319,10 +320,30 @@ async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    app.daemon.resume(&name)?;
-    Ok(Json(
-        json!({ "resumed": name, "note": "the next scan may delete past the mass-delete guard once" }),
-    ))
+    let note = app.daemon.resume(&name)?;
+    Ok(Json(georep_api::Resumed {
+        resumed: name,
+        note: note.to_string(),
+    }))
+}
+
+async fn pause(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: georep_api::PauseRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{}} or {{\"note\": \"why\"}}: {e}"),
+            )
+        })?
+    };
+    let held = app.daemon.pause(&name, req.note.as_deref())?;
+    Ok(Json(georep_api::Paused { paused: name, held }))
 }
 
 async fn event(

@@ -85,4 +85,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE failover_history ADD COLUMN outcome TEXT;
     ALTER TABLE failover_history ADD COLUMN left_behind TEXT;
     ",
+    // 5: an operator's pause (`georep pause`): when and why, or NULL.
+    "
+    ALTER TABLE policies ADD COLUMN held TEXT;
+    ",
 ];

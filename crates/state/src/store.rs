@@ -114,6 +114,9 @@ pub struct PolicyRecord {
     pub updated_at: i64,
     /// Why the policy's deletes are paused (mass-delete guard), if they are.
     pub paused: Option<String>,
+    /// An operator paused the policy (`georep pause`): nothing is copied or deleted
+    /// until it is resumed; changes are still recorded. The note given, or a default.
+    pub held: Option<String>,
     pub allow_mass_delete: bool,
     pub last_scan_at: Option<i64>,
     pub last_scan_ms: Option<i64>,
@@ -378,7 +381,7 @@ impl State {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT name, config, created_at, updated_at, paused, allow_mass_delete, \
-             last_scan_at, last_scan_ms, last_scan_error, scans, last_ok_scan_at \
+             last_scan_at, last_scan_ms, last_scan_error, scans, last_ok_scan_at, held \
              FROM policies ORDER BY name",
         )?;
         let rows = stmt.query_map([], policy_from_row)?;
@@ -402,6 +405,15 @@ impl State {
         self.lock().execute(
             "UPDATE policies SET paused = ?2 WHERE name = ?1",
             params![name, reason],
+        )?;
+        Ok(())
+    }
+
+    /// An operator's pause of the whole policy (copies and deletes), or its end.
+    pub fn set_held(&self, name: &str, note: Option<&str>) -> Result<()> {
+        self.lock().execute(
+            "UPDATE policies SET held = ?2 WHERE name = ?1",
+            params![name, note],
         )?;
         Ok(())
     }
@@ -984,6 +996,7 @@ fn policy_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRow> {
             last_scan_error: r.get(8)?,
             scans: r.get(9)?,
             last_ok_scan_at: r.get(10)?,
+            held: r.get(11)?,
         },
         r.get(1)?,
     ))
