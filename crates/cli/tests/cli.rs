@@ -1057,3 +1057,69 @@ fn every_command_the_code_tells_users_to_run_exists() {
         );
     }
 }
+
+/// ARCHITECTURE.md's crate graph is the one cargo sees.
+#[test]
+fn the_crate_graph_in_architecture_md_matches_cargo_metadata() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let table = doc
+        .split("<!-- crate-graph:start -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- crate-graph:end -->").next())
+        .expect("crate-graph markers in ARCHITECTURE.md");
+    let mut documented = std::collections::BTreeMap::new();
+    for line in table.lines().filter(|l| l.starts_with("| georep")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        documented.insert(
+            cells[1].to_string(),
+            cells[2].replace('—', "").trim().to_string(),
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+    let mut actual = std::collections::BTreeMap::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        let deps = |dev: bool| {
+            let mut v: Vec<String> = p["dependencies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    d["name"].as_str().is_some_and(|n| n.starts_with("georep"))
+                        && (d["kind"].as_str() == Some("dev")) == dev
+                        && d["kind"].as_str() != Some("build")
+                })
+                .filter_map(|d| d["name"].as_str().map(str::to_string))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut cell = deps(false).join(", ");
+        let dev = deps(true);
+        if !dev.is_empty() {
+            cell = format!("{cell} [{}]", dev.join(", ")).trim().to_string();
+        }
+        actual.insert(p["name"].as_str().unwrap_or_default().to_string(), cell);
+    }
+    assert_eq!(
+        documented, actual,
+        "update the crate graph in ARCHITECTURE.md"
+    );
+}
