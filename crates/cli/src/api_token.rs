@@ -11,11 +11,12 @@ use georep_core::Topology;
 
 use crate::topology::ConfigFileError;
 
-/// Where the generated token lives: `STATE.api-token` beside a SQLite state file.
-pub(crate) fn path(topo: &Topology) -> Option<PathBuf> {
+/// Where a generated token lives: `STATE.api-token` / `STATE.events-token` beside a
+/// SQLite state file.
+pub(crate) fn path(topo: &Topology, kind: Kind) -> Option<PathBuf> {
     topo.state
         .sqlite_path()
-        .map(|db| db.with_extension("api-token"))
+        .map(|db| db.with_extension(kind.extension()))
 }
 
 /// Which generated token: the API's write token, or the storage-event webhook's.
@@ -54,11 +55,7 @@ pub(crate) fn ensure(topo: &Topology, kind: Kind) -> Result<(String, Option<Path
     if let Some(t) = kind.configured(topo) {
         return Ok((t.clone(), None));
     }
-    let Some(path) = topo
-        .state
-        .sqlite_path()
-        .map(|db| db.with_extension(kind.extension()))
-    else {
+    let Some(path) = path(topo, kind) else {
         return Err(ConfigFileError(format!(
             "a state that is not a SQLite file has no place for a generated token; set [server] {}",
             kind.field()
@@ -96,7 +93,7 @@ pub(crate) fn for_client(topo: &Topology, base: &str) -> Result<Option<String>> 
     if let Some(t) = &topo.server.token {
         return Ok(Some(t.clone()));
     }
-    let Some(p) = path(topo) else {
+    let Some(p) = path(topo, Kind::Api) else {
         return Ok(None);
     };
     if !is_this_machine(base, topo.server.listen) {

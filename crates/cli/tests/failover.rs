@@ -217,6 +217,19 @@ fn members_setup(
     (pgs, dir, cfg, rw, ro)
 }
 
+/// Waits until the daemon knows replica `we`'s lag in seconds (read on the primary).
+fn wait_lag_known(s: &Serve) {
+    let mut g = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            g = s.get("/api/v1/failover-groups/fg");
+            g["last_known_lag"]["we"]["seconds"].is_number()
+        }),
+        "lag unknown: {g:#}\n{}",
+        s.log_text()
+    );
+}
+
 /// Starts the daemon with `GEOREP_CRASH_AT=point`, asks for a planned failover to `to`,
 /// and waits for the daemon to die at that point.
 fn crash_during_failover(cfg: &std::path::Path, to: &str, force: bool, point: &str) {
@@ -536,15 +549,7 @@ fn automatic_failover_after_the_primary_dies_and_the_old_primary_is_never_routed
     let via_ro = format!("postgres://postgres@127.0.0.1:{ro}/shop");
     assert!(psql(&via_rw, "INSERT INTO w (v) VALUES ('before')").is_some());
     // The daemon knows the replica's lag before the primary fails.
-    let mut g = serde_json::Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            g = s.get("/api/v1/failover-groups/fg");
-            g["last_known_lag"]["we"]["seconds"].is_number()
-        }),
-        "lag unknown: {g:#}\n{}",
-        s.log_text()
-    );
+    wait_lag_known(&s);
     qc.kill9();
     let killed = std::time::Instant::now();
     assert!(
@@ -870,15 +875,7 @@ fn a_busy_primary_is_never_failed_over_and_a_closed_database_settles_without_a_s
     // "Too many connections" is an answer: the primary is up, and failing over would
     // lose writes for nothing.
     let s = Serve::start(BIN, &cfg, &[]);
-    let mut g = serde_json::Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            g = s.get("/api/v1/failover-groups/fg");
-            g["last_known_lag"]["we"]["seconds"].is_number()
-        }),
-        "lag unknown: {g:#}\n{}",
-        s.log_text()
-    );
+    wait_lag_known(&s);
     qc.psql("shop", "ALTER ROLE op CONNECTION LIMIT 1");
     let mut holder = Command::new("psql")
         .args(["-X", "-q", "-d", &owner, "-c", "SELECT pg_sleep(120)"])
@@ -886,6 +883,7 @@ fn a_busy_primary_is_never_failed_over_and_a_closed_database_settles_without_a_s
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("psql");
+    let mut g = serde_json::Value::Null;
     let busy = |g: &serde_json::Value| {
         g["members"].as_array().is_some_and(|m| {
             m.iter().any(|m| {

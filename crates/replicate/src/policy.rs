@@ -373,12 +373,7 @@ impl PolicyRuntime {
         if partial {
             gone.clear();
         }
-        gone.retain(|k| {
-            !protected.iter().any(|p| {
-                k.strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-        });
+        gone.retain(|k| !protected.iter().any(|p| georep_storage::key_within(k, p)));
         let forgot = self.forget(gone, sum.listed).await;
         // An operator's override covers one pass only, whatever that pass found.
         self.state.set_allow_mass_delete(&name, false)?;

@@ -941,10 +941,7 @@ async fn run_deletes(
     let held_n = Arc::new(AtomicU64::new(0));
     let counter = held_n.clone();
     let keys = deletes.into_keys()?.filter(move |key| {
-        let held = protected.iter().any(|p| {
-            key.strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        });
+        let held = protected.iter().any(|p| crate::store::key_within(key, p));
         if held {
             counter.fetch_add(1, Ordering::Relaxed);
         }

@@ -470,10 +470,9 @@ struct AzureName {
 impl AzureName {
     fn decoded(self) -> String {
         if self.encoded.as_deref() == Some("true") {
-            url::form_urlencoded::parse(format!("n={}", self.text.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or(self.text)
+            percent_encoding::percent_decode_str(&self.text)
+                .decode_utf8_lossy()
+                .into_owned()
         } else {
             self.text
         }

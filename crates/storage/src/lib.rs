@@ -21,4 +21,4 @@ pub use engine::{
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;
 pub use local::TEMP_PREFIX;
-pub use store::{resolve_local, Entry, ListRole, ObjectReader, Store, StoreOptions};
+pub use store::{key_within, resolve_local, Entry, ListRole, ObjectReader, Store, StoreOptions};

@@ -993,10 +993,7 @@ fn drop_folder_markers(
         held: Option<Entry>,
         last: Option<String>,
     }
-    let marker_of = |held: &Entry, next: &str| {
-        next.strip_prefix(held.key.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    };
+    let marker_of = |held: &Entry, next: &str| key_within(next, &held.key);
     entries
         .map(Some)
         .chain(futures::stream::once(async { None }))
@@ -1036,6 +1033,12 @@ fn drop_folder_markers(
         )
         .flatten()
         .boxed()
+}
+
+/// Whether `key` is `prefix` itself or a key below it (`prefix/...`), as folders nest.
+pub fn key_within(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Runs file-system work on the blocking pool.
