@@ -28,6 +28,8 @@ pub mod paths {
     pub const GROUP: &str = "/api/v1/failover-groups/{name}";
     pub const GROUP_FAILOVER: &str = "/api/v1/failover-groups/{name}/failover";
     pub const GROUP_RESEED: &str = "/api/v1/failover-groups/{name}/reseed";
+    /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
+    pub const RELOAD: &str = "/api/v1/reload";
 
     /// `route` with `{name}` replaced by `name`, encoded as one path segment.
     pub fn fill(route: &str, name: &str) -> String {
@@ -271,6 +273,58 @@ pub struct Resumed {
     pub note: String,
 }
 
+/// What a reload does to one item of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    /// New in the file: started.
+    Add,
+    /// Different in the file: restarted with the new settings.
+    Change,
+    /// Gone from the file: stopped (its recorded state is kept).
+    Remove,
+}
+
+/// One item a reload adds, changes or removes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The topology section: `policies`, `databases`, `failover_groups`, ...
+    pub section: String,
+    pub name: String,
+    pub action: ChangeAction,
+    /// For a change, the settings that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// Set when applying this change failed (the rest were still applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Change {
+    pub fn new(section: &str, name: &str, action: ChangeAction, fields: Vec<String>) -> Self {
+        Self {
+            section: section.to_string(),
+            name: name.to_string(),
+            action,
+            fields,
+            error: None,
+        }
+    }
+}
+
+/// The answer to [`paths::RELOAD`]: what a reload would do (`GET`) or did (`POST`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The topology file the daemon read.
+    pub file: String,
+    /// `true` when nothing was applied (a plan).
+    pub dry_run: bool,
+    pub changes: Vec<Change>,
+    /// Settings that only take effect at the next start (`[server]`, `[state]`).
+    #[serde(default)]
+    pub restart_needed: Vec<String>,
+}
+
 /// Why a call to the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -396,6 +450,21 @@ impl Client {
             note: note.map(str::to_string),
         };
         self.call(reqwest::Method::POST, &path, Some(&req)).await
+    }
+
+    /// What a reload of the daemon's topology file would change.
+    pub async fn reload_plan(&self) -> Result<Reloaded, ClientError> {
+        self.call(reqwest::Method::GET, paths::RELOAD, NONE).await
+    }
+
+    /// Reloads the daemon's topology file.
+    pub async fn reload(&self) -> Result<Reloaded, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            paths::RELOAD,
+            Some(&serde_json::json!({})),
+        )
+        .await
     }
 
     pub async fn resume(&self, policy: &str) -> Result<Resumed, ClientError> {

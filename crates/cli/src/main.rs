@@ -55,8 +55,13 @@ enum Command {
     Check(transfer::CheckArgs),
     /// Check a topology file and report every error in it; exit 2 if any.
     Validate(topology::ValidateArgs),
-    /// Show what `serve` would run and what changed against the recorded state.
+    /// Show what `serve` would run and what changed against the recorded state; with
+    /// --daemon, what a reload of the running daemon would start, restart and stop.
     Plan(topology::PlanArgs),
+    /// Make the running daemon read its topology file again and apply the difference
+    /// (same as SIGHUP): unchanged policies, databases and failover groups keep running,
+    /// proxied connections included; a file with errors is refused.
+    Reload(topology::ReloadArgs),
     /// Run the replication daemon with its HTTP API (stops cleanly on SIGINT/SIGTERM).
     Serve(serve::ServeArgs),
     /// Replication status per policy and destination, or of one object; exit 1 when an
@@ -164,7 +169,8 @@ fn main() -> ExitCode {
             Command::Sync(a) => transfer::run_sync(a).await,
             Command::Check(a) => transfer::run_check(a).await,
             Command::Validate(a) => topology::validate(a),
-            Command::Plan(a) => topology::plan(a),
+            Command::Plan(a) => topology::plan(a).await,
+            Command::Reload(a) => topology::reload(a).await,
             Command::Serve(a) => serve::run(a).await,
             Command::Status(a) => status::run(a),
             Command::Db(c) => db::run(c).await,

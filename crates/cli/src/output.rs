@@ -22,6 +22,9 @@ pub(crate) fn exit_code_of(e: &anyhow::Error) -> u8 {
         if let Some(r) = cause.downcast_ref::<georep_replicate::ReplicateError>() {
             return r.exit_class();
         }
+        if let Some(e) = cause.downcast_ref::<georep_component::Error>() {
+            return georep_daemon::exit_class(e);
+        }
         if cause.downcast_ref::<georep_core::StoreUrlError>().is_some()
             || cause
                 .downcast_ref::<crate::topology::ConfigFileError>()

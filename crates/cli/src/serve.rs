@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use georep_replicate::Daemon;
+use georep_daemon::{Daemon, Source};
 use georep_state::State;
 
 use crate::topology::{load, ConfigArg, ConfigFileError};
@@ -40,7 +40,15 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     let listener = georep_server::bind(listen).await.map_err(ConfigFileError)?;
     let addr = listener.local_addr()?;
     let n = topo.policies.len();
-    let daemon = Daemon::start(topo, Arc::new(state)).await?;
+    // A reload reads the same file the same way, with the state store it started with.
+    let file = std::path::absolute(&a.config.config).unwrap_or(a.config.config.clone());
+    let reread = file.clone();
+    let source = Source {
+        file: file.clone(),
+        load: Box::new(move || load(&reread).map_err(|e| format!("{e:#}"))),
+    };
+    let daemon = Daemon::start(topo, Arc::new(state), Some(source)).await?;
+    daemon.reload_on_sighup();
     println!("georep: replicating {n} policies; API on http://{addr}");
     if let Some(f) = &token_file {
         // Where the token is, never the token itself.

@@ -80,6 +80,108 @@ pub(crate) struct PlanArgs {
     pub(crate) config: ConfigArg,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
+    /// Ask the running daemon what a reload of its topology file would start, restart
+    /// and stop (nothing is applied).
+    #[arg(long)]
+    pub(crate) daemon: bool,
+    /// The daemon's API for --daemon (default: http://[server] listen from the topology).
+    #[arg(long, value_name = "URL", requires = "daemon")]
+    pub(crate) api: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReloadArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The daemon's API (default: http://[server] listen from the topology).
+    #[arg(long, value_name = "URL")]
+    pub(crate) api: Option<String>,
+    /// Only show what the reload would do.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+}
+
+/// `georep reload`: the running daemon reads its topology file again and applies the
+/// difference; exit 1 when a change could not be applied, 2 when the file was refused.
+pub(crate) async fn reload(a: ReloadArgs) -> Result<u8> {
+    // The daemon would refuse the same file with the same messages; say so here.
+    let t = match load(&a.config.config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "georep: reload refused: {} has errors; the daemon keeps running the configuration it has",
+                a.config.config.display()
+            );
+            return Ok(exit::USAGE);
+        }
+    };
+    let api = crate::api_token::client(&t, a.api.as_deref())?;
+    let r = if a.dry_run {
+        api.reload_plan().await
+    } else {
+        api.reload().await
+    };
+    match r {
+        Ok(r) => render_reload(&r, a.output),
+        Err(e) => {
+            eprintln!("georep: reload refused: {e}");
+            Ok(e.exit_class())
+        }
+    }
+}
+
+/// Prints a reload report; exit 1 when a change failed.
+fn render_reload(r: &georep_api::Reloaded, output: Output) -> Result<u8> {
+    use georep_api::ChangeAction;
+    let failed = r.changes.iter().filter(|c| c.error.is_some()).count();
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        let verb = |a: ChangeAction| match (a, r.dry_run) {
+            (ChangeAction::Add, true) => "would start",
+            (ChangeAction::Add, false) => "started",
+            (ChangeAction::Change, true) => "would restart",
+            (ChangeAction::Change, false) => "restarted",
+            (ChangeAction::Remove, true) => "would stop",
+            (ChangeAction::Remove, false) => "stopped",
+        };
+        println!(
+            "{} {}",
+            if r.dry_run { "a reload of" } else { "reloaded" },
+            r.file
+        );
+        if r.changes.is_empty() {
+            println!("  no changes: the daemon runs what the file says");
+        }
+        for c in &r.changes {
+            let mark = match c.action {
+                ChangeAction::Add => '+',
+                ChangeAction::Change => '~',
+                ChangeAction::Remove => '-',
+            };
+            let fields = if c.fields.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.fields.join(", "))
+            };
+            match &c.error {
+                None => println!(
+                    "  {mark} {} {}: {}{fields}",
+                    c.section,
+                    c.name,
+                    verb(c.action)
+                ),
+                Some(e) => println!("  ! {} {}: FAILED to apply: {e}", c.section, c.name),
+            }
+        }
+        for n in &r.restart_needed {
+            println!("  restart needed: {n}");
+        }
+    }
+    Ok(if failed > 0 { exit::DIFFERENCES } else { 0 })
 }
 
 /// How a policy's changes are detected, in words.
@@ -109,8 +211,18 @@ fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
-pub(crate) fn plan(a: PlanArgs) -> Result<u8> {
+pub(crate) async fn plan(a: PlanArgs) -> Result<u8> {
     let t = load(&a.config.config)?;
+    if a.daemon {
+        let api = crate::api_token::client(&t, a.api.as_deref())?;
+        return match api.reload_plan().await {
+            Ok(r) => render_reload(&r, a.output),
+            Err(e) => {
+                eprintln!("georep: the daemon could not plan a reload: {e}");
+                Ok(e.exit_class())
+            }
+        };
+    }
     // Never create a state file just to plan.
     let state = match t.state.sqlite_path() {
         Some(p) if !p.exists() => None,

@@ -935,3 +935,103 @@ fn a_busy_primary_is_never_failed_over_and_a_closed_database_settles_without_a_s
         "-1"
     );
 }
+
+/// Opens a session through a listener without starting it (PostgreSQL waits for the
+/// start-up packet), so it stays open across a reload.
+fn idle_session(port: u16) -> std::net::TcpStream {
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the listener")
+}
+
+/// Whether a session opened earlier still reaches PostgreSQL: an SSLRequest is answered
+/// with one byte, `N` or `S`.
+fn still_proxied(c: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut b = [0u8; 1];
+    c.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).is_ok()
+        && matches!(c.read(&mut b), Ok(1) if b[0] == b'N' || b[0] == b'S')
+}
+
+/// A reload that does not touch a failover group leaves its listeners and their
+/// proxied sessions alone; one that changes the group restarts it (sessions end, new
+/// ones are routed at once), and the change names the field.
+#[test]
+fn a_reload_keeps_an_unchanged_group_and_its_sessions_and_restarts_a_changed_one() {
+    let (_pgs, dir, cfg, rw, _ro) = members_setup("", &["we"]);
+    let cfg_s = cfg.to_str().expect("utf-8");
+    let s = Serve::start(BIN, &cfg, &[]);
+    wait_lag_known(&s);
+    let epoch = s.get("/api/v1/failover-groups/fg")["epoch"].clone();
+    let mut kept = idle_session(rw);
+    // Add a policy: the group is not part of the change.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::write(a.join("x"), b"x").expect("write");
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}[stores.a]\nregion = \"qc\"\nurl = \"{}\"\n[stores.b]\nregion = \"we\"\nurl = \"{}\"\n\
+             [[policies]]\nname = \"p\"\nsource = \"a\"\ndestinations = [\"b\"]\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["reload", "-c", cfg_s, "--api", &s.base])
+        .output()
+        .expect("reload");
+    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text_out}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text_out.contains("+ policies p: started"), "{text_out}");
+    assert!(!text_out.contains("failover_groups"), "{text_out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || b.join("x").exists()),
+        "the added policy does not run"
+    );
+    assert!(
+        still_proxied(&mut kept),
+        "a session of an unchanged group was cut by a reload"
+    );
+    assert_eq!(s.get("/api/v1/failover-groups/fg")["epoch"], epoch);
+
+    // Change the group: it restarts; its old sessions end; new ones are routed.
+    let mut cut = idle_session(rw);
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace("probe_failures = 2", "probe_failures = 3"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["reload", "-c", cfg_s, "--api", &s.base])
+        .output()
+        .expect("reload");
+    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text_out}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text_out.contains("~ failover_groups fg: restarted (probe_failures)"),
+        "{text_out}"
+    );
+    assert!(
+        closed_by_listener(&mut cut),
+        "a session of the restarted group was kept"
+    );
+    let via_rw = format!("postgres://postgres@127.0.0.1:{rw}/shop");
+    assert!(
+        wait_until(Duration::from_secs(30), || psql(&via_rw, "SELECT 1")
+            .is_some()),
+        "the restarted listener does not route:\n{}",
+        s.log_text()
+    );
+    assert_eq!(s.get("/api/v1/failover-groups/fg")["epoch"], epoch);
+}

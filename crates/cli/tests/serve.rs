@@ -957,3 +957,131 @@ fn an_operator_pause_stops_copies_and_deletes_survives_a_restart_and_resumes() {
     );
     assert!(s.get("/api/v1/policies/p")["held"].is_null());
 }
+
+/// A live reload: `plan --daemon` shows what would change, `georep reload` starts an
+/// added policy without a restart, a broken file is refused with validate's message and
+/// changes nothing, and SIGHUP applies a removal while the other policy keeps running.
+#[test]
+fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a2, c) = (dir.path().join("a2"), dir.path().join("c"));
+    write(&a, "p/1", b"one");
+    write(&a2, "q/1", b"two");
+    let stores = [
+        ("a", "r1", "a"),
+        ("a2", "r1", "a2"),
+        ("b", "r2", "b"),
+        ("c", "r2", "c"),
+    ];
+    let p = "name = \"p\"\nsource = \"a\"\ndestinations = [\"b\"]\nscan_interval = \"1s\"\n";
+    let q = "[[policies]]\nname = \"q\"\nsource = \"a2\"\ndestinations = [\"c\"]\nscan_interval = \"1s\"\n";
+    let cfg = topology(dir.path(), &stores, p, "");
+    let cfg_s = cfg.to_str().expect("utf-8");
+    let s = Serve::start(BIN, &cfg, &[]);
+    s.converge("p", Some(1));
+    assert_eq!(
+        s.req(reqwest::Method::GET, "/api/v1/policies/q", None).0,
+        404
+    );
+
+    // Add q: the plan shows it, the reload starts it, p is untouched.
+    topology(dir.path(), &stores, &format!("{p}{q}"), "");
+    let (code, out, err) = run(&["plan", "--daemon", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("+ policies q: would start"), "{out}");
+    assert!(!out.contains("policies p"), "p is unchanged: {out}");
+    assert_eq!(
+        s.req(reqwest::Method::GET, "/api/v1/policies/q", None).0,
+        404,
+        "a plan applies nothing"
+    );
+    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("+ policies q: started"), "{out}");
+    s.converge("q", Some(1));
+    assert!(
+        wait_until(Duration::from_secs(30), || tree(&c) == tree(&a2)),
+        "q did not replicate"
+    );
+    let scans_p = s.get("/api/v1/policies/p")["last_scan"]["scans"]
+        .as_i64()
+        .unwrap_or(0);
+
+    // A change restarts only the changed policy; its field is named.
+    topology(dir.path(), &stores, &format!("{p}{q}transfers = 2\n"), "");
+    let (code, out, err) = run(
+        &["reload", "-c", cfg_s, "--api", &s.base, "--output", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        r["changes"],
+        json!([{"section": "policies", "name": "q", "action": "change", "fields": ["transfers"]}]),
+        "{r:#}"
+    );
+    // p kept running through both reloads (its scan count only grew).
+    assert!(
+        s.get("/api/v1/policies/p")["last_scan"]["scans"]
+            .as_i64()
+            .unwrap_or(0)
+            >= scans_p
+    );
+
+    // A broken file is refused with validate's message; everything keeps running.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace("destinations = [\"c\"]", "destinations = [\"nowhere\"]"),
+    )
+    .expect("write");
+    let (vcode, vout, verr) = run(&["validate", "-c", cfg_s], &[]);
+    assert_eq!(vcode, 2, "{vout}{verr}");
+    let first = verr.lines().next().expect("a validate message").to_string();
+    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&first) && err.contains("keeps running"),
+        "validate says {first:?}; reload said {err}"
+    );
+    // The daemon itself refuses it the same way (SIGHUP and the API take this path).
+    let (code, body) = s.req(reqwest::Method::POST, "/api/v1/reload", Some(&json!({})));
+    assert_eq!(code, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&first) && msg.contains("keeps running"),
+        "{msg}"
+    );
+    write(&a2, "q/2", b"still replicating");
+    assert!(
+        wait_until(Duration::from_secs(30), || tree(&c) == tree(&a2)),
+        "q stopped after a refused reload"
+    );
+
+    // SIGHUP: p removed from the file is stopped; q goes on; p's state is kept.
+    topology(
+        dir.path(),
+        &stores,
+        &q.replacen("[[policies]]\n", "", 1),
+        "",
+    );
+    s.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(30), || s
+            .req(reqwest::Method::GET, "/api/v1/policies/p", None)
+            .0
+            == 404),
+        "SIGHUP did not remove p:\n{}",
+        s.log_text()
+    );
+    write(&a, "p/2", b"not replicated any more");
+    write(&a2, "q/3", b"replicated");
+    assert!(
+        wait_until(Duration::from_secs(30), || tree(&c) == tree(&a2)),
+        "q stopped after SIGHUP"
+    );
+    assert!(!b.join("p/2").exists(), "a removed policy still replicates");
+    assert!(s.log_text().contains("reload applied"), "{}", s.log_text());
+}

@@ -68,6 +68,20 @@ async fn probe(m: &DbMember, t: Duration) -> std::result::Result<pg::Client, Pro
     .unwrap_or_else(|_| Err(Probe::Down(format!("no answer within {t:?}"))))
 }
 
+/// Binds a listener; an address still held by a listener being closed (the same group
+/// restarted by a reload) is tried again for a few seconds.
+async fn bind_when_free(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// `host:port` of a member's URL, read as connections read it (`host=`/`port=` too).
 fn address(url: &str) -> Option<String> {
     georep_core::pg_endpoint(url)
@@ -126,25 +140,30 @@ impl Group {
             unsettled: AtomicBool::new(unsettled),
             fences_set: Mutex::new(BTreeSet::new()),
         });
-        let listen = |addr, kind| {
-            std::net::TcpListener::bind(addr)
-                .and_then(|l| {
-                    proxy::spawn(
-                        l,
-                        kind,
-                        cfg.max_connections as usize,
-                        group.route.subscribe(),
-                        stop.clone(),
-                    )
-                })
-                .map_err(|source| FailoverError::Bind { addr, source })
-        };
-        listen(cfg.read_write_listener, Kind::ReadWrite)?;
-        if let Some(ro) = cfg.read_only_listener {
-            listen(ro, Kind::ReadOnly)?;
+        let mut listeners = vec![(cfg.read_write_listener, Kind::ReadWrite)];
+        listeners.extend(cfg.read_only_listener.map(|ro| (ro, Kind::ReadOnly)));
+        for (addr, kind) in listeners {
+            // A listener already serving stops when the caller drops the stop sender.
+            let bound = bind_when_free(addr)
+                .await
+                .map_err(|source| FailoverError::Bind { addr, source })?;
+            proxy::spawn(
+                bound,
+                kind,
+                cfg.max_connections as usize,
+                group.route.subscribe(),
+                stop.clone(),
+            )
+            .map_err(|source| FailoverError::Bind { addr, source })?;
         }
         tokio::spawn(group.clone().probe_loop(stop));
         Ok(group)
+    }
+
+    /// Waits until no role change (failover, reseed) is in progress and keeps others
+    /// from starting while the guard lives: a reload stops a group only then.
+    pub async fn idle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.op.lock().await
     }
 
     /// The database with the current roles.

@@ -1,15 +1,22 @@
-//! georep-failover: failover groups.
+//! georep-failover: failover groups and the database replicas they move, as daemon
+//! components.
 //!
-//! API boundary: [`Group`] — started from a topology's failover group and its database,
-//! it binds the read-write and read-only listeners, probes every member's health, and
-//! performs planned failovers ([`Group::failover`]). The current route lives in memory
+//! API boundary: [`Groups`] and [`Databases`], the daemon's components for
+//! `[[failover_groups]]` and `[[databases]]`; [`Group`] — started from a topology's
+//! failover group and its database, it binds the read-write and read-only listeners,
+//! probes every member's health, and performs planned failovers ([`Group::failover`]). The current route lives in memory
 //! (a `watch` channel) and is only ever changed to an epoch already written to the state
 //! store. The listeners' data path is a plain byte splice that reads the route when a
 //! client connects and never waits on the control plane, except while a failover holds
 //! new connections.
 
 mod group;
+mod groups;
+mod monitor;
 mod proxy;
+
+pub use groups::Groups;
+pub use monitor::{DatabaseStatus, Databases};
 
 pub use group::{
     FailoverEvent, FailoverKind, FailoverReport, Group, GroupState, GroupStatus, Lag, MemberHealth,

@@ -41,3 +41,20 @@ impl ReplicateError {
 }
 
 pub type Result<T, E = ReplicateError> = std::result::Result<T, E>;
+
+/// The cause as the daemon's API reports it.
+impl From<ReplicateError> for georep_component::Error {
+    fn from(e: ReplicateError) -> Self {
+        use georep_component::ErrorKind as K;
+        let kind = match &e {
+            ReplicateError::UnknownPolicy(_) | ReplicateError::NotFound(_) => K::NotFound,
+            ReplicateError::Config(_) => K::Invalid,
+            ReplicateError::Conflict(_) => K::Refused,
+            ReplicateError::Unavailable(_) => K::Unavailable,
+            ReplicateError::Store { source, .. } if source.exit_class() == 3 => K::Unavailable,
+            ReplicateError::Store { .. } => K::Upstream,
+            ReplicateError::State(_) => K::Internal,
+        };
+        georep_component::Error::new(kind, e)
+    }
+}

@@ -1,8 +1,8 @@
 //! georep-replicate: continuous, policy-driven object replication.
 //!
-//! API boundary: [`Daemon`] (start from a topology and a state store; status, resync,
-//! resume, webhook ingestion, metrics), [`status`] (the same status read straight from a
-//! state store) and [`events`] (webhook body parsing).
+//! API boundary: [`Policies`], the daemon component that runs every policy (status,
+//! resync, pause, resume, webhook ingestion, metrics), [`status`] (the same status read
+//! straight from a state store) and [`events`] (webhook body parsing).
 //!
 //! A change is detected three ways — periodic scans diffed against the manifest in the
 //! state store, filesystem notifications for local sources, and storage events posted to
@@ -11,8 +11,7 @@
 //! with the transfer engine's verified copy, and record the outcome; a copy is idempotent,
 //! so work cut off by a crash is simply done again.
 
-mod daemon;
-mod databases;
+mod component;
 mod error;
 pub mod events;
 mod metrics;
@@ -20,8 +19,6 @@ mod policy;
 pub mod status;
 mod watch;
 
-pub use daemon::{policy_record, Daemon, Ingested, Resynced};
-pub use databases::DatabaseStatus;
+pub use component::{policy_record, Ingested, Policies, Resynced};
 pub use error::{ReplicateError, Result};
-pub use metrics::Metrics;
 pub use policy::{ScanSummary, Via, FAILED_AFTER, GUARD_FLOOR};

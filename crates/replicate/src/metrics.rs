@@ -1,14 +1,12 @@
-//! Prometheus metrics for replication, in one registry the server encodes.
+//! Prometheus metrics for replication, registered in the daemon's one registry.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 /// Labels of per-destination series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,8 +33,7 @@ type FGauge = Gauge<f64, AtomicU64>;
 
 /// Every replication metric. Gauges are refreshed from the state store; counters and the
 /// latency histogram are updated as work completes.
-pub struct Metrics {
-    registry: Mutex<Registry>,
+pub(crate) struct Metrics {
     pub(crate) latency: Family<Dest, Histogram>,
     pub(crate) replicated: Family<Dest, Counter>,
     pub(crate) replicated_bytes: Family<Dest, Counter>,
@@ -61,10 +58,10 @@ fn latency_histogram() -> Histogram {
     ])
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Builds the families and registers them in `r`.
+    pub(crate) fn register(r: &georep_component::Metrics) -> Self {
         let m = Self {
-            registry: Mutex::new(Registry::with_prefix("georep")),
             latency: Family::new_with_constructor(latency_histogram),
             replicated: Default::default(),
             replicated_bytes: Default::default(),
@@ -83,7 +80,6 @@ impl Default for Metrics {
             last_scan: Default::default(),
         };
         {
-            let mut r = m.lock();
             r.register(
                 "replication_latency_seconds",
                 "Time from a change at the source to its copy being visible at the destination",
@@ -170,26 +166,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    /// Drops the series of a destination no longer replicated (its policy was removed
+    /// or changed by a reload), so dashboards do not show stale values.
+    pub(crate) fn forget(&self, policy: &str, destination: &str) {
+        let l = dest(policy, destination);
+        for f in [
+            &self.pending,
+            &self.pending_bytes,
+            &self.failed,
+            &self.rpo_breached,
+        ] {
+            f.remove(&l);
+        }
+        self.rpo.remove(&l);
     }
 
-    /// Adds a metric family to the registry (for other parts of the daemon).
-    pub(crate) fn register(
-        &self,
-        name: &str,
-        help: &str,
-        metric: impl prometheus_client::registry::Metric,
-    ) {
-        self.lock().register(name, help, metric);
-    }
-
-    /// The registry in the Prometheus/OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.lock());
-        out
+    /// Drops a removed policy's per-policy gauges (counters are kept: they only grow).
+    pub(crate) fn forget_policy(&self, policy: &str) {
+        let l = pol(policy);
+        self.paused.remove(&l);
+        self.rpo_target.remove(&l);
+        self.scan_seconds.remove(&l);
+        self.last_scan.remove(&l);
     }
 }
 

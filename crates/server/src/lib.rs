@@ -1,8 +1,9 @@
 //! georep-server: the daemon's HTTP surface — JSON API, storage-event webhook and
 //! Prometheus metrics. The only crate that knows HTTP routes.
 //!
-//! API boundary: [`router`] builds the axum router over a running [`Daemon`]; [`serve`]
-//! binds and runs it until a shutdown future resolves.
+//! API boundary: [`router`] builds the axum router over a running [`Daemon`] (each
+//! route reaches its component through [`Daemon::get`]); [`serve`] binds and runs it
+//! until a shutdown future resolves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use georep_api::{paths, FailoverRequest, ReseedRequest};
+use georep_component::Error;
+use georep_daemon::Daemon;
+use georep_failover::{Databases, Groups};
 use georep_replicate::events::{self, Parsed};
-use georep_replicate::{Daemon, ReplicateError};
+use georep_replicate::Policies;
 use serde_json::json;
 
 /// Who may call the API.
@@ -51,21 +55,55 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ReplicateError> for ApiError {
-    fn from(e: ReplicateError) -> Self {
-        let code = match &e {
-            ReplicateError::UnknownPolicy(_) | ReplicateError::NotFound(_) => StatusCode::NOT_FOUND,
-            ReplicateError::Config(_) => StatusCode::BAD_REQUEST,
-            ReplicateError::Conflict(_) => StatusCode::CONFLICT,
-            ReplicateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ReplicateError::Store { .. } => StatusCode::BAD_GATEWAY,
-            ReplicateError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+/// The status follows the error's kind: the request (400), a missing name (404), a
+/// refusal (409), a store's error (502), an unreachable member (503), georep (500).
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code =
+            StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError(code, e.to_string())
     }
 }
 
+impl From<georep_replicate::ReplicateError> for ApiError {
+    fn from(e: georep_replicate::ReplicateError) -> Self {
+        Error::from(e).into()
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
+
+impl App {
+    /// A registered component; missing only if the daemon's registration list lost it.
+    fn get<T: georep_component::Component>(&self) -> ApiResult<&T> {
+        self.daemon.get::<T>().ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("component {} is not running", std::any::type_name::<T>()),
+            )
+        })
+    }
+}
+
+/// Runs a blocking read of a component off the async workers.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&Daemon) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let d = app.daemon.clone();
+    tokio::task::spawn_blocking(move || f(&d))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+fn policies_of(d: &Daemon) -> ApiResult<&Policies> {
+    d.get::<Policies>().ok_or_else(|| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies component is not running".into(),
+        )
+    })
+}
 
 /// The router: `/healthz` is open; reading routes need the bearer token when one is
 /// configured; routes that change something (resync, resume, failover, reseed) always
@@ -79,6 +117,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::POLICY_PAUSE, post(pause))
         .route(paths::GROUP_FAILOVER, post(failover))
         .route(paths::GROUP_RESEED, post(reseed))
+        .route(paths::RELOAD, post(reload))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route(paths::POLICIES, get(policies))
@@ -90,6 +129,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
+        .route(paths::RELOAD, get(reload_plan))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     let events = Router::new()
         .route(paths::EVENTS, post(event).options(event_handshake))
@@ -270,10 +310,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn policies(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
-    let d = app.daemon.clone();
-    let all = tokio::task::spawn_blocking(move || d.statuses())
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let all = blocking(&app, |d| Ok(policies_of(d)?.statuses()?)).await?;
     Ok(Json(json!({ "policies": all })))
 }
 
@@ -281,10 +318,7 @@ async fn policy(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let d = app.daemon.clone();
-    let s = tokio::task::spawn_blocking(move || d.status(&name))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let s = blocking(&app, move |d| Ok(policies_of(d)?.status(&name)?)).await?;
     Ok(Json(s))
 }
 
@@ -292,12 +326,9 @@ async fn object(
     State(app): State<Arc<App>>,
     Path((name, key)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let d = app.daemon.clone();
     let k = key.trim_start_matches('/').to_string();
     let n = name.clone();
-    let s = tokio::task::spawn_blocking(move || d.object(&n, &k))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let s = blocking(&app, move |d| Ok(policies_of(d)?.object(&n, &k)?)).await?;
     if s.source.is_none() && s.destinations.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -313,14 +344,14 @@ async fn resync(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(app.daemon.resync(&name).await?))
+    Ok(Json(app.get::<Policies>()?.resync(&name).await?))
 }
 
 async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let note = app.daemon.resume(&name)?;
+    let note = app.get::<Policies>()?.resume(&name)?;
     Ok(Json(georep_api::Resumed {
         resumed: name,
         note: note.to_string(),
@@ -342,8 +373,18 @@ async fn pause(
             )
         })?
     };
-    let held = app.daemon.pause(&name, req.note.as_deref())?;
+    let held = app.get::<Policies>()?.pause(&name, req.note.as_deref())?;
     Ok(Json(georep_api::Paused { paused: name, held }))
+}
+
+/// What a reload of the daemon's topology file would change.
+async fn reload_plan(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.daemon.reload(true).await?))
+}
+
+/// Reloads the topology file: the difference is applied, the rest keeps running.
+async fn reload(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.daemon.reload(false).await?))
 }
 
 async fn event(
@@ -365,7 +406,7 @@ async fn event(
             Ok(Json(json!({ "confirm": subscribe_url })).into_response())
         }
         p @ Parsed::Changes { .. } => {
-            let done = app.daemon.ingest(&name, p).await?;
+            let done = app.get::<Policies>()?.ingest(&name, p).await?;
             Ok(Json(done).into_response())
         }
     }
@@ -377,8 +418,8 @@ async fn event_handshake(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    if !app.daemon.has_policy(&name) {
-        return Err(ReplicateError::UnknownPolicy(name).into());
+    if !app.get::<Policies>()?.has_policy(&name) {
+        return Err(georep_replicate::ReplicateError::UnknownPolicy(name).into());
     }
     let origin = headers
         .get(events::WEBHOOK_REQUEST_ORIGIN)
@@ -400,35 +441,42 @@ async fn event_handshake(
     Ok(r)
 }
 
-async fn databases(State(app): State<Arc<App>>) -> impl IntoResponse {
-    Json(json!({ "databases": app.daemon.databases() }))
+async fn databases(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        json!({ "databases": app.get::<Databases>()?.statuses() }),
+    ))
 }
 
 async fn database(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    match app.daemon.database(&name) {
-        Err(e) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
-        Ok(None) => Err(ApiError(
+    match app.get::<Databases>()?.status(&name)? {
+        None => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("database '{name}' has not been checked yet; retry in a few seconds"),
         )),
-        Ok(Some(s)) => Ok(Json(s)),
+        Some(s) => Ok(Json(s)),
     }
 }
 
 async fn groups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(
-        json!({ "failover_groups": app.daemon.failover_groups()? }),
-    ))
+    let all = blocking(&app, |d| {
+        Ok(d.get::<Groups>()
+            .ok_or_else(|| Error::internal("the failover groups component is not running"))?
+            .statuses()?)
+    })
+    .await?;
+    Ok(Json(georep_api::GroupList {
+        failover_groups: all,
+    }))
 }
 
 async fn group(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(app.daemon.failover_group(&name)?))
+    Ok(Json(app.get::<Groups>()?.status(&name)?))
 }
 
 async fn failover(
@@ -447,7 +495,7 @@ async fn failover(
         })?
     };
     Ok(Json(
-        app.daemon
+        app.get::<Groups>()?
             .failover(&name, req.to.as_deref(), req.force)
             .await?,
     ))
@@ -464,7 +512,7 @@ async fn reseed(
             format!("body must be {{\"member\": \"NAME\"}}: {e}"),
         )
     })?;
-    Ok(Json(app.daemon.reseed(&name, &req.member).await?))
+    Ok(Json(app.get::<Groups>()?.reseed(&name, &req.member).await?))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

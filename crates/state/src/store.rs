@@ -632,6 +632,16 @@ impl State {
         Ok(n as u64)
     }
 
+    /// Drops the leases of one policy: called when its workers were stopped (a reload
+    /// changed or removed it), so the next ones take its unfinished items at once.
+    pub fn clear_policy_leases(&self, policy: &str) -> Result<u64> {
+        let n = self.lock().execute(
+            "UPDATE items SET lease_until = 0 WHERE policy = ?1 AND lease_until != 0",
+            [policy],
+        )?;
+        Ok(n as u64)
+    }
+
     /// Makes every failed or waiting item of a policy due now.
     pub fn retry_now(&self, policy: &str) -> Result<u64> {
         let n = self.lock().execute(

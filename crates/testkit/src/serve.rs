@@ -161,6 +161,15 @@ impl Serve {
         self.child.try_wait().ok().flatten().is_some()
     }
 
+    /// Sends a signal (`"HUP"`, `"TERM"`, ...) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed");
+    }
+
     /// SIGTERM and wait: the exit code.
     pub fn terminate(&mut self) -> i32 {
         let _ = Command::new("kill")
