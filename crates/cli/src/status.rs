@@ -135,7 +135,7 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
             || s.destinations.iter().any(|d| d.failed > 0)
     }) || groups
         .iter()
-        .any(|(r, _)| r.state != "stable" || r.fenced.as_deref().is_some_and(|f| !f.is_empty()));
+        .any(|(r, _)| r.state != georep_api::GroupState::Stable || !r.fenced.is_empty());
     if a.output == Output::Json {
         let groups: Vec<_> = groups
             .iter()
@@ -154,18 +154,19 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
                 r.group,
                 r.primary,
                 r.epoch,
-                r.state.to_uppercase(),
-                r.fenced
-                    .as_deref()
-                    .filter(|f| !f.is_empty())
-                    .map(|f| format!("  FENCED (needs `georep db reseed`): {f}"))
-                    .unwrap_or_default()
+                r.state.as_str().to_uppercase(),
+                if r.fenced.is_empty() {
+                    String::new()
+                } else {
+                    let f: Vec<&str> = r.fenced.iter().map(String::as_str).collect();
+                    format!("  FENCED (needs `georep db reseed`): {}", f.join(","))
+                }
             );
             for h in history {
                 println!(
                     "  epoch {:<4} {:<9} {} → {}  {}  write gap {}  {}{}",
                     h.epoch,
-                    h.kind,
+                    h.kind.as_str(),
                     h.from,
                     h.to,
                     when(Some(h.started_at)),

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
-use georep_core::{StoreUrl, Topology};
-use georep_state::{PolicyChange, State};
-use serde_json::{json, Value};
+use georep_core::Topology;
+use georep_daemon::plan::PolicyPlanChange;
+use georep_state::State;
 
 use crate::{exit, Output};
 
@@ -184,33 +184,6 @@ fn render_reload(r: &georep_api::Reloaded, output: Output) -> Result<u8> {
     Ok(if failed > 0 { exit::DIFFERENCES } else { 0 })
 }
 
-/// How a policy's changes are detected, in words.
-pub(crate) fn detection(t: &Topology, p: &georep_core::Policy) -> String {
-    let scan = humantime::format_duration(p.scan_interval);
-    match t.store(&p.source).map(|s| &s.url) {
-        Some(StoreUrl::Local { .. }) => format!("filesystem notifications + scan every {scan}"),
-        _ => format!(
-            "storage events to POST /api/v1/events/{} + scan every {scan}",
-            p.name
-        ),
-    }
-}
-
-/// Field-by-field differences between two recorded policy configurations.
-fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
-    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
-        return vec!["configuration".into()];
-    };
-    let mut out = Vec::new();
-    for (k, v) in n {
-        let before = o.get(k).unwrap_or(&Value::Null);
-        if before != v {
-            out.push(format!("{k}: {before} → {v}"));
-        }
-    }
-    out
-}
-
 pub(crate) async fn plan(a: PlanArgs) -> Result<u8> {
     let t = load(&a.config.config)?;
     if a.daemon {
@@ -228,137 +201,77 @@ pub(crate) async fn plan(a: PlanArgs) -> Result<u8> {
         Some(p) if !p.exists() => None,
         _ => Some(State::open(&t.state.url)?),
     };
-    let recorded = match &state {
-        Some(s) => s.policies()?,
-        None => Vec::new(),
-    };
-    let mut policies = Vec::new();
-    for p in &t.policies {
-        let config = georep_replicate::policy_record(&t, p);
-        let change = match &state {
-            Some(s) => s.policy_change(&p.name, &config)?,
-            None => PolicyChange::Added,
-        };
-        let (pending, failed) = match &state {
-            Some(s) => s
-                .lag(&p.name)?
-                .iter()
-                .fold((0, 0), |(a, b), l| (a + l.pending, b + l.failed)),
-            None => (0, 0),
-        };
-        let fields = match &change {
-            PolicyChange::Changed { previous } => changed_fields(previous, &config),
-            _ => Vec::new(),
-        };
-        policies.push(json!({
-            "name": p.name,
-            "change": match change { PolicyChange::Added => "added", PolicyChange::Changed{..} => "changed", PolicyChange::Unchanged => "unchanged" },
-            "changed_fields": fields,
-            "source": t.store(&p.source),
-            "destinations": p.destinations.iter().map(|d| t.store(d)).collect::<Vec<_>>(),
-            "include": p.include, "exclude": p.exclude,
-            "since": p.since.map(|s| s.to_rfc3339()),
-            "deletes": config["deletes"], "max_delete": config["max_delete"],
-            "rpo": config["rpo"], "scan_interval": config["scan_interval"], "transfers": p.transfers,
-            "detection": detection(&t, p),
-            "queue": { "pending": pending, "failed": failed },
-        }));
-    }
-    let removed: Vec<&str> = recorded
-        .iter()
-        .filter(|r| t.policy(&r.name).is_none())
-        .map(|r| r.name.as_str())
-        .collect();
-    let doc = json!({
-        "state": { "url": t.state.redacted_url(), "exists": state.is_some() },
-        "server": { "listen": t.server.listen.to_string(), "token": t.server.token.is_some() },
-        "policies": policies,
-        "removed_policies": removed,
-        "databases": t.databases,
-    });
+    let plan = georep_daemon::plan::plan(&t, state.as_ref())?;
     if a.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(0);
     }
     println!(
         "state   {}{}",
-        t.state.redacted_url(),
-        if state.is_some() { "" } else { " (new)" }
+        plan.state.url,
+        if plan.state.exists { "" } else { " (new)" }
     );
     println!(
         "server  http://{} ({})",
-        t.server.listen,
-        if t.server.token.is_some() {
+        plan.server.listen,
+        if plan.server.token {
             "bearer token required"
         } else {
             "no token"
         }
     );
-    for p in &policies {
-        println!();
-        println!(
-            "policy {} [{}]",
-            p["name"].as_str().unwrap_or_default(),
-            p["change"].as_str().unwrap_or_default()
-        );
-        for f in p["changed_fields"].as_array().into_iter().flatten() {
-            println!("  changed   {}", f.as_str().unwrap_or_default());
+    let store = |s: &Option<georep_core::StoreDef>| match s {
+        Some(s) => format!("{} ({}) {}", s.name, s.region, s.url),
+        None => String::new(),
+    };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
         }
-        let store = |s: &Value| {
-            format!(
-                "{} ({}) {}",
-                s["name"].as_str().unwrap_or_default(),
-                s["region"].as_str().unwrap_or_default(),
-                s["url"].as_str().unwrap_or_default()
-            )
+    };
+    for p in &plan.policies {
+        println!();
+        let change = match p.change {
+            PolicyPlanChange::Added => "added",
+            PolicyPlanChange::Changed => "changed",
+            PolicyPlanChange::Unchanged => "unchanged",
         };
-        println!("  source    {}", store(&p["source"]));
-        for d in p["destinations"].as_array().into_iter().flatten() {
+        println!("policy {} [{change}]", p.name);
+        for f in &p.changed_fields {
+            println!("  changed   {f}");
+        }
+        println!("  source    {}", store(&p.source));
+        for d in &p.destinations {
             println!("  → dest    {}", store(d));
         }
-        println!(
-            "  detect    {}",
-            p["detection"].as_str().unwrap_or_default()
-        );
-        let list = |v: &Value| {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "-".into())
-        };
+        println!("  detect    {}", p.detection);
         println!(
             "  filters   include {}; exclude {}; {}",
-            list(&p["include"]),
-            list(&p["exclude"]),
-            match p["since"].as_str() {
+            list(&p.include),
+            list(&p.exclude),
+            match &p.since {
                 Some(s) => format!("only objects modified since {s}"),
                 None => "existing objects are copied too".into(),
             }
         );
         println!(
             "  deletes   {} (mass-delete guard {}); rpo {}; {} transfers",
-            p["deletes"].as_str().unwrap_or_default(),
-            p["max_delete"].as_str().unwrap_or_default(),
-            p["rpo"].as_str().unwrap_or_default(),
-            p["transfers"]
+            p.deletes, p.max_delete, p.rpo, p.transfers
         );
-        if p["queue"]["pending"].as_u64().unwrap_or(0) > 0 {
+        if p.queue.pending > 0 {
             println!(
                 "  queue     {} pending ({} failed) from earlier runs",
-                p["queue"]["pending"], p["queue"]["failed"]
+                p.queue.pending, p.queue.failed
             );
         }
     }
-    if !removed.is_empty() {
+    if !plan.removed_policies.is_empty() {
         println!();
         println!(
             "no longer in the file (state kept, not replicated): {}",
-            removed.join(", ")
+            plan.removed_policies.join(", ")
         );
     }
     for d in &t.databases {

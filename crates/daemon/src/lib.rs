@@ -9,6 +9,8 @@
 //! Adding a capability: a crate whose component implements
 //! [`georep_component::Component`], and one line in [`components`].
 
+pub mod plan;
+
 use std::any::Any;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

@@ -69,7 +69,7 @@ impl DbError {
         }
     }
 
-    pub(crate) fn sql(member: &str, e: tokio_postgres::Error) -> Self {
+    pub fn sql(member: &str, e: tokio_postgres::Error) -> Self {
         let detail = match e.as_db_error() {
             Some(d) => match d.hint() {
                 Some(h) => format!("{} (hint: {h})", d.message()),

@@ -100,7 +100,7 @@ impl Group {
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>> {
         let rec = state.failover_init(&cfg.name, &db.primary.name)?;
-        let unsettled = rec.state != "stable";
+        let unsettled = rec.state != GroupState::Stable;
         if unsettled {
             tracing::warn!(group = %cfg.name, epoch = rec.epoch, "a role change was interrupted: new connections are held until it is rolled back or finished");
         }
@@ -125,15 +125,7 @@ impl Group {
             health: Mutex::new(BTreeMap::new()),
             op: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
-            fenced: Mutex::new(
-                rec.fenced
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            ),
+            fenced: Mutex::new(rec.fenced.clone()),
             lag: Mutex::new(BTreeMap::new()),
             primary_down_since: Mutex::new(None),
             automatic: Mutex::new(None),
@@ -634,7 +626,7 @@ impl Group {
             return true;
         };
         let db = self.current_db();
-        let planned = ev.kind == "planned";
+        let planned = ev.kind == FailoverKind::Planned;
         let held_at = Instant::now();
         match pg::settle(&db, &ev.to, planned).await {
             Ok(pg::Settled::RolledBack) => {
@@ -661,7 +653,7 @@ impl Group {
                 };
                 match self.commit(
                     ev.epoch,
-                    &ev.kind,
+                    ev.kind.as_str(),
                     &db,
                     &rep,
                     held_at,
@@ -789,7 +781,7 @@ impl Group {
             database: self.cfg.database.clone(),
             epoch: rec.epoch,
             primary: rec.primary,
-            state: GroupState::from_record(&rec.state),
+            state: rec.state,
             route: self.route.borrow().clone(),
             read_write_listener: self.cfg.read_write_listener.to_string(),
             read_only_listener: self.cfg.read_only_listener.map(|a| a.to_string()),
@@ -803,23 +795,7 @@ impl Group {
             automatic: self.automatic.lock().ok().and_then(|a| a.clone()),
             last_failover: self.last.lock().ok().and_then(|l| l.clone()),
             unsettled: self.unsettled.load(Ordering::SeqCst),
-            history: self
-                .state
-                .failover_history(&self.cfg.name, 20)?
-                .into_iter()
-                .map(|e| FailoverEvent {
-                    epoch: e.epoch,
-                    kind: kind_of(&e.kind),
-                    from: e.from,
-                    to: e.to,
-                    started_at: e.started_at,
-                    finished_at: e.finished_at,
-                    write_gap_ms: e.write_gap_ms,
-                    data_loss: e.data_loss,
-                    outcome: e.outcome,
-                    left_behind: e.left_behind,
-                })
-                .collect(),
+            history: self.state.failover_history(&self.cfg.name, 20)?,
         })
     }
 

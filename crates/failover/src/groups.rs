@@ -262,7 +262,8 @@ impl From<FailoverError> for georep_component::Error {
                 | DbError::Sql { .. },
             ) => K::Unavailable,
             FailoverError::InvalidConfig(_) | FailoverError::Bind { .. } => K::Invalid,
-            FailoverError::Db(_) | FailoverError::State(_) => K::Internal,
+            FailoverError::Api(e) if e.exit_class() == 3 => K::Unavailable,
+            FailoverError::Db(_) | FailoverError::State(_) | FailoverError::Api(_) => K::Internal,
         };
         georep_component::Error::new(kind, e)
     }

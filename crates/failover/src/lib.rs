@@ -10,11 +10,14 @@
 //! client connects and never waits on the control plane, except while a failover holds
 //! new connections.
 
+mod drill;
 mod group;
 mod groups;
 mod monitor;
 mod proxy;
 
+pub use drill::drill;
+pub use georep_api::DrillReport;
 pub use groups::Groups;
 pub use monitor::{DatabaseStatus, Databases};
 
@@ -39,6 +42,9 @@ pub enum FailoverError {
     State(#[from] georep_state::StateError),
     #[error("{0}")]
     Refused(String),
+    /// The daemon's API, when a drill drives a running daemon.
+    #[error(transparent)]
+    Api(#[from] georep_api::ClientError),
 }
 
 pub type Result<T, E = FailoverError> = std::result::Result<T, E>;

@@ -10,34 +10,18 @@ use std::time::Duration;
 
 use georep_component::{changed_fields, BoxFuture, Change, ChangeAction, Component, Context};
 use georep_core::{Database, Topology};
-use georep_db::postgres::{self as pg, ReplicaStatus};
+use georep_db::postgres as pg;
 use georep_state::State;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The section of the topology this component runs.
 const SECTION: &str = "databases";
 
-/// The last status read of one database.
-#[derive(Debug, Clone, Serialize)]
-pub struct DatabaseStatus {
-    pub name: String,
-    /// The member that is primary now (it changes with failovers).
-    pub primary: String,
-    pub primary_region: String,
-    pub rpo_target_seconds: f64,
-    /// When this status was read (RFC 3339).
-    pub checked_at: Option<String>,
-    /// Why the last read failed (the primary unreachable, ...).
-    pub error: Option<String>,
-    pub replicas: Vec<ReplicaStatus>,
-    pub rpo_breached: bool,
-    pub last_sequence_sync: Option<String>,
-}
+pub use georep_api::DatabaseStatus;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Replica {
@@ -369,7 +353,7 @@ async fn run(
                     metrics
                         .up
                         .get_or_create(&l)
-                        .set((r.state == "streaming") as i64);
+                        .set((r.state == georep_api::ReplicaState::Streaming) as i64);
                     metrics
                         .breached
                         .get_or_create(&l)

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use georep_core::{Policy, Topology};
-use georep_state::{Item, State};
-use serde::Serialize;
+use georep_state::State;
 
 use crate::error::Result;
 
@@ -14,79 +13,7 @@ pub const LATENCY_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Window over which throughput is computed.
 pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyStatus {
-    pub name: String,
-    pub source: StoreRef,
-    pub deletes: String,
-    pub rpo_target_seconds: f64,
-    /// Why deletes are held (mass-delete guard), if they are.
-    pub paused: Option<String>,
-    /// An operator paused the whole policy (`georep pause`): when, and the note given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held: Option<String>,
-    /// How changes are detected besides scans, when a daemon reports it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub notifications: Option<String>,
-    pub scan_interval_seconds: f64,
-    pub last_scan: Option<ScanStatus>,
-    /// Source objects recorded in the manifest.
-    pub source_objects: u64,
-    pub destinations: Vec<DestStatus>,
-    /// True when any destination's current RPO exceeds the target.
-    pub rpo_breached: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StoreRef {
-    pub store: String,
-    pub region: String,
-    pub url: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ScanStatus {
-    pub at: String,
-    pub duration_ms: i64,
-    pub error: Option<String>,
-    pub scans: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DestStatus {
-    #[serde(flatten)]
-    pub store: StoreRef,
-    pub pending: u64,
-    pub pending_bytes: u64,
-    pub failed: u64,
-    pub complete: u64,
-    /// Age of the oldest change not yet replicated here (0 when nothing is pending).
-    pub rpo_seconds: f64,
-    pub rpo_breached: bool,
-    /// Change → visible latency over the last 15 minutes.
-    pub latency: Latency,
-    /// Over the last minute.
-    pub objects_per_second: f64,
-    pub bytes_per_second: f64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Latency {
-    pub count: u64,
-    pub p50_ms: Option<i64>,
-    pub p99_ms: Option<i64>,
-    pub max_ms: Option<i64>,
-}
-
-/// One object at every destination.
-#[derive(Debug, Clone, Serialize)]
-pub struct ObjectStatus {
-    pub policy: String,
-    pub key: String,
-    /// What the manifest holds for the source object, if it is known.
-    pub source: Option<georep_state::ManifestEntry>,
-    pub destinations: Vec<Item>,
-}
+pub use georep_api::{DestStatus, Latency, ObjectStatus, PolicyStatus, ScanStatus, StoreRef};
 
 fn store_ref(topo: &Topology, name: &str) -> StoreRef {
     let def = topo.store(name);

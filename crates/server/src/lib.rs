@@ -310,8 +310,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn policies(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
-    let all = blocking(&app, |d| Ok(policies_of(d)?.statuses()?)).await?;
-    Ok(Json(json!({ "policies": all })))
+    let policies = blocking(&app, |d| Ok(policies_of(d)?.statuses()?)).await?;
+    Ok(Json(georep_api::PolicyList { policies }))
 }
 
 async fn policy(
@@ -442,9 +442,9 @@ async fn event_handshake(
 }
 
 async fn databases(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(
-        json!({ "databases": app.get::<Databases>()?.statuses() }),
-    ))
+    Ok(Json(georep_api::DatabaseList {
+        databases: app.get::<Databases>()?.statuses(),
+    }))
 }
 
 async fn database(

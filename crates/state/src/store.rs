@@ -10,59 +10,12 @@ use serde::Serialize;
 use crate::error::{Result, StateError};
 use crate::schema::MIGRATIONS;
 
-/// What a queue item does at its destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Copy,
-    Delete,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Copy => "copy",
-            Op::Delete => "delete",
-        }
-    }
-    fn parse(s: &str) -> Self {
-        if s == "delete" {
-            Op::Delete
-        } else {
-            Op::Copy
-        }
-    }
-}
-
-/// Replication status of one object at one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pending,
-    Complete,
-    /// Still retried (with the longest backoff), but has failed many times in a row.
-    Failed,
-}
-
-impl Status {
-    fn parse(s: &str) -> Self {
-        match s {
-            "complete" => Status::Complete,
-            "failed" => Status::Failed,
-            _ => Status::Pending,
-        }
-    }
-}
-
-/// A source object as last seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ManifestEntry {
-    pub key: String,
-    pub size: u64,
-    pub etag: Option<String>,
-    /// Last-modified time at the source, ms since the epoch.
-    pub mtime: i64,
-}
+/// Queue items, their operation and status, and manifest entries are the API's types:
+/// the state parses its text columns into them at the SQL edge (`Op::parse`,
+/// `Status::parse`), and the API shows them as stored.
+pub use georep_api::{
+    ItemStatus as Status, ObjectAtDestination as Item, Op, SourceObject as ManifestEntry,
+};
 
 /// A change seen at a source, by a scan, a notification or a webhook event.
 #[derive(Debug, Clone)]
@@ -83,26 +36,6 @@ pub enum ObservedKind {
     },
     /// Gone at the source: forget it, and delete it at destinations if `propagate`.
     Remove { propagate: bool },
-}
-
-/// One unit of work, claimed by a worker under a lease.
-#[derive(Debug, Clone, Serialize)]
-pub struct Item {
-    pub policy: String,
-    pub dest: String,
-    pub key: String,
-    pub op: Op,
-    pub status: Status,
-    /// Bumped whenever the row is re-queued, so a worker finishing an older version of
-    /// the work cannot mark the newer one complete.
-    pub generation: i64,
-    pub size: u64,
-    pub change_time: i64,
-    pub enqueued_at: i64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub next_attempt_at: i64,
-    pub replicated_at: Option<i64>,
 }
 
 /// A policy as recorded by the daemon.
@@ -776,10 +709,10 @@ pub struct FailoverRecord {
     pub epoch: i64,
     pub primary: String,
     /// `stable`, or `failing-over` while a role change is in progress.
-    pub state: String,
+    pub state: georep_api::GroupState,
     /// Members that must never be routed to again (e.g. an old primary after a forced
-    /// failover), comma-separated.
-    pub fenced: Option<String>,
+    /// failover); stored comma-separated.
+    pub fenced: std::collections::BTreeSet<String>,
     pub updated_at: i64,
 }
 
@@ -795,8 +728,14 @@ impl State {
                         group: r.get(0)?,
                         epoch: r.get(1)?,
                         primary: r.get(2)?,
-                        state: r.get(3)?,
-                        fenced: r.get(4)?,
+                        state: georep_api::GroupState::from_record(&r.get::<_, String>(3)?),
+                        fenced: r
+                            .get::<_, Option<String>>(4)?
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|m| !m.is_empty())
+                            .map(str::to_string)
+                            .collect(),
                         updated_at: r.get(5)?,
                     })
                 },
@@ -955,22 +894,9 @@ pub struct FailoverFinish<'a> {
     /// Members left needing a reseed, with why.
     pub left_behind: Option<&'a str>,
 }
-
-/// One role change of a failover group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FailoverEvent {
-    pub epoch: i64,
-    /// `planned`, `forced` or `automatic`.
-    pub kind: String,
-    pub from: String,
-    pub to: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    pub write_gap_ms: Option<i64>,
-    pub data_loss: Option<String>,
-    pub outcome: Option<String>,
-    pub left_behind: Option<String>,
-}
+/// One recorded role change: the API's type, its kind parsed at the SQL edge
+/// (`FailoverKind::parse`; a kind georep never writes reads as `forced`).
+pub use georep_api::FailoverEvent;
 
 const HISTORY_COLUMNS: &str = "h.epoch, h.kind, h.from_member, h.to_member, h.started_at, \
      h.finished_at, h.write_gap_ms, h.data_loss, h.outcome, h.left_behind";
@@ -978,7 +904,8 @@ const HISTORY_COLUMNS: &str = "h.epoch, h.kind, h.from_member, h.to_member, h.st
 fn history_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailoverEvent> {
     Ok(FailoverEvent {
         epoch: r.get(0)?,
-        kind: r.get(1)?,
+        kind: georep_api::FailoverKind::parse(&r.get::<_, String>(1)?)
+            .unwrap_or(georep_api::FailoverKind::Forced),
         from: r.get(2)?,
         to: r.get(3)?,
         started_at: r.get(4)?,
@@ -1315,7 +1242,7 @@ mod tests {
     fn an_interrupted_role_change_is_found_and_settled() {
         let (_d, st) = open();
         let rec = st.failover_init("fg", "a").expect("init");
-        assert_eq!((rec.epoch, rec.state.as_str()), (1, "stable"));
+        assert_eq!((rec.epoch, rec.state), (1, georep_api::GroupState::Stable));
         assert!(st.failover_pending("fg").expect("pending").is_none());
         st.failover_begin("fg", 2, "planned", "a", "b")
             .expect("begin");

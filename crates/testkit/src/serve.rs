@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use georep_api::paths;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::services::wait_until;
@@ -128,23 +130,40 @@ impl Serve {
         v
     }
 
+    /// `GET path` read as the API contract's type `T` (panics on any other answer).
+    pub fn typed<T: DeserializeOwned>(&self, path: &str) -> T {
+        let v = self.get(path);
+        serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("GET {path}: not the contract's type ({e}): {v:#}"))
+    }
+
+    /// A policy's status, typed.
+    pub fn policy(&self, name: &str) -> georep_api::PolicyStatus {
+        self.typed(&paths::fill(paths::POLICY, name))
+    }
+
+    /// A failover group's status, typed.
+    pub fn group(&self, name: &str) -> georep_api::GroupStatus {
+        self.typed(&paths::fill(paths::GROUP, name))
+    }
+
     /// Waits until no destination of `policy` has pending work and the manifest holds
     /// `objects` objects.
-    pub fn converge(&self, policy: &str, objects: Option<u64>) -> Value {
-        let mut last = Value::Null;
+    pub fn converge(&self, policy: &str, objects: Option<u64>) -> georep_api::PolicyStatus {
+        let mut last = None;
         let ok = wait_until(Duration::from_secs(120), || {
-            last = self.get(&format!("/api/v1/policies/{policy}"));
-            let idle = last["destinations"]
-                .as_array()
-                .is_some_and(|d| d.iter().all(|d| d["pending"] == 0));
-            idle && objects.is_none_or(|n| last["source_objects"] == n)
+            let st = self.policy(policy);
+            let idle = st.destinations.iter().all(|d| d.pending == 0);
+            let done = idle && objects.is_none_or(|n| st.source_objects == n);
+            last = Some(st);
+            done
         });
         assert!(
             ok,
-            "policy {policy} did not converge: {last:#}\n{}",
+            "policy {policy} did not converge: {last:#?}\n{}",
             self.log_text()
         );
-        last
+        last.expect("polled at least once")
     }
 
     pub fn log_text(&self) -> String {

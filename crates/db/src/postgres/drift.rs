@@ -3,37 +3,13 @@
 use std::collections::BTreeMap;
 
 use georep_core::Database;
-use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::conn::connect;
 use super::setup::selected_tables;
 use crate::error::{DbError, Result};
 
-/// One sequence on one replica compared with the primary.
-#[derive(Debug, Clone, Serialize)]
-pub struct SequenceDrift {
-    pub replica: String,
-    pub sequence: String,
-    pub primary: Option<i64>,
-    pub replica_value: Option<i64>,
-    /// How far the replica is behind the primary (> 0: a promoted replica would hand
-    /// out values the primary already used).
-    pub behind: i64,
-}
-
-/// One difference in table definitions between the primary and a replica.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SchemaDiff {
-    pub replica: String,
-    /// `table`, `column`, `index` or `constraint`.
-    pub kind: String,
-    pub object: String,
-    /// The definition on the primary (None: missing there).
-    pub primary: Option<String>,
-    /// The definition on the replica (None: missing there).
-    pub replica_def: Option<String>,
-}
+pub use georep_api::{SchemaDiff, SequenceDrift};
 
 fn schemas_of(tables: &[String]) -> Vec<String> {
     let mut s: Vec<String> = tables

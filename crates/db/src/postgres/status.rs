@@ -2,47 +2,16 @@
 //! schema drift.
 
 use georep_core::Database;
-use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::conn::connect;
-use super::drift::{schema_drift, sequence_drift, SchemaDiff, SequenceDrift};
+use super::drift::{schema_drift, sequence_drift};
 use super::setup::selected_tables;
 use super::subscription_name;
 use crate::error::{DbError, Result};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ReplicaStatus {
-    pub name: String,
-    pub region: String,
-    pub url: String,
-    /// `streaming`, `catching-up`, `initial-copy`, `disabled`, `unreachable`,
-    /// `not-set-up` or `slot-lost`.
-    pub state: String,
-    pub error: Option<String>,
-    pub tables_ready: i64,
-    pub tables_total: i64,
-    /// WAL the replica has not confirmed yet.
-    pub lag_bytes: Option<i64>,
-    /// Replay lag reported by the primary's WAL sender (0 when caught up).
-    pub lag_seconds: Option<f64>,
-    pub slot_active: bool,
-    /// WAL the primary keeps for this replica's slot.
-    pub wal_retained_bytes: Option<i64>,
-    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL's view of the slot).
-    pub wal_status: Option<String>,
-    /// Bytes of WAL that can still be written before the slot is invalidated
-    /// (None when `max_slot_wal_keep_size` is unlimited).
-    pub safe_wal_bytes: Option<i64>,
-    pub max_slot_wal_keep_size: String,
-    pub wal_warning: Option<String>,
-    pub sequence_drift: Vec<SequenceDrift>,
-    /// Sequences on this replica behind the primary.
-    pub sequences_behind: usize,
-    pub schema_drift: Vec<SchemaDiff>,
-    pub rpo_seconds: f64,
-    pub rpo_breached: bool,
-}
+use georep_api::ReplicaState;
+pub use georep_api::ReplicaStatus;
 
 /// Status of every replica of `db`. The primary must be reachable; replicas that are not
 /// are reported as such.
@@ -61,7 +30,7 @@ pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
             name: r.name.clone(),
             region: r.region.clone(),
             url: georep_core::redact_url(&r.url),
-            state: "not-set-up".into(),
+            state: ReplicaState::NotSetUp,
             error: None,
             tables_ready: 0,
             tables_total: 0,
@@ -109,12 +78,12 @@ pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
         }
         match connect(&format!("replica '{}'", r.name), &r.url).await {
             Err(e) => {
-                st.state = "unreachable".into();
+                st.state = ReplicaState::Unreachable;
                 st.error = Some(e.to_string());
             }
             Ok(c) => {
                 replica_side(&c, &sub, &mut st).await?;
-                if st.state != "not-set-up" {
+                if st.state != ReplicaState::NotSetUp {
                     st.sequence_drift = sequence_drift(&primary, &c, &r.name, &tables).await?;
                     st.sequences_behind = st.sequence_drift.iter().filter(|d| d.behind > 0).count();
                     st.schema_drift = schema_drift(&primary, &c, &r.name, &tables).await?;
@@ -122,14 +91,16 @@ pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
             }
         }
         if st.wal_status.as_deref() == Some("lost") {
-            st.state = "slot-lost".into();
+            st.state = ReplicaState::SlotLost;
             st.error = Some("the primary removed WAL this replica still needed (max_slot_wal_keep_size); the replica cannot catch up: run georep db teardown, then georep db setup".into());
         }
         // The RPO: what a failover to this replica would lose right now. Unknown (the
         // replica is not receiving) counts as breached.
         st.rpo_seconds = st.lag_seconds.unwrap_or(0.0);
-        st.rpo_breached = match st.state.as_str() {
-            "streaming" | "catching-up" => st.rpo_seconds > db.rpo.as_secs_f64(),
+        st.rpo_breached = match st.state {
+            ReplicaState::Streaming | ReplicaState::CatchingUp => {
+                st.rpo_seconds > db.rpo.as_secs_f64()
+            }
             _ => true,
         };
         out.push(st);
@@ -151,7 +122,7 @@ async fn replica_side(c: &Client, sub: &str, st: &mut ReplicaStatus) -> Result<(
         .await
         .map_err(|e| DbError::sql(&who, e))?
     else {
-        st.state = "not-set-up".into();
+        st.state = ReplicaState::NotSetUp;
         return Ok(());
     };
     let enabled: bool = row.get(0);
@@ -159,15 +130,14 @@ async fn replica_side(c: &Client, sub: &str, st: &mut ReplicaStatus) -> Result<(
     st.tables_total = row.get(2);
     let worker: Option<i32> = row.get(3);
     st.state = if !enabled {
-        "disabled"
+        ReplicaState::Disabled
     } else if st.tables_ready < st.tables_total {
-        "initial-copy"
+        ReplicaState::InitialCopy
     } else if worker.is_none() || !st.slot_active || st.lag_seconds.unwrap_or(0.0) > 1.0 {
-        "catching-up"
+        ReplicaState::CatchingUp
     } else {
-        "streaming"
-    }
-    .into();
+        ReplicaState::Streaming
+    };
     Ok(())
 }
 

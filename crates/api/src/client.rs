@@ -1,0 +1,172 @@
+//! A small typed async client of one daemon.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::*;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the address.
+    #[error("cannot reach the georep daemon at {base}: {detail}; is `georep serve` running? (pass --api URL if it listens elsewhere)")]
+    Unreachable { base: String, detail: String },
+    /// The daemon answered with an error status and its message.
+    #[error("{message} (HTTP {status})")]
+    Status { status: u16, message: String },
+    /// The answer was not what this contract says.
+    #[error("unexpected answer from the georep daemon at {base}: {detail}")]
+    Decode { base: String, detail: String },
+}
+
+impl ClientError {
+    /// The exit class for the CLI: 2 refused as asked (unknown name, conflict, bad
+    /// request), 3 a member or the daemon unreachable, 1 anything else.
+    pub fn exit_class(&self) -> u8 {
+        match self {
+            Self::Unreachable { .. } => 3,
+            Self::Status { status, .. } => match status {
+                400 | 404 | 409 => 2,
+                401 | 403 | 502 | 503 => 3,
+                _ => 1,
+            },
+            Self::Decode { .. } => 1,
+        }
+    }
+}
+
+/// A typed client of one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is `http://HOST:PORT`; `token` is sent as a bearer when given.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// One call: a JSON body in (for `POST`), a typed answer out.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            let text = serde_json::to_string(b).map_err(|e| ClientError::Decode {
+                base: self.base.clone(),
+                detail: e.to_string(),
+            })?;
+            r = r.header("content-type", "application/json").body(text);
+        }
+        let resp = r.send().await.map_err(|e| ClientError::Unreachable {
+            base: self.base.clone(),
+            detail: root_cause(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| ClientError::Unreachable {
+            base: self.base.clone(),
+            detail: root_cause(&e),
+        })?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or(text);
+            return Err(ClientError::Status { status, message });
+        }
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode {
+            base: self.base.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn group(&self, name: &str) -> Result<GroupStatus, ClientError> {
+        self.call(reqwest::Method::GET, &paths::fill(paths::GROUP, name), NONE)
+            .await
+    }
+
+    pub async fn failover(
+        &self,
+        group: &str,
+        req: &FailoverRequest,
+    ) -> Result<FailoverReport, ClientError> {
+        let path = paths::fill(paths::GROUP_FAILOVER, group);
+        self.call(reqwest::Method::POST, &path, Some(req)).await
+    }
+
+    pub async fn reseed(&self, group: &str, member: &str) -> Result<ReseedReport, ClientError> {
+        let path = paths::fill(paths::GROUP_RESEED, group);
+        let req = ReseedRequest {
+            member: member.to_string(),
+        };
+        self.call(reqwest::Method::POST, &path, Some(&req)).await
+    }
+
+    pub async fn resync(&self, policy: &str) -> Result<Resynced, ClientError> {
+        let path = paths::fill(paths::POLICY_RESYNC, policy);
+        self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
+    pub async fn pause(&self, policy: &str, note: Option<&str>) -> Result<Paused, ClientError> {
+        let path = paths::fill(paths::POLICY_PAUSE, policy);
+        let req = PauseRequest {
+            note: note.map(str::to_string),
+        };
+        self.call(reqwest::Method::POST, &path, Some(&req)).await
+    }
+
+    /// What a reload of the daemon's topology file would change.
+    pub async fn reload_plan(&self) -> Result<Reloaded, ClientError> {
+        self.call(reqwest::Method::GET, paths::RELOAD, NONE).await
+    }
+
+    /// Reloads the daemon's topology file.
+    pub async fn reload(&self) -> Result<Reloaded, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            paths::RELOAD,
+            Some(&serde_json::json!({})),
+        )
+        .await
+    }
+
+    pub async fn resume(&self, policy: &str) -> Result<Resumed, ClientError> {
+        let path = paths::fill(paths::POLICY_RESUME, policy);
+        self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+}
+
+/// No body, typed for [`Client::call`].
+const NONE: Option<&()> = None;
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,32 @@
+//! Route patterns (axum syntax) and how to fill them.
+
+pub const HEALTHZ: &str = "/healthz";
+pub const METRICS: &str = "/metrics";
+pub const POLICIES: &str = "/api/v1/policies";
+pub const POLICY: &str = "/api/v1/policies/{name}";
+pub const POLICY_OBJECT: &str = "/api/v1/policies/{name}/objects/{*key}";
+pub const POLICY_RESYNC: &str = "/api/v1/policies/{name}/resync";
+pub const POLICY_RESUME: &str = "/api/v1/policies/{name}/resume";
+pub const POLICY_PAUSE: &str = "/api/v1/policies/{name}/pause";
+pub const EVENTS: &str = "/api/v1/events/{name}";
+pub const DATABASES: &str = "/api/v1/databases";
+pub const DATABASE: &str = "/api/v1/databases/{name}";
+pub const GROUPS: &str = "/api/v1/failover-groups";
+pub const GROUP: &str = "/api/v1/failover-groups/{name}";
+pub const GROUP_FAILOVER: &str = "/api/v1/failover-groups/{name}/failover";
+pub const GROUP_RESEED: &str = "/api/v1/failover-groups/{name}/reseed";
+/// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
+pub const RELOAD: &str = "/api/v1/reload";
+
+/// `route` with `{name}` replaced by `name`, encoded as one path segment.
+pub fn fill(route: &str, name: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    route.replace(
+        "{name}",
+        &percent_encoding::utf8_percent_encode(name, SEGMENT).to_string(),
+    )
+}
