@@ -27,8 +27,9 @@ use object_store::ClientOptions;
 use serde::Deserialize;
 use url::Url;
 
+use crate::entry::Entry;
 use crate::error::{Result, StorageError};
-use crate::store::{Entry, ErrorMapper};
+use crate::store::errors::ErrorMapper;
 
 type AwsCreds = Arc<dyn CredentialProvider<Credential = AwsCredential>>;
 type AzureCreds = Arc<dyn CredentialProvider<Credential = AzureCredential>>;

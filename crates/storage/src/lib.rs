@@ -6,6 +6,7 @@
 //! This crate never prints; it returns a `Report` and updates `Progress` counters.
 
 pub mod engine;
+mod entry;
 mod error;
 mod fsafe;
 mod lenient;
@@ -18,7 +19,8 @@ pub use engine::{
     copy_object, run, DiffKind, Difference, Failure, JobOptions, Mode, Overwrite, Planned,
     Progress, Report,
 };
+pub use entry::{Entry, ListRole};
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;
 pub use local::TEMP_PREFIX;
-pub use store::{key_within, resolve_local, Entry, ListRole, ObjectReader, Store, StoreOptions};
+pub use store::{key_within, resolve_local, ObjectReader, Store, StoreOptions};

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
+use crate::entry::{Entry, ListRole};
 use crate::error::{Result, StorageError};
 use crate::fsafe::{self, SafeError};
-use crate::store::{Entry, ListRole};
 
 /// Name prefix of in-flight writes; never listed as objects.
 pub const TEMP_PREFIX: &str = ".georep-tmp-";

@@ -9,9 +9,10 @@ use tokio::sync::Semaphore;
 
 use super::verify::{hex, md5_of_etag, verify_stream};
 use super::{failed, Ctx, JobOptions, Outcome, Planned, Progress};
+use crate::entry::Entry;
 use crate::error::{Result, StorageError};
 use crate::limiter::RateLimiter;
-use crate::store::{Entry, ObjectReader, Store};
+use crate::store::{ObjectReader, Store};
 
 /// Copies one object, once, with the same verification as a run: nothing becomes
 /// visible at `dst` unless size (and MD5, where a store gives one) match. The caller

@@ -8,8 +8,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use georep_core::Filter;
 
 use super::Progress;
+use crate::entry::Entry;
 use crate::error::{Result, StorageError};
-use crate::store::Entry;
 
 /// One step of the merge.
 pub(super) enum Item {

@@ -18,9 +18,10 @@ use georep_core::{Filter, MaxDelete};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::entry::{Entry, ListRole};
 use crate::error::{Result, StorageError};
 use crate::limiter::RateLimiter;
-use crate::store::{Entry, ListRole, Store};
+use crate::store::Store;
 
 mod copy;
 mod deletes;

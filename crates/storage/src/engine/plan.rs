@@ -8,7 +8,7 @@ use super::copy::transfer;
 use super::merge::Item;
 use super::verify::same_content;
 use super::{failed, Ctx, DiffKind, Difference, JobOptions, Mode, Outcome, Overwrite, Progress};
-use crate::store::Entry;
+use crate::entry::Entry;
 
 /// What one merged key needs: most keys are decided from the listings alone, and only
 /// copies and content comparisons go to a task.
