@@ -11,10 +11,9 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::catalog::{sequences_used_by, tables_that_exist};
 use super::conn::connect;
-use super::{
-    quote_ident, quote_table, schema_dump, sequences_used_by, split_table, tables_that_exist,
-};
+use super::{quote_ident, quote_table, schema_dump, split_table};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone)]

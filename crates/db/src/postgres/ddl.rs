@@ -6,8 +6,8 @@
 use georep_core::Database;
 use serde::Serialize;
 
+use super::catalog::selected_tables;
 use super::conn::connect;
-use super::setup::selected_tables;
 use super::{publication_name, quote_ident, quote_table, subscription_name};
 use crate::error::{DbError, Result};
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use georep_core::Database;
 use tokio_postgres::Client;
 
+use super::catalog::selected_tables;
 use super::conn::connect;
-use super::setup::selected_tables;
 use crate::error::{DbError, Result};
 
 pub use georep_api::{SchemaDiff, SequenceDrift};

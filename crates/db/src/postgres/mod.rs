@@ -4,6 +4,7 @@
 //! one slot (`georep_<db>_<replica>`), so every object georep creates is recognisable by
 //! name and `teardown` can remove exactly those.
 
+mod catalog;
 mod conn;
 mod copy;
 mod ddl;
@@ -257,50 +258,6 @@ pub(crate) fn split_table(qualified: &str) -> (&str, &str) {
 pub(crate) fn quote_table(qualified: &str) -> String {
     let (schema, table) = split_table(qualified);
     format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// The sequences that column defaults of `tables` draw from (`nextval(...)`), as
-/// `schema.sequence`. pg_dump brings a table's owned (serial) sequences along, but not a
-/// sequence a default merely uses; a table created without it cannot be created at all.
-pub(crate) async fn sequences_used_by(
-    c: &tokio_postgres::Client,
-    who: &str,
-    tables: &[String],
-) -> crate::Result<Vec<String>> {
-    let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
-    let rows = c
-        .query(
-            "SELECT DISTINCT sn.nspname || '.' || s.relname FROM unnest($1::text[]) AS q \
-             JOIN pg_attrdef ad ON ad.adrelid = to_regclass(q) \
-             JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid \
-               AND d.refclassid = 'pg_class'::regclass \
-             JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' \
-             JOIN pg_namespace sn ON sn.oid = s.relnamespace ORDER BY 1",
-            &[&quoted],
-        )
-        .await
-        .map_err(|e| crate::DbError::sql(who, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Those of `tables` that exist on `c` (`exist`) or do not. Each name is resolved
-/// quoted, exactly as spelled, never folded to lower case as bare text would be.
-pub(crate) async fn tables_that_exist(
-    c: &tokio_postgres::Client,
-    who: &str,
-    tables: &[String],
-    exist: bool,
-) -> crate::Result<Vec<String>> {
-    let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
-    let rows = c
-        .query(
-            "SELECT t FROM unnest($1::text[], $2::text[]) AS x(t, q) \
-             WHERE (to_regclass(q) IS NOT NULL) = $3",
-            &[&tables, &quoted, &exist],
-        )
-        .await
-        .map_err(|e| crate::DbError::sql(who, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 pub(crate) fn quote_ident(s: &str) -> String {

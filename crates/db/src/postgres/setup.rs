@@ -6,10 +6,11 @@ use georep_core::{Database, DbMember};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::catalog::{selected_tables, sequences_used_by, tables_that_exist};
 use super::conn::connect;
 use super::{
-    publication_name, quote_ident, quote_literal, quote_table, schema_dump, sequences_used_by,
-    split_table, subscription_name, tables_that_exist,
+    publication_name, quote_ident, quote_literal, quote_table, schema_dump, split_table,
+    subscription_name,
 };
 use crate::error::{DbError, Result};
 
@@ -56,44 +57,6 @@ pub struct SetupReport {
     pub tables: Vec<String>,
     pub replicas: Vec<ReplicaSetup>,
     pub seconds: f64,
-}
-
-/// The tables a database replicates, as `schema.table`, checked to exist on `client`.
-pub(crate) async fn selected_tables(
-    client: &Client,
-    db: &Database,
-    member: &str,
-) -> Result<Vec<String>> {
-    if db.tables.is_empty() {
-        let rows = client
-            .query(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY($1) \
-                 ORDER BY 1",
-                &[&db.schemas],
-            )
-            .await
-            .map_err(|e| DbError::sql(member, e))?;
-        let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        // `schema.table` is read back by splitting at the first dot.
-        if let Some(t) = tables.iter().find(|t| t.matches('.').count() > 1) {
-            return Err(DbError::InvalidConfig(format!(
-                "database '{}': table {t} has a '.' in its schema or table name, which georep does not support; rename it or list the other tables in `tables`",
-                db.name
-            )));
-        }
-        return Ok(tables);
-    }
-    let missing = tables_that_exist(client, member, &db.tables, false).await?;
-    if !missing.is_empty() {
-        return Err(DbError::InvalidConfig(format!(
-            "database '{}': tables not found on the {member}: {}; fix `tables` in the topology",
-            db.name,
-            missing.join(", ")
-        )));
-    }
-    Ok(db.tables.clone())
 }
 
 async fn one<T>(c: &Client, member: &str, sql: &str) -> Result<T>

@@ -4,9 +4,9 @@
 use georep_core::Database;
 use tokio_postgres::Client;
 
+use super::catalog::selected_tables;
 use super::conn::connect;
 use super::drift::{schema_drift, sequence_drift};
-use super::setup::selected_tables;
 use super::subscription_name;
 use crate::error::{DbError, Result};
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use georep_core::{crash_point, Database, DbMember};
 use serde::Serialize;
 
+use super::catalog::selected_tables;
 use super::conn::connect;
 use super::drift::push_sequences;
-use super::setup::selected_tables;
 use super::{
     deadline_after, drop_slot, drop_subscription, publication_name, quote_ident, quote_literal,
     quote_table, subscription_name,

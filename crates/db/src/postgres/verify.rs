@@ -9,8 +9,8 @@ use georep_core::Database;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::catalog::selected_tables;
 use super::conn::connect;
-use super::setup::selected_tables;
 use super::{quote_ident, quote_table, subscription_name};
 use crate::error::{DbError, Result};
 
