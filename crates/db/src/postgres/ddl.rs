@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::catalog::selected_tables;
 use super::conn::connect;
-use super::{publication_name, quote_ident, quote_table, subscription_name};
+use super::publication::{publish_tables, IfMissing};
+use super::{quote_ident, subscription_name};
 use crate::error::{DbError, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,18 +193,7 @@ pub async fn ddl(db: &Database, sql: &str) -> Result<DdlReport> {
         .cloned()
         .collect();
     if after != before && !after.is_empty() {
-        let list = after
-            .iter()
-            .map(|t| quote_table(t))
-            .collect::<Vec<_>>()
-            .join(", ");
-        primary
-            .batch_execute(&format!(
-                "ALTER PUBLICATION {} SET TABLE {list}",
-                quote_ident(&publication_name(db))
-            ))
-            .await
-            .map_err(|e| DbError::sql("primary", e))?;
+        publish_tables(&primary, "primary", db, &after, IfMissing::Fail).await?;
         for (who, name, c) in &members {
             c.batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} REFRESH PUBLICATION",

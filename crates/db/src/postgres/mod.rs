@@ -9,6 +9,7 @@ mod conn;
 mod copy;
 mod ddl;
 mod drift;
+mod publication;
 mod setup;
 mod status;
 mod switchover;

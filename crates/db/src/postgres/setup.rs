@@ -8,9 +8,9 @@ use tokio_postgres::Client;
 
 use super::catalog::{selected_tables, sequences_used_by, tables_that_exist};
 use super::conn::connect;
+use super::publication::{publish_tables, IfMissing};
 use super::{
-    publication_name, quote_ident, quote_literal, quote_table, schema_dump, split_table,
-    subscription_name,
+    publication_name, quote_ident, quote_literal, schema_dump, split_table, subscription_name,
 };
 use crate::error::{DbError, Result};
 
@@ -259,34 +259,7 @@ pub async fn setup(
 
     // Publication: exactly the selected tables.
     let publication = publication_name(db);
-    let list = tables
-        .iter()
-        .map(|t| quote_table(t))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let exists: bool = primary
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| DbError::sql("primary", e))?;
-    let sql = if exists {
-        format!(
-            "ALTER PUBLICATION {} SET TABLE {list}",
-            quote_ident(&publication)
-        )
-    } else {
-        format!(
-            "CREATE PUBLICATION {} FOR TABLE {list}",
-            quote_ident(&publication)
-        )
-    };
-    primary
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| DbError::sql("primary", e))?;
+    publish_tables(&primary, "primary", db, &tables, IfMissing::Create).await?;
 
     // Subscriptions.
     for ((m, c), rep) in replicas.iter().zip(reports.iter_mut()) {

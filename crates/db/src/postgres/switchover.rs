@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::catalog::selected_tables;
 use super::conn::connect;
 use super::drift::push_sequences;
+use super::publication::{publish_tables, IfMissing};
 use super::{
     deadline_after, drop_slot, drop_subscription, publication_name, quote_ident, quote_literal,
     quote_table, subscription_name,
@@ -371,32 +372,8 @@ async fn follow(
 /// The publication on the new primary, for the database's tables (kept if it exists,
 /// so replicas already following it are not disturbed).
 async fn ensure_publication(c: &tokio_postgres::Client, who: &str, db: &Database) -> Result<()> {
-    let publication = publication_name(db);
     let tables = selected_tables(c, db, who).await?;
-    let list = tables
-        .iter()
-        .map(|t| quote_table(t))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| DbError::sql(who, e))?;
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    let set = if exists { "SET TABLE" } else { "FOR TABLE" };
-    exec(
-        c,
-        who,
-        &format!(
-            "{verb} PUBLICATION {} {set} {list}",
-            quote_ident(&publication)
-        ),
-    )
-    .await
+    publish_tables(c, who, db, &tables, IfMissing::Create).await
 }
 
 /// Waits, with nothing held or fenced, until replica `to` streams from the primary and
