@@ -1,0 +1,198 @@
+//! One failover group at run time: listeners, health probes, the recorded epoch, and
+//! planned failover.
+//!
+//! This module holds [`Group`], starting it and what every part reads (the current
+//! roles, member health, where read-only connections go); the probe loop, planned and
+//! forced failover, settling a role change, reseed and status each have a child module.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use georep_core::{Database, FailoverGroup};
+use georep_db::postgres as pg;
+use georep_state::State;
+use tokio::sync::watch;
+
+use crate::proxy::{self, Kind, Route};
+use crate::{FailoverError, Result};
+
+mod failover;
+mod forced;
+mod probe;
+mod reseed;
+mod settle;
+mod status;
+
+pub use georep_api::{
+    FailoverEvent, FailoverKind, FailoverReport, GroupState, GroupStatus, Lag, MemberHealth,
+};
+
+pub struct Group {
+    pub cfg: FailoverGroup,
+    db: Database,
+    state: Arc<State>,
+    route: watch::Sender<Route>,
+    primary: Mutex<String>,
+    health: Mutex<BTreeMap<String, MemberHealth>>,
+    op: tokio::sync::Mutex<()>,
+    last: Mutex<Option<FailoverReport>>,
+    fenced: Mutex<BTreeSet<String>>,
+    lag: Mutex<BTreeMap<String, Lag>>,
+    primary_down_since: Mutex<Option<Instant>>,
+    automatic: Mutex<Option<String>>,
+    /// A role change was interrupted and is not settled yet: new connections are held.
+    unsettled: AtomicBool,
+    /// Members whose read-only default matches their role (cleared at each role change).
+    fences_set: Mutex<BTreeSet<String>>,
+}
+
+/// Binds a listener; an address still held by a listener being closed (the same group
+/// restarted by a reload) is tried again for a few seconds.
+async fn bind_when_free(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `host:port` of a member's URL, read as connections read it (`host=`/`port=` too).
+fn address(url: &str) -> Option<String> {
+    georep_core::pg_endpoint(url)
+        .ok()
+        .filter(|e| !e.is_socket())
+        .map(|e| e.address())
+}
+
+impl Group {
+    /// Binds the listeners and starts routing by the recorded epoch (the topology's
+    /// primary the first time).
+    pub async fn start(
+        cfg: FailoverGroup,
+        db: Database,
+        state: Arc<State>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>> {
+        let rec = state.failover_init(&cfg.name, &db.primary.name)?;
+        let unsettled = rec.state != GroupState::Stable;
+        if unsettled {
+            tracing::warn!(group = %cfg.name, epoch = rec.epoch, "a role change was interrupted: new connections are held until it is rolled back or finished");
+        }
+        let current = pg::rotated(&db, &rec.primary);
+        let route = Route {
+            epoch: rec.epoch,
+            read_write: address(&current.primary.url),
+            read_only: if cfg.read_only_to_primary {
+                address(&current.primary.url).into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            held: unsettled,
+        };
+        let (tx, _) = watch::channel(route);
+        let group = Arc::new(Self {
+            cfg: cfg.clone(),
+            db,
+            state,
+            route: tx,
+            primary: Mutex::new(rec.primary.clone()),
+            health: Mutex::new(BTreeMap::new()),
+            op: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
+            fenced: Mutex::new(rec.fenced.clone()),
+            lag: Mutex::new(BTreeMap::new()),
+            primary_down_since: Mutex::new(None),
+            automatic: Mutex::new(None),
+            unsettled: AtomicBool::new(unsettled),
+            fences_set: Mutex::new(BTreeSet::new()),
+        });
+        let mut listeners = vec![(cfg.read_write_listener, Kind::ReadWrite)];
+        listeners.extend(cfg.read_only_listener.map(|ro| (ro, Kind::ReadOnly)));
+        for (addr, kind) in listeners {
+            // A listener already serving stops when the caller drops the stop sender.
+            let bound = bind_when_free(addr)
+                .await
+                .map_err(|source| FailoverError::Bind { addr, source })?;
+            proxy::spawn(
+                bound,
+                kind,
+                cfg.max_connections as usize,
+                group.route.subscribe(),
+                stop.clone(),
+            )
+            .map_err(|source| FailoverError::Bind { addr, source })?;
+        }
+        tokio::spawn(group.clone().probe_loop(stop));
+        Ok(group)
+    }
+
+    /// Waits until no role change (failover, reseed) is in progress and keeps others
+    /// from starting while the guard lives: a reload stops a group only then.
+    pub async fn idle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.op.lock().await
+    }
+
+    /// The database with the current roles.
+    pub fn current_db(&self) -> Database {
+        let p = self.primary.lock().map(|p| p.clone()).unwrap_or_default();
+        pg::rotated(&self.db, &p)
+    }
+
+    fn healthy(&self, name: &str) -> bool {
+        let fenced = self.fenced.lock().map(|f| f.contains(name)).unwrap_or(true);
+        !fenced
+            && self
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| h.get(name).map(|m| m.healthy))
+                .unwrap_or(false)
+    }
+
+    /// Points the read-only listener at [`Self::read_only_targets`].
+    fn update_read_only(&self) {
+        let ro = self.read_only_targets();
+        self.route.send_if_modified(|r| {
+            if r.read_only != ro {
+                r.read_only = ro.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The healthy replicas whose last known lag is within the database's RPO; failing
+    /// that, every healthy replica; failing that, the primary if allowed.
+    fn read_only_targets(&self) -> Vec<String> {
+        let db = self.current_db();
+        let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
+        let rpo = db.rpo.as_secs_f64();
+        let fresh = |name: &str| {
+            lags.get(name)
+                .and_then(|l| l.seconds)
+                .is_some_and(|s| s <= rpo)
+        };
+        let healthy: Vec<_> = db
+            .replicas
+            .iter()
+            .filter(|r| self.healthy(&r.name))
+            .collect();
+        let within: Vec<_> = healthy.iter().filter(|r| fresh(&r.name)).collect();
+        let mut ro: Vec<String> = if within.is_empty() {
+            healthy.iter().filter_map(|r| address(&r.url)).collect()
+        } else {
+            within.iter().filter_map(|r| address(&r.url)).collect()
+        };
+        if ro.is_empty() && self.cfg.read_only_to_primary {
+            ro.extend(address(&db.primary.url));
+        }
+        ro
+    }
+}
