@@ -23,13 +23,3 @@ pub use topology::{
     ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode, FailoverGroup,
     FailoverPolicy, Policy, Region, ServerConfig, StateConfig, StoreDef, Topology,
 };
-
-/// Test hook for multi-step operations: when `GEOREP_CRASH_AT` names `point`, the
-/// process aborts there at once, as a `kill -9` would, so tests can interrupt a role
-/// change at an exact step and check what a restart makes of it.
-pub fn crash_point(point: &str) {
-    if std::env::var("GEOREP_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("GEOREP_CRASH_AT={point}: aborting here");
-        std::process::abort();
-    }
-}

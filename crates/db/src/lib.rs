@@ -5,7 +5,9 @@
 //! SQL connections (plus `pg_dump` for schema text), so it works against managed
 //! services where nobody can touch the server's files.
 
+mod crash;
 mod error;
 pub mod postgres;
 
+pub use crash::crash_point;
 pub use error::{DbError, Result};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use georep_core::crash_point;
+use georep_db::crash_point;
 use georep_db::postgres as pg;
 
 use super::{FailoverReport, Group};

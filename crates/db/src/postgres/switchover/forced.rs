@@ -2,7 +2,7 @@
 //! writable, its sequences move past the data it holds, and other replicas follow it only
 //! when they had applied exactly what it had.
 
-use georep_core::{crash_point, Database, DbMember};
+use georep_core::{Database, DbMember};
 
 use super::fence::set_fence;
 use super::follow::{
@@ -10,6 +10,7 @@ use super::follow::{
     wait_worker_stopped,
 };
 use super::{exec, replica, SwitchoverReport};
+use crate::crash_point;
 use crate::error::{DbError, Result};
 use crate::postgres::catalog::selected_tables;
 use crate::postgres::conn::connect;

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use georep_core::{crash_point, Database, DbMember};
+use georep_core::{Database, DbMember};
 
 use super::fence::{end_client_sessions, set_fence, set_gate};
 use super::follow::{ensure_publication, follow, stop_following, subscription};
 use super::{exec, replica, SwitchoverReport};
+use crate::crash_point;
 use crate::error::{DbError, Result};
 use crate::postgres::catalog::selected_tables;
 use crate::postgres::conn::connect;
