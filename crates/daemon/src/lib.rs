@@ -221,7 +221,7 @@ impl Daemon {
             ) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /api/v1/reload");
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with `georep reload`");
                     return;
                 }
             };

@@ -77,8 +77,8 @@ pub fn detection(t: &Topology, p: &Policy) -> String {
     match t.store(&p.source).map(|s| &s.url) {
         Some(StoreUrl::Local { .. }) => format!("filesystem notifications + scan every {scan}"),
         _ => format!(
-            "storage events to POST /api/v1/events/{} + scan every {scan}",
-            p.name
+            "storage events to POST {} + scan every {scan}",
+            georep_api::paths::fill(georep_api::paths::EVENTS, &p.name)
         ),
     }
 }

@@ -202,7 +202,10 @@ impl Policies {
                     }
                 }
             }
-            _ => format!("webhook POST /api/v1/events/{}", rt.name()),
+            _ => format!(
+                "webhook POST {}",
+                georep_api::paths::fill(georep_api::paths::EVENTS, rt.name())
+            ),
         };
         if let Ok(mut n) = rt.notifications.lock() {
             *n = mode;

@@ -1,6 +1,7 @@
 //! Failover groups against real PostgreSQL clusters: a writer through the read-write
 //! listener during a planned failover loses nothing.
 
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,6 @@ use std::time::Duration;
 
 use georep_testkit::{free_port, psql_at, wait_until, Partition, Postgres, Serve};
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_georep");
 
 /// Runs SQL as an ordinary client: its output, or None when refused.
 fn psql(url: &str, sql: &str) -> Option<String> {

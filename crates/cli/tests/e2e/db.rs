@@ -1,7 +1,7 @@
 //! `georep db ...` against real PostgreSQL clusters: a primary and replicas in "regions"
 //! that are separate clusters on free loopback ports.
 
-use std::path::{Path, PathBuf};
+use crate::common::*;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,36 +9,6 @@ use std::time::Duration;
 
 use georep_testkit::{wait_until, Postgres};
 use serde_json::Value;
-
-fn georep(args: &[&str]) -> Command {
-    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, &[])
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = georep(args).output().expect("run georep");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn topology(dir: &Path, primary: &str, replicas: &[(&str, String)], extra: &str) -> PathBuf {
-    let mut t = String::from("[regions.qc]\n[regions.we]\n[regions.ne]\n[[databases]]\nname = \"shop\"\nengine = \"postgres\"\n");
-    t.push_str(extra);
-    t.push_str(&format!(
-        "primary = {{ region = \"qc\", url = \"{primary}\" }}\nreplicas = [\n"
-    ));
-    for (region, url) in replicas {
-        t.push_str(&format!(
-            "  {{ region = \"{region}\", url = \"{url}\" }},\n"
-        ));
-    }
-    t.push_str("]\n");
-    let p = dir.join("georep.toml");
-    std::fs::write(&p, t).expect("write topology");
-    p
-}
 
 const SCHEMA: &str = "
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
@@ -55,7 +25,11 @@ fn count(pg: &Postgres, table: &str) -> i64 {
 }
 
 fn status(cfg: &str) -> (i32, Value) {
-    let (code, out, err) = run(&["db", "status", "shop", "-c", cfg, "--output", "json"]);
+    let (code, out, err) = run(
+        &["db", "status", "shop", "-c", cfg, "--output", "json"],
+        &[],
+    )
+    .parts();
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json ({e}): {out}{err}"));
     (code, v)
 }
@@ -72,7 +46,7 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
     }
     qc.psql("shop", SCHEMA);
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = topology(
+    let cfg = db_topology(
         dir.path(),
         &qc.url("shop"),
         &[("we", we.url("shop")), ("ne", ne.url("shop"))],
@@ -104,7 +78,7 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
             n
         })
     };
-    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c], &[]).parts();
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().expect("writer");
     assert_eq!(code, 0, "setup failed:\n{out}{err}");
@@ -121,11 +95,11 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
             count(r, "orders")
         );
     }
-    let (code, out, err) = run(&["db", "verify", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "verify", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "verify after setup:\n{out}{err}");
 
     // Re-running setup is safe.
-    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "second setup:\n{out}{err}");
 
     // Status: both streaming, no drift, sequences ahead.
@@ -178,7 +152,7 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
     assert!(wait_until(Duration::from_secs(60), || count(&ne, "orders") == want));
 
     // Sequences: after a sync, an insert on a promoted replica does not collide.
-    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     we.psql("shop", "ALTER SUBSCRIPTION georep_shop_we DISABLE");
     let id: i64 = we
@@ -210,14 +184,18 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
     we.psql("shop", "DROP INDEX orders_amount");
 
     // DDL through georep keeps replication running: replicas first for an added column.
-    let (code, out, err) = run(&[
-        "db",
-        "ddl",
-        "shop",
-        "-c",
-        c,
-        "ALTER TABLE customers ADD COLUMN tier int",
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "ddl",
+            "shop",
+            "-c",
+            c,
+            "ALTER TABLE customers ADD COLUMN tier int",
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("replica 'we', then replica 'ne', then primary"),
@@ -238,7 +216,8 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
         "shop",
         "UPDATE orders SET amount = amount + 1 WHERE id = 4242",
     );
-    let (code, out, err) = run(&["db", "verify", "shop", "-c", c, "--table", "orders"]);
+    let (code, out, err) =
+        run(&["db", "verify", "shop", "-c", c, "--table", "orders"], &[]).parts();
     assert_eq!(code, 1, "verify must fail:\n{out}{err}");
     assert!(
         out.contains("DIFFERS") && out.contains("public.orders"),
@@ -263,7 +242,7 @@ fn geo_replica_lifecycle_setup_lag_sequences_drift_verify_teardown() {
     );
 
     // Teardown leaves no slot and no publication or subscription.
-    let (code, out, err) = run(&["db", "teardown", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "teardown", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         qc.psql("shop", "SELECT count(*) FROM pg_replication_slots"),
@@ -283,8 +262,12 @@ fn setup_names_every_unmet_prerequisite() {
     we.create_db("shop");
     qc.psql("shop", "CREATE TABLE events (at timestamptz, payload text); CREATE TABLE logs (line text); CREATE TABLE ok (id int PRIMARY KEY)");
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = topology(dir.path(), &qc.url("shop"), &[("we", we.url("shop"))], "");
-    let (code, out, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    let cfg = db_topology(dir.path(), &qc.url("shop"), &[("we", we.url("shop"))], "");
+    let (code, out, err) = run(
+        &["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("wal_level"), "{err}");
     assert!(
@@ -299,15 +282,23 @@ fn setup_names_every_unmet_prerequisite() {
     );
 
     // Unreachable replica: exit 3 naming it.
-    let cfg = topology(
+    let cfg = db_topology(
         dir.path(),
         &qc.url("shop"),
         &[("we", "postgres://postgres@127.0.0.1:1/shop".into())],
         "",
     );
-    let (code, _, err) = run(&["db", "status", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    let (code, _, err) = run(
+        &["db", "status", "shop", "-c", cfg.to_str().expect("utf-8")],
+        &[],
+    )
+    .parts();
     assert!(code == 1 || code == 3, "{err}");
-    let (code, _, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    let (code, _, err) = run(
+        &["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 3, "{err}");
     assert!(
         err.contains("replica 'we'") && err.contains("127.0.0.1:1"),
@@ -324,16 +315,20 @@ fn copy_moves_schema_data_indexes_and_sequences() {
     pg.psql("shop", "CREATE SCHEMA billing; CREATE TABLE billing.invoices (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int); INSERT INTO billing.invoices (total) SELECT g FROM generate_series(1, 300) g");
     // Large enough to be split into block ranges copied in parallel.
     pg.psql("shop", "CREATE TABLE big (k text PRIMARY KEY, v int); INSERT INTO big SELECT 'k' || g, g FROM generate_series(1, 250000) g; ANALYZE big");
-    let (code, out, err) = run(&[
-        "db",
-        "copy",
-        "--from",
-        &pg.url("shop"),
-        "--to",
-        &pg.url("copy"),
-        "--jobs",
-        "3",
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "copy",
+            "--from",
+            &pg.url("shop"),
+            "--to",
+            &pg.url("copy"),
+            "--jobs",
+            "3",
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     for t in ["customers", "orders", "billing.invoices", "big"] {
         assert_eq!(
@@ -375,14 +370,18 @@ fn copy_moves_schema_data_indexes_and_sequences() {
         Some("5001"),
         "sequence not carried over"
     );
-    let (code, _, err) = run(&[
-        "db",
-        "copy",
-        "--from",
-        &pg.url("shop"),
-        "--to",
-        &pg.url("copy"),
-    ]);
+    let (code, _, err) = run(
+        &[
+            "db",
+            "copy",
+            "--from",
+            &pg.url("shop"),
+            "--to",
+            &pg.url("copy"),
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(
         code, 2,
         "copying over existing tables must be refused: {err}"
@@ -397,13 +396,17 @@ fn the_daemon_reports_replicas_and_keeps_sequences_ahead() {
     }
     qc.psql("shop", SCHEMA);
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = topology(
+    let cfg = db_topology(
         dir.path(),
         &qc.url("shop"),
         &[("we", we.url("shop"))],
         "rpo = \"4s\"\nsequence_sync_interval = \"1s\"\nsequence_margin = 50\n",
     );
-    let (code, out, err) = run(&["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")]);
+    let (code, out, err) = run(
+        &["db", "setup", "shop", "-c", cfg.to_str().expect("utf-8")],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     let s = georep_testkit::Serve::start(env!("CARGO_BIN_EXE_georep"), &cfg, &[]);
     let mut v = Value::Null;
@@ -469,17 +472,21 @@ fn huge_durations_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().expect("tmp");
     // Nothing listens on port 1: before the bound, setup got past parsing and failed later.
     let url = "postgres://app@127.0.0.1:1/shop";
-    let cfg = topology(dir.path(), url, &[("we", url.replace("shop", "shop2"))], "");
+    let cfg = db_topology(dir.path(), url, &[("we", url.replace("shop", "shop2"))], "");
     let c = cfg.to_str().expect("utf-8");
-    let (code, out, err) = run(&[
-        "db",
-        "setup",
-        "shop",
-        "-c",
-        c,
-        "--timeout",
-        "18000000000000000000s",
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "setup",
+            "shop",
+            "-c",
+            c,
+            "--timeout",
+            "18000000000000000000s",
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("--timeout") && err.contains("the maximum is 100 years"),
@@ -487,13 +494,13 @@ fn huge_durations_are_refused_with_exit_2() {
     );
     assert!(!err.contains("panicked"), "{err}");
 
-    let cfg = topology(
+    let cfg = db_topology(
         dir.path(),
         url,
         &[("we", url.replace("shop", "shop2"))],
         "sequence_sync_interval = \"18000000000000000000s\"\n",
     );
-    let (code, out, err) = run(&["validate", "-c", cfg.to_str().expect("utf-8")]);
+    let (code, out, err) = run(&["validate", "-c", cfg.to_str().expect("utf-8")], &[]).parts();
     assert_eq!(code, 2, "{out}{err}");
     let all = format!("{out}{err}");
     assert!(
@@ -542,14 +549,15 @@ fn database_passwords_never_appear_in_output_logs_or_the_api() {
 
     // The replica is refused: its status row carries its URL and the connection error.
     for output in ["text", "json"] {
-        let (code, out, err) = run(&["db", "status", "shop", "-c", c, "--output", output]);
+        let (code, out, err) =
+            run(&["db", "status", "shop", "-c", c, "--output", output], &[]).parts();
         assert_eq!(code, 1, "{out}{err}");
         assert!(out.contains("127.0.0.1:"), "the URL is still shown: {out}");
         clean("db status (refused replica)", &format!("{out}{err}"));
     }
     // The primary is refused: every command fails naming it.
     for cmd in ["status", "setup", "verify", "sync-sequences", "teardown"] {
-        let (code, out, err) = run(&["db", cmd, "lost", "-c", c]);
+        let (code, out, err) = run(&["db", cmd, "lost", "-c", c], &[]).parts();
         assert_eq!(code, 3, "db {cmd}: {out}{err}");
         assert!(err.contains("password=***"), "db {cmd}: {err}");
         clean(
@@ -557,14 +565,18 @@ fn database_passwords_never_appear_in_output_logs_or_the_api() {
             &format!("{out}{err}"),
         );
     }
-    let (code, out, err) = run(&[
-        "db",
-        "copy",
-        "--from",
-        &with_secrets(refused, "shop"),
-        "--to",
-        &with_secrets(qc.port, "shop"),
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "copy",
+            "--from",
+            &with_secrets(refused, "shop"),
+            "--to",
+            &with_secrets(qc.port, "shop"),
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 3, "db copy: {out}{err}");
     clean("db copy", &format!("{out}{err}"));
     for cmd in [
@@ -572,7 +584,7 @@ fn database_passwords_never_appear_in_output_logs_or_the_api() {
         &["plan", "-c", c],
         &["plan", "-c", c, "--output", "json"],
     ] {
-        let (code, out, err) = run(cmd);
+        let (code, out, err) = run(cmd, &[]).parts();
         assert_eq!(code, 0, "{cmd:?}: {out}{err}");
         clean(&format!("{cmd:?}"), &format!("{out}{err}"));
     }
@@ -627,7 +639,7 @@ fn database_passwords_never_appear_in_output_logs_or_the_api() {
         &["plan", "-c", sc][..],
         &["serve", "-c", sc, "--listen", "127.0.0.1:0"],
     ] {
-        let (code, out, err) = run(cmd);
+        let (code, out, err) = run(cmd, &[]).parts();
         assert_ne!(code, 0, "{cmd:?}: {out}{err}");
         assert!(err.contains("127.0.0.1:"), "{cmd:?}: {err}");
         clean(&format!("{cmd:?}"), &format!("{out}{err}"));
@@ -732,7 +744,7 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
     we.create_db("copy");
     qc.psql("shop", MIXED_CASE);
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = topology(
+    let cfg = db_topology(
         dir.path(),
         &qc.url("shop"),
         &[("we", we.url("shop"))],
@@ -740,7 +752,7 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
     );
     let c = cfg.to_str().expect("utf-8");
 
-    let (code, out, err) = run(&["db", "setup", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "setup", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "setup:\n{out}{err}");
     let count = |pg: &Postgres, t: &str| {
         pg.psql(
@@ -763,7 +775,7 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
         count(&we, "Orders")
     );
 
-    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c]);
+    let (code, out, err) = run(&["db", "sync-sequences", "shop", "-c", c], &[]).parts();
     assert_eq!(code, 0, "sync-sequences:\n{out}{err}");
     assert!(seq(&we, "shop", "Orders_OrderId_seq") >= seq(&qc, "shop", "Orders_OrderId_seq") + 100);
     assert!(seq(&we, "shop", "Invoice-Seq") >= seq(&qc, "shop", "Invoice-Seq") + 100);
@@ -777,20 +789,24 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
     };
     assert!(public_seq(&we) >= public_seq(&qc) + 100);
 
-    let (code, out, err) = run(&["db", "verify", "shop", "-c", c, "--output", "json"]);
+    let (code, out, err) = run(&["db", "verify", "shop", "-c", c, "--output", "json"], &[]).parts();
     assert_eq!(code, 0, "verify:\n{out}{err}");
     let v: Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("verify json ({e}): {out}"));
     assert_eq!(v["tables"].as_array().map(Vec::len), Some(3), "{v:#}");
-    let (code, out, err) = run(&[
-        "db",
-        "verify",
-        "shop",
-        "-c",
-        c,
-        "--table",
-        "\"Sales EU\".\"Orders\"",
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "verify",
+            "shop",
+            "-c",
+            c,
+            "--table",
+            "\"Sales EU\".\"Orders\"",
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "verify --table:\n{out}{err}");
     let (code, st) = status(c);
     assert_eq!(code, 0, "status: {st:#}");
@@ -802,16 +818,20 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
 
     // A column dropped in a statement spread over lines goes to the primary first, so
     // the replica never gets rows for a column it no longer has; replication goes on.
-    let (code, out, err) = run(&[
-        "db",
-        "ddl",
-        "shop",
-        "-c",
-        c,
-        "--output",
-        "json",
-        "alter table \"Sales EU\".\"Orders\"\n  -- no longer used\n  drop\n\tcolumn note",
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "ddl",
+            "shop",
+            "-c",
+            c,
+            "--output",
+            "json",
+            "alter table \"Sales EU\".\"Orders\"\n  -- no longer used\n  drop\n\tcolumn note",
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "ddl:\n{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ddl json ({e}): {out}"));
     assert_eq!(v["order"][0], "primary", "{v:#}");
@@ -825,14 +845,18 @@ fn mixed_case_names_through_setup_sequences_verify_copy_and_failover() {
     );
 
     // One-shot copy into an empty database: tables, data, sequences, indexes.
-    let (code, out, err) = run(&[
-        "db",
-        "copy",
-        "--from",
-        &qc.url("shop"),
-        "--to",
-        &we.url("copy"),
-    ]);
+    let (code, out, err) = run(
+        &[
+            "db",
+            "copy",
+            "--from",
+            &qc.url("shop"),
+            "--to",
+            &we.url("copy"),
+        ],
+        &[],
+    )
+    .parts();
     assert_eq!(code, 0, "copy:\n{out}{err}");
     assert_eq!(
         we.psql("copy", "SELECT count(*) FROM \"Sales EU\".\"Orders\""),

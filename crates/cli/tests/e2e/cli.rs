@@ -1,74 +1,13 @@
 //! End-to-end runs of the `georep` binary against real stores: local folders, two
 //! Azurite instances (two regions), moto S3. One test target, small helpers.
 
+use crate::common::*;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use georep_testkit::{data, free_port, wait_until, Azurite, Moto};
 use serde_json::Value;
-
-fn georep(args: &[&str], env: &[(String, String)]) -> Command {
-    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
-}
-
-/// Runs to completion; a run that hangs past a generous guard is a failure, not a wait.
-fn run(args: &[&str], env: &[(String, String)]) -> Out {
-    let child = georep(args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn georep");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(300)) {
-        Ok(out) => Out(out.expect("wait georep")),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("georep {args:?} did not finish (hang)");
-        }
-    }
-}
-
-struct Out(Output);
-
-impl Out {
-    fn code(&self) -> i32 {
-        self.0.status.code().unwrap_or(-1)
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.stderr).into_owned()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout().trim()).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
-                self.stdout(),
-                self.stderr()
-            )
-        })
-    }
-    fn ok(self) -> Self {
-        assert_eq!(
-            self.code(),
-            0,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        );
-        self
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn count(v: &Value, field: &str) -> u64 {
     v[field]
@@ -818,11 +757,13 @@ fn unreadable_file_is_listed_as_failed_and_the_rest_copied() {
     set(&bin, 0o755);
     let as_user = |args: &[&str]| {
         if is_root {
-            Out(Command::new("runuser")
-                .args(["-u", "nobody", "--", s(&bin)])
-                .args(args)
-                .output()
-                .expect("runuser (util-linux) to run georep as nobody"))
+            Out::from(
+                Command::new("runuser")
+                    .args(["-u", "nobody", "--", s(&bin)])
+                    .args(args)
+                    .output()
+                    .expect("runuser (util-linux) to run georep as nobody"),
+            )
         } else {
             run(args, &[])
         }

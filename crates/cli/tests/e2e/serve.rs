@@ -2,72 +2,13 @@
 //! Azurite instances and moto S3; kill -9 and restart under writes; the HTTP API,
 //! webhooks and token; `validate`, `plan` and `status`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use crate::common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use georep_testkit::{data, wait_until, Azurite, Moto, Serve};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_georep");
-
-fn georep(args: &[&str], env: &[(String, String)]) -> Command {
-    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
-}
-
-/// Runs a short command to completion: (exit code, stdout, stderr).
-fn run(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = georep(args, env).output().expect("run georep");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Writes a topology with the given stores (name, region, url) and policy body.
-fn topology(dir: &Path, stores: &[(&str, &str, &str)], policy: &str, extra: &str) -> PathBuf {
-    let mut t = format!("[state]\nurl = \"sqlite://state/georep.db\"\n{extra}\n");
-    let mut regions: Vec<&str> = stores.iter().map(|s| s.1).collect();
-    regions.dedup();
-    for r in regions {
-        t.push_str(&format!("[regions.{r}]\n"));
-    }
-    for (name, region, url) in stores {
-        t.push_str(&format!(
-            "[stores.{name}]\nregion = \"{region}\"\nurl = \"{url}\"\n"
-        ));
-    }
-    t.push_str("[[policies]]\n");
-    t.push_str(policy);
-    let path = dir.join("georep.toml");
-    std::fs::write(&path, t).expect("write topology");
-    path
-}
-
-/// Relative path → content of every regular file under `root`, skipping nothing.
-fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    data::files_under(root)
-        .into_iter()
-        .map(|p| {
-            let rel = Path::new(&p)
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .into_owned();
-            let content = std::fs::read(&p).unwrap_or_default();
-            (rel, content)
-        })
-        .collect()
-}
-
-fn write(root: &Path, rel: &str, content: &[u8]) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(p, content).expect("write");
-}
 
 #[test]
 fn local_regions_converge_under_writes_keep_deletes_and_stop_cleanly() {
@@ -124,11 +65,12 @@ fn local_regions_converge_under_writes_keep_deletes_and_stop_cleanly() {
             "json",
         ],
         &[],
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v[0]["destinations"][0]["status"], "complete");
-    let (code, out, err) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &[]);
+    let (code, out, err) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("policy p") && out.contains("region-b"),
@@ -214,12 +156,12 @@ fn propagate_deletes_and_the_mass_delete_guard() {
         kept >= 47 - 10,
         "only {kept} of 47 kept: the guard let too much through"
     );
-    let (code, _, _) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &[]);
+    let (code, _, _) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &[]).parts();
     assert_eq!(code, 1, "status exits 1 while a policy is paused");
 
     // The operator confirms: the rest goes.
     let cfg_s = cfg.to_str().expect("utf-8");
-    let (code, out, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, out, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("p: resumed"), "{out}");
     assert!(
@@ -229,10 +171,10 @@ fn propagate_deletes_and_the_mass_delete_guard() {
     );
     assert!(s.get("/api/v1/policies/p")["paused"].is_null());
     // Nothing is paused any more: refused as a conflict, exit 2, saying why.
-    let (code, _, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, _, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not paused") && err.contains("409"), "{err}");
-    let (code, _, err) = run(&["resume", "nope", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, _, err) = run(&["resume", "nope", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no policy named 'nope'"), "{err}");
 }
@@ -329,7 +271,8 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
     let (code, _, err) = run(
         &["copy", up.to_str().expect("utf-8"), &az_a.url("src")],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let cfg = topology(
         dir.path(),
@@ -409,7 +352,8 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
     let (code, _, err) = run(
         &["copy", up.to_str().expect("utf-8"), &az_a.url("src")],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let v = s.post(
         "/api/v1/events/photos",
@@ -436,7 +380,8 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
     let (code, out, err) = run(
         &["check", &az_a.url("src"), &az_b.url("dst"), "--checksum"],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
 
     // An event for another container is not ours.
@@ -454,7 +399,8 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
     let (code, _, err) = run(
         &["copy", up.to_str().expect("utf-8"), &az_a.url("src")],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let v = s.post("/api/v1/events/photos", &json!({
         "specversion": "1.0",
@@ -479,7 +425,8 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
             "100%",
         ],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = run(
         &[
@@ -493,12 +440,13 @@ fn azurite_regions_event_grid_webhook_token_and_api() {
             "json",
         ],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["repaired"], 5, "{v}");
     s.converge("photos", Some(7));
-    let (code, out, err) = run(&["check", &az_a.url("src"), &az_b.url("dst")], &env);
+    let (code, out, err) = run(&["check", &az_a.url("src"), &az_b.url("dst")], &env).parts();
     assert_eq!(code, 0, "{out}{err}");
     let m = s.req(reqwest::Method::GET, "/metrics", None).1;
     assert!(
@@ -525,7 +473,7 @@ fn s3_event_notification_replicates_to_a_local_region() {
     );
     let s = Serve::start(BIN, &cfg, &env);
     s.converge("s", Some(0));
-    let (code, _, err) = run(&["copy", up.to_str().expect("utf-8"), "s3://src"], &env);
+    let (code, _, err) = run(&["copy", up.to_str().expect("utf-8"), "s3://src"], &env).parts();
     assert_eq!(code, 0, "{err}");
     let v = s.post("/api/v1/events/s", &json!({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
@@ -557,7 +505,8 @@ fn s3_event_notification_replicates_to_a_local_region() {
             "100%",
         ],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{err}");
     let v = s.post(
         "/api/v1/events/s",
@@ -635,7 +584,7 @@ fn an_unreachable_region_breaches_the_rpo_visibly() {
             .contains("georep_replication_rpo_breached{policy=\"p\",destination=\"az\"} 1"),
         "{m}"
     );
-    let (code, out, _) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &env);
+    let (code, out, _) = run(&["status", "-c", cfg.to_str().expect("utf-8")], &env).parts();
     assert_eq!(
         code, 1,
         "status must fail while the RPO is breached:\n{out}"
@@ -718,7 +667,8 @@ fn kill_9_and_restart_under_continuous_writes_loses_nothing() {
             "--checksum",
         ],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(
         code,
         0,
@@ -733,7 +683,8 @@ fn kill_9_and_restart_under_continuous_writes_loses_nothing() {
             "--checksum",
         ],
         &env,
-    );
+    )
+    .parts();
     assert_eq!(
         code,
         0,
@@ -777,7 +728,7 @@ destinations = ["b"]
 "#,
     )
     .expect("write");
-    let (code, out, err) = run(&["validate", "-c", bad.to_str().expect("utf-8")], &[]);
+    let (code, out, err) = run(&["validate", "-c", bad.to_str().expect("utf-8")], &[]).parts();
     assert_eq!(code, 2, "{out}{err}");
     for want in [
         "r9",
@@ -798,7 +749,7 @@ destinations = ["b"]
     }
     let syntax = dir.path().join("syntax.toml");
     std::fs::write(&syntax, "[regions.r1]\n[stores.a\nregion = 1\n").expect("write");
-    let (code, _, err) = run(&["validate", "-c", syntax.to_str().expect("utf-8")], &[]);
+    let (code, _, err) = run(&["validate", "-c", syntax.to_str().expect("utf-8")], &[]).parts();
     assert_eq!(code, 2);
     assert!(err.contains("syntax.toml:2:"), "{err}");
     let (code, _, err) = run(
@@ -808,7 +759,8 @@ destinations = ["b"]
             dir.path().join("missing.toml").to_str().expect("utf-8"),
         ],
         &[],
-    );
+    )
+    .parts();
     assert_eq!(code, 2);
     assert!(err.contains("missing.toml"), "{err}");
 
@@ -822,9 +774,9 @@ destinations = ["b"]
         "",
     );
     let c = cfg.to_str().expect("utf-8");
-    let (code, out, _) = run(&["validate", "-c", c], &[]);
+    let (code, out, _) = run(&["validate", "-c", c], &[]).parts();
     assert_eq!(code, 0, "{out}");
-    let (code, out, err) = run(&["plan", "-c", c], &[]);
+    let (code, out, err) = run(&["plan", "-c", c], &[]).parts();
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("policy p [added]") && out.contains("filesystem notifications"),
@@ -838,7 +790,7 @@ destinations = ["b"]
     s.converge("p", Some(1));
     assert_eq!(s.terminate(), 0);
     assert!(b.join("x").exists());
-    let (_, out, _) = run(&["plan", "-c", c, "--output", "json"], &[]);
+    let (_, out, _) = run(&["plan", "-c", c, "--output", "json"], &[]).parts();
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["policies"][0]["change"], "unchanged", "{v:#}");
     std::fs::write(
@@ -848,12 +800,12 @@ destinations = ["b"]
             .replace("rpo = \"5m\"", "rpo = \"1m\""),
     )
     .expect("write");
-    let (_, out, _) = run(&["plan", "-c", c], &[]);
+    let (_, out, _) = run(&["plan", "-c", c], &[]).parts();
     assert!(out.contains("[changed]") && out.contains("rpo"), "{out}");
 
     // One daemon per state file.
     let s = Serve::start(BIN, &cfg, &[]);
-    let (code, _, err) = run(&["serve", "-c", c, "--listen", "127.0.0.1:0"], &[]);
+    let (code, _, err) = run(&["serve", "-c", c, "--listen", "127.0.0.1:0"], &[]).parts();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("another georep serve"), "{err}");
     // Resuming a policy that is not paused is a conflict, not a silent override.
@@ -907,7 +859,8 @@ fn an_operator_pause_stops_copies_and_deletes_survives_a_restart_and_resumes() {
             "pause", "p", "-c", cfg_s, "--api", &s.base, "--note", "CHG-42",
         ],
         &[],
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("paused by an operator") && out.contains("CHG-42"),
@@ -939,7 +892,7 @@ fn an_operator_pause_stops_copies_and_deletes_survives_a_restart_and_resumes() {
         st["held"].as_str().is_some_and(|h| h.contains("CHG-42")),
         "{st:#}"
     );
-    let (code, out, _) = run(&["status", "-c", cfg_s], &[]);
+    let (code, out, _) = run(&["status", "-c", cfg_s], &[]).parts();
     assert_eq!(code, 1, "status exits 1 while paused: {out}");
     assert!(out.contains("PAUSED"), "{out}");
     // The pause outlives a restart.
@@ -947,7 +900,7 @@ fn an_operator_pause_stops_copies_and_deletes_survives_a_restart_and_resumes() {
     let s = Serve::start(BIN, &cfg, &[]);
     assert!(s.get("/api/v1/policies/p")["held"].is_string());
     assert!(!b.join("f/new").exists());
-    let (code, out, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, out, err) = run(&["resume", "p", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("go on"), "{out}");
     assert!(
@@ -987,7 +940,7 @@ fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
 
     // Add q: the plan shows it, the reload starts it, p is untouched.
     topology(dir.path(), &stores, &format!("{p}{q}"), "");
-    let (code, out, err) = run(&["plan", "--daemon", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, out, err) = run(&["plan", "--daemon", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("+ policies q: would start"), "{out}");
     assert!(!out.contains("policies p"), "p is unchanged: {out}");
@@ -996,7 +949,7 @@ fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
         404,
         "a plan applies nothing"
     );
-    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("+ policies q: started"), "{out}");
     s.converge("q", Some(1));
@@ -1013,7 +966,8 @@ fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
     let (code, out, err) = run(
         &["reload", "-c", cfg_s, "--api", &s.base, "--output", "json"],
         &[],
-    );
+    )
+    .parts();
     assert_eq!(code, 0, "{out}{err}");
     let r: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
@@ -1037,10 +991,10 @@ fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
             .replace("destinations = [\"c\"]", "destinations = [\"nowhere\"]"),
     )
     .expect("write");
-    let (vcode, vout, verr) = run(&["validate", "-c", cfg_s], &[]);
+    let (vcode, vout, verr) = run(&["validate", "-c", cfg_s], &[]).parts();
     assert_eq!(vcode, 2, "{vout}{verr}");
     let first = verr.lines().next().expect("a validate message").to_string();
-    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]);
+    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains(&first) && err.contains("keeps running"),

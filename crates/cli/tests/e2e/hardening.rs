@@ -1,38 +1,12 @@
 //! Regression tests for the hardening issue: links, modes, odd names and overlapping
 //! locations, through the `georep` binary against real local folders and moto S3.
 
+use crate::common::*;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use std::process::{Output, Stdio};
 
 use georep_testkit::{data, Azurite, Moto};
 use serde_json::Value;
-
-fn run(args: &[&str], env: &[(String, String)]) -> Output {
-    georep_testkit::command(env!("CARGO_BIN_EXE_georep"), args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run georep")
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 fn skipped(v: &Value) -> Vec<(String, String)> {
     v["skipped_keys"]
@@ -81,8 +55,8 @@ fn destination_links_are_never_written_through() {
         &["copy", s(src.path()), s(dst.path()), "--output", "json"],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr());
+    let v = out.json();
     let keys: Vec<String> = skipped(&v).into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
@@ -154,8 +128,8 @@ fn source_links_are_skipped_or_followed_only_inside() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr());
+    let v = out.json();
     assert_eq!(v["deleted"], 0, "{v}");
     assert!(
         v["delete_refused"]
@@ -166,10 +140,10 @@ fn source_links_are_skipped_or_followed_only_inside() {
     assert_eq!(walk(dst.path()), ["leakdir/passwd", "real/a.txt"]);
     std::fs::remove_dir_all(dst.path().join("leakdir")).expect("rm");
     assert_eq!(
-        stderr(&out).matches("symbolic links in the source").count(),
+        out.stderr().matches("symbolic links in the source").count(),
         1,
         "reported once: {}",
-        stderr(&out)
+        out.stderr()
     );
 
     let dst = tempfile::tempdir().expect("tempdir");
@@ -184,7 +158,7 @@ fn source_links_are_skipped_or_followed_only_inside() {
         ],
         &[],
     );
-    let v = json(&out);
+    let v = out.json();
     // The link inside the folder is copied as a file; links leading out never are; the
     // loop is reported by name and does not stop the listing.
     assert_eq!(walk(dst.path()), ["inner", "real/a.txt"], "{v}");
@@ -234,7 +208,7 @@ fn followed_links_keep_key_order_and_a_dangling_one_is_skipped_by_name() {
         ],
         &[],
     );
-    let v = json(&out);
+    let v = out.json();
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["copied"], 4, "{v}");
     let sk = skipped(&v);
@@ -246,8 +220,8 @@ fn followed_links_keep_key_order_and_a_dangling_one_is_skipped_by_name() {
     // What the dangling link held is unknown: its replica stays; other deletes go on.
     assert_eq!(v["deleted"], 1, "{v}");
     assert_eq!(v["deletes_held"], 1, "{v}");
-    assert!(stderr(&out).contains("deletes held"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("order"), "{}", stderr(&out));
+    assert!(out.stderr().contains("deletes held"), "{}", out.stderr());
+    assert!(!out.stderr().contains("order"), "{}", out.stderr());
     assert_eq!(
         walk(dst.path()),
         ["d-x", "d/f", "m-dangling", "real/f", "z.txt"]
@@ -287,7 +261,7 @@ fn modes_are_kept_never_widened() {
     set("private", 0o700);
     let dst = tempfile::tempdir().expect("tempdir");
     let out = run(&["copy", s(src.path()), s(dst.path())], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr());
     assert_eq!(mode(&dst.path().join("secret.key")), 0o600);
     assert_eq!(mode(&dst.path().join("run.sh")), 0o700);
     assert_eq!(
@@ -301,7 +275,7 @@ fn modes_are_kept_never_widened() {
     std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let fresh = dst.path().join("new/root");
     let out = run(&["copy", s(src.path()), s(&fresh)], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr());
     assert_eq!(mode(&fresh), 0o700);
     // A replaced file keeps a mode an operator narrowed when the source has none to give
     // (object stores): checked in the storage tests.
@@ -332,8 +306,8 @@ fn one_bad_name_never_stops_the_others() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr());
+    let v = out.json();
     assert_eq!(v["copied"], 3, "{v}");
     // A delete is held only for a key the skipped name could be; others go ahead.
     assert_eq!(v["deleted"], 1, "{v}");
@@ -347,7 +321,7 @@ fn one_bad_name_never_stops_the_others() {
         &["copy", s(src.path()), s(dst.path()), "--output", "json"],
         &[],
     );
-    let v = json(&out);
+    let v = out.json();
     assert_eq!(v["copied"], 0, "{v}");
     assert_eq!(skipped(&v).len(), 1, "{v}");
 }
@@ -366,8 +340,8 @@ fn overlap_is_judged_on_disk_not_on_text() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("overlap"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr());
+    assert!(out.stderr().contains("overlap"), "{}", out.stderr());
     assert!(!base.path().join("data/backup/f.txt").exists());
 
     let cfg = base.path().join("georep.toml");
@@ -390,11 +364,11 @@ destinations = ["bk"]
     )
     .expect("write config");
     let out = run(&["validate", "-c", s(&cfg)], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr());
     assert!(
-        stderr(&out).contains("overlaps the source"),
+        out.stderr().contains("overlaps the source"),
         "{}",
-        stderr(&out)
+        out.stderr()
     );
 }
 
@@ -424,7 +398,7 @@ fn s3_folder_markers_and_file_folder_clashes_are_reported_once_not_forever() {
         ],
         &env,
     );
-    let v = json(&out);
+    let v = out.json();
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["failed"], 0, "markers are not failures: {v}");
     let mut sk = skipped(&v);
@@ -452,14 +426,14 @@ fn s3_folder_markers_and_file_folder_clashes_are_reported_once_not_forever() {
 /// the odd name is reported by key and the others are copied.
 fn one_bad_object_name_is_reported_and_the_rest_copied(url: &str, env: &[(String, String)]) {
     let out = run(&["ls", url], env);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr());
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     let keys: Vec<&str> = listed
         .lines()
         .filter_map(|l| l.split('\t').next())
         .collect();
     assert_eq!(keys, ["a.txt", "c.txt"], "{listed}");
-    assert!(stderr(&out).contains("b//x"), "{}", stderr(&out));
+    assert!(out.stderr().contains("b//x"), "{}", out.stderr());
 
     let dst = tempfile::tempdir().expect("tempdir");
     data::write_tree(dst.path(), &[("stale.txt", b"old".to_vec())]);
@@ -467,7 +441,7 @@ fn one_bad_object_name_is_reported_and_the_rest_copied(url: &str, env: &[(String
         &["sync", url, s(dst.path()), "--delete", "--output", "json"],
         env,
     );
-    let v = json(&out);
+    let v = out.json();
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["copied"], 2, "{v}");
     let sk = skipped(&v);
@@ -736,8 +710,8 @@ fn files_from_an_object_store_follow_the_umask() {
     for (k, v) in moto.env() {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run georep under sh");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = Out::from(cmd.output().expect("run georep under sh"));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr());
     assert_eq!(mode(&root.join("sub/f.txt")), 0o600);
     assert_eq!(mode(&root.join("sub")), 0o700);
     assert_eq!(mode(&root), 0o700);
@@ -818,8 +792,8 @@ fn a_listing_cut_short_by_the_endpoint_never_deletes() {
         ],
         &env,
     );
-    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", out.stderr());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr());
     assert!(text.contains("cut short"), "{text}");
     assert_eq!(walk(dst.path()), ["k1", "k2", "k3"]);
     if let Ok(mut c) = std::net::TcpStream::connect(endpoint.trim_start_matches("http://")) {
