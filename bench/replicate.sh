@@ -102,8 +102,9 @@ PY
   mkdir -p $B/z
   topo $B/z/georep.toml http://127.0.0.1:$P1/devstoreaccount1/src http://127.0.0.1:$P2/devstoreaccount1/dst 5m
   API=$(serve z $B/z/georep.toml)
+  # The webhook needs its own token, which serve generates beside the state.
   python3 bench/replicate_load.py --mode azure --api "$API" --policy p --state $B/z/state/georep.db \
-    --endpoint http://127.0.0.1:$P1/devstoreaccount1 --container src --rate $RATE --seconds $DURATION | tee $B/r2.json
+    --token "$(cat $B/z/state/georep.events-token)" --endpoint http://127.0.0.1:$P1/devstoreaccount1 --container src --rate $RATE --seconds $DURATION | tee $B/r2.json
   stop z
 fi
 

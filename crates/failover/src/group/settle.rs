@@ -228,7 +228,6 @@ impl Group {
         }
     }
 
-    /// Points the read-only listener at a healthy replica (or the primary, if allowed).
     /// A role change that ended in an error while still recorded as in progress (a
     /// state write failed, say) leaves new connections held: the probe loop settles it.
     pub(super) fn unsettled_on_error(&self, r: Result<FailoverReport>) -> Result<FailoverReport> {
