@@ -20,6 +20,8 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
+    // From here on SIGHUP means "reload", never "exit".
+    let hup = georep_daemon::hangup().context("cannot catch SIGHUP")?;
     let topo = load(&a.config.config)?;
     // One daemon per state file: a second one would clear the first one's leases and
     // double every transfer and delete decision.
@@ -45,10 +47,10 @@ pub(crate) async fn run(a: ServeArgs) -> Result<u8> {
     let reread = file.clone();
     let source = Source {
         file: file.clone(),
-        load: Box::new(move || load(&reread).map_err(|e| format!("{e:#}"))),
+        load: Arc::new(move || load(&reread).map_err(|e| format!("{e:#}"))),
     };
     let daemon = Daemon::start(topo, Arc::new(state), Some(source)).await?;
-    daemon.reload_on_sighup();
+    daemon.reload_on(hup);
     println!("georep: replicating {n} policies; API on http://{addr}");
     if let Some(f) = &token_file {
         // Where the token is, never the token itself.

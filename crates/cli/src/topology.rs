@@ -125,9 +125,22 @@ pub(crate) async fn reload(a: ReloadArgs) -> Result<u8> {
         api.reload().await
     };
     match r {
-        Ok(r) => render_reload(&r, a.output),
+        Ok(r) => {
+            let mine = std::path::absolute(&a.config.config).unwrap_or(a.config.config.clone());
+            if std::path::Path::new(&r.file) != mine {
+                eprintln!(
+                    "georep: note: the daemon reads {}, not {} (it reloads its own file, with its own environment for ${{NAME}})",
+                    r.file,
+                    mine.display()
+                );
+            }
+            render_reload(&r, a.output)
+        }
         Err(e) => {
             eprintln!("georep: reload refused: {e}");
+            if matches!(e, georep_api::ClientError::Status { status: 401, .. }) {
+                eprintln!("georep: if [server] token changed in the file, restart georep serve: a reload cannot change the token it checks");
+            }
             Ok(e.exit_class())
         }
     }
@@ -181,7 +194,12 @@ fn render_reload(r: &georep_api::Reloaded, output: Output) -> Result<u8> {
             println!("  restart needed: {n}");
         }
     }
-    Ok(if failed > 0 { exit::DIFFERENCES } else { 0 })
+    // Something in the file is not running as written: say so in the exit code.
+    Ok(if failed > 0 || !r.restart_needed.is_empty() {
+        exit::DIFFERENCES
+    } else {
+        0
+    })
 }
 
 pub(crate) async fn plan(a: PlanArgs) -> Result<u8> {

@@ -48,13 +48,24 @@ impl ErrorKind {
     }
 }
 
-/// A failure with its kind and its cause (kept, so logs and `{:#}` show the chain).
-#[derive(Debug, thiserror::Error)]
-#[error("{source}")]
+/// A failure with its kind and its cause. It reads as its cause, and its `source()` is
+/// the cause's own, so `{:#}` shows the chain once.
+#[derive(Debug)]
 pub struct Error {
     pub kind: ErrorKind,
-    #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
 }
 
 impl Error {
@@ -154,6 +165,12 @@ pub trait Component: Any + Send + Sync {
     /// leaves everything else running untouched. Returns what it did; a change that
     /// failed carries its error and the rest still apply.
     fn apply<'a>(&'a self, topo: &'a Topology) -> BoxFuture<'a, Vec<Change>>;
+
+    /// What would stop `topo` from starting at all (e.g. a listener address another
+    /// process holds), checked by the daemon before any component starts anything.
+    fn preflight(&self, _topo: &Topology) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Brings gauges up to date before `/metrics` is read (and once a second).
     fn refresh(&self) {}

@@ -34,7 +34,7 @@ fn components(ctx: &Context) -> Result<Vec<Arc<dyn Component>>> {
 }
 
 /// Reads the topology file again for a reload; `Err` is the message `validate` prints.
-pub type Loader = Box<dyn Fn() -> std::result::Result<Topology, String> + Send + Sync>;
+pub type Loader = Arc<dyn Fn() -> std::result::Result<Topology, String> + Send + Sync>;
 
 /// Where the running topology came from, so a reload can read it again.
 pub struct Source {
@@ -49,8 +49,10 @@ pub struct Daemon {
     components: Vec<Arc<dyn Component>>,
     topo: RwLock<Arc<Topology>>,
     source: Option<Source>,
-    /// One reload at a time.
+    /// One reload at a time; shutdown takes it too.
     reloading: tokio::sync::Mutex<()>,
+    /// Set by shutdown: reloads are refused from then on.
+    stopping: std::sync::atomic::AtomicBool,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -69,6 +71,11 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
         };
         let components = components(&ctx)?;
+        // Nothing starts when something would stop the whole topology from starting.
+        let blocked: Vec<String> = components.iter().flat_map(|c| c.preflight(&topo)).collect();
+        if !blocked.is_empty() {
+            return Err(Error::invalid(blocked.join("\n")));
+        }
         let mut failed = Vec::new();
         for c in &components {
             for change in c.apply(&topo).await {
@@ -84,6 +91,7 @@ impl Daemon {
             topo: RwLock::new(Arc::new(topo)),
             source,
             reloading: tokio::sync::Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             stop,
             tasks: Mutex::new(Vec::new()),
         });
@@ -157,11 +165,21 @@ impl Daemon {
             )
         })?;
         let _one = self.reloading.lock().await;
-        let new = (source.load)().map_err(|msg| {
-            Error::invalid(format!(
-                "{msg}\nthe reload was refused; the daemon keeps running the configuration it had"
-            ))
-        })?;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::refused(
+                "the daemon is shutting down; nothing was reloaded",
+            ));
+        }
+        // Reading the file resolves paths on disk: off the async workers.
+        let load = source.load.clone();
+        let mut new = tokio::task::spawn_blocking(move || load())
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(|msg| {
+                Error::invalid(format!(
+                    "{msg}\nthe reload was refused; the daemon keeps running the configuration it had"
+                ))
+            })?;
         let old = self.topology();
         let mut restart_needed = Vec::new();
         if new.state != old.state {
@@ -186,6 +204,10 @@ impl Daemon {
             for c in &self.components {
                 changes.extend(c.apply(&new).await);
             }
+            // `[server]` and `[state]` stay as started, so they are reported at every
+            // reload until a restart applies them.
+            new.server = old.server.clone();
+            new.state = old.state.clone();
             if let Ok(mut t) = self.topo.write() {
                 *t = Arc::new(new);
             }
@@ -212,19 +234,12 @@ impl Daemon {
         })
     }
 
-    /// Reloads on every `SIGHUP` until shutdown; the outcome is logged.
-    pub fn reload_on_sighup(self: &Arc<Self>) {
+    /// Reloads on every `SIGHUP` until shutdown; the outcome is logged. `hup` is made
+    /// (with [`hangup`]) before the daemon starts, so a SIGHUP during start-up is not
+    /// fatal: it is taken as a reload once the daemon runs.
+    pub fn reload_on(self: &Arc<Self>, mut hup: tokio::signal::unix::Signal) {
         let (me, mut stop) = (Arc::downgrade(self), self.stop.subscribe());
         let t = tokio::spawn(async move {
-            let mut hup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with `georep reload`");
-                    return;
-                }
-            };
             loop {
                 tokio::select! {
                     _ = hup.recv() => {}
@@ -251,6 +266,10 @@ impl Daemon {
     /// Stops every component (transfers in flight finish briefly; unfinished work is
     /// resumed by the next start).
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A reload in progress finishes first; none starts after this.
+        let _one = self.reloading.lock().await;
         let _ = self.stop.send(true);
         for c in &self.components {
             c.shutdown().await;
@@ -264,6 +283,11 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
+}
+
+/// Catches `SIGHUP` from now on (its default would end the process).
+pub fn hangup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// Whether an error is the caller's (exit 2) or an unreachable member's (exit 3).

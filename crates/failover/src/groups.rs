@@ -19,6 +19,9 @@ use crate::{FailoverError, FailoverReport, Group, GroupStatus};
 
 /// The section of the topology this component runs.
 const SECTION: &str = "failover_groups";
+/// How long a reload waits for a role change in progress before leaving the group as
+/// it is.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One running group with the settings it was started with.
 struct Running {
@@ -125,75 +128,168 @@ impl Groups {
         Ok(self.group(name)?.reseed(member).await?)
     }
 
-    /// Stops a group once no role change is in progress: its listeners close and its
-    /// proxied connections end (the route they follow is gone).
-    async fn stop_one(&self, name: &str, r: Running) {
-        let _quiet = r.group.idle().await;
-        let _ = r.stop.send(true);
-        let members: Vec<(String, String)> = std::iter::once(&r.started.1.primary)
-            .chain(&r.started.1.replicas)
-            .map(|m| (m.name.clone(), m.region.clone()))
-            .collect();
-        self.metrics.forget(name, &members);
+    /// Retires a running group (waiting up to [`RETIRE_WAIT`] for a role change in
+    /// progress), closes its listeners (their proxied sessions end: the route they
+    /// follow is gone) and waits for its probe loop to end. `Err`: a role change is
+    /// still running; the group was left as it is.
+    async fn stop_one(&self, name: &str) -> Result<(), String> {
+        let Some(group) = self
+            .running
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).map(|r| r.group.clone()))
+        else {
+            return Ok(());
+        };
+        if !group.retire(RETIRE_WAIT).await {
+            return Err(format!(
+                "a role change of '{name}' is in progress; the group keeps running as it was: reload again once it is done"
+            ));
+        }
+        let old = self.running.write().ok().and_then(|mut m| m.remove(name));
+        if let Some(old) = old {
+            let _ = old.stop.send(true);
+            old.group.join().await;
+            let members: Vec<(String, String)> = std::iter::once(&old.started.1.primary)
+                .chain(&old.started.1.replicas)
+                .map(|m| (m.name.clone(), m.region.clone()))
+                .collect();
+            self.metrics.forget(name, &members);
+        }
+        Ok(())
+    }
+
+    /// Starts a group; `rebinding` when it replaces one that held the same addresses.
+    async fn start_one(
+        &self,
+        name: &str,
+        started: (FailoverGroup, Database),
+        rebinding: bool,
+    ) -> Result<(), String> {
+        let (stop, rx) = watch::channel(false);
+        let group = Group::start(
+            started.0.clone(),
+            started.1.clone(),
+            self.state.clone(),
+            rx,
+            rebinding,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Ok(mut m) = self.running.write() {
+            m.insert(
+                name.to_string(),
+                Running {
+                    group,
+                    started,
+                    stop,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// What must hold before a group is (re)started with `new`, checked while the old
+    /// one still runs: its new listener addresses are free, and the member the state
+    /// records as primary is still a member (identity is by name).
+    fn preflight(
+        &self,
+        new: &(FailoverGroup, Database),
+        old: Option<&FailoverGroup>,
+    ) -> Result<(), String> {
+        let (g, db) = new;
+        let held: Vec<std::net::SocketAddr> = old
+            .map(|o| {
+                std::iter::once(o.read_write_listener)
+                    .chain(o.read_only_listener)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for addr in std::iter::once(g.read_write_listener).chain(g.read_only_listener) {
+            if !held.contains(&addr) {
+                std::net::TcpListener::bind(addr).map_err(|e| {
+                    format!("cannot listen on {addr}: {e}; choose a free address for the failover group's listener")
+                })?;
+            }
+        }
+        if let Ok(Some(rec)) = self.state.failover(&g.name) {
+            if db.member(&rec.primary).is_none() {
+                return Err(format!(
+                    "failover group '{}' records '{}' as its primary (epoch {}), which is not a member of database '{}' in the new file; keep the member's name, or fail over first",
+                    g.name, rec.primary, rec.epoch, db.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn apply_inner(&self, topo: &Topology) -> Vec<Change> {
         let _one = self.applying.lock().await;
-        let changes = self.plan(topo);
-        for c in &changes {
-            if matches!(c.action, ChangeAction::Change | ChangeAction::Remove) {
-                let old = self
-                    .running
-                    .write()
-                    .ok()
-                    .and_then(|mut m| m.remove(&c.name));
-                if let Some(old) = old {
-                    tracing::info!(group = %c.name, action = ?c.action, "stopping failover group");
-                    self.stop_one(&c.name, old).await;
-                }
-            }
-        }
         let mut done = Vec::new();
-        for mut c in changes {
-            if matches!(c.action, ChangeAction::Add | ChangeAction::Change) {
-                let started = topo
-                    .failover_groups
-                    .iter()
-                    .find(|g| g.name == c.name)
-                    .and_then(|g| settings(topo, g));
-                let Some(started) = started else {
-                    c.error = Some(format!(
-                        "failover group '{}': its database is not in the topology",
-                        c.name
-                    ));
-                    done.push(c);
-                    continue;
-                };
-                let (stop, rx) = watch::channel(false);
-                match Group::start(started.0.clone(), started.1.clone(), self.state.clone(), rx)
-                    .await
-                {
-                    Ok(group) => {
-                        if let Ok(mut m) = self.running.write() {
-                            m.insert(
-                                c.name.clone(),
-                                Running {
-                                    group,
-                                    started,
-                                    stop,
+        for mut c in self.plan(topo) {
+            let new = topo
+                .failover_groups
+                .iter()
+                .find(|g| g.name == c.name)
+                .and_then(|g| settings(topo, g));
+            let old = self
+                .running
+                .read()
+                .ok()
+                .and_then(|m| m.get(&c.name).map(|r| r.started.clone()));
+            let result = match (c.action, new, old) {
+                (ChangeAction::Remove, _, _) => {
+                    tracing::info!(group = %c.name, "stopping failover group (removed)");
+                    self.stop_one(&c.name).await
+                }
+                (ChangeAction::Add, Some(new), _) => match self.preflight(&new, None) {
+                    Ok(()) => self.start_one(&c.name, new, false).await,
+                    Err(e) => Err(e),
+                },
+                (ChangeAction::Change, Some(new), Some(old)) => {
+                    match self.preflight(&new, Some(&old.0)) {
+                        Err(e) => Err(format!("{e}; the group keeps running as it was")),
+                        Ok(()) => match self.stop_one(&c.name).await {
+                            Err(e) => Err(e),
+                            Ok(()) => match self.start_one(&c.name, new, true).await {
+                                Ok(()) => Ok(()),
+                                // The old settings worked: bring them back.
+                                Err(e) => match self.start_one(&c.name, old, true).await {
+                                    Ok(()) => Err(format!("{e}; the group runs again with its previous settings")),
+                                    Err(e2) => Err(format!("{e}; restarting it with its previous settings failed too: {e2}")),
                                 },
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(group = %c.name, error = %e, "cannot start failover group");
-                        c.error = Some(e.to_string());
+                            },
+                        },
                     }
                 }
+                _ => Err(format!(
+                    "failover group '{}': its database is not in the topology",
+                    c.name
+                )),
+            };
+            if let Err(e) = result {
+                tracing::error!(group = %c.name, error = %e, "failover group change not applied");
+                c.error = Some(e);
             }
             done.push(c);
         }
         done
+    }
+
+    /// Listener addresses of groups `topo` would start that are taken now (checked
+    /// before anything starts, so a daemon that cannot listen starts nothing).
+    fn check_listeners(&self, topo: &Topology) -> Vec<String> {
+        self.plan(topo)
+            .into_iter()
+            .filter(|c| c.action == ChangeAction::Add)
+            .filter_map(|c| {
+                let g = topo.failover_groups.iter().find(|g| g.name == c.name)?;
+                let new = settings(topo, g)?;
+                self.preflight(&new, None)
+                    .err()
+                    .map(|e| format!("failover group '{}': {e}", c.name))
+            })
+            .collect()
     }
 }
 
@@ -224,6 +320,10 @@ impl Component for Groups {
         Box::pin(self.apply_inner(topo))
     }
 
+    fn preflight(&self, topo: &Topology) -> Vec<String> {
+        self.check_listeners(topo)
+    }
+
     fn refresh(&self) {
         for g in self.groups() {
             if let Ok(s) = g.status() {
@@ -241,6 +341,9 @@ impl Component for Groups {
                 .unwrap_or_default();
             for (_, r) in &all {
                 let _ = r.stop.send(true);
+            }
+            for (_, r) in &all {
+                r.group.join().await;
             }
         })
     }
@@ -261,9 +364,13 @@ impl From<FailoverError> for georep_component::Error {
                 | DbError::Timeout(_)
                 | DbError::Sql { .. },
             ) => K::Unavailable,
-            FailoverError::InvalidConfig(_) | FailoverError::Bind { .. } => K::Invalid,
+            FailoverError::InvalidConfig(_)
+            | FailoverError::Bind { .. }
+            | FailoverError::Db(
+                DbError::InvalidConfig(_) | DbError::Prerequisites(_) | DbError::Tool(_),
+            ) => K::Invalid,
             FailoverError::Api(e) if e.exit_class() == 3 => K::Unavailable,
-            FailoverError::Db(_) | FailoverError::State(_) | FailoverError::Api(_) => K::Internal,
+            FailoverError::State(_) | FailoverError::Api(_) => K::Internal,
         };
         georep_component::Error::new(kind, e)
     }

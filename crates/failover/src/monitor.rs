@@ -165,9 +165,15 @@ impl Databases {
 
     /// The last status read of every database (empty until the first poll).
     pub fn statuses(&self) -> Vec<DatabaseStatus> {
+        let running: Vec<String> = self.running().into_iter().map(|(n, _)| n).collect();
         self.statuses
             .lock()
-            .map(|m| m.values().cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|s| running.contains(&s.name))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -193,8 +199,16 @@ impl Databases {
     async fn stop_one(&self, name: &str, r: &Running) {
         let _ = r.stop.send(true);
         let task = r.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        if let Some(mut t) = task {
+            // A poll stuck on a member that does not answer is cut off, so it never
+            // writes a status after its database was removed.
+            if tokio::time::timeout(Duration::from_secs(15), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
         for m in &r.started.0.replicas {
             self.metrics.forget(name, &m.name);
@@ -317,7 +331,15 @@ async fn run(
         // After a failover the roles differ from the topology's.
         let db = current(&db, group.as_deref(), &state);
         if tokio::time::Instant::now() >= next_seq {
-            match pg::sync_sequences(&db, None).await {
+            let synced =
+                tokio::time::timeout(Duration::from_secs(60), pg::sync_sequences(&db, None))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(georep_db::DbError::Timeout(
+                            "the sequence sync did not finish within 60 s".into(),
+                        ))
+                    });
+            match synced {
                 Ok(_) => last_seq = Some(chrono::Utc::now().to_rfc3339()),
                 Err(e) => {
                     tracing::warn!(database = %db.name, error = %e, "sequence sync failed; retrying at the next interval")
@@ -331,7 +353,18 @@ async fn run(
                 .unwrap_or(now);
         }
         let now = chrono::Utc::now().to_rfc3339();
-        let st = match pg::status(&db).await {
+        // A member that accepts a connection and then never answers must not stall
+        // the poller: the status reads as failed, and the next poll tries again.
+        let limit = Duration::from_secs(30).max(poll * 2);
+        let read = tokio::time::timeout(limit, pg::status(&db))
+            .await
+            .unwrap_or_else(|_| {
+                Err(georep_db::DbError::Timeout(format!(
+                    "the replication status of '{}' was not read within {limit:?}",
+                    db.name
+                )))
+            });
+        let st = match read {
             Ok(replicas) => {
                 for r in &replicas {
                     let l = Replica {
@@ -403,6 +436,9 @@ async fn run(
                 }
             }
         };
+        if *stop.borrow() {
+            break;
+        }
         if let Ok(mut m) = shared.lock() {
             m.insert(db.name.clone(), st);
         }

@@ -27,6 +27,8 @@ const SECTION: &str = "policies";
 /// One running policy: its runtime, its tasks and the settings it was started with.
 struct Running {
     rt: Arc<PolicyRuntime>,
+    /// The topology it was started from (its stores' names, regions and URLs).
+    topo: Arc<Topology>,
     /// The policy and the stores it names, as started: a reload that changes either
     /// restarts the policy.
     started: (Policy, Vec<StoreDef>),
@@ -39,8 +41,6 @@ struct Running {
 pub struct Policies {
     state: Arc<State>,
     metrics: Arc<Metrics>,
-    /// The last topology applied (`None` before the first).
-    topo: RwLock<Option<Arc<Topology>>>,
     running: RwLock<BTreeMap<String, Arc<Running>>>,
     /// One apply at a time.
     applying: tokio::sync::Mutex<()>,
@@ -110,19 +110,18 @@ impl Policies {
         Ok(Self {
             state: ctx.state.clone(),
             metrics: Arc::new(Metrics::register(&ctx.metrics)),
-            topo: RwLock::new(None),
             running: RwLock::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
             breached: Mutex::new(HashMap::new()),
         })
     }
 
-    fn topo(&self) -> Result<Arc<Topology>> {
-        self.topo
+    fn entry(&self, name: &str) -> Result<Arc<Running>> {
+        self.running
             .read()
             .ok()
-            .and_then(|t| t.clone())
-            .ok_or_else(|| ReplicateError::Config("no topology applied yet".into()))
+            .and_then(|m| m.get(name).cloned())
+            .ok_or_else(|| ReplicateError::UnknownPolicy(name.to_string()))
     }
 
     fn running(&self) -> Vec<Arc<Running>> {
@@ -140,9 +139,33 @@ impl Policies {
             .ok_or_else(|| ReplicateError::UnknownPolicy(name.to_string()))
     }
 
-    /// Records a policy and starts replicating it. Stores are not contacted here: an
-    /// unreachable region shows up as scan and item errors, never stops the others.
-    fn start_one(&self, topo: &Topology, p: &Policy) -> Result<Arc<Running>> {
+    /// Builds a policy's runtime (its stores opened from their URLs and the
+    /// environment) without recording or starting anything, so a policy that cannot be
+    /// built leaves what runs now as it is. Stores are not contacted here: an unreachable
+    /// region shows up as scan and item errors, never stops the others.
+    fn prepare(&self, topo: &Topology, p: &Policy) -> Result<Arc<PolicyRuntime>> {
+        let created = self
+            .state
+            .policy(&p.name)?
+            .map(|r| r.created_at)
+            .unwrap_or_else(georep_state::now_ms);
+        Ok(Arc::new(PolicyRuntime::new(
+            topo,
+            p,
+            self.state.clone(),
+            self.metrics.clone(),
+            created,
+        )?))
+    }
+
+    /// Records a prepared policy (backfilling added destinations) and starts its
+    /// notifications, scanner and dispatcher.
+    async fn launch(
+        &self,
+        topo: &Arc<Topology>,
+        p: &Policy,
+        rt: Arc<PolicyRuntime>,
+    ) -> Result<Arc<Running>> {
         let state = &self.state;
         let source_url = topo
             .store(&p.source)
@@ -158,20 +181,8 @@ impl Policies {
             .collect();
         let change = state.upsert_policy(&p.name, &policy_record(topo, p), &source_url, &dests)?;
         tracing::info!(policy = %p.name, ?change, "policy");
-        let rec = state.policy(&p.name)?;
-        let created = rec
-            .as_ref()
-            .map(|r| r.created_at)
-            .unwrap_or_else(georep_state::now_ms);
-        let rt = Arc::new(PolicyRuntime::new(
-            topo,
-            p,
-            state.clone(),
-            self.metrics.clone(),
-            created,
-        )?);
         // An operator's pause outlives a restart.
-        if let Some(note) = rec.and_then(|r| r.held) {
+        if let Some(note) = state.policy(&p.name)?.and_then(|r| r.held) {
             tracing::warn!(policy = %p.name, %note, "policy paused by an operator: nothing is copied or deleted until `georep resume`");
             rt.held.store(true, Ordering::SeqCst);
         }
@@ -185,12 +196,17 @@ impl Policies {
         // Notifications first, so nothing written during the first scan is missed.
         let mode = match topo.store(&p.source).map(|d| &d.url) {
             Some(StoreUrl::Local { .. }) => {
-                let started = rt
-                    .src
-                    .local_root()
-                    .map(|p| p.to_path_buf())
-                    .ok_or_else(|| notify::Error::generic("no local root"))
-                    .and_then(|r| crate::watch::start(rt.clone(), r, stop.subscribe()));
+                // A recursive watch walks the whole tree: off the async workers.
+                let (w_rt, w_stop) = (rt.clone(), stop.subscribe());
+                let started = tokio::task::spawn_blocking(move || {
+                    w_rt.src
+                        .local_root()
+                        .map(|p| p.to_path_buf())
+                        .ok_or_else(|| notify::Error::generic("no local root"))
+                        .and_then(|r| crate::watch::start(w_rt.clone(), r, w_stop))
+                })
+                .await
+                .unwrap_or_else(|e| Err(notify::Error::generic(&e.to_string())));
                 match started {
                     Ok(w) => {
                         watcher = Some(w);
@@ -241,6 +257,7 @@ impl Policies {
         tasks.push(tokio::spawn(rt.clone().dispatch(stop.subscribe())));
         Ok(Arc::new(Running {
             rt,
+            topo: topo.clone(),
             started: settings(topo, p),
             stop,
             tasks: Mutex::new(tasks),
@@ -249,8 +266,10 @@ impl Policies {
     }
 
     /// Stops a policy's scanner, notifications and dispatcher (transfers in flight
-    /// finish briefly), releases its leases, and drops its per-destination series.
+    /// finish briefly; anything still running after that is aborted, so nothing of it
+    /// acts later), releases its leases, and drops its per-destination series.
     async fn stop_one(&self, r: &Running) {
+        r.rt.stopping.store(true, Ordering::SeqCst);
         let _ = r.stop.send(true);
         if let Ok(mut w) = r.watcher.lock() {
             w.take();
@@ -260,8 +279,14 @@ impl Policies {
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
             .unwrap_or_default();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        for mut t in tasks {
+            if tokio::time::timeout(Duration::from_secs(15), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
         let name = r.rt.name();
         if let Err(e) = self.state.clear_policy_leases(name) {
@@ -271,51 +296,59 @@ impl Policies {
             self.metrics.forget(name, d);
         }
         self.metrics.forget_policy(name);
+        if let Ok(mut b) = self.breached.lock() {
+            b.retain(|(p, _), _| p != name);
+        }
+    }
+
+    /// Stops a running policy and takes it out of the map (stopped first: once the API
+    /// no longer shows it, nothing of it runs).
+    async fn take_out(&self, name: &str) {
+        let old = self.running.read().ok().and_then(|m| m.get(name).cloned());
+        if let Some(old) = old {
+            tracing::info!(policy = %name, "stopping policy");
+            self.stop_one(&old).await;
+        }
+        if let Ok(mut m) = self.running.write() {
+            m.remove(name);
+        }
     }
 
     async fn apply_inner(&self, topo: &Topology) -> Vec<Change> {
         let _one = self.applying.lock().await;
-        let changes = self.plan(topo);
-        for c in &changes {
-            if matches!(c.action, ChangeAction::Change | ChangeAction::Remove) {
-                // Stopped before it leaves the map: once the API no longer shows it,
-                // nothing of it runs.
-                let old = self
-                    .running
-                    .read()
-                    .ok()
-                    .and_then(|m| m.get(&c.name).cloned());
-                if let Some(old) = old {
-                    tracing::info!(policy = %c.name, action = ?c.action, "stopping policy");
-                    self.stop_one(&old).await;
-                }
-                if let Ok(mut m) = self.running.write() {
-                    m.remove(&c.name);
-                }
-            }
-        }
-        // The topology is swapped before starts, so status never names a policy with
-        // another topology's stores.
-        if let Ok(mut t) = self.topo.write() {
-            *t = Some(Arc::new(topo.clone()));
-        }
+        let topo = Arc::new(topo.clone());
         let mut done = Vec::new();
-        for mut c in changes {
-            if matches!(c.action, ChangeAction::Add | ChangeAction::Change) {
-                let Some(p) = topo.policy(&c.name) else {
-                    continue;
-                };
-                match self.start_one(topo, p) {
-                    Ok(r) => {
-                        if let Ok(mut m) = self.running.write() {
-                            m.insert(c.name.clone(), r);
+        for mut c in self.plan(&topo) {
+            let result = match (c.action, topo.policy(&c.name)) {
+                (ChangeAction::Remove, _) => {
+                    self.take_out(&c.name).await;
+                    Ok(())
+                }
+                (_, None) => Ok(()),
+                (action, Some(p)) => match self.prepare(&topo, p) {
+                    // The old runtime (if any) keeps running as it was.
+                    Err(e) => Err(if action == ChangeAction::Change {
+                        format!("{e}; the policy keeps running with its previous settings")
+                    } else {
+                        e.to_string()
+                    }),
+                    Ok(rt) => {
+                        self.take_out(&c.name).await;
+                        match self.launch(&topo, p, rt).await {
+                            Ok(r) => {
+                                if let Ok(mut m) = self.running.write() {
+                                    m.insert(c.name.clone(), r);
+                                }
+                                Ok(())
+                            }
+                            Err(e) => Err(e.to_string()),
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(policy = %c.name, error = %e, "cannot start policy");
-                        c.error = Some(e.to_string());
-                    }
-                }
+                },
+            };
+            if let Err(e) = result {
+                tracing::error!(policy = %c.name, error = %e, "policy change not applied");
+                c.error = Some(e);
             }
             done.push(c);
         }
@@ -328,6 +361,10 @@ impl Policies {
         for r in self.running() {
             let rt = &r.rt;
             let name = rt.name();
+            // Stopped since the snapshot: its series were dropped and must stay so.
+            if rt.is_stopping() {
+                continue;
+            }
             let lag = match self.state.open_lag(name) {
                 Ok(l) => l,
                 Err(e) => {
@@ -382,9 +419,9 @@ impl Policies {
     }
 
     pub fn status(&self, name: &str) -> Result<PolicyStatus> {
-        let rt = self.runtime(name)?;
-        let mut s = status::policy_status(&self.state, &*self.topo()?, &rt.policy, true)?;
-        s.notifications = Some(rt.notifications());
+        let r = self.entry(name)?;
+        let mut s = status::policy_status(&self.state, &r.topo, &r.rt.policy, true)?;
+        s.notifications = Some(r.rt.notifications());
         Ok(s)
     }
 
@@ -453,7 +490,9 @@ impl Policies {
     /// finish) until [`Policies::resume`]; changes are still recorded, so the lag and
     /// the RPO show what waits. Survives restarts and reloads. Pausing a paused policy
     /// changes nothing.
-    pub fn pause(&self, name: &str, note: Option<&str>) -> Result<String> {
+    pub async fn pause(&self, name: &str, note: Option<&str>) -> Result<String> {
+        // Not while a reload restarts policies: the new runtime reads the pause.
+        let _one = self.applying.lock().await;
         let rt = self.runtime(name)?;
         if let Some(held) = self.state.policy(name)?.and_then(|r| r.held) {
             return Ok(held);
@@ -473,7 +512,8 @@ impl Policies {
     /// Ends an operator's pause (copies and deletes go on), or, for a policy the
     /// mass-delete guard paused, lets the next pass delete past the guard (the operator
     /// confirmed). Returns what was done.
-    pub fn resume(&self, name: &str) -> Result<&'static str> {
+    pub async fn resume(&self, name: &str) -> Result<&'static str> {
+        let _one = self.applying.lock().await;
         let rt = self.runtime(name)?;
         let rec = self.state.policy(name)?;
         if rec.as_ref().is_some_and(|r| r.held.is_some()) {
@@ -495,7 +535,8 @@ impl Policies {
 
     /// Queues the objects named by a webhook delivery.
     pub async fn ingest(&self, name: &str, parsed: Parsed) -> Result<Ingested> {
-        let rt = self.runtime(name)?;
+        let r = self.entry(name)?;
+        let rt = r.rt.clone();
         let Parsed::Changes { changes, ignored } = parsed else {
             return Ok(Ingested {
                 accepted: 0,
@@ -504,8 +545,7 @@ impl Policies {
                 queued: 0,
             });
         };
-        let topo = self.topo()?;
-        let (container, prefix) = match topo.store(&rt.policy.source).map(|d| &d.url) {
+        let (container, prefix) = match r.topo.store(&rt.policy.source).map(|d| &d.url) {
             Some(StoreUrl::Azure {
                 container, prefix, ..
             }) => (container.clone(), prefix.clone()),

@@ -84,6 +84,9 @@ pub(crate) struct PolicyRuntime {
     /// An operator paused the policy: the dispatcher claims nothing (what is in flight
     /// finishes); scans and events still record changes. Mirrors the state's `held`.
     pub(crate) held: std::sync::atomic::AtomicBool,
+    /// A reload is stopping this runtime (its settings changed or it was removed): the
+    /// scan ends at its next entry and nothing more is recorded or queued through it.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyRuntime {
@@ -137,6 +140,7 @@ impl PolicyRuntime {
             notifications: std::sync::Mutex::new("scan only".into()),
             reported: Default::default(),
             held: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -199,6 +203,17 @@ impl PolicyRuntime {
         Ok(())
     }
 
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn stopped_error(&self) -> ReplicateError {
+        ReplicateError::Unavailable(format!(
+            "policy '{}' is being restarted or removed by a reload; retry in a moment",
+            self.name()
+        ))
+    }
+
     /// Lists the source and diffs it against the manifest: new and changed objects are
     /// queued for every destination; vanished ones are forgotten (and, with
     /// `deletes = propagate`, deleted at destinations) only after the listing completed
@@ -208,6 +223,10 @@ impl PolicyRuntime {
         let started = Instant::now();
         let at = georep_state::now_ms();
         let result = self.scan_inner().await;
+        if self.is_stopping() {
+            // Cut short by a reload: not a failure of the source, nothing to record.
+            return Err(self.stopped_error());
+        }
         let ms = started.elapsed().as_millis() as i64;
         let err = result.as_ref().err().map(|e| e.to_string());
         self.state
@@ -286,6 +305,9 @@ impl PolicyRuntime {
             };
         }
         loop {
+            if self.is_stopping() {
+                return Err(self.stopped_error());
+            }
             let entry = match listing.try_next().await {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
@@ -374,6 +396,9 @@ impl PolicyRuntime {
             gone.clear();
         }
         gone.retain(|k| !protected.iter().any(|p| georep_storage::key_within(k, p)));
+        if self.is_stopping() {
+            return Err(self.stopped_error());
+        }
         let forgot = self.forget(gone, sum.listed).await;
         // An operator's override covers one pass only, whatever that pass found.
         self.state.set_allow_mass_delete(&name, false)?;
@@ -498,6 +523,9 @@ impl PolicyRuntime {
         via: Via,
     ) -> Result<usize> {
         let _guard = self.observe_lock.lock().await;
+        if self.is_stopping() {
+            return Err(self.stopped_error());
+        }
         let name = self.name().to_string();
         let mut changes = Vec::new();
         // HEAD the keys concurrently: a webhook batch names up to hundreds of objects.
@@ -636,6 +664,19 @@ impl PolicyRuntime {
 
     /// Does one item once and records the outcome.
     async fn process(&self, item: Item) {
+        // Work queued under earlier settings that these no longer allow is done with,
+        // never carried out.
+        let moot = if !self.policy.filter.matches(&item.key) {
+            Some("no longer selected by the policy's include/exclude")
+        } else if item.op == Op::Delete && self.policy.deletes == DeleteMode::Keep {
+            Some("deletes are kept by this policy (deletes = \"keep\")")
+        } else {
+            None
+        };
+        if let Some(note) = moot {
+            let _ = self.state.complete(&item, Some(note));
+            return;
+        }
         let Some(dst) = self
             .dests
             .iter()

@@ -117,7 +117,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::POLICY_PAUSE, post(pause))
         .route(paths::GROUP_FAILOVER, post(failover))
         .route(paths::GROUP_RESEED, post(reseed))
-        .route(paths::RELOAD, post(reload))
+        .route(paths::RELOAD, post(reload).get(reload_plan))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route(paths::POLICIES, get(policies))
@@ -129,7 +129,6 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
-        .route(paths::RELOAD, get(reload_plan))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     let events = Router::new()
         .route(paths::EVENTS, post(event).options(event_handshake))
@@ -270,6 +269,10 @@ async fn guard_change(State(app): State<Arc<App>>, req: Request, next: Next) -> 
              georep commands on this machine read it themselves)",
         );
     }
+    // A read that only the write token may make (a reload plan re-reads the file).
+    if req.method() == axum::http::Method::GET {
+        return next.run(req).await;
+    }
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -351,7 +354,7 @@ async fn resume(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let note = app.get::<Policies>()?.resume(&name)?;
+    let note = app.get::<Policies>()?.resume(&name).await?;
     Ok(Json(georep_api::Resumed {
         resumed: name,
         note: note.to_string(),
@@ -373,7 +376,10 @@ async fn pause(
             )
         })?
     };
-    let held = app.get::<Policies>()?.pause(&name, req.note.as_deref())?;
+    let held = app
+        .get::<Policies>()?
+        .pause(&name, req.note.as_deref())
+        .await?;
     Ok(Json(georep_api::Paused { paused: name, held }))
 }
 

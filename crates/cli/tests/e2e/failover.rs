@@ -1033,4 +1033,40 @@ fn a_reload_keeps_an_unchanged_group_and_its_sessions_and_restarts_a_changed_one
         s.log_text()
     );
     assert_eq!(s.get("/api/v1/failover-groups/fg")["epoch"], epoch);
+
+    // Moving the listener to an address another process holds is refused before the
+    // group is touched: it keeps serving where it was.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            &format!("read_write_listener = \"127.0.0.1:{rw}\""),
+            &format!("read_write_listener = \"127.0.0.1:{taken_port}\""),
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["reload", "-c", cfg_s, "--api", &s.base])
+        .output()
+        .expect("reload");
+    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text_out}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text_out.contains("! failover_groups fg: FAILED")
+            && text_out.contains("keeps running as it was"),
+        "{text_out}"
+    );
+    assert!(
+        psql(&via_rw, "SELECT 1").is_some(),
+        "the group stopped serving"
+    );
+    assert_eq!(s.get("/api/v1/failover-groups/fg")["epoch"], epoch);
+    drop(taken);
 }

@@ -1038,4 +1038,33 @@ fn a_reload_applies_the_difference_and_refuses_a_broken_file() {
     );
     assert!(!b.join("p/2").exists(), "a removed policy still replicates");
     assert!(s.log_text().contains("reload applied"), "{}", s.log_text());
+
+    // A change that cannot be applied (an Azure store without credentials in the
+    // daemon's environment) leaves q running as it was, and says so.
+    let q_to_z = q
+        .replacen("[[policies]]\n", "", 1)
+        .replace("destinations = [\"c\"]", "destinations = [\"z\"]");
+    let mut with_z = stores.to_vec();
+    with_z.push(("z", "r2", "az://dr-container"));
+    topology(dir.path(), &with_z, &q_to_z, "");
+    let (code, out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("! policies q: FAILED")
+            && out.contains("keeps running with its previous settings"),
+        "{out}"
+    );
+    write(&a2, "q/4", b"still to c");
+    assert!(
+        wait_until(Duration::from_secs(30), || tree(&c) == tree(&a2)),
+        "q stopped after a change that could not be applied"
+    );
+    assert_eq!(s.policy("q").destinations[0].store.store, "c");
+    // Still not running as written: the next plan shows the change again.
+    let (code, out, err) = run(&["plan", "--daemon", "-c", cfg_s, "--api", &s.base], &[]).parts();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("~ policies q: would restart (destinations, stores)"),
+        "{out}"
+    );
 }

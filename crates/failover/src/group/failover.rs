@@ -14,7 +14,7 @@ impl Group {
     /// replica): hold new connections, fence the primary, wait for the replica to have
     /// everything, promote it, reverse replication, record the new epoch, route, release.
     pub async fn failover(&self, to: Option<&str>) -> Result<FailoverReport> {
-        let _one = self.op.lock().await;
+        let _one = self.op().await?;
         let db = self.current_db();
         let healthy = |name: &str| self.healthy(name);
         let target = match to {

@@ -127,7 +127,7 @@ impl Group {
         kind: &str,
         expect_primary: Option<&str>,
     ) -> Result<FailoverReport> {
-        let _one = self.op.lock().await;
+        let _one = self.op().await?;
         let db = self.current_db();
         if let Some(p) = expect_primary.filter(|p| *p != db.primary.name) {
             return Err(FailoverError::Refused(format!(

@@ -6,7 +6,7 @@
 //! forced failover, settling a role change, reseed and status each have a child module.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,15 +46,28 @@ pub struct Group {
     unsettled: AtomicBool,
     /// Members whose read-only default matches their role (cleared at each role change).
     fences_set: Mutex<BTreeSet<String>>,
+    /// A reload is replacing or removing this group: no role change may start any more
+    /// (the group that replaces it reads the recorded epoch when it starts).
+    retired: AtomicBool,
+    /// The probe loop, awaited when the group is retired.
+    probe_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Binds a listener; an address still held by a listener being closed (the same group
-/// restarted by a reload) is tried again for a few seconds.
-async fn bind_when_free(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds a listener. When `rebinding` (the same group restarted by a reload), an address
+/// still held by the listener being closed is tried again for a few seconds; otherwise a
+/// taken address fails at once.
+async fn bind_when_free(
+    addr: std::net::SocketAddr,
+    rebinding: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match std::net::TcpListener::bind(addr) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+            Err(e)
+                if rebinding
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             r => return r,
@@ -78,6 +91,7 @@ impl Group {
         db: Database,
         state: Arc<State>,
         stop: watch::Receiver<bool>,
+        rebinding: bool,
     ) -> Result<Arc<Self>> {
         let rec = state.failover_init(&cfg.name, &db.primary.name)?;
         let unsettled = rec.state != GroupState::Stable;
@@ -111,12 +125,14 @@ impl Group {
             automatic: Mutex::new(None),
             unsettled: AtomicBool::new(unsettled),
             fences_set: Mutex::new(BTreeSet::new()),
+            retired: AtomicBool::new(false),
+            probe_task: Mutex::new(None),
         });
         let mut listeners = vec![(cfg.read_write_listener, Kind::ReadWrite)];
         listeners.extend(cfg.read_only_listener.map(|ro| (ro, Kind::ReadOnly)));
         for (addr, kind) in listeners {
             // A listener already serving stops when the caller drops the stop sender.
-            let bound = bind_when_free(addr)
+            let bound = bind_when_free(addr, rebinding)
                 .await
                 .map_err(|source| FailoverError::Bind { addr, source })?;
             proxy::spawn(
@@ -128,14 +144,49 @@ impl Group {
             )
             .map_err(|source| FailoverError::Bind { addr, source })?;
         }
-        tokio::spawn(group.clone().probe_loop(stop));
+        let probe = tokio::spawn(group.clone().probe_loop(stop));
+        if let Ok(mut t) = group.probe_task.lock() {
+            *t = Some(probe);
+        }
         Ok(group)
     }
 
-    /// Waits until no role change (failover, reseed) is in progress and keeps others
-    /// from starting while the guard lives: a reload stops a group only then.
-    pub async fn idle(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.op.lock().await
+    /// Takes the right to change roles; refused once the group is retired.
+    pub(super) async fn op(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = self.op.lock().await;
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(FailoverError::Refused(format!(
+                "failover group '{}' is being restarted or removed by a reload; ask again once it is back",
+                self.cfg.name
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Retires the group for a reload: waits up to `wait` for a role change in progress
+    /// to end (false if it did not: the group stays as it is), then lets no new one
+    /// start. The caller then stops the listeners and awaits [`Group::join`].
+    pub async fn retire(&self, wait: Duration) -> bool {
+        let Ok(_guard) = tokio::time::timeout(wait, self.op.lock()).await else {
+            return false;
+        };
+        self.retired.store(true, Ordering::SeqCst);
+        true
+    }
+
+    /// Waits for the probe loop of a retired group to end (it is stopped if it takes
+    /// longer than a few seconds), so nothing of it acts after the group is replaced.
+    pub async fn join(&self) {
+        let task = self.probe_task.lock().ok().and_then(|mut t| t.take());
+        if let Some(mut t) = task {
+            if tokio::time::timeout(Duration::from_secs(10), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
+        }
     }
 
     /// The database with the current roles.

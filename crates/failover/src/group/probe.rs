@@ -40,6 +40,10 @@ pub(super) async fn probe(m: &DbMember, t: Duration) -> std::result::Result<pg::
 impl Group {
     pub(super) async fn probe_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
+            // A retired group only winds down: the one replacing it probes and acts.
+            if self.retired.load(Ordering::SeqCst) {
+                break;
+            }
             if self.unsettled.load(Ordering::SeqCst) && self.recover().await {
                 self.unsettled.store(false, Ordering::SeqCst);
             }
@@ -107,6 +111,9 @@ impl Group {
                         }
                     }
                 }
+            }
+            if self.retired.load(Ordering::SeqCst) {
+                break;
             }
             self.update_read_only();
             self.consider_automatic(&db).await;

@@ -13,7 +13,7 @@ impl Group {
     /// Rebuilds a fenced member as a replica of the current primary (its data is
     /// replaced by a fresh copy), then lets it be routed to again.
     pub async fn reseed(&self, member: &str) -> Result<pg::SetupReport> {
-        let _one = self.op.lock().await;
+        let _one = self.op().await?;
         let fenced = self.fenced.lock().map(|f| f.clone()).unwrap_or_default();
         if !fenced.contains(member) {
             return Err(FailoverError::Refused(format!(

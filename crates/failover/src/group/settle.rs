@@ -164,7 +164,9 @@ impl Group {
     /// middle of it, or it failed and could not be settled then). Returns true once
     /// the group is stable and new connections are released.
     pub(super) async fn recover(&self) -> bool {
-        let _one = self.op.lock().await;
+        let Ok(_one) = self.op().await else {
+            return false;
+        };
         let pending = match self.state.failover_pending(&self.cfg.name) {
             Ok(p) => p,
             Err(e) => {
