@@ -71,6 +71,9 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
         };
         let components = components(&ctx)?;
+        for b in &topo.backups {
+            tracing::warn!(backup = %b.name, "[[backups]] is validated but this version takes no recovery points yet");
+        }
         // Nothing starts when something would stop the whole topology from starting.
         let blocked: Vec<String> = components.iter().flat_map(|c| c.preflight(&topo)).collect();
         if !blocked.is_empty() {

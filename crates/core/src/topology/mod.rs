@@ -7,6 +7,7 @@
 //! problem in the file is reported at once ([`ConfigErrors`]), each with its line, the
 //! thing it concerns and the fix. `docs/config.md` documents every field.
 
+mod backups;
 mod databases;
 mod error;
 mod failover;
@@ -15,6 +16,8 @@ mod read;
 mod sections;
 mod validate;
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod database_tests;
 #[cfg(test)]
@@ -31,6 +34,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{Filter, MaxDelete, StoreUrl};
 
+pub use backups::{Backup, BackupSchedule, CalendarSpan, Retention};
 pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
@@ -57,6 +61,8 @@ pub struct Topology {
     pub databases: Vec<Database>,
     /// `[[failover_groups]]`, in file order.
     pub failover_groups: Vec<FailoverGroup>,
+    /// `[[backups]]`, in file order.
+    pub backups: Vec<Backup>,
 }
 
 /// Where georep keeps its durable state.
@@ -251,6 +257,10 @@ impl Topology {
 
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn backup(&self, name: &str) -> Option<&Backup> {
+        self.backups.iter().find(|b| b.name == name)
     }
 
     pub fn failover_group(&self, name: &str) -> Option<&FailoverGroup> {

@@ -211,7 +211,21 @@ fn policy(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>
 
 /// Checks every glob on its own, so each bad one is reported at its place.
 fn filter(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, p: &mut DraftPolicy) -> Option<Filter> {
+    let (include, exclude, filter) = globs(ctx, sec, &p.what);
+    p.include = include;
+    p.exclude = exclude;
+    filter
+}
+
+/// `include` and `exclude` of a section, each glob checked on its own (each bad one is
+/// reported at its place), and the filter they make (`None` when one was bad).
+pub(super) fn globs(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+    what: &str,
+) -> (Vec<String>, Vec<String>, Option<Filter>) {
     let mut ok = true;
+    let (mut include, mut exclude) = (Vec::new(), Vec::new());
     for key in ["include", "exclude"] {
         let Some(list) = sec.strings(ctx, key, "[\"images/**\"]") else {
             ok &= sec.get(key).is_none();
@@ -223,26 +237,26 @@ fn filter(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, p: &mut DraftPolicy) -> Opti
                 ok = false;
                 ctx.error(
                     Some(pattern.span()),
-                    &p.what,
+                    what,
                     format!("{key}: {e}; `*` matches within one folder, `**` across folders, `?` one character, `[abc]` a set"),
                 );
             }
             patterns.push(pattern.into_inner());
         }
         if key == "include" {
-            p.include = patterns;
+            include = patterns;
         } else {
-            p.exclude = patterns;
+            exclude = patterns;
         }
     }
     if !ok {
-        return None;
+        return (include, exclude, None);
     }
-    match Filter::new(&p.include, &p.exclude) {
-        Ok(f) => Some(f),
+    match Filter::new(&include, &exclude) {
+        Ok(f) => (include, exclude, Some(f)),
         Err(e) => {
-            ctx.error(Some(sec.span.clone()), &p.what, e.to_string());
-            None
+            ctx.error(Some(sec.span.clone()), what, e.to_string());
+            (include, exclude, None)
         }
     }
 }

@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "policies",
     "databases",
     "failover_groups",
+    "backups",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token", "events_token"];
@@ -41,6 +42,7 @@ pub(super) struct Draft {
     pub(super) policies: Vec<DraftPolicy>,
     pub(super) databases: Vec<DraftDatabase>,
     pub(super) failover_groups: Vec<DraftGroup>,
+    pub(super) backups: Vec<super::backups::DraftBackup>,
 }
 
 pub(super) struct DraftStore {
@@ -98,6 +100,11 @@ impl Draft {
             .into_iter()
             .map(DraftGroup::finish)
             .collect::<Option<Vec<_>>>()?;
+        let backups = self
+            .backups
+            .into_iter()
+            .map(super::backups::DraftBackup::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
@@ -106,6 +113,7 @@ impl Draft {
             policies,
             databases,
             failover_groups,
+            backups,
         })
     }
 }
@@ -131,6 +139,7 @@ pub(super) fn read(
         policies: super::policies::read(ctx, &top),
         databases: super::databases::read(ctx, &top, env),
         failover_groups: super::failover::read(ctx, &top),
+        backups: super::backups::read(ctx, &top, env),
     }
 }
 

@@ -24,6 +24,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft) {
         &draft.databases,
         &draft.failover_groups,
     );
+    super::backups::check(ctx, &draft.stores, &draft.backups);
 }
 
 fn store_regions(ctx: &mut Ctx<'_>, draft: &Draft) {
