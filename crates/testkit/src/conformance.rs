@@ -23,6 +23,7 @@ pub async fn run_all(store: &Store, caps: Caps) {
     delete_is_idempotent(store).await;
     multipart_round_trip(store).await;
     missing_key_is_an_error(store).await;
+    ranges_read_exactly(store).await;
     if caps.attributes {
         attributes_round_trip(store).await;
     }
@@ -199,4 +200,39 @@ pub async fn attributes_round_trip(store: &Store) {
     for (k, v) in attrs.iter() {
         assert_eq!(got.get(k), Some(v), "{}: attribute {k:?}", store.name());
     }
+}
+
+/// A byte range reads exactly those bytes; a range past the end is an error.
+pub async fn ranges_read_exactly(store: &Store) {
+    let data = data::bytes(7, 100_000);
+    put(store, "ranges/pack", &data, Attributes::new()).await;
+    for (a, b) in [
+        (0u64, 1u64),
+        (0, 100_000),
+        (12_345, 67_890),
+        (99_999, 100_000),
+    ] {
+        let got = store
+            .get_range("ranges/pack", a..b)
+            .await
+            .unwrap_or_else(|e| panic!("{}: range {a}..{b}: {e}", store.name()));
+        assert_eq!(
+            &got[..],
+            &data[a as usize..b as usize],
+            "{}: range {a}..{b}",
+            store.name()
+        );
+    }
+    assert!(
+        store
+            .get_range("ranges/pack", 99_000..100_001)
+            .await
+            .is_err(),
+        "{}: a range past the end was read",
+        store.name()
+    );
+    store
+        .delete("ranges/pack")
+        .await
+        .unwrap_or_else(|e| panic!("{}: delete: {e}", store.name()));
 }

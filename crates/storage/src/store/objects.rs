@@ -124,6 +124,55 @@ impl Store {
         })
     }
 
+    /// Reads `range` of an object (a byte range, end exclusive) in one piece: for
+    /// readers of large containers that need a few pieces of them, such as the pack
+    /// files of a backup repository. A range past the object's end is an error.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let (shown, owned) = (self.shown.clone(), key.to_string());
+        let r0 = range.clone();
+        let bad_range = move |size: u64| StorageError::Io {
+            store: shown.clone(),
+            detail: format!(
+                "{owned}: bytes {}..{} asked for, but the object has {size}",
+                r0.start, r0.end
+            ),
+            retryable: false,
+        };
+        if range.start > range.end {
+            return Err(bad_range(0));
+        }
+        if let Backend::Local { root, links } = &self.backend {
+            let (root, links, k, store) =
+                (root.clone(), *links, key.to_string(), self.shown.clone());
+            let (r, bad) = (range.clone(), bad_range.clone());
+            return blocking(&self.shown, move || {
+                use std::os::unix::fs::FileExt;
+                let (file, entry) = local::head(&root, &k, links, &store)?;
+                if r.end > entry.size {
+                    return Err(bad(entry.size));
+                }
+                let mut buf = vec![0u8; (r.end - r.start) as usize];
+                file.read_exact_at(&mut buf, r.start)
+                    .map_err(|e| StorageError::Io {
+                        store: store.clone(),
+                        detail: format!("{k}: {e}"),
+                        retryable: false,
+                    })?;
+                Ok(Bytes::from(buf))
+            })
+            .await;
+        }
+        let (os, path) = self.locate(key)?;
+        let got = os
+            .get_range(&path, range.clone())
+            .await
+            .map_err(|e| self.error_mapper().map(e))?;
+        if got.len() as u64 != range.end - range.start {
+            return Err(bad_range(got.len() as u64 + range.start));
+        }
+        Ok(got)
+    }
+
     /// Writes an object so that it becomes visible only when complete: a temp file and
     /// rename on local disk, one PUT or a committed multipart upload elsewhere.
     /// Returns the new object's ETag when the store gives one.
