@@ -234,6 +234,40 @@ impl StoreUrl {
         }
     }
 
+    /// The same store one folder down: `folder` (relative, `/`-separated, no `..`) is
+    /// added to the path or the key prefix. For stores laid out in folders, such as a
+    /// backup repository's `data/`, `index/` and `snapshots/`.
+    pub fn join(&self, folder: &str) -> Result<Self, StoreUrlError> {
+        let folder = folder.trim_matches('/');
+        if folder.is_empty()
+            || folder
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StoreUrlError::MissingPart {
+                url: format!("{self}/{folder}"),
+                what: "folder below the store",
+                example: "a relative folder such as data/ab",
+            });
+        }
+        let add = |prefix: &str| {
+            if prefix.is_empty() {
+                folder.to_string()
+            } else {
+                format!("{prefix}/{folder}")
+            }
+        };
+        let mut out = self.clone();
+        match &mut out {
+            Self::Local { path } => *path = path.join(folder),
+            Self::Azure { prefix, .. }
+            | Self::S3 { prefix, .. }
+            | Self::Gcs { prefix, .. }
+            | Self::Memory { prefix, .. } => *prefix = add(prefix),
+        }
+        Ok(out)
+    }
+
     /// The key prefix inside the container or bucket (empty for local paths).
     pub fn prefix(&self) -> &str {
         match self {
@@ -635,5 +669,23 @@ mod tests {
                 prefix: "user@example.com/x".into()
             }
         );
+    }
+
+    #[test]
+    fn join_goes_one_folder_down_and_never_up() {
+        let s3 = StoreUrl::parse("s3://bkt/repo").expect("url");
+        assert_eq!(s3.join("data/ab").expect("join").prefix(), "repo/data/ab");
+        let bare = StoreUrl::parse("s3://bkt").expect("url");
+        assert_eq!(bare.join("/index/").expect("join").prefix(), "index");
+        let local = StoreUrl::parse("/srv/repo").expect("url");
+        assert_eq!(
+            local.join("keys").expect("join"),
+            StoreUrl::Local {
+                path: "/srv/repo/keys".into()
+            }
+        );
+        for bad in ["", "..", "a/../b", "a//b", "./a"] {
+            assert!(s3.join(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
