@@ -2,6 +2,7 @@
 # Runs every georep test. Installs what the tests need when it is missing:
 #   Azurite (npm, global)             -> Azure Blob endpoints
 #   moto[server] (pip, in ./.venv)    -> S3 endpoints
+#   restic (apt)                      -> reads georep's backup repositories
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,16 @@ else
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]'
   export GEOREP_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+fi
+
+if ! command -v restic >/dev/null 2>&1; then
+  echo "== installing restic (apt-get install restic)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q restic >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q restic >/dev/null; }
+  else
+    echo "restic is missing: run apt-get install restic as root" >&2
+    exit 2
+  fi
 fi
 
 cargo test --workspace --locked "$@"
