@@ -145,16 +145,11 @@ impl Daemon {
     }
 
     /// The topology applied last.
-    pub fn topology(&self) -> Arc<Topology> {
+    fn topology(&self) -> Arc<Topology> {
         self.topo
             .read()
             .map(|t| t.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// The state store every component shares.
-    pub fn state(&self) -> &Arc<State> {
-        &self.ctx.state
     }
 
     /// Reads the topology file again and applies the difference: components add, change

@@ -977,16 +977,8 @@ fn a_reload_keeps_an_unchanged_group_and_its_sessions_and_restarts_a_changed_one
         ),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["reload", "-c", cfg_s, "--api", &s.base])
-        .output()
-        .expect("reload");
-    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text_out}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text_out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
+    assert_eq!(code, 0, "{text_out}{err}");
     assert!(text_out.contains("+ policies p: started"), "{text_out}");
     assert!(!text_out.contains("failover_groups"), "{text_out}");
     assert!(
@@ -1007,16 +999,8 @@ fn a_reload_keeps_an_unchanged_group_and_its_sessions_and_restarts_a_changed_one
         text.replace("probe_failures = 2", "probe_failures = 3"),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["reload", "-c", cfg_s, "--api", &s.base])
-        .output()
-        .expect("reload");
-    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text_out}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text_out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
+    assert_eq!(code, 0, "{text_out}{err}");
     assert!(
         text_out.contains("~ failover_groups fg: restarted (probe_failures)"),
         "{text_out}"
@@ -1047,17 +1031,8 @@ fn a_reload_keeps_an_unchanged_group_and_its_sessions_and_restarts_a_changed_one
         ),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["reload", "-c", cfg_s, "--api", &s.base])
-        .output()
-        .expect("reload");
-    let text_out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{text_out}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text_out, err) = run(&["reload", "-c", cfg_s, "--api", &s.base], &[]).parts();
+    assert_eq!(code, 1, "{text_out}{err}");
     assert!(
         text_out.contains("! failover_groups fg: FAILED")
             && text_out.contains("keeps running as it was"),

@@ -190,7 +190,7 @@ impl Group {
     }
 
     /// The database with the current roles.
-    pub fn current_db(&self) -> Database {
+    pub(crate) fn current_db(&self) -> Database {
         let p = self.primary.lock().map(|p| p.clone()).unwrap_or_default();
         pg::rotated(&self.db, &p)
     }
