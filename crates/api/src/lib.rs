@@ -6,6 +6,7 @@
 //!
 //! API boundary: [`paths`], the request/response types, [`Client`] and [`ClientError`].
 
+mod backups;
 mod client;
 mod databases;
 mod failover;
@@ -13,6 +14,7 @@ pub mod paths;
 mod policies;
 mod reload;
 
+pub use backups::*;
 pub use client::*;
 pub use databases::*;
 pub use failover::*;

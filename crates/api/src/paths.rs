@@ -15,6 +15,10 @@ pub const GROUPS: &str = "/api/v1/failover-groups";
 pub const GROUP: &str = "/api/v1/failover-groups/{name}";
 pub const GROUP_FAILOVER: &str = "/api/v1/failover-groups/{name}/failover";
 pub const GROUP_RESEED: &str = "/api/v1/failover-groups/{name}/reseed";
+pub const BACKUPS: &str = "/api/v1/backups";
+pub const BACKUP: &str = "/api/v1/backups/{name}";
+/// `POST`: take a point now.
+pub const BACKUP_RUN: &str = "/api/v1/backups/{name}/run";
 /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
 pub const RELOAD: &str = "/api/v1/reload";
 

@@ -6,9 +6,16 @@
 //! threads (`spawn_blocking`); the backend reaches the async store through the tokio
 //! handle it was made with.
 //!
-//! Work in progress (issue 12): the component that takes points on schedule, the
-//! commands and retention come next; `docs/notes/issue-12-rustic-core.md` is the plan.
+//! The operations ([`run_point`], [`points`], [`restore`], [`verify`], [`prune`],
+//! [`drill`]) take a [`RepoSpec`] and return the API's report types.
 
 mod backend;
+mod error;
+mod ops;
+mod repo;
+mod source;
 
 pub use backend::StoreBackend;
+pub use error::{BackupError, Result};
+pub use ops::{drill, points, prune, restore, run_point, stats, verify, PointSel, HOST};
+pub use repo::RepoSpec;

@@ -20,6 +20,7 @@ pub use redact::redact_url;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
-    ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode, FailoverGroup,
-    FailoverPolicy, Policy, Region, ServerConfig, StateConfig, StoreDef, Topology,
+    Backup, BackupSchedule, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember,
+    DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Retention, ServerConfig,
+    StateConfig, StoreDef, Topology,
 };

@@ -1,0 +1,197 @@
+//! Opening a backup's repository (creating it on the first point) and the lock that
+//! keeps a point and a prune of the same repository apart.
+//!
+//! rustic_core neither writes nor honours restic's lock files, and a prune deletes
+//! packs that no index lists yet, which includes those of a point still running. So
+//! georep takes its own lock per repository: an advisory file lock in the cache folder,
+//! which serialises the daemon and every CLI command on this machine. Two machines
+//! writing one repository are not serialised (see the README).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use georep_core::StoreUrl;
+use georep_storage::{ListRole, StorageError, Store, StoreOptions};
+use rustic_core::{
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
+    RepositoryOptions,
+};
+
+use crate::error::{BackupError, Result};
+use crate::StoreBackend;
+
+/// Everything needed to reach one backup's repository.
+#[derive(Clone)]
+pub struct RepoSpec {
+    /// The backup's name (for messages).
+    pub name: String,
+    pub url: StoreUrl,
+    pub password: String,
+    pub append_only: bool,
+    /// Where the local cache of index and snapshot files and the lock files live.
+    pub cache_dir: PathBuf,
+    pub opts: StoreOptions,
+}
+
+/// The password is never shown.
+impl std::fmt::Debug for RepoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoSpec")
+            .field("name", &self.name)
+            .field("url", &self.url.to_string())
+            .field("append_only", &self.append_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RepoSpec {
+    /// The repository as messages name it.
+    pub fn shown(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn store(&self) -> Result<Store> {
+        Store::open(&self.url, &self.opts).map_err(|source| BackupError::Store {
+            what: format!("backup '{}': cannot open the repository's store", self.name),
+            source,
+        })
+    }
+
+    /// Whether the store holds a repository; `Err` when it holds something else.
+    pub(crate) async fn probe(&self) -> Result<bool> {
+        let store = self.store()?;
+        match store.head("config").await {
+            Ok(_) => return Ok(true),
+            Err(StorageError::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(BackupError::Store {
+                    what: format!("backup '{}': cannot read the repository", self.name),
+                    source,
+                })
+            }
+        }
+        let mut list = store.list(ListRole::Destination);
+        while let Some(e) = list.next().await {
+            match e {
+                Ok(e) => {
+                    return Err(BackupError::NotARepository {
+                        repo: self.shown(),
+                        detail: format!(
+                            "it has no `config` but holds other objects (e.g. '{}')",
+                            e.key
+                        ),
+                    })
+                }
+                Err(StorageError::NotFound { .. }) | Err(StorageError::Skipped { .. }) => {}
+                Err(source) => {
+                    return Err(BackupError::Store {
+                        what: format!("backup '{}': cannot list the repository", self.name),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Opens the repository; blocking (call from `spawn_blocking`). With `create`, an
+    /// empty store gets a new repository (restic format v2) and `true` comes back.
+    pub(crate) fn open(
+        &self,
+        rt: &tokio::runtime::Handle,
+        exists: bool,
+        create: bool,
+    ) -> Result<(Repository<OpenStatus>, bool)> {
+        let repo_err = |what: &str| {
+            let repo = self.shown();
+            let what = what.to_string();
+            move |e| BackupError::from_rustic(&repo, &what, e)
+        };
+        let backend = StoreBackend::new(
+            self.store()?,
+            self.opts.clone(),
+            rt.clone(),
+            self.append_only,
+        );
+        let backends = RepositoryBackends::new(Arc::new(backend), None);
+        let opts = RepositoryOptions::default().cache_dir(self.cache_dir.join("rustic"));
+        let repo = Repository::new(&opts, &backends).map_err(repo_err("open"))?;
+        let creds = Credentials::password(&self.password);
+        if exists {
+            return Ok((repo.open(&creds).map_err(repo_err("open"))?, false));
+        }
+        if !create {
+            return Err(BackupError::NoRepository { repo: self.shown() });
+        }
+        let config = ConfigOptions::default().set_append_only(self.append_only.then_some(true));
+        let repo = repo
+            .init(&creds, &KeyOptions::default(), &config)
+            .map_err(repo_err("create"))?;
+        Ok((repo, true))
+    }
+
+    /// This repository's lock on this machine; blocking. A prune takes it exclusive
+    /// (it deletes packs no index lists yet, such as those of a point being taken);
+    /// points, restores and checks share it.
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<RepoLock> {
+        RepoLock::acquire(&self.cache_dir, &self.shown(), exclusive)
+    }
+}
+
+/// Held while a point, a prune or a restore runs; released when dropped.
+pub(crate) struct RepoLock {
+    _file: File,
+}
+
+impl RepoLock {
+    fn acquire(dir: &Path, repo: &str, exclusive: bool) -> Result<Self> {
+        let dir = dir.join("locks");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            BackupError::Invalid(format!(
+                "cannot create the lock folder {}: {e}; check the state folder's permissions",
+                dir.display()
+            ))
+        })?;
+        let id = blake3::hash(repo.as_bytes()).to_hex();
+        let path = dir.join(format!("{}.lock", &id[..16]));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                BackupError::Invalid(format!("cannot open the lock file {}: {e}", path.display()))
+            })?;
+        let tried = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match tried {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    repository = repo,
+                    "waiting for another georep process using this repository"
+                );
+                let locked = if exclusive {
+                    file.lock()
+                } else {
+                    file.lock_shared()
+                };
+                locked.map_err(|e| {
+                    BackupError::Invalid(format!("cannot lock {}: {e}", path.display()))
+                })?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(BackupError::Invalid(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        Ok(Self { _file: file })
+    }
+}
