@@ -18,4 +18,4 @@ mod source;
 pub use backend::StoreBackend;
 pub use error::{BackupError, Result};
 pub use ops::{drill, points, prune, restore, run_point, stats, verify, PointSel, HOST};
-pub use repo::RepoSpec;
+pub use repo::{cache_dir, source_store, RepoSpec};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use georep_core::StoreUrl;
+use georep_core::{Backup, StoreUrl, Topology};
 use georep_storage::{ListRole, StorageError, Store, StoreOptions};
 use rustic_core::{
     ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
@@ -47,6 +47,25 @@ impl std::fmt::Debug for RepoSpec {
 }
 
 impl RepoSpec {
+    /// The repository of `[[backups]]` entry `b`; the cache and locks live beside the
+    /// state database (so the daemon and the CLI on one machine share them).
+    pub fn from_topology(topo: &Topology, b: &Backup) -> Result<Self> {
+        let def = topo.store(&b.repository).ok_or_else(|| {
+            BackupError::Invalid(format!(
+                "backup '{}': no store named '{}'",
+                b.name, b.repository
+            ))
+        })?;
+        Ok(Self {
+            name: b.name.clone(),
+            url: def.url.clone(),
+            password: b.password.clone(),
+            append_only: b.append_only,
+            cache_dir: cache_dir(topo),
+            opts: StoreOptions::default(),
+        })
+    }
+
     /// The repository as messages name it.
     pub fn shown(&self) -> String {
         self.url.to_string()
@@ -138,6 +157,29 @@ impl RepoSpec {
     pub(crate) fn lock(&self, exclusive: bool) -> Result<RepoLock> {
         RepoLock::acquire(&self.cache_dir, &self.shown(), exclusive)
     }
+}
+
+/// `backups/` beside the SQLite state file, or below the temp folder with a PostgreSQL
+/// state.
+pub fn cache_dir(topo: &Topology) -> PathBuf {
+    topo.state
+        .sqlite_path()
+        .and_then(|p| p.parent().map(|d| d.join("backups")))
+        .unwrap_or_else(|| std::env::temp_dir().join("georep-backups"))
+}
+
+/// The store a backup reads.
+pub fn source_store(topo: &Topology, b: &Backup) -> Result<Store> {
+    let def = topo.store(&b.source).ok_or_else(|| {
+        BackupError::Invalid(format!(
+            "backup '{}': no store named '{}'",
+            b.name, b.source
+        ))
+    })?;
+    Store::open(&def.url, &StoreOptions::default()).map_err(|source| BackupError::Store {
+        what: format!("backup '{}': cannot open the source", b.name),
+        source,
+    })
 }
 
 /// Held while a point, a prune or a restore runs; released when dropped.

@@ -2,6 +2,7 @@
 //! done by the library crates; this is the only crate that prints.
 
 mod api_token;
+mod backup;
 mod db;
 mod drill;
 mod failover;
@@ -73,6 +74,10 @@ enum Command {
     /// DR drill: planned failover and failback under a write load through the listener;
     /// checks every acknowledged write and writes a report (Markdown and JSON).
     Drill(drill::DrillArgs),
+    /// Recovery points ([[backups]] in the topology): restic-format repositories in
+    /// another region; run, list, restore, verify, prune, drill.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -139,7 +144,8 @@ fn main() -> ExitCode {
         }
     };
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        // rustic_core (recovery points) narrates every step at info.
+        Command::Serve(_) => "info,rustic_core=warn",
         _ => "warn",
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
@@ -174,6 +180,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(a).await,
             Command::Status(a) => status::run(a),
             Command::Db(c) => db::run(c).await,
+            Command::Backup(c) => backup::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
             Command::Pause(a) => policy_cmd::run(a.policy, policy_cmd::Action::Pause(a.note)).await,

@@ -16,6 +16,9 @@ pub(crate) fn exit_code_of(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<StorageError>() {
             return s.exit_class();
         }
+        if let Some(b) = cause.downcast_ref::<georep_backup::BackupError>() {
+            return b.exit_class();
+        }
         if let Some(d) = cause.downcast_ref::<georep_db::DbError>() {
             return d.exit_class();
         }

@@ -1,0 +1,151 @@
+//! `georep backup ...` end to end: a local source, a repository in another region, the
+//! commands' output, exit codes and reports; the password never appears.
+
+use crate::common::*;
+
+const PW: &str = "s3cret-backup-pw";
+
+fn env(pw: &str) -> Vec<(String, String)> {
+    vec![("GEOREP_TEST_BACKUP_PW".into(), pw.into())]
+}
+
+fn backup_topology(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .store("src", "qc", s(&dir.join("src")))
+        .store("vault", "we", s(&dir.join("vault")))
+        .raw("[[backups]]\nname = \"photos\"\nsource = \"src\"\nrepository = \"vault\"\npassword = \"${GEOREP_TEST_BACKUP_PW}\"\nevery = \"5m\"")
+        .raw(extra)
+        .write(dir)
+}
+
+#[test]
+fn backup_commands_take_list_restore_verify_prune_and_drill() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for i in 0..20 {
+        write(
+            &dir.path().join("src"),
+            &format!("p/{i}.jpg"),
+            format!("photo {i}").repeat(50).as_bytes(),
+        );
+    }
+    let cfg = backup_topology(dir.path(), "retention = { within = \"1h\" }");
+    let c = s(&cfg);
+    let e = env(PW);
+    let mut all_output = String::new();
+    let mut seen = |o: &Out| all_output.push_str(&format!("{}{}", o.stdout(), o.stderr()));
+
+    let first = run(
+        &["backup", "run", "photos", "-c", c, "--output", "json"],
+        &e,
+    )
+    .ok();
+    seen(&first);
+    let j = first.json();
+    assert_eq!(j["point"]["files"], 20);
+    assert_eq!(j["initialized"], true);
+    write(&dir.path().join("src"), "p/3.jpg", b"edited");
+    let second = run(&["backup", "run", "photos", "-c", c], &e).ok();
+    seen(&second);
+    assert!(
+        second.stdout().contains("20 objects") && second.stdout().contains("1 objects read"),
+        "{}",
+        second.stdout()
+    );
+
+    let list = run(
+        &["backup", "list", "photos", "-c", c, "--output", "json"],
+        &e,
+    )
+    .ok();
+    seen(&list);
+    let points = list.json();
+    assert_eq!(points.as_array().map(Vec::len), Some(2), "{points}");
+    let first_id = points[0]["id"].as_str().expect("id").to_string();
+
+    let out = dir.path().join("out");
+    let r = run(
+        &[
+            "backup",
+            "restore",
+            "photos",
+            "-c",
+            c,
+            "--point",
+            &first_id[..10],
+            "--to",
+            s(&out),
+        ],
+        &e,
+    )
+    .ok();
+    seen(&r);
+    assert!(r.stdout().contains("20 objects"), "{}", r.stdout());
+    assert_eq!(
+        tree(&out)["p/3.jpg"],
+        "photo 3".repeat(50).as_bytes(),
+        "the first point has the old content"
+    );
+
+    let v = run(&["backup", "verify", "photos", "-c", c, "--read-data"], &e).ok();
+    seen(&v);
+    assert!(v.stdout().contains("no errors"), "{}", v.stdout());
+
+    let p = run(
+        &[
+            "backup",
+            "prune",
+            "photos",
+            "-c",
+            c,
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+        &e,
+    )
+    .ok();
+    seen(&p);
+    assert_eq!(p.json()["dry_run"], true);
+
+    let reports = dir.path().join("reports");
+    let d = run(
+        &[
+            "backup",
+            "drill",
+            "photos",
+            "-c",
+            c,
+            "--to",
+            s(&dir.path().join("scratch")),
+            "--report-dir",
+            s(&reports),
+        ],
+        &e,
+    )
+    .ok();
+    seen(&d);
+    assert!(d.stdout().contains("PASSED"), "{}", d.stdout());
+    let json = std::fs::read_dir(&reports)
+        .expect("reports")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON report");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("read")).expect("json");
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["verified_files"], 20);
+    assert!(report["rto_seconds"].as_f64().is_some_and(|s| s > 0.0));
+
+    // A wrong password: exit 3, one clear line, no password shown.
+    let bad = run(&["backup", "list", "photos", "-c", c], &env("wrong-one"));
+    let (code, _, err) = bad.parts();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(!err.contains("wrong-one"), "{err}");
+    // An unknown backup name: exit 2.
+    let (code, _, err) = run(&["backup", "run", "nope", "-c", c], &e).parts();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no backup named 'nope'"), "{err}");
+    assert!(!all_output.contains(PW), "the password is never printed");
+}
