@@ -104,6 +104,12 @@ pub struct BackupDrillReport {
     pub passed: bool,
 }
 
+/// `GET` [`crate::paths::BACKUPS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupList {
+    pub backups: Vec<BackupStatus>,
+}
+
 /// A backup as the daemon sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupStatus {
@@ -128,7 +134,7 @@ pub struct BackupStatus {
     pub dedup_ratio: Option<f64>,
     /// Unix seconds of the next scheduled run.
     pub next_run: Option<i64>,
-    /// Whether a point is being taken now.
+    /// Whether a point (or the retention after it) is being taken now.
     pub running: bool,
     /// Runs that failed since the daemon started, and the last failure.
     pub failures: u64,

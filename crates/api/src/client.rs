@@ -102,6 +102,26 @@ impl Client {
         })
     }
 
+    pub async fn backups(&self) -> Result<BackupList, ClientError> {
+        self.call(reqwest::Method::GET, paths::BACKUPS, NONE).await
+    }
+
+    pub async fn backup(&self, name: &str) -> Result<BackupStatus, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &paths::fill(paths::BACKUP, name),
+            NONE,
+        )
+        .await
+    }
+
+    /// Has the daemon take a point now; answers when it is taken.
+    pub async fn backup_run(&self, name: &str) -> Result<PointReport, ClientError> {
+        let path = paths::fill(paths::BACKUP_RUN, name);
+        self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
     pub async fn group(&self, name: &str) -> Result<GroupStatus, ClientError> {
         self.call(reqwest::Method::GET, &paths::fill(paths::GROUP, name), NONE)
             .await

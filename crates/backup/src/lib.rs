@@ -10,12 +10,14 @@
 //! [`drill`]) take a [`RepoSpec`] and return the API's report types.
 
 mod backend;
+mod component;
 mod error;
 mod ops;
 mod repo;
 mod source;
 
 pub use backend::StoreBackend;
+pub use component::Backups;
 pub use error::{BackupError, Result};
 pub use ops::{drill, points, prune, restore, run_point, stats, verify, PointSel, HOST};
 pub use repo::{cache_dir, source_store, RepoSpec};

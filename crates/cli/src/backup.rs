@@ -23,6 +23,10 @@ pub(crate) enum BackupCommand {
     Run(NameArgs),
     /// The points: id, time, objects, size, new data.
     List(NameArgs),
+    /// What the running daemon reports per backup: last point, its age against the
+    /// schedule (the RPO achieved), size, dedup ratio, next run, failures. Exit 1 when a
+    /// backup's RPO is breached or its last run failed.
+    Status(StatusArgs),
     /// Restore a point into any store (a topology store name or a URL), one object at a
     /// time, each appearing whole or not at all.
     Restore(RestoreArgs),
@@ -116,6 +120,19 @@ pub(crate) struct DrillArgs {
     /// Where to write backup-drill-NAME-TIME.md and .json.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) report_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Only this backup.
+    pub(crate) name: Option<String>,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The daemon's API (default: http://[server] listen from the topology).
+    #[arg(long, value_name = "URL")]
+    pub(crate) api: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -219,6 +236,7 @@ pub(crate) async fn run(c: BackupCommand) -> Result<u8> {
             })?;
             Ok(0)
         }
+        BackupCommand::Status(a) => status(a).await,
         BackupCommand::Restore(a) => {
             let (t, _, spec) = open(&a.backup)?;
             let to = target(&t, &a.to)?;
@@ -368,4 +386,68 @@ fn drill_markdown(r: &georep_api::BackupDrillReport) -> String {
         }
     }
     md
+}
+
+fn age(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        s => format!("{:.1}d", s / 86_400.0),
+    }
+}
+
+async fn status(a: StatusArgs) -> Result<u8> {
+    let t = load(&a.config.config)?;
+    let api = crate::api_token::client(&t, a.api.as_deref())?;
+    let got = match &a.name {
+        Some(n) => api.backup(n).await.map(|s| vec![s]),
+        None => api.backups().await.map(|l| l.backups),
+    };
+    let all = match got {
+        Ok(all) => all,
+        Err(e) => {
+            eprintln!("georep: {e}");
+            return Ok(e.exit_class());
+        }
+    };
+    let bad = all.iter().any(|s| s.rpo_breached || s.last_error.is_some());
+    print(a.output, &all, || {
+        let mut out = format!(
+            "{:<16} {:<15} {:>9} {:>9} {:>7} {:>11} {:>6} {:<21} {}\n",
+            "BACKUP", "SCHEDULE", "RPO", "TARGET", "POINTS", "SIZE", "DEDUP", "NEXT RUN", "STATE"
+        );
+        for s in &all {
+            let state = if s.running {
+                "taking a point".to_string()
+            } else if let Some(e) = &s.last_error {
+                format!("FAILING ({} failures): {e}", s.failures)
+            } else if s.rpo_breached {
+                "RPO BREACHED".to_string()
+            } else {
+                "ok".to_string()
+            };
+            out.push_str(&format!(
+                "{:<16} {:<15} {:>9} {:>9} {:>7} {:>11} {:>6} {:<21} {}{}\n",
+                s.name,
+                s.schedule,
+                s.rpo_seconds.map_or("-".into(), age),
+                age(s.target_seconds),
+                s.points,
+                human(s.repository_bytes),
+                s.dedup_ratio.map_or("-".into(), |d| format!("{d:.1}x")),
+                s.next_run
+                    .and_then(|n| DateTime::<Utc>::from_timestamp(n, 0))
+                    .map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                state,
+                if s.append_only {
+                    " (append-only: nothing is ever deleted)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        out.trim_end().to_string()
+    })?;
+    Ok(if bad { crate::exit::DIFFERENCES } else { 0 })
 }

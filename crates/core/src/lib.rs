@@ -10,6 +10,7 @@
 mod filter;
 mod pg_url;
 mod redact;
+mod schedule;
 mod size;
 mod store_url;
 pub mod topology;
@@ -17,10 +18,11 @@ pub mod topology;
 pub use filter::{Filter, FilterError};
 pub use pg_url::{pg_connect_url, pg_endpoint, PgEndpoint, PgUrlError};
 pub use redact::redact_url;
+pub use schedule::Schedule;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
-    Backup, BackupSchedule, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember,
-    DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Retention, ServerConfig,
-    StateConfig, StoreDef, Topology,
+    Backup, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember, DeleteMode,
+    FailoverGroup, FailoverPolicy, Policy, Region, Retention, ServerConfig, StateConfig, StoreDef,
+    Topology,
 };

@@ -30,6 +30,7 @@ fn components(ctx: &Context) -> Result<Vec<Arc<dyn Component>>> {
         Arc::new(georep_replicate::Policies::new(ctx)?),
         Arc::new(georep_failover::Groups::new(ctx)),
         Arc::new(georep_failover::Databases::new(ctx)),
+        Arc::new(georep_backup::Backups::new(ctx)),
     ])
 }
 
@@ -71,9 +72,6 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
         };
         let components = components(&ctx)?;
-        for b in &topo.backups {
-            tracing::warn!(backup = %b.name, "[[backups]] is validated but this version takes no recovery points yet");
-        }
         // Nothing starts when something would stop the whole topology from starting.
         let blocked: Vec<String> = components.iter().flat_map(|c| c.preflight(&topo)).collect();
         if !blocked.is_empty() {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use georep_api::{paths, FailoverRequest, ReseedRequest};
+use georep_backup::Backups;
 use georep_component::Error;
 use georep_daemon::Daemon;
 use georep_failover::{Databases, Groups};
@@ -118,6 +119,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::GROUP_FAILOVER, post(failover))
         .route(paths::GROUP_RESEED, post(reseed))
         .route(paths::RELOAD, post(reload).get(reload_plan))
+        .route(paths::BACKUP_RUN, post(backup_run))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route(paths::POLICIES, get(policies))
@@ -126,6 +128,8 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .merge(changes)
         .route(paths::DATABASES, get(databases))
         .route(paths::DATABASE, get(database))
+        .route(paths::BACKUPS, get(backups))
+        .route(paths::BACKUP, get(backup))
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
@@ -464,6 +468,26 @@ async fn database(
         )),
         Some(s) => Ok(Json(s)),
     }
+}
+
+async fn backups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(georep_api::BackupList {
+        backups: app.get::<Backups>()?.statuses(),
+    }))
+}
+
+async fn backup(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Backups>()?.status(&name)?))
+}
+
+async fn backup_run(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Backups>()?.run_now(&name).await?))
 }
 
 async fn groups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {

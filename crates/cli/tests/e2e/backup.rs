@@ -149,3 +149,78 @@ fn backup_commands_take_list_restore_verify_prune_and_drill() {
     assert!(err.contains("no backup named 'nope'"), "{err}");
     assert!(!all_output.contains(PW), "the password is never printed");
 }
+
+#[test]
+fn the_daemon_takes_points_on_schedule_and_reports_them() {
+    use georep_testkit::{wait_until, Serve};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tmp");
+    for i in 0..10 {
+        write(
+            &dir.path().join("src"),
+            &format!("f{i}"),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let cfg = backup_topology(dir.path(), "retention = { within = \"1d\" }");
+    let d = Serve::start(BIN, &cfg, &env(PW));
+    // Never backed up: the first point is due at once.
+    let mut st: georep_api::BackupStatus = d.typed("/api/v1/backups/photos");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            st = d.typed("/api/v1/backups/photos");
+            st.points == 1 && !st.running
+        }),
+        "no first point: {st:?}\n{}",
+        d.log_text()
+    );
+    let first = st.last_point.clone().expect("last point");
+    assert_eq!(first.files, 10);
+    assert_eq!(st.target_seconds, 300.0);
+    assert!(!st.rpo_breached && st.last_error.is_none(), "{st:?}");
+    assert!(st.rpo_seconds.is_some_and(|r| r < 300.0), "{st:?}");
+    assert_eq!(
+        st.next_run,
+        Some(first.unix + 300),
+        "the next point is due 5m after this one started"
+    );
+    assert!(
+        st.dedup_ratio.is_some() && st.repository_bytes > 0,
+        "{st:?}"
+    );
+
+    // A point on demand reads only what changed.
+    write(&dir.path().join("src"), "f3", b"changed");
+    let r: georep_api::PointReport =
+        serde_json::from_value(d.post("/api/v1/backups/photos/run", &serde_json::json!({})))
+            .expect("point report");
+    assert_eq!((r.point.files, r.files_read), (10, 1), "{r:?}");
+    let st: georep_api::BackupStatus = d.typed("/api/v1/backups/photos");
+    assert_eq!(st.points, 2);
+    let metrics = d.req(reqwest::Method::GET, "/metrics", None).1;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("georep_backup_points{backup=\"photos\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("georep_backup_rpo_seconds{backup=\"photos\"}"),
+        "{metrics}"
+    );
+
+    // The CLI reads the same status; all is well: exit 0.
+    let out = run(
+        &["backup", "status", "-c", s(&cfg), "--api", &d.base],
+        &env(PW),
+    );
+    let (code, text, err) = out.parts();
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.contains("photos") && text.contains("every 5m") && text.contains("ok"),
+        "{text}"
+    );
+    // Unknown backups are 404s.
+    let (code, _) = d.req(reqwest::Method::GET, "/api/v1/backups/nope", None);
+    assert_eq!(code, 404);
+    assert!(!d.log_text().contains(PW), "the password is never logged");
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::tests::refused;
 use super::*;
+use crate::Schedule;
 
 const STORES: &str = r#"
 [regions.qatar-central]
@@ -60,14 +61,14 @@ schedule = "0 3 * * *"
         ("photos-qc", "points-we")
     );
     assert_eq!(b.password, "s3cret");
-    assert_eq!(b.schedule, BackupSchedule::Every(Duration::from_secs(300)));
+    assert_eq!(b.schedule, Schedule::Every(Duration::from_secs(300)));
     assert!(b.append_only);
     assert!(!b.filter.matches("a/b.tmp") && b.filter.matches("a/b.jpg"));
     assert_eq!(b.retention.monthly.map(|s| s.months), Some(12));
     assert_eq!(b.retention.weekly.map(|s| s.weeks), Some(12));
     assert_eq!(
         t.backup("nightly").map(|b| b.schedule.clone()),
-        Some(BackupSchedule::Cron("0 3 * * *".into()))
+        Some(Schedule::Cron("0 3 * * *".into()))
     );
     assert_eq!(
         t.backup("nightly").map(|b| b.retention),

@@ -34,7 +34,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{Filter, MaxDelete, StoreUrl};
 
-pub use backups::{Backup, BackupSchedule, CalendarSpan, Retention};
+pub use backups::{Backup, CalendarSpan, Retention};
 pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
@@ -272,7 +272,7 @@ fn display<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok
     s.collect_str(value)
 }
 
-fn duration<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn duration<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*value))
 }
 
