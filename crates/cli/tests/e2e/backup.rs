@@ -224,3 +224,146 @@ fn the_daemon_takes_points_on_schedule_and_reports_them() {
     assert_eq!(code, 404);
     assert!(!d.log_text().contains(PW), "the password is never logged");
 }
+
+/// Deterministic incompressible bytes (xorshift), so every file makes its own packs.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Pack files in `data/XX/`, tolerating folders that appear while it reads.
+fn packs(repo: &std::path::Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(repo.join("data")) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|f| f.flatten())
+        .filter(|f| !f.file_name().to_string_lossy().contains(".georep-tmp"))
+        .count()
+}
+
+fn restic_check(repo: &std::path::Path, read_data: bool) -> String {
+    let mut cmd = std::process::Command::new("restic");
+    cmd.args(["-r", s(repo), "--no-cache", "check"])
+        .env("RESTIC_PASSWORD", PW);
+    if read_data {
+        cmd.arg("--read-data");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run restic ({e}); install it: apt-get install restic"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "restic check failed:\n{text}");
+    text
+}
+
+#[test]
+fn kill_9_mid_point_and_mid_prune_leaves_a_repository_restic_accepts() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("src");
+    let vault = dir.path().join("vault");
+    for i in 0..48u64 {
+        write(&src, &format!("big/{i}.bin"), &noise(i, 1 << 20));
+    }
+    let cfg = backup_topology(dir.path(), "retention = { hourly = \"1h\" }");
+    let c = s(&cfg);
+    let e = env(PW);
+
+    // kill -9 once the first packs are in the repository, before the point is recorded.
+    let mut child = georep(&["backup", "run", "photos", "-c", c], &e)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let written = georep_testkit::wait_until(Duration::from_secs(120), || {
+        packs(&vault) >= 1 || child.try_wait().ok().flatten().is_some()
+    });
+    assert!(written, "no pack was written");
+    assert!(
+        child.try_wait().ok().flatten().is_none(),
+        "the point finished before the kill; the test needs a larger source"
+    );
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let listed = run(
+        &["backup", "list", "photos", "-c", c, "--output", "json"],
+        &e,
+    )
+    .ok();
+    assert_eq!(
+        listed.json().as_array().map(Vec::len),
+        Some(0),
+        "no point was recorded"
+    );
+    restic_check(&vault, false);
+    // The next run completes, reusing what the killed run uploaded.
+    let done = run(
+        &["backup", "run", "photos", "-c", c, "--output", "json"],
+        &e,
+    )
+    .ok();
+    assert_eq!(done.json()["point"]["files"], 48);
+    restic_check(&vault, true);
+
+    // Points with changing content, so retention forgets some and prune deletes packs.
+    for round in 0..5u64 {
+        for i in 0..8u64 {
+            write(
+                &src,
+                &format!("big/{i}.bin"),
+                &noise(1000 + round * 100 + i, 1 << 20),
+            );
+        }
+        run(&["backup", "run", "photos", "-c", c], &e).ok();
+    }
+    let mut killed_mid = 0;
+    for delay_ms in [0u64, 30, 80, 150, 300, 600, 1200] {
+        let mut child = georep(&["backup", "prune", "photos", "-c", c], &e)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn prune");
+        // A kill point, not a wait for a state: each delay stops prune at another step.
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().ok().flatten().is_none() {
+            child.kill().expect("kill -9");
+            killed_mid += 1;
+        }
+        let _ = child.wait();
+        restic_check(&vault, false);
+    }
+    assert!(killed_mid > 0, "no kill landed while prune ran");
+    let p = run(
+        &["backup", "prune", "photos", "-c", c, "--output", "json"],
+        &e,
+    )
+    .ok();
+    assert!(p.json()["points"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p["keep"] == true)));
+    restic_check(&vault, true);
+    let out = dir.path().join("out");
+    run(
+        &["backup", "restore", "photos", "-c", c, "--to", s(&out)],
+        &e,
+    )
+    .ok();
+    assert_eq!(
+        tree(&out),
+        tree(&src),
+        "the latest point restores byte for byte"
+    );
+}
