@@ -65,6 +65,13 @@ pub struct PolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<String>,
     pub scan_interval_seconds: f64,
+    /// A scheduled policy's schedule (`every 10m`, `cron 0 2 * * *`); absent when the
+    /// policy is continuous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// When a scheduled policy syncs next (RFC 3339; due now after a missed tick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
     pub last_scan: Option<ScanStatus>,
     /// Source objects recorded in the manifest.
     pub source_objects: u64,

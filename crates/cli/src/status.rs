@@ -190,6 +190,13 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
                 s.rpo_target_seconds,
                 if s.rpo_breached { "  RPO BREACHED" } else { "" }
             );
+            if let Some(sched) = &s.schedule {
+                println!(
+                    "  scheduled {sched}  last sync {}  next {}",
+                    s.last_scan.as_ref().map_or("never", |l| l.at.as_str()),
+                    s.next_run.as_deref().unwrap_or("-")
+                );
+            }
             if let Some(p) = &s.paused {
                 println!("  PAUSED    {p}");
             }

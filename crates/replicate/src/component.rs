@@ -195,6 +195,14 @@ impl Policies {
         let mut watcher = None;
         // Notifications first, so nothing written during the first scan is missed.
         let mode = match topo.store(&p.source).map(|d| &d.url) {
+            // A scheduled policy detects changes only at its ticks.
+            _ if p.schedule.is_some() => format!(
+                "none: scheduled ({}), the source is listed and synced at each tick",
+                p.schedule
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
             Some(StoreUrl::Local { .. }) => {
                 // A recursive watch walks the whole tree: off the async workers.
                 let (w_rt, w_stop) = (rt.clone(), stop.subscribe());
@@ -242,16 +250,19 @@ impl Policies {
         }
         let (r, mut stopped) = (rt.clone(), stop.subscribe());
         tasks.push(tokio::spawn(async move {
-            loop {
-                let _ = r.scan().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(r.policy.scan_interval) => {}
-                    _ = r.scan_now.notified() => {}
-                    _ = stopped.changed() => break,
-                }
-                if *stopped.borrow() {
-                    break;
-                }
+            match r.policy.schedule.clone() {
+                Some(schedule) => scheduled(r, schedule, stopped).await,
+                None => loop {
+                    let _ = r.scan().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(r.policy.scan_interval) => {}
+                        _ = r.scan_now.notified() => {}
+                        _ = stopped.changed() => break,
+                    }
+                    if *stopped.borrow() {
+                        break;
+                    }
+                },
             }
         }));
         tasks.push(tokio::spawn(rt.clone().dispatch(stop.subscribe())));
@@ -537,6 +548,11 @@ impl Policies {
     pub async fn ingest(&self, name: &str, parsed: Parsed) -> Result<Ingested> {
         let r = self.entry(name)?;
         let rt = r.rt.clone();
+        if let Some(s) = &rt.policy.schedule {
+            return Err(ReplicateError::Conflict(format!(
+                "policy '{name}' is scheduled ({s}): it takes no change events and syncs at each tick; remove the event subscription or make the policy continuous"
+            )));
+        }
         let Parsed::Changes { changes, ignored } = parsed else {
             return Ok(Ingested {
                 accepted: 0,
@@ -621,5 +637,51 @@ impl Component for Policies {
                 self.stop_one(r).await;
             }
         })
+    }
+}
+
+/// A scheduled policy's loop: a full scan (which queues every change for copying) at
+/// each tick of its schedule, counted from the last good scan recorded in the state (so
+/// a tick missed while the daemon was down runs at once); a failed scan is tried again
+/// after a minute or the interval, whichever is shorter.
+async fn scheduled(
+    r: Arc<PolicyRuntime>,
+    schedule: georep_core::Schedule,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut retry_at: Option<chrono::DateTime<chrono::Utc>> = None;
+    loop {
+        let last = r
+            .state
+            .policy(r.name())
+            .ok()
+            .flatten()
+            .and_then(|rec| rec.last_ok_scan_at)
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let now = chrono::Utc::now();
+        let mut next = schedule.next(last, now);
+        if let Some(t) = retry_at {
+            next = next.max(t);
+        }
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = r.scan_now.notified() => {}
+            _ = stopped.changed() => break,
+        }
+        if *stopped.borrow() {
+            break;
+        }
+        retry_at = match r.scan().await {
+            Ok(_) => None,
+            Err(_) => {
+                let pause = schedule
+                    .interval(chrono::Utc::now())
+                    .min(Duration::from_secs(60));
+                chrono::Duration::from_std(pause)
+                    .ok()
+                    .map(|p| chrono::Utc::now() + p)
+            }
+        };
     }
 }

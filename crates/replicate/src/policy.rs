@@ -58,7 +58,7 @@ pub(crate) struct PolicyRuntime {
     pub(crate) src: Arc<Store>,
     pub(crate) dests: Vec<(String, Arc<Store>)>,
     dest_names: Vec<String>,
-    state: Arc<State>,
+    pub(crate) state: Arc<State>,
     metrics: Arc<Metrics>,
     /// Wakes the dispatcher: new work was queued.
     pub(crate) wake: Notify,

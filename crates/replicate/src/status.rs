@@ -59,6 +59,20 @@ pub fn policy_status(
             .as_ref()
             .map(|_| r.last_ok_scan_at.unwrap_or(r.created_at))
     });
+    // A scheduled policy sees nothing written since its last good scan began: that gap
+    // is the data a loss now would cost, even with no copy pending.
+    let blind_since = match (&policy.schedule, &rec) {
+        (Some(_), Some(r)) => Some(r.last_ok_scan_at.unwrap_or(r.created_at)),
+        _ => blind_since,
+    };
+    let next_run = policy.schedule.as_ref().map(|s| {
+        let last = rec
+            .as_ref()
+            .and_then(|r| r.last_ok_scan_at)
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let next = s.next(last, chrono::Utc::now());
+        next.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    });
     let mut dests = Vec::new();
     for d in &policy.destinations {
         let l = lag
@@ -117,6 +131,8 @@ pub fn policy_status(
         held: rec.as_ref().and_then(|r| r.held.clone()),
         notifications: None,
         scan_interval_seconds: policy.scan_interval.as_secs_f64(),
+        schedule: policy.schedule.as_ref().map(ToString::to_string),
+        next_run,
         last_scan: rec.as_ref().and_then(|r| {
             r.last_scan_at.map(|at| ScanStatus {
                 at: iso(at),

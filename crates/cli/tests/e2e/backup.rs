@@ -367,3 +367,66 @@ fn kill_9_mid_point_and_mid_prune_leaves_a_repository_restic_accepts() {
         "the latest point restores byte for byte"
     );
 }
+
+#[test]
+fn a_scheduled_policy_syncs_at_its_ticks_only() {
+    use georep_testkit::{wait_until, Serve};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tmp");
+    for i in 0..5 {
+        write(&dir.path().join("src"), &format!("f{i}"), b"x");
+    }
+    let cfg = topology(
+        dir.path(),
+        &[
+            ("src", "qc", s(&dir.path().join("src"))),
+            ("dst", "we", s(&dir.path().join("dst"))),
+        ],
+        "name = \"nightly\"\nsource = \"src\"\ndestinations = [\"dst\"]\nevery = \"1h\"",
+        "",
+    );
+    let d = Serve::start(BIN, &cfg, &[]);
+    // Never synced: the first sync runs at start.
+    assert!(
+        wait_until(Duration::from_secs(60), || tree(&dir.path().join("dst"))
+            .len()
+            == 5),
+        "the first sync did not run:\n{}",
+        d.log_text()
+    );
+    let st = d.policy("nightly");
+    assert_eq!(st.schedule.as_deref(), Some("every 1h"));
+    assert_eq!(st.rpo_target_seconds, 7200.0, "default RPO: two intervals");
+    assert!(
+        st.notifications
+            .as_deref()
+            .is_some_and(|n| n.starts_with("none: scheduled")),
+        "{st:?}"
+    );
+    let last = chrono::DateTime::parse_from_rfc3339(&st.last_scan.as_ref().expect("scanned").at)
+        .expect("time");
+    let next = chrono::DateTime::parse_from_rfc3339(st.next_run.as_deref().expect("next run"))
+        .expect("time");
+    assert_eq!(
+        (next - last).num_seconds(),
+        3600,
+        "the next sync is an interval after the last one began"
+    );
+    // Changes wait for the tick: no notifications, and events are refused.
+    write(&dir.path().join("src"), "late", b"y");
+    let (code, body) = d.req(
+        reqwest::Method::POST,
+        "/api/v1/events/nightly",
+        Some(&serde_json::json!([])),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("is scheduled"), "{body}");
+    assert!(!tree(&dir.path().join("dst")).contains_key("late"));
+    // A resync is a tick on demand.
+    d.post("/api/v1/policies/nightly/resync", &serde_json::json!({}));
+    assert!(
+        wait_until(Duration::from_secs(60), || tree(&dir.path().join("dst"))
+            .contains_key("late")),
+        "the resync did not copy the change"
+    );
+}

@@ -137,3 +137,39 @@ schedule = "0 25 * * *"
         &["missing `every` or `schedule`"],
     );
 }
+
+#[test]
+fn scheduled_policies_sync_at_ticks_with_an_rpo_of_at_least_the_interval() {
+    let t = parse_env(&format!(
+        "{STORES}\n[[policies]]\nname = \"nightly\"\nsource = \"photos-qc\"\ndestinations = [\"points-we\"]\ninclude = [\"a/**\"]\nschedule = \"0 2 * * *\"\n\n[[policies]]\nname = \"tenmin\"\nsource = \"near-qc\"\ndestinations = [\"points-we\"]\ninclude = [\"b/**\"]\nevery = \"10m\"\nrpo = \"30m\"\n"
+    ))
+    .expect("scheduled policies parse");
+    let nightly = t.policy("nightly").expect("nightly");
+    assert_eq!(nightly.schedule, Some(Schedule::Cron("0 2 * * *".into())));
+    assert_eq!(
+        nightly.rpo,
+        Duration::from_secs(2 * 86_400),
+        "default: two intervals"
+    );
+    let tenmin = t.policy("tenmin").expect("tenmin");
+    assert_eq!(
+        tenmin.schedule,
+        Some(Schedule::Every(Duration::from_secs(600)))
+    );
+    assert_eq!(tenmin.rpo, Duration::from_secs(1800));
+    refused(
+        "rpo under the interval",
+        &format!("{STORES}\n[[policies]]\nname = \"p\"\nsource = \"photos-qc\"\ndestinations = [\"points-we\"]\nevery = \"1h\"\nrpo = \"15m\"\n"),
+        &["shorter than the schedule's interval"],
+    );
+    refused(
+        "scan_interval with a schedule",
+        &format!("{STORES}\n[[policies]]\nname = \"p\"\nsource = \"photos-qc\"\ndestinations = [\"points-we\"]\nevery = \"1h\"\nscan_interval = \"5m\"\n"),
+        &["does not apply to a scheduled policy"],
+    );
+    refused(
+        "both",
+        &format!("{STORES}\n[[policies]]\nname = \"p\"\nsource = \"photos-qc\"\ndestinations = [\"points-we\"]\nevery = \"1h\"\nschedule = \"0 * * * *\"\n"),
+        &["both `every` and `schedule` are set"],
+    );
+}

@@ -323,8 +323,8 @@ fn backup(
     }
 }
 
-/// Exactly one of `every` and `schedule`.
-fn schedule(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Schedule> {
+/// Exactly one of `every` and `schedule` (backups and scheduled policies).
+pub(super) fn schedule(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Schedule> {
     let every = sec.string(ctx, "every", "\"5m\"");
     let cron = sec.string(ctx, "schedule", "\"*/15 * * * *\"");
     match (every, cron) {
@@ -332,7 +332,7 @@ fn schedule(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Schedule> {
             ctx.error(
                 Some(e.span()),
                 &sec.what,
-                "both `every` and `schedule` are set; keep one: every = \"5m\" (a point every 5 minutes) or schedule = \"0 * * * *\" (cron, UTC)",
+                "both `every` and `schedule` are set; keep one: every = \"5m\" (every 5 minutes) or schedule = \"0 * * * *\" (cron, UTC)",
             );
             None
         }
@@ -366,7 +366,7 @@ fn schedule(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<Schedule> {
                 ctx.error(
                     Some(sec.span.clone()),
                     &sec.what,
-                    "missing `every` or `schedule`; add every = \"5m\" (a point every 5 minutes) or schedule = \"0 * * * *\" (cron, UTC)",
+                    "missing `every` or `schedule`; add every = \"5m\" (every 5 minutes) or schedule = \"0 * * * *\" (cron, UTC)",
                 );
             }
             None

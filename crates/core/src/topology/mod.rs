@@ -162,6 +162,10 @@ pub struct Policy {
     /// How often the source is listed in full to find changes.
     #[serde(serialize_with = "duration")]
     pub scan_interval: Duration,
+    /// A scheduled policy (`every` or `schedule`): no continuous detection; at each tick
+    /// the source is listed and every change is copied (the App Service and NetApp
+    /// pattern). `None`: continuous.
+    pub schedule: Option<crate::Schedule>,
     /// Objects copied at the same time.
     pub transfers: usize,
     /// A local source's symbolic links are read (when their target stays inside the
@@ -182,6 +186,7 @@ impl PartialEq for Policy {
             && self.max_delete == o.max_delete
             && self.rpo == o.rpo
             && self.scan_interval == o.scan_interval
+            && self.schedule == o.schedule
             && self.transfers == o.transfers
             && self.follow_symlinks == o.follow_symlinks
     }

@@ -21,6 +21,8 @@ const POLICY_FIELDS: &[&str] = &[
     "max_delete",
     "rpo",
     "scan_interval",
+    "every",
+    "schedule",
     "transfers",
     "follow_symlinks",
 ];
@@ -39,6 +41,7 @@ pub(super) struct DraftPolicy {
     pub(super) max_delete: MaxDelete,
     pub(super) rpo: Duration,
     pub(super) scan_interval: Duration,
+    pub(super) schedule: Option<crate::Schedule>,
     pub(super) transfers: usize,
     pub(super) follow_symlinks: bool,
 }
@@ -89,6 +92,7 @@ fn policy(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>
         max_delete: Policy::DEFAULT_MAX_DELETE,
         rpo: Policy::DEFAULT_RPO,
         scan_interval: Policy::DEFAULT_SCAN_INTERVAL,
+        schedule: None,
         transfers: Policy::DEFAULT_TRANSFERS,
         follow_symlinks: false,
     };
@@ -190,6 +194,34 @@ fn policy(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>
     }
     if let Some(d) = duration(ctx, sec, "scan_interval", "\"5m\"", Duration::from_secs(1)) {
         p.scan_interval = d;
+    }
+    if sec.get("every").is_some() || sec.get("schedule").is_some() {
+        p.schedule = super::backups::schedule(ctx, sec);
+        if let Some(sched) = &p.schedule {
+            let interval = sched.interval(chrono::Utc::now());
+            if let Some(v) = sec.get("scan_interval") {
+                ctx.error(
+                    Some(v.span()),
+                    &what,
+                    "`scan_interval` does not apply to a scheduled policy: it syncs at each tick of `every`/`schedule`; remove one of them",
+                );
+            }
+            match sec.get("rpo") {
+                // Changes wait for the next tick: the RPO cannot be under the interval.
+                Some(v) if p.rpo < interval => ctx.error(
+                    Some(v.span()),
+                    &what,
+                    format!(
+                        "rpo = \"{}\" is shorter than the schedule's interval ({}): a change made just after one sync waits for the next; raise the rpo or sync more often",
+                        humantime::format_duration(p.rpo),
+                        humantime::format_duration(interval)
+                    ),
+                ),
+                Some(_) => {}
+                // One missed tick breaches it.
+                None => p.rpo = interval.saturating_mul(2),
+            }
+        }
     }
     if let Some(n) = sec.integer(ctx, "transfers", "8") {
         match usize::try_from(*n.get_ref()) {

@@ -86,6 +86,7 @@ impl Draft {
                 max_delete: p.max_delete,
                 rpo: p.rpo,
                 scan_interval: p.scan_interval,
+                schedule: p.schedule.clone(),
                 transfers: p.transfers,
                 follow_symlinks: p.follow_symlinks,
             });
