@@ -262,8 +262,10 @@ impl Backups {
         let _ = r.stop.send(true);
         let task = r.task.lock().ok().and_then(|mut t| t.take());
         if let Some(mut t) = task {
-            // A point in progress is cut off: each repository file appears whole or
-            // not at all, so the next start takes the point again.
+            // The task is cut off; rustic's blocking thread may still finish the point
+            // it was taking (each repository file appears whole or not at all, and
+            // points share the repository lock, so an overlap with the next start is
+            // harmless).
             if tokio::time::timeout(Duration::from_secs(10), &mut t)
                 .await
                 .is_err()
@@ -531,6 +533,9 @@ async fn run(
             .duration
             .get_or_create(&l)
             .set(t.elapsed().as_secs_f64());
+        // A point kept without some objects still ends the run: retention goes on (or
+        // a source with an ever-changing object would grow the repository forever).
+        let took_point = matches!(result, Ok(_) | Err(BackupError::Partial { .. }));
         let outcome = match result {
             Ok(r) => {
                 tracing::info!(backup = %name, point = %&r.point.id[..8], files = r.point.files, read = r.files_read, "point taken");
@@ -569,7 +574,7 @@ async fn run(
         };
         let pruning = job.backup.retention != georep_core::Retention::default()
             && !job.backup.append_only
-            && outcome.is_ok()
+            && took_point
             && last_prune.is_none_or(|p| p.elapsed() >= PRUNE_EVERY);
         if let Err(e) = refresh_stats(&job, &shared, &metrics).await {
             tracing::warn!(backup = %name, error = %e, "cannot read the repository's points");

@@ -28,9 +28,10 @@ pub enum BackupError {
     },
     #[error("repository {repo}: {detail}")]
     Repository { repo: String, detail: String },
-    #[error("point {point} was taken without {failed} objects that could not be read (first: {first}); the next point reads them again")]
+    #[error("point {point} was taken without {failed} objects that could not be read or kept changing and {skipped} that cannot be in a point (first: {first}); see the warnings above")]
     Partial {
         failed: u64,
+        skipped: u64,
         first: String,
         point: String,
     },

@@ -99,72 +99,103 @@ async fn list_source(
 /// Takes one point of `source` now (or at `time`, for tests of retention); creates the
 /// repository on the first point. Only objects that differ from the last point (size,
 /// mtime, ETag) are read.
+///
+/// An object that changes while it is read is left out by rustic; a second and third
+/// point follow at once (reading only what is still missing, the parent has the rest),
+/// and a partial point superseded by a complete one is forgotten. What is still missing
+/// after that, and keys that cannot be a path in a point, make the run
+/// [`BackupError::Partial`] (the point is kept).
 pub async fn run_point(
     spec: &RepoSpec,
     source: Arc<Store>,
     filter: &Filter,
     time: Option<DateTime<Utc>>,
 ) -> Result<PointReport> {
+    const ATTEMPTS: u32 = 3;
     let started = Instant::now();
     let s = spec.clone();
-    let lock = blocking(move || s.lock(false)).await?;
-    let exists = spec.probe().await?;
-    let (listed, mut skipped) = list_source(&spec.name, &source, filter).await?;
+    let lock = Arc::new(blocking(move || s.lock(false)).await?);
+    let mut exists = spec.probe().await?;
     let rt = tokio::runtime::Handle::current();
-    let (src, bad_keys) = StoreSource::new(listed, source, rt.clone());
-    skipped.extend(bad_keys.into_iter().map(|(k, w)| (k, w.to_string())));
-    for (key, why) in &skipped {
-        tracing::warn!(backup = %spec.name, key, why, "object not in the point");
-    }
-    let stats = src.stats.clone();
-    let time = time
-        .map(zoned)
-        .transpose()?
-        .unwrap_or_else(|| Timestamp::now().to_zoned(TimeZone::UTC));
-    let s = spec.clone();
-    let (snap, initialized) = blocking(move || {
-        let shown = s.shown();
-        let err = |what: &'static str| {
-            let shown = shown.clone();
-            move |e| BackupError::from_rustic(&shown, what, e)
+    let (mut files_read, mut bytes_read, mut initialized) = (0, 0, false);
+    let mut superseded: Option<rustic_core::repofile::SnapshotId> = None;
+    for attempt in 0..ATTEMPTS {
+        let (listed, mut skipped) = list_source(&spec.name, &source, filter).await?;
+        let (src, bad_keys) = StoreSource::new(listed, source.clone(), rt.clone());
+        skipped.extend(bad_keys.into_iter().map(|(k, w)| (k, w.to_string())));
+        for (key, why) in &skipped {
+            tracing::warn!(backup = %spec.name, key, why, "object not in the point");
+        }
+        let stats = src.stats.clone();
+        let when = match time {
+            Some(t) => zoned(t + chrono::Duration::seconds(i64::from(attempt)))?,
+            None => Timestamp::now().to_zoned(TimeZone::UTC),
         };
-        let (repo, initialized) = s.open(&rt, exists, true)?;
-        let repo = repo.to_indexed_ids().map_err(err("read the index"))?;
-        let snap = SnapshotOptions::default()
-            .host(Some(HOST.to_string()))
-            .label(Some(s.name.clone()))
-            .time(Some(time))
-            .to_snapshot()
-            .map_err(err("start the point"))?;
-        let snap = repo
-            .archive(&BackupOptions::default(), &src, snap, &[PathBuf::from("/")])
-            .map_err(err("take the point"))?;
-        drop(lock);
-        Ok((snap, initialized))
-    })
-    .await?;
-    let failed = stats.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let first = stats
-            .first_failure
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_default();
-        return Err(BackupError::Partial {
-            failed,
-            first,
-            point: snap.id.to_hex().to_string(),
+        let (s, rt2, lock2, replace) = (spec.clone(), rt.clone(), lock.clone(), superseded);
+        let stats2 = stats.clone();
+        let (snap, created) = blocking(move || {
+            let _held = lock2;
+            let shown = s.shown();
+            let err = |what: &'static str| {
+                let shown = shown.clone();
+                move |e| BackupError::from_rustic(&shown, what, e)
+            };
+            let (repo, created) = s.open(&rt2, exists, true)?;
+            let repo = repo.to_indexed_ids().map_err(err("read the index"))?;
+            let snap = SnapshotOptions::default()
+                .host(Some(HOST.to_string()))
+                .label(Some(s.name.clone()))
+                .time(Some(when))
+                .to_snapshot()
+                .map_err(err("start the point"))?;
+            let snap = repo
+                .archive(&BackupOptions::default(), &src, snap, &[PathBuf::from("/")])
+                .map_err(err("take the point"))?;
+            // The partial point before this complete one only adds clutter.
+            if let Some(old) = replace.filter(|_| !s.append_only) {
+                if stats2.failed.load(Ordering::Relaxed) == 0 {
+                    repo.delete_snapshots(&[old])
+                        .map_err(err("forget the partial point"))?;
+                }
+            }
+            Ok((snap, created))
+        })
+        .await?;
+        exists = true;
+        initialized |= created;
+        files_read += stats.files.load(Ordering::Relaxed);
+        bytes_read += stats.bytes.load(Ordering::Relaxed);
+        let failed = stats.failed.load(Ordering::Relaxed);
+        if failed > 0 && attempt + 1 < ATTEMPTS {
+            tracing::info!(backup = %spec.name, failed, "objects changed while the point was taken; taking them again");
+            superseded = Some(snap.id);
+            continue;
+        }
+        if failed > 0 || !skipped.is_empty() {
+            let first = stats
+                .first_failure
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .or_else(|| skipped.first().map(|(k, w)| format!("{k}: {w}")))
+                .unwrap_or_default();
+            return Err(BackupError::Partial {
+                failed,
+                skipped: skipped.len() as u64,
+                first,
+                point: snap.id.to_hex().to_string(),
+            });
+        }
+        return Ok(PointReport {
+            backup: spec.name.clone(),
+            point: point_of(&snap),
+            files_read,
+            bytes_read,
+            duration_ms: ms(started),
+            initialized,
         });
     }
-    Ok(PointReport {
-        backup: spec.name.clone(),
-        point: point_of(&snap),
-        files_read: stats.files.load(Ordering::Relaxed),
-        bytes_read: stats.bytes.load(Ordering::Relaxed),
-        duration_ms: ms(started),
-        initialized,
-    })
+    Err(BackupError::Task("no attempt was made".into()))
 }
 
 /// The backup's points, oldest first.
@@ -285,10 +316,29 @@ fn restore_one<S: IndexedFull + Sync>(
             DateTime::<Utc>::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
         })
         .unwrap_or_else(Utc::now);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed();
+    // The upload commits only if exactly the point's size came through: a dump that
+    // failed, panicked or ended early fails it instead of leaving a short object.
+    let stream =
+        futures::stream::unfold((rx, 0u64, false), move |(mut rx, seen, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Ok(b)) => {
+                    let seen = seen + b.len() as u64;
+                    Some((Ok(b), (rx, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (rx, seen, true))),
+                None if seen != size => Some((
+                    Err(StorageError::Verify(format!(
+                        "{seen} of the point's {size} bytes came out of the repository"
+                    ))),
+                    (rx, seen, true),
+                )),
+                None => None,
+            }
+        })
+        .boxed();
     let reader = ObjectReader {
         size,
         last_modified,
@@ -498,28 +548,30 @@ pub async fn verify(spec: &RepoSpec, read_data: bool) -> Result<VerifyReport> {
     })
 }
 
-fn span(c: &georep_core::CalendarSpan) -> Span {
+fn span(c: &georep_core::CalendarSpan) -> Result<Span> {
     Span::new()
-        .years(i64::from(c.years))
-        .months(i64::from(c.months))
-        .weeks(i64::from(c.weeks))
-        .days(i64::from(c.days))
-        .hours(i64::from(c.hours))
+        .try_years(i64::from(c.years))
+        .and_then(|s| s.try_months(i64::from(c.months)))
+        .and_then(|s| s.try_weeks(i64::from(c.weeks)))
+        .and_then(|s| s.try_days(i64::from(c.days)))
+        .and_then(|s| s.try_hours(i64::from(c.hours)))
+        .map_err(|e| BackupError::Invalid(format!("retention span {c} is too long: {e}")))
 }
 
 /// The retention bands as restic's `forget --keep-within*`; `None` keeps every point.
-pub(crate) fn keep_options(r: &Retention) -> Option<KeepOptions> {
+pub(crate) fn keep_options(r: &Retention) -> Result<Option<KeepOptions>> {
     if *r == Retention::default() {
-        return None;
+        return Ok(None);
     }
+    let band = |b: &Option<georep_core::CalendarSpan>| b.as_ref().map(span).transpose();
     let mut k = KeepOptions::default();
-    k.keep_within = r.within.as_ref().map(span);
-    k.keep_within_hourly = r.hourly.as_ref().map(span);
-    k.keep_within_daily = r.daily.as_ref().map(span);
-    k.keep_within_weekly = r.weekly.as_ref().map(span);
-    k.keep_within_monthly = r.monthly.as_ref().map(span);
-    k.keep_within_yearly = r.yearly.as_ref().map(span);
-    Some(k)
+    k.keep_within = band(&r.within)?;
+    k.keep_within_hourly = band(&r.hourly)?;
+    k.keep_within_daily = band(&r.daily)?;
+    k.keep_within_weekly = band(&r.weekly)?;
+    k.keep_within_monthly = band(&r.monthly)?;
+    k.keep_within_yearly = band(&r.yearly)?;
+    Ok(Some(k))
 }
 
 /// Which points `retention` keeps at `now`, newest first.
@@ -528,7 +580,7 @@ pub(crate) fn decide(
     retention: &Retention,
     now: &Zoned,
 ) -> Result<Vec<(SnapshotFile, bool, Vec<String>)>> {
-    let Some(keep) = keep_options(retention) else {
+    let Some(keep) = keep_options(retention)? else {
         let mut all = all;
         all.reverse();
         return Ok(all
@@ -571,6 +623,16 @@ pub async fn prune(
         let (repo, _) = s.open(&rt, exists, false)?;
         let mut all = repo.get_all_snapshots().map_err(err("list the points"))?;
         all.retain(|p| p.label == s.name);
+        // Bands count back from the newest point: one dated in the future (a wrong
+        // clock) would make every real point look old.
+        let limit = now.timestamp().as_second() + 3600;
+        if let Some(f) = all.iter().find(|p| p.time.timestamp().as_second() > limit) {
+            return Err(BackupError::Invalid(format!(
+                "point {} is dated {}, in the future: retention would count from it and forget real points; fix the clock of the machine that took it, or forget it with restic",
+                &*f.id.to_hex(),
+                rfc3339(f.time.timestamp().as_second())
+            )));
+        }
         let decided = decide(all, &retention, &now)?;
         let gone: Vec<_> = decided.iter().filter(|d| !d.1).map(|d| d.0.id).collect();
         let points = decided
@@ -588,7 +650,10 @@ pub async fn prune(
                 what: "prune",
             });
         }
-        let mut opts = PruneOptions::default().instant_delete(true);
+        // rustic's two-phase delete: unreferenced packs are marked and removed by a
+        // prune at least 23 h later, so a point written from another machine (which
+        // the local lock does not see) never loses its packs.
+        let mut opts = PruneOptions::default();
         if dry_run {
             opts = opts.ignore_snaps(gone.clone());
         } else if !gone.is_empty() {

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use georep_core::{Backup, StoreUrl, Topology};
@@ -159,13 +160,22 @@ impl RepoSpec {
     }
 }
 
-/// `backups/` beside the SQLite state file, or below the temp folder with a PostgreSQL
-/// state.
+/// `backups/` beside the SQLite state file; with another state, `$GEOREP_CACHE_DIR`,
+/// else `~/.cache/georep/backups`. Never a shared temp folder: the locks live here.
 pub fn cache_dir(topo: &Topology) -> PathBuf {
-    topo.state
+    if let Some(d) = topo
+        .state
         .sqlite_path()
         .and_then(|p| p.parent().map(|d| d.join("backups")))
-        .unwrap_or_else(|| std::env::temp_dir().join("georep-backups"))
+    {
+        return d;
+    }
+    if let Some(d) = std::env::var_os("GEOREP_CACHE_DIR") {
+        return PathBuf::from(d).join("backups");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/georep/backups"))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/georep/backups"))
 }
 
 /// The store a backup reads.
@@ -188,52 +198,69 @@ pub(crate) struct RepoLock {
 }
 
 impl RepoLock {
+    /// Waits this long for another process's lock before giving up with a message.
+    const WAIT: Duration = Duration::from_secs(3600);
+
     fn acquire(dir: &Path, repo: &str, exclusive: bool) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = dir.join("locks");
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            BackupError::Invalid(format!(
-                "cannot create the lock folder {}: {e}; check the state folder's permissions",
-                dir.display()
-            ))
-        })?;
+        // Private to this user: nobody else can plant a link or hold the lock.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                BackupError::Invalid(format!(
+                    "cannot create the lock folder {}: {e}; check the state folder's permissions",
+                    dir.display()
+                ))
+            })?;
         let id = blake3::hash(repo.as_bytes()).to_hex();
         let path = dir.join(format!("{}.lock", &id[..16]));
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|e| {
-                BackupError::Invalid(format!("cannot open the lock file {}: {e}", path.display()))
-            })?;
-        let tried = if exclusive {
-            file.try_lock()
-        } else {
-            file.try_lock_shared()
-        };
-        match tried {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                tracing::info!(
-                    repository = repo,
-                    "waiting for another georep process using this repository"
-                );
-                let locked = if exclusive {
-                    file.lock()
-                } else {
-                    file.lock_shared()
-                };
-                locked.map_err(|e| {
-                    BackupError::Invalid(format!("cannot lock {}: {e}", path.display()))
-                })?;
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(BackupError::Invalid(format!(
-                    "cannot lock {}: {e}",
+                BackupError::Invalid(format!(
+                    "cannot open the lock file {}: {e} (a link is refused)",
                     path.display()
-                )))
+                ))
+            })?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            let tried = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
+            match tried {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < Self::WAIT => {
+                    if !told {
+                        tracing::info!(repository = repo, "waiting for another georep process using this repository (a prune, or a point while pruning)");
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(BackupError::Invalid(format!(
+                        "repository {repo} stayed locked by another georep process for {} min ({}); try again when it is done",
+                        Self::WAIT.as_secs() / 60,
+                        path.display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(BackupError::Invalid(format!(
+                        "cannot lock {}: {e}",
+                        path.display()
+                    )))
+                }
             }
         }
-        Ok(Self { _file: file })
     }
 }

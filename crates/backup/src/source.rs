@@ -88,6 +88,10 @@ impl StoreSource {
         let mut skipped = Vec::new();
         let mut entries = Vec::with_capacity(listed.len());
         for e in listed {
+            // Zero-byte `folder/` markers (consoles make them) hold no data.
+            if e.size == 0 && e.key.ends_with('/') {
+                continue;
+            }
             match path_of(&e.key) {
                 Ok(p) => entries.push((p, e)),
                 Err(why) => skipped.push((e.key, why)),

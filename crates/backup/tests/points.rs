@@ -350,6 +350,33 @@ async fn object_stores_back_up_into_object_stores_in_another_region() {
     .expect("drill");
     assert!(d.passed, "{d:?}");
     assert_eq!(tree(&scratch), want);
+
+    // Keys a point cannot hold are named, the run says so, and the rest is taken.
+    moto.create_bucket("odd");
+    let odd = store("s3://odd", &env);
+    for (k, b) in [("x", &b"file"[..]), ("x/y", b"inner"), ("ok", b"fine")] {
+        put(&odd, k, b).await;
+    }
+    let odd_spec = spec("odd", &az.url("points/odd"), &dir.path().join("c3"), &env);
+    let e = georep_backup::run_point(&odd_spec, odd, &Filter::default(), None)
+        .await
+        .expect_err("a key that is also a folder");
+    match &e {
+        BackupError::Partial {
+            failed,
+            skipped,
+            first,
+            ..
+        } => {
+            assert_eq!((*failed, *skipped), (0, 1), "{e}");
+            assert!(first.starts_with("x: "), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(e.exit_class(), 1);
+    let p = georep_backup::points(&odd_spec).await.expect("points");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].files, 2, "x/y and ok are in the point");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,6 +564,18 @@ async fn retention_over_six_weeks_keeps_exactly_the_banded_points() {
         &[],
         &["check", "--read-data"],
     ));
+    // A point dated in the future (a wrong clock) would make every real point look old.
+    georep_backup::run_point(&spec, source.clone(), &Filter::default(), Some(at(60, 0)))
+        .await
+        .expect("a point from a machine with a fast clock");
+    let e = georep_backup::prune(&spec, &retention, false, Some(now))
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("in the future"), "{e}");
+    assert_eq!(
+        georep_backup::points(&spec).await.expect("points").len(),
+        want.len() + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,11 @@ pub(crate) struct RestoreArgs {
     /// Objects restored at once.
     #[arg(long, default_value_t = 8)]
     pub(crate) parallel: usize,
+    /// Restore into a store that already holds objects, replacing those the point has
+    /// (e.g. back into the source after ransomware). Without it, a non-empty target is
+    /// refused.
+    #[arg(long)]
+    pub(crate) overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -240,6 +245,17 @@ pub(crate) async fn run(c: BackupCommand) -> Result<u8> {
         BackupCommand::Restore(a) => {
             let (t, _, spec) = open(&a.backup)?;
             let to = target(&t, &a.to)?;
+            if !a.overwrite {
+                let mut l = to.list(georep_storage::ListRole::Destination);
+                if let Some(Ok(e)) = futures::StreamExt::next(&mut l).await {
+                    return Err(ConfigFileError(format!(
+                        "the target {} is not empty (it holds '{}'); restore into an empty store, or pass --overwrite to replace what the point has",
+                        to.url(),
+                        e.key
+                    ))
+                    .into());
+                }
+            }
             let include = Filter::new(&a.include, &[])?;
             let r = georep_backup::restore(&spec, &a.point.sel(), to, &include, a.parallel).await?;
             print(a.backup.output, &r, || {

@@ -36,9 +36,20 @@ impl Schedule {
     /// A cron schedule, checked.
     pub fn cron(expr: &str) -> Result<Self, String> {
         check_cron(expr)?;
-        if cron(expr).is_none() {
+        let Some(c) = cron(expr) else {
             return Err(format!(
                 "'{expr}' is not a cron expression this version can evaluate"
+            ));
+        };
+        // `0 0 31 2 *` passes every field check and never fires; leap days fire within
+        // 8 years.
+        let from = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        let fires = c
+            .find_next_occurrence(&from, false)
+            .is_ok_and(|t| t - from <= chrono::Duration::days(8 * 366));
+        if !fires {
+            return Err(format!(
+                "'{expr}' never fires (no such day in those months); check the day of month and the month"
             ));
         }
         Ok(Self::Cron(expr.trim().to_string()))
@@ -75,16 +86,19 @@ impl Schedule {
         }
     }
 
-    /// The interval the schedule promises: `every`, or for cron the gap between the two
-    /// runs after `now`. Status compares the age of the last run against it.
+    /// The interval the schedule promises: `every`, or for cron the longest gap between
+    /// its next 100 runs after `now` (`0 9 * * 1-5` promises 3 days, over a weekend).
+    /// Status compares the age of the last run against it.
     pub fn interval(&self, now: DateTime<Utc>) -> Duration {
         match self {
             Self::Every(d) => *d,
             Self::Cron(expr) => cron(expr)
                 .and_then(|c| {
-                    let a = c.find_next_occurrence(&now, false).ok()?;
-                    let b = c.find_next_occurrence(&a, false).ok()?;
-                    (b - a).to_std().ok()
+                    let times: Vec<DateTime<Utc>> = c.iter_after(now).take(101).collect();
+                    times
+                        .windows(2)
+                        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+                        .max()
                 })
                 .unwrap_or(Duration::from_secs(86_400)),
         }
@@ -178,6 +192,15 @@ mod tests {
             t(3, 0) + chrono::Duration::days(1)
         );
         assert_eq!(daily.interval(t(10, 0)), Duration::from_secs(86_400));
+        let workdays = Schedule::cron("0 9 * * 1-5").expect("cron");
+        assert_eq!(
+            workdays.interval(t(10, 0)),
+            Duration::from_secs(3 * 86_400),
+            "over a weekend"
+        );
+        let never = Schedule::cron("0 0 31 2 *").expect_err("February 31st");
+        assert!(never.contains("never fires"), "{never}");
+        assert!(Schedule::cron("0 0 29 2 *").is_ok(), "leap days fire");
         assert!(Schedule::cron("61 * * * *").is_err());
         assert!(Schedule::cron("* * * *").is_err());
     }

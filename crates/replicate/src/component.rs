@@ -92,7 +92,7 @@ fn settings(topo: &Topology, p: &Policy) -> (Policy, Vec<StoreDef>) {
 fn differences(old: &(Policy, Vec<StoreDef>), new: &(Policy, Vec<StoreDef>)) -> Vec<String> {
     let (o, n) = (&old.0, &new.0);
     let mut f = changed_fields!(o, n; source, destinations, include, exclude, since, deletes,
-        max_delete, rpo, scan_interval, transfers, follow_symlinks);
+        max_delete, rpo, scan_interval, schedule, transfers, follow_symlinks);
     if old.1 != new.1 {
         f.push("stores".into());
     }

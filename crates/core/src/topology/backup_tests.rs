@@ -173,3 +173,18 @@ fn scheduled_policies_sync_at_ticks_with_an_rpo_of_at_least_the_interval() {
         &["both `every` and `schedule` are set"],
     );
 }
+
+#[test]
+fn debug_output_never_shows_the_password_and_spans_are_bounded() {
+    let t = parse_env(&format!(
+        "{STORES}\n[[backups]]\nname = \"b\"\nsource = \"photos-qc\"\nrepository = \"points-we\"\npassword = \"${{PW}}\"\nevery = \"5m\"\n"
+    ))
+    .expect("parses");
+    let shown = format!("{t:?}");
+    assert!(
+        shown.contains("Backup") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    assert!(CalendarSpan::parse("20000y").is_err());
+    assert!(CalendarSpan::parse("100y").is_ok());
+}

@@ -71,6 +71,14 @@ impl CalendarSpan {
                 "'{text}' ends with a number without a unit; {help}"
             ));
         }
+        if span.years > 1000
+            || span.months > 12_000
+            || span.weeks > 52_000
+            || span.days > 365_000
+            || span.hours > 8_760_000
+        {
+            return Err(format!("'{text}' is longer than 1000 years; {help}"));
+        }
         if span == Self::default() {
             return Err(format!("'{text}' keeps nothing; {help}"));
         }
@@ -116,7 +124,7 @@ pub struct Retention {
 }
 
 /// Points in time of a store, kept in a repository in another region.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Backup {
     pub name: String,
     /// The store whose objects are backed up.
@@ -150,6 +158,23 @@ impl PartialEq for Backup {
             && self.exclude == o.exclude
             && self.retention == o.retention
             && self.append_only == o.append_only
+    }
+}
+
+/// Written by hand so that `{:?}` of a topology never shows the password.
+impl std::fmt::Debug for Backup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backup")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .field("repository", &self.repository)
+            .field("password", &"***")
+            .field("schedule", &self.schedule)
+            .field("include", &self.include)
+            .field("exclude", &self.exclude)
+            .field("retention", &self.retention)
+            .field("append_only", &self.append_only)
+            .finish()
     }
 }
 
