@@ -115,6 +115,21 @@ for r in $(seq $ROUNDS); do
   echo "== round $r: (2) incremental point, 1% changed"
   run incr_georep_r$r $GEOREP backup run bench -c "$B/georep_$r.toml" --output json
   run incr_restic_r$r restic -r "$B/restic_$r" backup --host bench "$B/src"
+  echo "== round $r: (2b) incremental point taken by the daemon (POST /run), 1% changed"
+  sed 's|every = "1m"|every = "1h"|' "$B/georep_$r.toml" > "$B/georep_${r}_d.toml"
+  "$GEOREP" serve -c "$B/georep_${r}_d.toml" --listen 127.0.0.1:0 > "$B/serve_$r.out" 2> "$B/serve_$r.err" &
+  DAEMON_PID=$!
+  for _ in $(seq 100); do grep -q "API on" "$B/serve_$r.out" && break; sleep 0.2; done
+  API=$(sed -n 's/.*API on //p' "$B/serve_$r.out" | head -1)
+  TOKEN=$(cat "$B/state/georep.api-token")
+  POST=(curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{}' "$API/api/v1/backups/bench/run")
+  "${POST[@]}" > /dev/null   # the daemon's first point opens the repository (key derivation once)
+  change_one_percent $((r + 50))
+  run daemon_georep_r$r "${POST[@]}"
+  # The time is curl's (the request waits for the point); the RSS is the daemon's peak.
+  echo "$(cut -d' ' -f1 "$B/daemon_georep_r$r.t") $(awk '/VmHWM/ {print $2}' /proc/$DAEMON_PID/status)" > "$B/daemon_georep_r$r.t"
+  run daemon_restic_r$r restic -r "$B/restic_$r" backup --host bench "$B/src"
+  kill "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
   echo "== round $r: (3) restore"
   run restore_georep_r$r $GEOREP backup restore bench -c "$B/georep_$r.toml" --to "$B/out_georep_$r"
   run restore_restic_r$r restic -r "$B/restic_$r" restore latest --target "$B/out_restic_$r"
@@ -138,7 +153,8 @@ echo
 echo "| case | georep (time, peak RSS) | restic (time, peak RSS) | speed (restic/georep) | RSS georep/restic |"
 echo "|---|---|---|---|---|"
 row "(1) first point" first_georep first_restic
-row "(2) incremental point, 1% changed" incr_georep incr_restic
+row "(2) incremental point, 1% changed (georep backup run)" incr_georep incr_restic
+row "(2b) incremental point, 1% changed, by the daemon (POST /run; RSS: whole daemon)" daemon_georep daemon_restic
 row "(3) restore of the latest point" restore_georep restore_restic
 echo
 echo "(2) georep read $(echo $READ | cut -d' ' -f1) of $(echo $READ | cut -d' ' -f2) objects"

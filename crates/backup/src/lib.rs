@@ -20,4 +20,4 @@ pub use backend::StoreBackend;
 pub use component::Backups;
 pub use error::{BackupError, Result};
 pub use ops::{drill, points, prune, restore, run_point, stats, verify, PointSel, HOST};
-pub use repo::{cache_dir, source_store, RepoSpec};
+pub use repo::{cache_dir, source_store, KeyCache, RepoSpec};

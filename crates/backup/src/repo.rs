@@ -34,6 +34,40 @@ pub struct RepoSpec {
     /// Where the local cache of index and snapshot files and the lock files live.
     pub cache_dir: PathBuf,
     pub opts: StoreOptions,
+    /// The repository's master key once a password opened it, so that later opens in
+    /// this process skip the key derivation (scrypt with N=2^17: 128 MiB and a quarter
+    /// second each). In memory only.
+    pub key_cache: KeyCache,
+}
+
+/// See [`RepoSpec::key_cache`]; shared by clones, never printed or written.
+#[derive(Clone, Default)]
+pub struct KeyCache(Arc<std::sync::Mutex<Option<CachedKey>>>);
+
+/// The key, and a hash of the password that opened it: a spec cloned with another
+/// password never uses it.
+type CachedKey = (blake3::Hash, rustic_core::repofile::MasterKey);
+
+impl KeyCache {
+    fn get(&self, password: &str) -> Option<rustic_core::repofile::MasterKey> {
+        let h = blake3::hash(password.as_bytes());
+        self.0
+            .lock()
+            .ok()
+            .and_then(|k| k.as_ref().filter(|(p, _)| *p == h).map(|(_, k)| k.clone()))
+    }
+
+    fn set(&self, password: &str, key: Option<rustic_core::repofile::MasterKey>) {
+        if let Ok(mut k) = self.0.lock() {
+            *k = key.map(|key| (blake3::hash(password.as_bytes()), key));
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyCache(***)")
+    }
 }
 
 /// The password is never shown.
@@ -64,6 +98,7 @@ impl RepoSpec {
             append_only: b.append_only,
             cache_dir: cache_dir(topo),
             opts: StoreOptions::default(),
+            key_cache: KeyCache::default(),
         })
     }
 
@@ -140,7 +175,16 @@ impl RepoSpec {
         let repo = Repository::new(&opts, &backends).map_err(repo_err("open"))?;
         let creds = Credentials::password(&self.password);
         if exists {
-            return Ok((repo.open(&creds).map_err(repo_err("open"))?, false));
+            if let Some(key) = self.key_cache.get(&self.password) {
+                match repo.clone().open(&Credentials::Masterkey(key)) {
+                    Ok(open) => return Ok((open, false)),
+                    // The repository changed under us (a new key, say): ask the password.
+                    Err(_) => self.key_cache.set(&self.password, None),
+                }
+            }
+            let open = repo.open(&creds).map_err(repo_err("open"))?;
+            self.key_cache.set(&self.password, Some(open.key()));
+            return Ok((open, false));
         }
         if !create {
             return Err(BackupError::NoRepository { repo: self.shown() });

@@ -178,6 +178,47 @@ impl ReadSourceOpen for StoreOpen {
     type Reader = StoreReader;
 
     fn open(self) -> rustic_core::RusticResult<StoreReader> {
+        // A local file is read here, on rustic's thread, without a trip through the
+        // runtime for every chunk.
+        if let Some(opened) = self.store.open_local(&self.key) {
+            return match opened {
+                Ok((_, e)) if e.size != self.size => {
+                    let why = format!(
+                        "changed while the point was taken ({} bytes when listed, {} now); taken again",
+                        self.size, e.size
+                    );
+                    self.stats.fail(&self.key, &why);
+                    Err(
+                        RusticError::new(ErrorKind::Backend, "cannot read {key}: {why}")
+                            .attach_context("key", self.key.clone())
+                            .attach_context("why", why),
+                    )
+                }
+                Ok((file, _)) => {
+                    self.stats.files.fetch_add(1, Ordering::Relaxed);
+                    Ok(StoreReader {
+                        stream: futures::stream::empty().boxed(),
+                        file: Some(file),
+                        buf: Bytes::new(),
+                        rt: self.rt,
+                        key: self.key,
+                        expect: self.size,
+                        seen: 0,
+                        stats: self.stats,
+                    })
+                }
+                Err(StorageError::NotFound { .. }) => Ok(StoreReader::gone(self)),
+                Err(e) => {
+                    let why = e.to_string();
+                    self.stats.fail(&self.key, &why);
+                    Err(
+                        RusticError::new(ErrorKind::Backend, "cannot read {key}: {why}")
+                            .attach_context("key", self.key.clone())
+                            .attach_context("why", why),
+                    )
+                }
+            };
+        }
         let got = self.rt.block_on(self.store.get(&self.key, 1 << 20));
         let fail = |why: String| {
             self.stats.fail(&self.key, &why);
@@ -187,13 +228,14 @@ impl ReadSourceOpen for StoreOpen {
         };
         match got {
             Ok(r) if r.size != self.size => Err(fail(format!(
-                "changed while the point was taken ({} bytes when listed, {} now); the next point takes it",
+                "changed while the point was taken ({} bytes when listed, {} now); taken again",
                 self.size, r.size
             ))),
             Ok(r) => {
                 self.stats.files.fetch_add(1, Ordering::Relaxed);
                 Ok(StoreReader {
                     stream: r.stream,
+                    file: None,
                     buf: Bytes::new(),
                     rt: self.rt,
                     key: self.key,
@@ -212,6 +254,8 @@ impl ReadSourceOpen for StoreOpen {
 /// An object's content as `std::io::Read`, fetched chunk by chunk through the runtime.
 pub(crate) struct StoreReader {
     stream: BoxStream<'static, georep_storage::Result<Bytes>>,
+    /// A local file, read directly instead of `stream`.
+    file: Option<std::fs::File>,
     buf: Bytes,
     rt: tokio::runtime::Handle,
     key: String,
@@ -232,6 +276,7 @@ impl StoreReader {
                 })
             })
             .boxed(),
+            file: None,
             buf: Bytes::new(),
             rt: o.rt,
             key: o.key,
@@ -249,6 +294,21 @@ impl StoreReader {
 
 impl Read for StoreReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(f) = self.file.as_mut() {
+            let n = match f.read(out) {
+                Ok(n) => n,
+                Err(e) => return Err(self.failed(format!("read failed: {e}"))),
+            };
+            self.seen += n as u64;
+            self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            if (n == 0 && self.seen != self.expect && !out.is_empty()) || self.seen > self.expect {
+                return Err(self.failed(format!(
+                    "changed while the point was taken ({} bytes listed, {} read); taken again",
+                    self.expect, self.seen
+                )));
+            }
+            return Ok(n);
+        }
         while self.buf.is_empty() {
             match self.rt.block_on(self.stream.next()) {
                 Some(Ok(b)) => {
@@ -267,7 +327,7 @@ impl Read for StoreReader {
                 Some(Err(e)) => return Err(self.failed(e.to_string())),
                 None if self.seen != self.expect => {
                     return Err(self.failed(format!(
-                        "changed while the point was taken ({} bytes listed, {} read); the next point takes it",
+                        "changed while the point was taken ({} bytes listed, {} read); taken again",
                         self.expect, self.seen
                     )));
                 }

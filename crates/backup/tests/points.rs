@@ -30,6 +30,7 @@ fn spec(name: &str, url: &str, cache: &Path, env: &[(String, String)]) -> RepoSp
         append_only: false,
         cache_dir: cache.to_path_buf(),
         opts: opts(env),
+        key_cache: Default::default(),
     }
 }
 

@@ -72,6 +72,16 @@ impl Store {
     }
 
     /// Opens an object for reading; `chunk` is the read size for local files.
+    /// A local store's object as an open file, for callers on a blocking thread that
+    /// read it themselves (backup points); opened as `get` opens it, no link followed.
+    /// `None` for object stores.
+    pub fn open_local(&self, key: &str) -> Option<Result<(std::fs::File, Entry)>> {
+        match &self.backend {
+            Backend::Local { root, links } => Some(local::head(root, key, *links, &self.shown)),
+            _ => None,
+        }
+    }
+
     pub async fn get(&self, key: &str, chunk: usize) -> Result<ObjectReader> {
         if let Backend::Local { root, links } = &self.backend {
             let (root, links, k, store) =
