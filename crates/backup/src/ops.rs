@@ -263,7 +263,8 @@ fn select(spec: &RepoSpec, all: &[SnapshotFile], sel: &PointSel) -> Result<Snaps
 struct ChanWriter {
     tx: tokio::sync::mpsc::Sender<georep_storage::Result<Bytes>>,
     buf: BytesMut,
-    hash: blake3::Hasher,
+    /// Only drills compare hashes; a plain restore does not pay for one.
+    hash: Option<blake3::Hasher>,
 }
 
 impl ChanWriter {
@@ -282,7 +283,9 @@ impl ChanWriter {
 
 impl std::io::Write for ChanWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.hash.update(b);
+        if let Some(h) = self.hash.as_mut() {
+            h.update(b);
+        }
         self.buf.extend_from_slice(b);
         if self.buf.len() >= Self::CHUNK {
             self.send()?;
@@ -295,8 +298,30 @@ impl std::io::Write for ChanWriter {
     }
 }
 
-/// One restored object: its key, size and content hash.
-type Restored = (String, u64, blake3::Hash);
+/// A local writer that counts (and for drills hashes) what passes through it.
+struct Counted {
+    inner: georep_storage::LocalWriter,
+    n: u64,
+    hash: Option<blake3::Hasher>,
+}
+
+impl std::io::Write for Counted {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        if let Some(h) = self.hash.as_mut() {
+            h.update(&b[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One restored object: its key, size and (for drills) content hash.
+type Restored = (String, u64, Option<blake3::Hash>);
 
 /// Streams one file of the point into `to`: the object appears whole or not at all.
 fn restore_one<S: IndexedFull + Sync>(
@@ -304,10 +329,9 @@ fn restore_one<S: IndexedFull + Sync>(
     shown: &str,
     rt: &tokio::runtime::Handle,
     to: &Arc<Store>,
-    key: &str,
-    node: &Node,
+    (key, node): (&str, &Node),
+    hashed: bool,
 ) -> Result<Restored> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<georep_storage::Result<Bytes>>(4);
     let size = node.meta.size;
     let last_modified = node
         .meta
@@ -316,6 +340,34 @@ fn restore_one<S: IndexedFull + Sync>(
             DateTime::<Utc>::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
         })
         .unwrap_or_else(Utc::now);
+    // A local folder is written here, on this thread, without the runtime in between.
+    if let Some(writer) = to.local_writer(key) {
+        let store_err = |source| BackupError::Store {
+            what: format!("cannot write '{key}' to {}", to.name()),
+            source,
+        };
+        let mut w = Counted {
+            inner: writer.map_err(store_err)?,
+            n: 0,
+            hash: hashed.then(blake3::Hasher::new),
+        };
+        repo.dump(node, &mut w)
+            .map_err(|e| BackupError::from_rustic(shown, "read the point", e))?;
+        // Dropping the writer removes the temp file: nothing short becomes the object.
+        if w.n != size {
+            return Err(BackupError::Store {
+                what: format!("restore of '{key}'"),
+                source: StorageError::Verify(format!(
+                    "{} of the point's {size} bytes came out of the repository",
+                    w.n
+                )),
+            });
+        }
+        let hash = w.hash.as_ref().map(blake3::Hasher::finalize);
+        w.inner.commit(Some(last_modified)).map_err(store_err)?;
+        return Ok((key.to_string(), size, hash));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<georep_storage::Result<Bytes>>(4);
     // The upload commits only if exactly the point's size came through: a dump that
     // failed, panicked or ended early fails it instead of leaving a short object.
     let stream =
@@ -351,7 +403,7 @@ fn restore_one<S: IndexedFull + Sync>(
     let mut w = ChanWriter {
         tx,
         buf: BytesMut::with_capacity(ChanWriter::CHUNK),
-        hash: blake3::Hasher::new(),
+        hash: hashed.then(blake3::Hasher::new),
     };
     let dumped = repo
         .dump(node, &mut w)
@@ -360,7 +412,7 @@ fn restore_one<S: IndexedFull + Sync>(
             std::io::Write::flush(&mut w)
                 .map_err(|e| BackupError::Invalid(format!("restore of '{key}': {e}")))
         });
-    let hash = w.hash.finalize();
+    let hash = w.hash.as_ref().map(blake3::Hasher::finalize);
     // A failed read must not commit a short object: the upload is failed on purpose.
     if let Err(e) = &dumped {
         let _ = w.tx.blocking_send(Err(StorageError::Verify(format!(
@@ -386,7 +438,7 @@ fn restore_all<S: IndexedFull + Sync>(
     rt: &tokio::runtime::Handle,
     to: &Arc<Store>,
     files: Vec<(String, Node)>,
-    workers: usize,
+    (workers, hashed): (usize, bool),
 ) -> Result<Vec<Restored>> {
     let queue = Mutex::new(files.into_iter());
     let done = Mutex::new(Vec::new());
@@ -399,7 +451,7 @@ fn restore_all<S: IndexedFull + Sync>(
                 }
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some((key, node)) = next else { return };
-                match restore_one(repo, shown, rt, to, &key, &node) {
+                match restore_one(repo, shown, rt, to, (&key, &node), hashed) {
                     Ok(r) => {
                         if let Ok(mut d) = done.lock() {
                             d.push(r);
@@ -464,7 +516,9 @@ pub async fn restore(
     include: &Filter,
     workers: usize,
 ) -> Result<RestoreReport> {
-    Ok(restore_inner(spec, sel, to, include, workers).await?.0)
+    Ok(restore_inner(spec, sel, to, include, workers, false)
+        .await?
+        .0)
 }
 
 async fn restore_inner(
@@ -473,6 +527,7 @@ async fn restore_inner(
     to: Arc<Store>,
     include: &Filter,
     workers: usize,
+    hashed: bool,
 ) -> Result<(RestoreReport, Vec<Restored>, Point)> {
     let started = Instant::now();
     let exists = spec.probe().await?;
@@ -492,7 +547,7 @@ async fn restore_inner(
             .to_indexed()
             .map_err(|e| BackupError::from_rustic(&shown, "read the index", e))?;
         let files = files_of(&repo, &shown, &snap, &include)?;
-        let restored = restore_all(&repo, &shown, &rt, &target, files, workers)?;
+        let restored = restore_all(&repo, &shown, &rt, &target, files, (workers, hashed))?;
         Ok((restored, point_of(&snap)))
     })
     .await?;
@@ -703,7 +758,7 @@ pub async fn drill(
     }
     drop(probe);
     let (restore, restored, point) =
-        restore_inner(spec, sel, to.clone(), &Filter::default(), workers).await?;
+        restore_inner(spec, sel, to.clone(), &Filter::default(), workers, true).await?;
     let mut mismatches = Vec::new();
     let checks = futures::stream::iter(restored.into_iter().map(|(key, size, hash)| {
         let to = to.clone();
@@ -722,7 +777,7 @@ pub async fn drill(
             }
             .await;
             match got {
-                Ok((n, h)) if n == size && h == hash => None,
+                Ok((n, h)) if n == size && Some(h) == hash => None,
                 Ok((n, _)) => Some(format!(
                     "{key}: differs from the point ({n} bytes read back, {size} in the point)"
                 )),

@@ -146,7 +146,8 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         // rustic_core (recovery points) narrates every step at info.
         Command::Serve(_) => "info,rustic_core=warn",
-        _ => "warn",
+        // georep reports what rustic_core's warnings are about itself, on one line.
+        _ => "warn,rustic_core=error",
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_new(level)

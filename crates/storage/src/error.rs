@@ -109,6 +109,18 @@ impl StorageError {
                 detail: format!("{what}: {e}; check the file's permissions"),
                 retryable: false,
             },
+            K::StorageFull | K::QuotaExceeded => Self::Io {
+                store: store.to_string(),
+                detail: format!("{what}: the store is full ({e}); free space or grow it"),
+                retryable: false,
+            },
+            // Writes refused for good: the wrong store for the job (exit 2).
+            K::ReadOnlyFilesystem => Self::InvalidConfig {
+                store: store.to_string(),
+                detail: format!(
+                    "{what}: the store is read-only ({e}); mount it read-write or choose another store"
+                ),
+            },
             _ => Self::Io {
                 store: store.to_string(),
                 detail: format!("{what}: {e}"),

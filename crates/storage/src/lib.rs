@@ -22,5 +22,5 @@ pub use engine::{
 pub use entry::{Entry, ListRole};
 pub use error::{Result, StorageError};
 pub use limiter::RateLimiter;
-pub use local::TEMP_PREFIX;
+pub use local::{LocalWriter, TEMP_PREFIX};
 pub use store::{key_within, resolve_local, ObjectReader, Store, StoreOptions};

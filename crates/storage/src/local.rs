@@ -678,6 +678,53 @@ pub(crate) async fn write_atomic(
         .map_err(|e| StorageError::io(store, "commit", std::io::Error::other(e)))?
 }
 
+/// An atomic local write for callers on a blocking thread that produce the bytes
+/// themselves (a backup restore): a temp file that becomes the key only on
+/// [`LocalWriter::commit`], and is removed if the writer is dropped first.
+pub struct LocalWriter {
+    temp: Temp,
+    file: std::io::BufWriter<File>,
+    fsync: bool,
+}
+
+impl LocalWriter {
+    pub(crate) fn create(root: &Path, key: &str, fsync: bool, store: &str) -> Result<Self> {
+        let mut temp = create_temp(root, key, &Modes::default(), store)?;
+        let Some(file) = temp.file.take() else {
+            return Err(StorageError::io(
+                store,
+                "write",
+                std::io::Error::other("no temp file"),
+            ));
+        };
+        Ok(Self {
+            temp,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            fsync,
+        })
+    }
+
+    /// Makes the written bytes the object (with `mtime`), atomically.
+    pub fn commit(mut self, mtime: Option<DateTime<Utc>>) -> Result<()> {
+        let (store, key) = (self.temp.store.clone(), self.temp.key.clone());
+        let file = self.file.into_inner().map_err(|e| {
+            StorageError::io(&store, &format!("cannot write {key}"), e.into_error())
+        })?;
+        self.temp.file = Some(file);
+        self.temp.commit(mtime, self.fsync)
+    }
+}
+
+impl std::io::Write for LocalWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.file.write(b)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Copies one local file to another folder atomically, keeping its mtime and mode. The
 /// kernel copies the bytes (`copy_file_range`); the source's size after the copy must
 /// equal what was copied, or the source changed mid-copy and nothing is renamed into

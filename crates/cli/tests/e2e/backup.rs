@@ -442,3 +442,53 @@ fn a_scheduled_policy_syncs_at_its_ticks_only() {
         "the resync did not copy the change"
     );
 }
+
+/// A small tmpfs at `at` (root only, as CI runs), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, opts: &str) -> Self {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "georep-test", s(at)])
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "mounting a {opts} tmpfs failed: this test needs root (CI runs as root); run it as root");
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_or_read_only_repository_store_gives_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for i in 0..4u64 {
+        write(
+            &dir.path().join("src"),
+            &format!("f{i}"),
+            &noise(i, 1 << 20),
+        );
+    }
+    let cfg = backup_topology(dir.path(), "");
+    let c = s(&cfg);
+    let vault = dir.path().join("vault");
+    {
+        let _full = Tmpfs::mount(&vault, "size=1m");
+        let (code, out, err) = run(&["backup", "run", "photos", "-c", c], &env(PW)).parts();
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("the store is full"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    {
+        let _ro = Tmpfs::mount(&vault, "size=1m,ro");
+        let (code, out, err) = run(&["backup", "run", "photos", "-c", c], &env(PW)).parts();
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains("read-only"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}

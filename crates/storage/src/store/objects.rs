@@ -82,6 +82,20 @@ impl Store {
         }
     }
 
+    /// A local store's atomic writer for callers on a blocking thread; `None` for
+    /// object stores. The object appears only on [`crate::LocalWriter::commit`].
+    pub fn local_writer(&self, key: &str) -> Option<Result<crate::LocalWriter>> {
+        match &self.backend {
+            Backend::Local { root, .. } => Some(crate::LocalWriter::create(
+                root,
+                key,
+                self.fsync,
+                &self.shown,
+            )),
+            _ => None,
+        }
+    }
+
     pub async fn get(&self, key: &str, chunk: usize) -> Result<ObjectReader> {
         if let Backend::Local { root, links } = &self.backend {
             let (root, links, k, store) =
