@@ -292,6 +292,38 @@ pub(crate) async fn plan(a: PlanArgs) -> Result<u8> {
             plan.removed_policies.join(", ")
         );
     }
+    for b in &plan.backups {
+        println!();
+        println!("backup {}", b.name);
+        println!("  source    {}", store(&t.store(&b.source).cloned()));
+        println!("  → points  {}", store(&t.store(&b.repository).cloned()));
+        let r = &b.retention;
+        let bands: Vec<String> = [
+            ("within", r.within),
+            ("hourly", r.hourly),
+            ("daily", r.daily),
+            ("weekly", r.weekly),
+            ("monthly", r.monthly),
+            ("yearly", r.yearly),
+        ]
+        .iter()
+        .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+        .collect();
+        println!(
+            "  schedule  {}; retention {}{}",
+            b.schedule,
+            if bands.is_empty() {
+                "none (every point is kept)".to_string()
+            } else {
+                bands.join(", ")
+            },
+            if b.append_only {
+                "; append-only (nothing is ever deleted)"
+            } else {
+                ""
+            }
+        );
+    }
     for d in &t.databases {
         println!();
         println!("database {} ({})", d.name, d.engine);

@@ -16,6 +16,8 @@ pub struct Plan {
     /// Policies recorded in the state but gone from the file (their state is kept).
     pub removed_policies: Vec<String>,
     pub databases: Vec<Database>,
+    /// `[[backups]]` (serialized without the password).
+    pub backups: Vec<georep_core::Backup>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +76,9 @@ pub struct Queue {
 /// How a policy's changes are detected, in words.
 pub fn detection(t: &Topology, p: &Policy) -> String {
     let scan = humantime::format_duration(p.scan_interval);
+    if let Some(s) = &p.schedule {
+        return format!("scheduled ({s}): the source is listed and synced at each tick");
+    }
     match t.store(&p.source).map(|s| &s.url) {
         Some(StoreUrl::Local { .. }) => format!("filesystem notifications + scan every {scan}"),
         _ => format!(
@@ -160,5 +165,6 @@ pub fn plan(t: &Topology, state: Option<&State>) -> Result<Plan, georep_state::S
             .map(|r| r.name.clone())
             .collect(),
         databases: t.databases.clone(),
+        backups: t.backups.clone(),
     })
 }
