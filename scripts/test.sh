@@ -3,6 +3,7 @@
 #   Azurite (npm, global)             -> Azure Blob endpoints
 #   moto[server] (pip, in ./.venv)    -> S3 endpoints
 #   restic (apt)                      -> reads georep's backup repositories
+#   mariadb-server (apt)              -> MariaDB members (the tests start their own mariadbd)
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,16 @@ if ! command -v restic >/dev/null 2>&1; then
     apt-get install -y -q restic >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q restic >/dev/null; }
   else
     echo "restic is missing: run apt-get install restic as root" >&2
+    exit 2
+  fi
+fi
+
+if ! [ -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null 2>&1; then
+  echo "== installing MariaDB (apt-get install mariadb-server)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q mariadb-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q mariadb-server >/dev/null; }
+  else
+    echo "MariaDB is missing: run apt-get install mariadb-server as root" >&2
     exit 2
   fi
 fi

@@ -23,7 +23,7 @@ pub enum DbError {
         code: String,
     },
     /// Credentials refused or privileges missing.
-    #[error("{member} ({url}) refused the connection: {detail}; check the user and password (PGPASSWORD or the URL)")]
+    #[error("{member} ({url}) refused the connection: {detail}; check the user and password (in the URL, or PGPASSWORD / MYSQL_PWD)")]
     Auth {
         member: String,
         url: String,
@@ -76,6 +76,18 @@ impl DbError {
                 None => d.message().to_string(),
             },
             None => e.to_string(),
+        };
+        Self::Sql {
+            member: member.to_string(),
+            detail,
+        }
+    }
+
+    /// A statement that failed on a MariaDB or MySQL member (the server's code kept).
+    pub fn mysql(member: &str, e: mysql_async::Error) -> Self {
+        let detail = match &e {
+            mysql_async::Error::Server(s) => format!("{} (error {})", s.message, s.code),
+            other => other.to_string(),
         };
         Self::Sql {
             member: member.to_string(),

@@ -14,12 +14,14 @@
 pub mod conformance;
 pub mod data;
 pub mod faults;
+mod mariadb;
 mod partition;
 mod postgres;
 mod proxy;
 mod serve;
 mod services;
 
+pub use mariadb::MariaDb;
 pub use partition::Partition;
 pub use postgres::{psql_at, Postgres};
 pub use proxy::FlakyProxy;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::services::{free_port, wait_until};
+use crate::services::{free_port, is_root, wait_until};
 
 /// One cluster: one "region".
 pub struct Postgres {
@@ -31,14 +31,6 @@ fn find_bin() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: apt-get install -y postgresql (or set GEOREP_PG_BIN)")
         })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 impl Postgres {

@@ -1,0 +1,43 @@
+//! MariaDB and MySQL geo-replicas over SQL only (issue 13, in progress): connections
+//! and URLs (`conn`), GTID positions (`gtid`) and the prerequisite checks that
+//! `georep db setup` runs before anything else (`check`). Native GTID replication,
+//! the snapshot copy, status, verify, teardown and failover come next
+//! (`docs/notes/issue-13-mysql.md`).
+
+pub mod check;
+pub mod conn;
+pub mod gtid;
+
+pub use conn::{connect, parse_url, MyUrl, SslMode};
+
+/// Which server family a member runs; the SQL differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    MariaDb,
+    MySql,
+}
+
+impl Dialect {
+    /// From `SELECT VERSION()`: MariaDB says so (`10.11.19-MariaDB-...`).
+    pub fn of_version(version: &str) -> Self {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Self::MariaDb
+        } else {
+            Self::MySql
+        }
+    }
+
+    /// The server variable that makes a replica write what it applies to its own binary
+    /// log (so it can become a primary with the history).
+    pub fn log_replica_updates(self) -> &'static str {
+        match self {
+            Self::MariaDb => "log_slave_updates",
+            Self::MySql => "log_replica_updates",
+        }
+    }
+}
+
+/// `name` quoted as an identifier (`a``b`).
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
