@@ -154,3 +154,138 @@ async fn refused_logins_and_dead_servers_exit_3() {
     let one: Option<u8> = c.query_first("SELECT 1").await.expect("query");
     assert_eq!(one, Some(1));
 }
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_it() {
+    use mysql_async::prelude::Queryable;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let primary = MariaDb::start(1, &[]);
+    let replica = MariaDb::start(2, &[]);
+    primary.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL, b BLOB, at DATETIME(6)); \
+         INSERT INTO shop.orders (v, b, at) SELECT CONCAT('row ', seq), UNHEX(MD5(seq)), NOW(6) FROM shop.seq_1_to_3000; \
+         CREATE DATABASE crm; CREATE TABLE crm.people (id INT PRIMARY KEY, name TEXT CHARACTER SET utf8mb4, note TEXT NULL); \
+         INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash')",
+    );
+    // A writer keeps inserting through setup; every acknowledged id must arrive.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let writer = {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), primary.url("shop"));
+        tokio::spawn(async move {
+            let mut c = mysql::connect("writer", &url)
+                .await
+                .expect("writer connects");
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                c.exec_drop(
+                    "INSERT INTO orders (v, at) VALUES (?, NOW(6))",
+                    (format!("w{i}"),),
+                )
+                .await
+                .expect("insert");
+                let id = c.last_insert_id().unwrap_or_default();
+                acked.lock().expect("lock").push(id);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let p = member("primary", primary.url("shop"), true);
+    let r = member("we", replica.url("mysql"), false);
+    let report = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r))
+        .await
+        .expect("setup");
+    assert_eq!(report.replicas, vec![("we".to_string(), "copied")]);
+    assert!(
+        report.databases.contains(&"shop".to_string())
+            && report.databases.contains(&"crm".to_string())
+    );
+    assert!(report.rows >= 3002, "{report:?}");
+    assert!(!report.gtid.is_empty());
+    // Writes after the copy too.
+    let at_setup = acked.lock().expect("lock").len();
+    wait_for("writes after setup", || async {
+        acked.lock().map(|a| a.len()).unwrap_or(0) >= at_setup + 20
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.expect("writer");
+    let status = || async {
+        georep_db::mysql::status::status(&p, std::slice::from_ref(&r))
+            .await
+            .expect("status")
+    };
+    wait_for("the replica to apply everything", || async {
+        status().await[0].gtid_distance == 0
+    })
+    .await;
+    let s = &status().await[0];
+    assert_eq!(
+        (s.io_running.as_str(), s.sql_running.as_str()),
+        ("Yes", "Yes"),
+        "{s:?}"
+    );
+    assert!(s.last_error.is_none(), "{s:?}");
+    let sum = "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('#', id, v, HEX(b), at))) FROM shop.orders; \
+               SELECT COUNT(*), SUM(CRC32(CONCAT_WS('#', id, name, IFNULL(note, 'NULL')))) FROM crm.people";
+    assert_eq!(
+        replica.sql(sum),
+        primary.sql(sum),
+        "the replica equals the primary"
+    );
+    let ids = replica.sql("SELECT id FROM shop.orders");
+    let have: std::collections::HashSet<u64> = ids.lines().filter_map(|l| l.parse().ok()).collect();
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() > 10, "the writer ran during setup");
+    assert!(
+        acked.iter().all(|id| have.contains(id)),
+        "every acknowledged write arrived"
+    );
+
+    // Running setup again only starts replication again.
+    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r))
+        .await
+        .expect("again");
+    assert_eq!(again.replicas, vec![("we".to_string(), "restarted")]);
+
+    // A stopped replica falls behind, and status says by how much.
+    replica.sql("STOP SLAVE");
+    primary.sql(
+        "INSERT INTO shop.orders (v) VALUES ('a'), ('b'); INSERT INTO shop.orders (v) VALUES ('c')",
+    );
+    let s = &status().await[0];
+    assert_eq!(s.io_running, "No");
+    assert_eq!(s.gtid_distance, 2, "{s:?}");
+
+    assert_eq!(
+        georep_db::mysql::status::teardown(std::slice::from_ref(&r))
+            .await
+            .expect("teardown"),
+        vec!["we"]
+    );
+    assert_eq!(replica.sql("SHOW SLAVE STATUS"), "", "no source left");
+    let s = &status().await[0];
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not replicating")),
+        "{s:?}"
+    );
+}

@@ -7,6 +7,8 @@
 pub mod check;
 pub mod conn;
 pub mod gtid;
+pub mod setup;
+pub mod status;
 
 pub use conn::{connect, parse_url, MyUrl, SslMode};
 

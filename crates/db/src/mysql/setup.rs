@@ -1,0 +1,282 @@
+//! `db setup` for MariaDB: check everything, copy every user database from one
+//! consistent snapshot with its GTID position, then start native GTID replication
+//! (`MASTER_USE_GTID=slave_pos`) from that position, so writes made on the primary
+//! during the copy arrive afterwards. A replica already replicating from this primary is
+//! only started again: re-running is safe.
+//!
+//! The copy is written with `sql_log_bin=0`: logged, it would carry the replica's own
+//! server id (errant GTIDs), and the position could not be set.
+
+use std::time::Instant;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, TxOpts, Value};
+
+use super::check::{check, Member, SYSTEM_SCHEMAS};
+use super::gtid::MariaPos;
+use super::{conn, quote_ident, Dialect};
+use crate::error::{DbError, Result};
+
+/// What setup did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupReport {
+    /// Per replica: `copied` or `restarted` (already replicating from this primary).
+    pub replicas: Vec<(String, &'static str)>,
+    pub databases: Vec<String>,
+    pub tables: u64,
+    pub rows: u64,
+    /// The snapshot's GTID position (the replicas start after it).
+    pub gtid: String,
+    pub duration_ms: u64,
+}
+
+/// Rows per INSERT while copying (fewer for wide tables: a statement takes at most
+/// 65,535 placeholders).
+const BATCH_ROWS: usize = 500;
+
+fn text(row: &Row, col: &str) -> Option<String> {
+    row.get_opt::<Option<String>, _>(col)
+        .and_then(std::result::Result::ok)
+        .flatten()
+}
+
+/// Sets up every replica of `primary` (MariaDB).
+pub async fn setup(primary: &Member, replicas: &[Member]) -> Result<SetupReport> {
+    let started = Instant::now();
+    let mut all = vec![primary.clone()];
+    all.extend(replicas.iter().cloned());
+    check(Dialect::MariaDb, &all).await?;
+    let pu = conn::parse_url(&primary.name, &primary.url)?;
+    let mut report = SetupReport {
+        replicas: Vec::new(),
+        databases: Vec::new(),
+        tables: 0,
+        rows: 0,
+        gtid: String::new(),
+        duration_ms: 0,
+    };
+    for r in replicas {
+        let mut rc = conn::connect(&r.name, &r.url).await?;
+        if replicating_from(&mut rc, &r.name, pu.host(), pu.port()).await? {
+            rc.query_drop("START SLAVE")
+                .await
+                .map_err(|e| DbError::mysql(&r.name, e))?;
+            report.replicas.push((r.name.clone(), "restarted"));
+            continue;
+        }
+        let copied = copy(primary, r, &mut rc).await?;
+        report.databases = copied.databases;
+        report.tables = copied.tables;
+        report.rows += copied.rows;
+        report.gtid = copied.gtid.to_string();
+        start_replication(&mut rc, &r.name, &pu, &copied.gtid).await?;
+        let _ = rc.disconnect().await;
+        report.replicas.push((r.name.clone(), "copied"));
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Whether the replica already replicates from `host:port` by GTID.
+async fn replicating_from(c: &mut Conn, member: &str, host: &str, port: u16) -> Result<bool> {
+    let row: Option<Row> = c
+        .query_first("SHOW SLAVE STATUS")
+        .await
+        .map_err(|e| DbError::mysql(member, e))?;
+    Ok(row.is_some_and(|r| {
+        text(&r, "Master_Host").as_deref() == Some(host)
+            && text(&r, "Master_Port").and_then(|p| p.parse::<u16>().ok()) == Some(port)
+            && text(&r, "Using_Gtid").is_some_and(|g| g.eq_ignore_ascii_case("Slave_Pos"))
+    }))
+}
+
+struct Copied {
+    databases: Vec<String>,
+    tables: u64,
+    rows: u64,
+    gtid: MariaPos,
+}
+
+/// Copies every user database from one consistent snapshot of the primary.
+async fn copy(primary: &Member, r: &Member, rc: &mut Conn) -> Result<Copied> {
+    let p = &primary.name;
+    let mut pc = conn::connect(p, &primary.url).await?;
+    let perr = |e| DbError::mysql(p, e);
+    let rerr = |e| DbError::mysql(&r.name, e);
+    // The replica must not have transactions of its own that the primary never had.
+    let own: String = rc
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .map_err(rerr)?
+        .unwrap_or_default();
+    let mut opts = TxOpts::default();
+    opts.with_consistent_snapshot(true)
+        .with_readonly(Some(true));
+    let mut tx = pc.start_transaction(opts).await.map_err(perr)?;
+    let status: Vec<Row> = tx
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(perr)?;
+    let var = |name: &str| {
+        status
+            .iter()
+            .find(|r| text(r, "Variable_name").is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .and_then(|r| text(r, "Value"))
+            .unwrap_or_default()
+    };
+    let (file, pos) = (var("Binlog_snapshot_file"), var("Binlog_snapshot_position"));
+    let gtid: String = tx
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos.clone()))
+        .await
+        .map_err(perr)?
+        .unwrap_or_default();
+    let gtid = MariaPos::parse(&gtid).map_err(|e| DbError::Sql {
+        member: p.clone(),
+        detail: format!("the snapshot's GTID position: {e}"),
+    })?;
+    let own_pos = MariaPos::parse(&own).unwrap_or_default();
+    if !gtid.covers(&own_pos) {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{}: its binary log holds transactions the primary never had ({own}); if the replica holds nothing you need, run RESET MASTER on it, then setup again",
+            r.name
+        )]));
+    }
+    let system = SYSTEM_SCHEMAS
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let databases: Vec<String> = tx
+        .query(format!(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({system}) ORDER BY SCHEMA_NAME"
+        ))
+        .await
+        .map_err(perr)?;
+    rc.query_drop(
+        "SET SESSION sql_log_bin = 0; SET SESSION foreign_key_checks = 0; SET SESSION unique_checks = 0; SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+    )
+    .await
+    .map_err(rerr)?;
+    let (mut tables, mut rows) = (0u64, 0u64);
+    for db in &databases {
+        let qdb = quote_ident(db);
+        let create: Option<Row> = tx
+            .query_first(format!("SHOW CREATE DATABASE {qdb}"))
+            .await
+            .map_err(perr)?;
+        let create = create
+            .and_then(|r| r.get_opt::<String, _>(1).and_then(std::result::Result::ok))
+            .unwrap_or_else(|| format!("CREATE DATABASE {qdb}"));
+        rc.query_drop(format!("DROP DATABASE IF EXISTS {qdb}"))
+            .await
+            .map_err(rerr)?;
+        rc.query_drop(create).await.map_err(rerr)?;
+        let names: Vec<String> = tx
+            .exec(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                (db.clone(),),
+            )
+            .await
+            .map_err(perr)?;
+        for t in &names {
+            let full = format!("{qdb}.{}", quote_ident(t));
+            let ddl: Option<Row> = tx
+                .query_first(format!("SHOW CREATE TABLE {full}"))
+                .await
+                .map_err(perr)?;
+            let ddl = ddl
+                .and_then(|r| r.get_opt::<String, _>(1).and_then(std::result::Result::ok))
+                .ok_or_else(|| DbError::Sql {
+                    member: p.clone(),
+                    detail: format!("no definition for {full}"),
+                })?;
+            rc.query_drop(format!("USE {qdb}")).await.map_err(rerr)?;
+            rc.query_drop(ddl).await.map_err(rerr)?;
+            rows += copy_table(&mut tx, rc, (p, &r.name), &full).await?;
+            tables += 1;
+        }
+    }
+    tx.commit().await.map_err(perr)?;
+    let _ = pc.disconnect().await;
+    Ok(Copied {
+        databases,
+        tables,
+        rows,
+        gtid,
+    })
+}
+
+/// Streams one table's rows from the snapshot into multi-row INSERTs on the replica,
+/// a batch at a time (memory stays at one batch whatever the table's size).
+async fn copy_table(
+    tx: &mut mysql_async::Transaction<'_>,
+    rc: &mut Conn,
+    (p, r): (&str, &str),
+    full: &str,
+) -> Result<u64> {
+    let mut result = tx
+        .query_iter(format!("SELECT * FROM {full}"))
+        .await
+        .map_err(|e| DbError::mysql(p, e))?;
+    let width = result.columns_ref().len().max(1);
+    let per_batch = BATCH_ROWS.min(65_000 / width).max(1);
+    let mut batch: Vec<Value> = Vec::new();
+    let mut rows = 0u64;
+    let insert = |n: usize| {
+        let one = format!("({})", vec!["?"; width].join(","));
+        format!("INSERT INTO {full} VALUES {}", vec![one; n].join(","))
+    };
+    while let Some(row) = result.next().await.map_err(|e| DbError::mysql(p, e))? {
+        batch.extend(row.unwrap());
+        rows += 1;
+        if batch.len() >= per_batch * width {
+            let values = std::mem::take(&mut batch);
+            rc.exec_drop(insert(values.len() / width), values)
+                .await
+                .map_err(|e| DbError::mysql(r, e))?;
+        }
+    }
+    if !batch.is_empty() {
+        rc.exec_drop(insert(batch.len() / width), batch)
+            .await
+            .map_err(|e| DbError::mysql(r, e))?;
+    }
+    Ok(rows)
+}
+
+/// Points the replica at the primary from `gtid` on and starts it.
+async fn start_replication(
+    rc: &mut Conn,
+    member: &str,
+    primary: &conn::MyUrl,
+    gtid: &MariaPos,
+) -> Result<()> {
+    let err = |e| DbError::mysql(member, e);
+    rc.query_drop("STOP SLAVE").await.map_err(err)?;
+    rc.exec_drop("SET GLOBAL gtid_slave_pos = ?", (gtid.to_string(),))
+        .await
+        .map_err(err)?;
+    let lit = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"));
+    let sql = format!(
+        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1{}",
+        lit(primary.host()),
+        primary.port(),
+        lit(primary.user().unwrap_or_default()),
+        lit(&primary.password().unwrap_or_default()),
+        if primary.ssl_mode == conn::SslMode::Disabled || primary.ssl_mode == conn::SslMode::Preferred {
+            ""
+        } else {
+            ", MASTER_SSL = 1"
+        }
+    );
+    // The statement carries the password: its error is reported without the text.
+    rc.query_drop(sql).await.map_err(|e| match e {
+        mysql_async::Error::Server(s) => DbError::Sql {
+            member: member.into(),
+            detail: format!("CHANGE MASTER TO failed: {} (error {})", s.message, s.code),
+        },
+        other => DbError::mysql(member, other),
+    })?;
+    rc.query_drop("START SLAVE").await.map_err(err)?;
+    Ok(())
+}

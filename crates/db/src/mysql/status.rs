@@ -1,0 +1,110 @@
+//! `db status` and `db teardown` for MariaDB replicas: the replication threads, the last
+//! error named, how many transactions the replica has not applied (GTID distance, exact
+//! under `gtid_strict_mode`) and whether some of them are received but not yet applied
+//! (relay log); teardown stops replication and forgets the source, nothing else.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Row;
+
+use super::check::Member;
+use super::conn;
+use super::gtid::MariaPos;
+use crate::error::{DbError, Result};
+
+/// One replica as read now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub name: String,
+    /// `Yes`, `No` or `Connecting`, as the server says.
+    pub io_running: String,
+    pub sql_running: String,
+    /// The last IO or SQL error, with its code.
+    pub last_error: Option<String>,
+    /// Transactions the primary has that the replica has not applied.
+    pub gtid_distance: u64,
+    /// Received but not applied yet (relay log).
+    pub relay_behind: bool,
+    pub relay_log_bytes: u64,
+    pub applied: String,
+}
+
+fn text(row: &Row, col: &str) -> Option<String> {
+    row.get_opt::<Option<String>, _>(col)
+        .and_then(std::result::Result::ok)
+        .flatten()
+}
+
+/// Reads every replica's state against the primary's position.
+pub async fn status(primary: &Member, replicas: &[Member]) -> Result<Vec<ReplicaState>> {
+    let mut pc = conn::connect(&primary.name, &primary.url).await?;
+    let head: String = pc
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .map_err(|e| DbError::mysql(&primary.name, e))?
+        .unwrap_or_default();
+    let _ = pc.disconnect().await;
+    let head = MariaPos::parse(&head).unwrap_or_default();
+    let mut out = Vec::new();
+    for r in replicas {
+        let mut c = conn::connect(&r.name, &r.url).await?;
+        let err = |e| DbError::mysql(&r.name, e);
+        let row: Option<Row> = c.query_first("SHOW SLAVE STATUS").await.map_err(err)?;
+        let applied: String = c
+            .query_first("SELECT @@gtid_slave_pos")
+            .await
+            .map_err(err)?
+            .unwrap_or_default();
+        let _ = c.disconnect().await;
+        let applied_pos = MariaPos::parse(&applied).unwrap_or_default();
+        let Some(row) = row else {
+            out.push(ReplicaState {
+                name: r.name.clone(),
+                io_running: "No".into(),
+                sql_running: "No".into(),
+                last_error: Some("not replicating: run georep db setup".into()),
+                gtid_distance: head.distance(&applied_pos),
+                relay_behind: false,
+                relay_log_bytes: 0,
+                applied,
+            });
+            continue;
+        };
+        let received =
+            MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default();
+        let error = |no: &str, msg: &str| {
+            let code = text(&row, no).unwrap_or_default();
+            text(&row, msg)
+                .filter(|m| !m.is_empty())
+                .map(|m| format!("{m} (error {code})"))
+        };
+        let last_error = error("Last_SQL_Errno", "Last_SQL_Error")
+            .or_else(|| error("Last_IO_Errno", "Last_IO_Error"));
+        out.push(ReplicaState {
+            name: r.name.clone(),
+            io_running: text(&row, "Slave_IO_Running").unwrap_or_default(),
+            sql_running: text(&row, "Slave_SQL_Running").unwrap_or_default(),
+            last_error,
+            gtid_distance: head.distance(&applied_pos),
+            relay_behind: received.distance(&applied_pos) > 0,
+            relay_log_bytes: text(&row, "Relay_Log_Space")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            applied,
+        });
+    }
+    Ok(out)
+}
+
+/// Stops replication on every replica and forgets its source; data and users stay.
+pub async fn teardown(replicas: &[Member]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for r in replicas {
+        let mut c = conn::connect(&r.name, &r.url).await?;
+        c.query_drop("STOP SLAVE; RESET SLAVE ALL")
+            .await
+            .map_err(|e| DbError::mysql(&r.name, e))?;
+        let _ = c.disconnect().await;
+        done.push(r.name.clone());
+    }
+    Ok(done)
+}
