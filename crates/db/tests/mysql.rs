@@ -259,6 +259,46 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         "every acknowledged write arrived"
     );
 
+    // verify: equal, then a changed row on the replica is named by its key range.
+    let opts = georep_db::postgres::VerifyOptions {
+        table: None,
+        ranges: 16,
+        rechecks: 1,
+    };
+    let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
+        .await
+        .expect("verify");
+    assert!(v.equal, "{v:?}");
+    assert_eq!(v.tables.len(), 2, "{v:?}");
+    replica
+        .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'tampered' WHERE id = 1500");
+    let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
+        .await
+        .expect("verify");
+    assert!(!v.equal);
+    let orders = v
+        .tables
+        .iter()
+        .find(|t| t.table == "shop.orders")
+        .expect("orders");
+    assert_eq!(orders.differing.len(), 1, "{orders:?}");
+    let d = &orders.differing[0];
+    assert!(
+        d.from.is_none_or(|f| f <= 1500) && d.to.is_none_or(|t| t > 1500),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.primary_rows, d.replica_rows,
+        "same rows, different content"
+    );
+    assert!(v
+        .tables
+        .iter()
+        .find(|t| t.table == "crm.people")
+        .is_some_and(|t| t.equal));
+    replica
+        .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'row 1500' WHERE id = 1500");
+
     // Running setup again only starts replication again.
     let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r))
         .await

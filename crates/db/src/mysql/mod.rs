@@ -1,7 +1,8 @@
 //! MariaDB and MySQL geo-replicas over SQL only (issue 13, in progress): connections
-//! and URLs (`conn`), GTID positions (`gtid`) and the prerequisite checks that
-//! `georep db setup` runs before anything else (`check`). Native GTID replication,
-//! the snapshot copy, status, verify, teardown and failover come next
+//! and URLs (`conn`), GTID positions (`gtid`), the prerequisite checks that `georep db
+//! setup` runs before anything else (`check`), the snapshot copy and GTID replication
+//! (`setup`), `status` and `teardown`, and `verify`. Still to come: the heartbeat lag,
+//! a parallel copy, the topology and CLI wiring, and failover groups
 //! (`docs/notes/issue-13-mysql.md`).
 
 pub mod check;
@@ -9,6 +10,7 @@ pub mod conn;
 pub mod gtid;
 pub mod setup;
 pub mod status;
+pub mod verify;
 
 pub use conn::{connect, parse_url, MyUrl, SslMode};
 
