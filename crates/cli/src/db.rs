@@ -122,6 +122,9 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
     match cmd {
         DbCommand::Setup(a) => {
             let db = database(&a)?;
+            if db.engine.is_mysql_family() {
+                return crate::db_mysql::setup(&db, a.output).await;
+            }
             let quiet = a.output == Output::Json;
             let show = move |p: SetupProgress| {
                 if quiet {
@@ -168,6 +171,9 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         }
         DbCommand::Status(a) => {
             let db = database(&a)?;
+            if db.engine.is_mysql_family() {
+                return crate::db_mysql::status(&db, a.output).await;
+            }
             let st = pg::status(&db).await?;
             let bad = st.iter().any(|r| {
                 r.rpo_breached
@@ -230,6 +236,13 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         }
         DbCommand::SyncSequences(a) => {
             let db = database(&a.db)?;
+            if db.engine.is_mysql_family() {
+                return Err(crate::db_mysql::not_for(
+                    &db,
+                    "sync-sequences",
+                    "AUTO_INCREMENT values travel with the rows",
+                ));
+            }
             let r = pg::sync_sequences(&db, a.margin).await?;
             if a.db.output == Output::Json {
                 json(&r)?;
@@ -247,7 +260,11 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
                 ranges: a.ranges,
                 ..Default::default()
             };
-            let r = pg::verify(&db, &opts).await?;
+            let r = if db.engine.is_mysql_family() {
+                crate::db_mysql::verify(&db, &opts).await?
+            } else {
+                pg::verify(&db, &opts).await?
+            };
             if a.db.output == Output::Json {
                 json(&r)?;
             } else {
@@ -281,6 +298,13 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         }
         DbCommand::Ddl(a) => {
             let db = database(&a.db)?;
+            if db.engine.is_mysql_family() {
+                return Err(crate::db_mysql::not_for(
+                    &db,
+                    "ddl",
+                    "binlog replication carries DDL itself: run it on the primary",
+                ));
+            }
             let r = pg::ddl(&db, &a.sql).await?;
             if a.db.output == Output::Json {
                 json(&r)?;
@@ -328,6 +352,9 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         DbCommand::Reseed(a) => crate::failover::reseed(a).await,
         DbCommand::Teardown(a) => {
             let db = database(&a)?;
+            if db.engine.is_mysql_family() {
+                return crate::db_mysql::teardown(&db, a.output).await;
+            }
             let r = pg::teardown(&db).await?;
             if a.output == Output::Json {
                 json(&r)?;

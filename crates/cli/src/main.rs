@@ -4,6 +4,7 @@
 mod api_token;
 mod backup;
 mod db;
+mod db_mysql;
 mod drill;
 mod failover;
 mod ls;

@@ -220,6 +220,9 @@ impl Databases {
 
     async fn apply_inner(&self, topo: &Topology) -> Vec<Change> {
         let _one = self.applying.lock().await;
+        for d in topo.databases.iter().filter(|d| d.engine.is_mysql_family()) {
+            tracing::warn!(database = %d.name, engine = %d.engine, "the daemon does not poll MariaDB/MySQL replicas yet; use `georep db status`");
+        }
         let changes = self.plan(topo);
         for c in &changes {
             if matches!(c.action, ChangeAction::Change | ChangeAction::Remove) {
@@ -272,9 +275,12 @@ impl Component for Databases {
             .into_iter()
             .map(|(n, r)| (n, r.started.clone()))
             .collect();
+        // MariaDB and MySQL replicas are not polled by the daemon yet (`georep db
+        // status` reads them).
         let new: Vec<_> = topo
             .databases
             .iter()
+            .filter(|d| d.engine == georep_core::DbEngine::Postgres)
             .map(|d| (d.name.clone(), settings(topo, d)))
             .collect();
         georep_component::diff(SECTION, &old, &new, differences)

@@ -9,4 +9,5 @@ mod cli;
 mod db;
 mod failover;
 mod hardening;
+mod mariadb;
 mod serve;

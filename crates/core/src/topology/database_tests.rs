@@ -315,19 +315,19 @@ fn each_error_class_is_reported() {
             ],
         ),
         (
-            "unsupported engine",
+            "mysql with postgres urls",
             with("engine = \"postgres\"", "engine = \"mysql\""),
-            &["engine \"mysql\" is not supported yet; only \"postgres\" is"],
+            &["url is not a mysql:// or mariadb:// URL"],
         ),
         (
-            "mariadb",
+            "engine names are lower case",
             with("engine = \"postgres\"", "engine = \"MariaDB\""),
-            &["engine \"MariaDB\" is not supported yet"],
+            &["engine \"MariaDB\" is not a database engine georep knows; write engine = \"postgres\", \"mariadb\" or \"mysql\" (lower case)"],
         ),
         (
             "unknown engine",
             with("engine = \"postgres\"", "engine = \"oracle\""),
-            &["engine \"oracle\" is not a database engine georep knows; write engine = \"postgres\""],
+            &["engine \"oracle\" is not a database engine georep knows; write engine = \"postgres\", \"mariadb\" or \"mysql\""],
         ),
         (
             "missing member fields",
@@ -497,4 +497,52 @@ fn object_names_are_sanitised_and_never_shared() {
         db("orders-eu", "we", 2)
     ))
     .expect("valid");
+}
+
+#[test]
+fn mariadb_and_mysql_databases_replicate_whole_servers() {
+    let t = parse(
+        r#"
+[regions.qc]
+[regions.we]
+[[databases]]
+name = "shop"
+engine = "mariadb"
+primary = { region = "qc", url = "mariadb://app:pw@db-qc:3307/shop" }
+replicas = [{ region = "we", url = "mysql://app:pw@db-we/shop?ssl-mode=REQUIRED" }]
+"#,
+    )
+    .expect("a MariaDB database parses");
+    let db = t.database("shop").expect("shop");
+    assert_eq!(db.engine, DbEngine::MariaDb);
+    assert!(db.engine.is_mysql_family());
+    assert_eq!(serde_json::to_value(db.engine).expect("json"), "mariadb");
+    let text = refused(
+        "mariadb extras",
+        r#"
+[regions.qc]
+[regions.we]
+[[databases]]
+name = "shop"
+engine = "mysql"
+tables = ["shop.orders"]
+sequence_margin = 10
+primary = { region = "qc", url = "mysql://app:pw@db-qc/shop" }
+replicas = [{ region = "we", url = "mysql://app:pw@db-qc:3306/other" }, { region = "qc", name = "x", url = "mysql://app:pw@db-x:3306/" }]
+
+[[failover_groups]]
+name = "shop-fg"
+database = "shop"
+read_write_listener = "127.0.0.1:6000"
+read_only_listener = "127.0.0.1:6001"
+"#,
+        &[
+            "`tables` does not apply to engine \"mysql\"",
+            "`sequence_margin` does not apply to engine \"mysql\"",
+            "url points at the same database as the primary (db-qc:3306)",
+            "url names no database",
+            "database 'shop' runs mysql: failover groups for MariaDB and MySQL are not available yet",
+        ],
+    );
+    assert!(!text.contains("pw@"), "{text}");
 }

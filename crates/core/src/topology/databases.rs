@@ -105,6 +105,12 @@ fn object_name(s: &str) -> String {
 #[serde(rename_all = "lowercase")]
 pub enum DbEngine {
     Postgres,
+    /// MariaDB 10.5 or later (native GTID replication).
+    #[serde(rename = "mariadb")]
+    MariaDb,
+    /// MySQL 8.0 or later.
+    #[serde(rename = "mysql")]
+    MySql,
 }
 
 impl DbEngine {
@@ -112,7 +118,14 @@ impl DbEngine {
     pub fn as_str(self) -> &'static str {
         match self {
             DbEngine::Postgres => "postgres",
+            DbEngine::MariaDb => "mariadb",
+            DbEngine::MySql => "mysql",
         }
+    }
+
+    /// MariaDB and MySQL: binlog replication, server-wide, by GTID.
+    pub fn is_mysql_family(self) -> bool {
+        matches!(self, DbEngine::MariaDb | DbEngine::MySql)
     }
 }
 
@@ -193,6 +206,11 @@ struct DraftMember {
 }
 
 impl DraftDatabase {
+    /// Its engine, when it has a valid one.
+    pub(super) fn engine(&self) -> Option<DbEngine> {
+        self.engine
+    }
+
     /// Its name, when it has a valid one.
     pub(super) fn name(&self) -> Option<&str> {
         self.name.as_ref().map(|n| n.get_ref().as_str())
@@ -206,6 +224,9 @@ impl DraftDatabase {
             .chain(&self.replicas)
             .filter_map(|m| {
                 let url = m.url.as_ref()?;
+                if self.engine.is_some_and(DbEngine::is_mysql_family) {
+                    return None;
+                }
                 let why = match crate::pg_endpoint(url.get_ref()) {
                     Ok(ep) if ep.is_socket() => {
                         "this url reaches its server through a Unix socket (host=/...); give the server's host name or address".to_string()
@@ -316,6 +337,37 @@ fn database(
         primary: None,
         replicas: Vec::new(),
     };
+    if d.engine.is_some_and(DbEngine::is_mysql_family) {
+        for (key, why) in [
+            (
+                "tables",
+                "MariaDB and MySQL replicate the whole server (every database but the system ones)",
+            ),
+            (
+                "schemas",
+                "MariaDB and MySQL replicate the whole server (every database but the system ones)",
+            ),
+            (
+                "sequence_sync_interval",
+                "AUTO_INCREMENT values travel with the rows",
+            ),
+            (
+                "sequence_margin",
+                "AUTO_INCREMENT values travel with the rows",
+            ),
+        ] {
+            if let Some(v) = sec.get(key) {
+                ctx.error(
+                    Some(v.span()),
+                    &what,
+                    format!(
+                        "`{key}` does not apply to engine \"{}\": {why}; remove it",
+                        d.engine.map(DbEngine::as_str).unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
     if let Some(rpo) = duration(ctx, sec, "rpo", "\"1m\"", Duration::from_secs(1)) {
         d.rpo = rpo;
     }
@@ -342,7 +394,7 @@ fn database(
         Some(value) => {
             let shape = format!("primary = {MEMBER_SHAPE}");
             if let Some(m) = Section::new(ctx, value, format!("{what}, primary"), &shape) {
-                d.primary = Some(member(ctx, m, &what, true, env));
+                d.primary = Some(member(ctx, m, &what, true, d.engine, env));
             }
         }
         None => ctx.error(
@@ -351,7 +403,7 @@ fn database(
             format!("missing `primary`; add primary = {MEMBER_SHAPE}"),
         ),
     }
-    d.replicas = replicas(ctx, sec, env);
+    d.replicas = replicas(ctx, sec, d.engine, env);
     same_names(ctx, &d);
     same_databases(ctx, &d);
     d
@@ -363,19 +415,18 @@ fn engine(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<DbEngine> {
             ctx.error(
                 Some(sec.span.clone()),
                 &sec.what,
-                "missing `engine`; add engine = \"postgres\" (the only engine supported so far)",
+                "missing `engine`; add engine = \"postgres\", \"mariadb\" or \"mysql\"",
             );
         }
         return None;
     };
     let word = engine.get_ref().as_str();
-    let message = match word.to_ascii_lowercase().as_str() {
-        "postgres" if word == "postgres" => return Some(DbEngine::Postgres),
-        "mysql" | "mariadb" => {
-            format!("engine \"{word}\" is not supported yet; only \"postgres\" is, for now")
-        }
+    let message = match word {
+        "postgres" => return Some(DbEngine::Postgres),
+        "mariadb" => return Some(DbEngine::MariaDb),
+        "mysql" => return Some(DbEngine::MySql),
         _ => format!(
-            "engine \"{word}\" is not a database engine georep knows; write engine = \"postgres\""
+            "engine \"{word}\" is not a database engine georep knows; write engine = \"postgres\", \"mariadb\" or \"mysql\" (lower case)"
         ),
     };
     ctx.error(Some(engine.span()), &sec.what, message);
@@ -525,6 +576,7 @@ fn identifier(text: &str) -> Result<String, String> {
 fn replicas(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
+    engine: Option<DbEngine>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<DraftMember> {
     let Some(value) = sec.get("replicas") else {
@@ -561,7 +613,7 @@ fn replicas(
     for (i, item) in items.iter().enumerate() {
         let what = format!("{}, replica #{}", sec.what, i + 1);
         if let Some(m) = Section::new(ctx, item, what, MEMBER_SHAPE) {
-            out.push(member(ctx, m, &sec.what, false, env));
+            out.push(member(ctx, m, &sec.what, false, engine, env));
         }
     }
     out
@@ -573,6 +625,7 @@ fn member(
     mut sec: Section<'_, '_>,
     db: &str,
     primary: bool,
+    engine: Option<DbEngine>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> DraftMember {
     let given = if primary {
@@ -652,6 +705,16 @@ fn member(
     let Some(text) = expand_field(ctx, &what, "url", &raw, env) else {
         return m;
     };
+    if engine.is_some_and(DbEngine::is_mysql_family) {
+        match mysql_url(&text) {
+            Ok(target) => {
+                m.target = Some(target);
+                m.url = Some(Spanned::new(raw.span(), text));
+            }
+            Err(message) => ctx.error(Some(raw.span()), &what, message),
+        }
+        return m;
+    }
     let read = postgres_url(&text).and_then(|_| match crate::pg_endpoint(&text) {
         Ok(ep) => Ok(Some(Target::of(&ep))),
         // Several servers tried in turn: a connection may, a failover group may not.
@@ -685,6 +748,35 @@ fn postgres_url(text: &str) -> Result<url::Url, String> {
         });
     }
     url::Url::parse(text).map_err(|e| format!("url is not a valid URL ({e}); {URL_HELP}"))
+}
+
+const MYSQL_URL_HELP: &str = "write mysql://USER[:PASSWORD]@HOST:PORT/DATABASE or mariadb://... (passwords from ${NAME} or MYSQL_PWD), with ?ssl-mode=... if needed";
+
+/// A MariaDB/MySQL member URL: its scheme, host and database; the server (host and
+/// port) it names, since replication is server-wide. Messages never echo the URL.
+fn mysql_url(text: &str) -> Result<Target, String> {
+    let lower = text.to_ascii_lowercase();
+    if !(lower.starts_with("mysql://") || lower.starts_with("mariadb://")) {
+        return Err(format!(
+            "url is not a mysql:// or mariadb:// URL; {MYSQL_URL_HELP}"
+        ));
+    }
+    let u = url::Url::parse(text)
+        .map_err(|e| format!("url is not a valid URL ({e}); {MYSQL_URL_HELP}"))?;
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("url has no host; {MYSQL_URL_HELP}"))?;
+    if u.path().trim_start_matches('/').is_empty() {
+        return Err(format!(
+            "url names no database (the path); {MYSQL_URL_HELP}"
+        ));
+    }
+    Ok(Target(format!(
+        "{}:{}",
+        host.to_ascii_lowercase(),
+        u.port().unwrap_or(3306)
+    )))
 }
 
 /// The server and database a URL points at, ignoring the user, the password and other

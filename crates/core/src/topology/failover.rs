@@ -373,6 +373,17 @@ pub(super) fn check(
                 &g.what,
                 format!("database '{d}' is not declared; add a [[databases]] entry with name = \"{d}\" or fix the name"),
             );
+        } else if let Some(engine) = databases
+            .iter()
+            .find(|x| x.name() == Some(d))
+            .and_then(|x| x.engine())
+            .filter(|e| e.is_mysql_family())
+        {
+            ctx.error(
+                Some(db.span()),
+                &g.what,
+                format!("database '{d}' runs {engine}: failover groups for MariaDB and MySQL are not available yet (only PostgreSQL); remove the group, or use `georep db` commands for the replicas"),
+            );
         } else if let Some((other, line)) = fronted.get(d) {
             ctx.error(
                 Some(db.span()),
