@@ -46,6 +46,10 @@ pub(crate) struct DbArgs {
     /// setup: give up waiting for the initial copy after this long (default: wait).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration)]
     pub(crate) timeout: Option<Duration>,
+    /// setup (MariaDB): a replica that already holds databases has them dropped and
+    /// copied again (without it, such a replica is refused).
+    #[arg(long)]
+    pub(crate) wipe: bool,
 }
 
 #[derive(Args, Debug)]
@@ -123,7 +127,7 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         DbCommand::Setup(a) => {
             let db = database(&a)?;
             if db.engine.is_mysql_family() {
-                return crate::db_mysql::setup(&db, a.output).await;
+                return crate::db_mysql::setup(&db, a.output, a.wipe).await;
             }
             let quiet = a.output == Output::Json;
             let show = move |p: SetupProgress| {

@@ -43,9 +43,9 @@ pub(crate) fn not_for(db: &Database, command: &str, why: &str) -> anyhow::Error 
     .into()
 }
 
-pub(crate) async fn setup(db: &Database, output: Output) -> Result<u8> {
+pub(crate) async fn setup(db: &Database, output: Output, wipe: bool) -> Result<u8> {
     let (p, rs) = members(db, "setup")?;
-    let r = georep_db::mysql::setup::setup(&p, &rs).await?;
+    let r = georep_db::mysql::setup::setup(&p, &rs, wipe).await?;
     match output {
         Output::Json => println!(
             "{}",
@@ -56,6 +56,7 @@ pub(crate) async fn setup(db: &Database, output: Output) -> Result<u8> {
                 "tables": r.tables,
                 "rows": r.rows,
                 "gtid": r.gtid,
+                "warnings": r.warnings,
                 "duration_ms": r.duration_ms,
             }))?
         ),
@@ -72,6 +73,9 @@ pub(crate) async fn setup(db: &Database, output: Output) -> Result<u8> {
                         "already replicating from this primary; started again".to_string()
                     }
                 );
+            }
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
             }
             println!(
                 "database {}: {} replica(s) in {:.1}s",

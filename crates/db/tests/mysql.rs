@@ -181,7 +181,9 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         "CREATE DATABASE shop; CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL, b BLOB, at DATETIME(6)); \
          INSERT INTO shop.orders (v, b, at) SELECT CONCAT('row ', seq), UNHEX(MD5(seq)), NOW(6) FROM shop.seq_1_to_3000; \
          CREATE DATABASE crm; CREATE TABLE crm.people (id INT PRIMARY KEY, name TEXT CHARACTER SET utf8mb4, note TEXT NULL); \
-         INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash')",
+         INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash'); \
+         CREATE TABLE shop.inv (id INT PRIMARY KEY, secret INT INVISIBLE, twice INT AS (id * 2) VIRTUAL); \
+         INSERT INTO shop.inv (id, secret) VALUES (1, 41), (7, 42)",
     );
     // A writer keeps inserting through setup; every acknowledged id must arrive.
     let stop = Arc::new(AtomicBool::new(false));
@@ -209,7 +211,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     };
     let p = member("primary", primary.url("shop"), true);
     let r = member("we", replica.url("mysql"), false);
-    let report = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r))
+    let report = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
         .await
         .expect("setup");
     assert_eq!(report.replicas, vec![("we".to_string(), "copied")]);
@@ -250,6 +252,12 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         primary.sql(sum),
         "the replica equals the primary"
     );
+    let inv = "SELECT id, secret, twice FROM shop.inv ORDER BY id";
+    assert_eq!(
+        replica.sql(inv),
+        primary.sql(inv),
+        "invisible and generated columns"
+    );
     let ids = replica.sql("SELECT id FROM shop.orders");
     let have: std::collections::HashSet<u64> = ids.lines().filter_map(|l| l.parse().ok()).collect();
     let acked = acked.lock().expect("lock").clone();
@@ -269,7 +277,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .await
         .expect("verify");
     assert!(v.equal, "{v:?}");
-    assert_eq!(v.tables.len(), 2, "{v:?}");
+    assert_eq!(v.tables.len(), 3, "{v:?}");
     replica
         .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'tampered' WHERE id = 1500");
     let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
@@ -300,7 +308,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'row 1500' WHERE id = 1500");
 
     // Running setup again only starts replication again.
-    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r))
+    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
         .await
         .expect("again");
     assert_eq!(again.replicas, vec![("we".to_string(), "restarted")]);
@@ -328,4 +336,23 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
             .is_some_and(|e| e.contains("not replicating")),
         "{s:?}"
     );
+
+    // The replica now holds data: setup refuses to replace it unless told to.
+    let e = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
+        .await
+        .expect_err("a replica with data");
+    assert!(
+        e.to_string().contains("already holds data in crm, shop"),
+        "{e}"
+    );
+    assert_eq!(e.exit_class(), 2);
+    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), true)
+        .await
+        .expect("--wipe copies again");
+    assert_eq!(again.replicas, vec![("we".to_string(), "copied")]);
+    wait_for("the recopied replica to catch up", || async {
+        status().await[0].gtid_distance == 0
+    })
+    .await;
+    assert_eq!(replica.sql(sum), primary.sql(sum));
 }

@@ -43,17 +43,32 @@ impl MariaDb {
                 .arg(dir.path())
                 .status();
         }
-        let out = Command::new(tool("install"))
-            .args([
-                "--no-defaults",
-                "--user=mysql",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .arg(format!("--datadir={}", data.display()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mariadb-install-db");
+        // Two installs at once can fail to bootstrap on a busy machine: try again once.
+        let install = || {
+            Command::new(tool("install"))
+                .args([
+                    "--no-defaults",
+                    "--user=mysql",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .arg(format!("--datadir={}", data.display()))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mariadb-install-db")
+        };
+        let mut out = install();
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&data);
+            let _ = std::fs::create_dir_all(&data);
+            if is_root() {
+                let _ = Command::new("chown")
+                    .args(["-R", "mysql:mysql"])
+                    .arg(dir.path())
+                    .status();
+            }
+            out = install();
+        }
         assert!(
             out.status.success(),
             "mariadb-install-db failed: {}{}",

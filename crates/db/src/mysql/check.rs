@@ -9,8 +9,8 @@ use mysql_async::{Conn, Row};
 use super::{conn, quote_ident, Dialect};
 use crate::error::{DbError, Result};
 
-/// A member to check.
-#[derive(Debug, Clone)]
+/// A member to check (no `Debug`: the URL may hold a password).
+#[derive(Clone)]
 pub struct Member {
     pub name: String,
     pub url: String,
@@ -283,12 +283,12 @@ async fn tables(c: &mut Conn, name: &str, problems: &mut Vec<String>) -> Result<
         .collect::<Vec<_>>()
         .join(",");
     let sql = format!(
-        "SELECT t.TABLE_SCHEMA AS s, t.TABLE_NAME AS t, COALESCE(t.ENGINE, '') AS e, \
+        "SELECT t.TABLE_SCHEMA AS s, t.TABLE_NAME AS t, COALESCE(t.ENGINE, '') AS e, t.TABLE_TYPE AS ty, \
          EXISTS (SELECT 1 FROM information_schema.TABLE_CONSTRAINTS c \
                  WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
                  AND c.CONSTRAINT_TYPE = 'PRIMARY KEY') AS pk \
          FROM information_schema.TABLES t \
-         WHERE t.TABLE_TYPE = 'BASE TABLE' AND t.TABLE_SCHEMA NOT IN ({system}) \
+         WHERE t.TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE') AND t.TABLE_SCHEMA NOT IN ({system}) \
          ORDER BY t.TABLE_SCHEMA, t.TABLE_NAME"
     );
     let rows: Vec<Row> = c.query(sql).await.map_err(|e| DbError::mysql(name, e))?;
@@ -299,6 +299,13 @@ async fn tables(c: &mut Conn, name: &str, problems: &mut Vec<String>) -> Result<
         );
         let full = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
         let engine = text(&r, "e").unwrap_or_default();
+        let kind = text(&r, "ty").unwrap_or_default();
+        if kind != "BASE TABLE" {
+            problems.push(format!(
+                "{name}: table {full} is a {kind} table, which georep does not copy yet; convert or drop it, or set the replica up another way"
+            ));
+            continue;
+        }
         if text(&r, "pk").as_deref() != Some("1") {
             problems.push(format!(
                 "{name}: table {full} has no primary key: row-based replication scans it for every changed row and verify cannot split it into key ranges; add one (ALTER TABLE {full} ADD PRIMARY KEY (...), or an invisible id column)"

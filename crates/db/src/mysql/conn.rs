@@ -21,8 +21,9 @@ pub enum SslMode {
     VerifyIdentity,
 }
 
-/// A member's URL, parsed: the driver's options and what georep adds.
-#[derive(Debug, Clone)]
+/// A member's URL, parsed: the driver's options and what georep adds. No `Debug`: the
+/// driver's options would print the password.
+#[derive(Clone)]
 pub struct MyUrl {
     opts: Opts,
     pub ssl_mode: SslMode,
@@ -106,9 +107,27 @@ pub fn parse_url(member: &str, url: &str) -> Result<MyUrl> {
     })
 }
 
+/// Shows the redacted URL only.
+impl std::fmt::Debug for MyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MyUrl")
+            .field("url", &self.shown)
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
+    }
+}
+
 impl MyUrl {
     pub fn host(&self) -> &str {
         self.opts.ip_or_hostname()
+    }
+
+    /// `localhost`, `127.x` or `::1`: another server would take it as itself.
+    pub fn host_is_loopback(&self) -> bool {
+        let h = self.host().trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     pub fn port(&self) -> u16 {
@@ -138,11 +157,17 @@ impl MyUrl {
             .pass(self.password());
         if tls {
             // The driver's PathOrBuf is not exported; it converts from bytes.
-            let mut roots: Vec<Vec<u8>> = rustls_native_certs::load_native_certs()
-                .certs
-                .into_iter()
-                .map(|c| c.as_ref().to_vec())
-                .collect();
+            // With ssl-ca, that CA alone is trusted (as the mysql client does); else
+            // the system's roots.
+            let mut roots: Vec<Vec<u8>> = if self.ssl_ca.is_some() {
+                Vec::new()
+            } else {
+                rustls_native_certs::load_native_certs()
+                    .certs
+                    .into_iter()
+                    .map(|c| c.as_ref().to_vec())
+                    .collect()
+            };
             if let Some(ca) = &self.ssl_ca {
                 let pem = std::fs::read(ca).map_err(|e| {
                     DbError::InvalidConfig(format!(
@@ -153,6 +178,7 @@ impl MyUrl {
             }
             let verify = matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyIdentity);
             let ssl = SslOpts::default()
+                .with_disable_built_in_roots(self.ssl_ca.is_some())
                 .with_root_certs(roots.into_iter().map(Into::into).collect())
                 .with_danger_accept_invalid_certs(!verify)
                 .with_danger_skip_domain_validation(self.ssl_mode != SslMode::VerifyIdentity);

@@ -27,6 +27,9 @@ pub struct SetupReport {
     pub rows: u64,
     /// The snapshot's GTID position (the replicas start after it).
     pub gtid: String,
+    /// What the copy does not carry (views, routines, triggers, events, users): create
+    /// them on the replica yourself.
+    pub warnings: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -40,8 +43,9 @@ fn text(row: &Row, col: &str) -> Option<String> {
         .flatten()
 }
 
-/// Sets up every replica of `primary` (MariaDB).
-pub async fn setup(primary: &Member, replicas: &[Member]) -> Result<SetupReport> {
+/// Sets up every replica of `primary` (MariaDB). A replica that already holds user
+/// databases is refused unless `wipe` (they are dropped and copied again).
+pub async fn setup(primary: &Member, replicas: &[Member], wipe: bool) -> Result<SetupReport> {
     let started = Instant::now();
     let mut all = vec![primary.clone()];
     all.extend(replicas.iter().cloned());
@@ -53,6 +57,7 @@ pub async fn setup(primary: &Member, replicas: &[Member]) -> Result<SetupReport>
         tables: 0,
         rows: 0,
         gtid: String::new(),
+        warnings: Vec::new(),
         duration_ms: 0,
     };
     for r in replicas {
@@ -64,7 +69,15 @@ pub async fn setup(primary: &Member, replicas: &[Member]) -> Result<SetupReport>
             report.replicas.push((r.name.clone(), "restarted"));
             continue;
         }
-        let copied = copy(primary, r, &mut rc).await?;
+        if pu.host_is_loopback() && !conn::parse_url(&r.name, &r.url)?.host_is_loopback() {
+            return Err(DbError::InvalidConfig(format!(
+                "{}: the primary's URL names a loopback address ({}), which the replica would take as itself; give the primary's address as the replica reaches it",
+                r.name,
+                pu.host()
+            )));
+        }
+        let copied = copy(primary, r, &mut rc, wipe).await?;
+        report.warnings = copied.warnings;
         report.databases = copied.databases;
         report.tables = copied.tables;
         report.rows += copied.rows;
@@ -91,6 +104,7 @@ async fn replicating_from(c: &mut Conn, member: &str, host: &str, port: u16) -> 
 }
 
 struct Copied {
+    warnings: Vec<String>,
     databases: Vec<String>,
     tables: u64,
     rows: u64,
@@ -98,11 +112,25 @@ struct Copied {
 }
 
 /// Copies every user database from one consistent snapshot of the primary.
-async fn copy(primary: &Member, r: &Member, rc: &mut Conn) -> Result<Copied> {
+async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result<Copied> {
     let p = &primary.name;
     let mut pc = conn::connect(p, &primary.url).await?;
     let perr = |e| DbError::mysql(p, e);
     let rerr = |e| DbError::mysql(&r.name, e);
+    // On the very sessions that copy and drop: two different servers, and the replica
+    // stopped (nothing applies while the copy writes).
+    let ids: (Option<u64>, Option<u64>) = (
+        pc.query_first("SELECT @@server_id").await.map_err(perr)?,
+        rc.query_first("SELECT @@server_id").await.map_err(rerr)?,
+    );
+    if ids.0 == ids.1 {
+        return Err(DbError::InvalidConfig(format!(
+            "{}: its URL reaches the primary's server (server_id {}); a replica must be another server",
+            r.name,
+            ids.0.unwrap_or_default()
+        )));
+    }
+    rc.query_drop("STOP SLAVE").await.map_err(rerr)?;
     // The replica must not have transactions of its own that the primary never had.
     let own: String = rc
         .query_first("SELECT @@gtid_binlog_pos")
@@ -152,6 +180,21 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn) -> Result<Copied> {
         ))
         .await
         .map_err(perr)?;
+    let system_list = system.clone();
+    let held: Vec<String> = rc
+        .query(format!(
+            "SELECT DISTINCT TABLE_SCHEMA FROM information_schema.TABLES WHERE TABLE_SCHEMA NOT IN ({system_list}) ORDER BY TABLE_SCHEMA"
+        ))
+        .await
+        .map_err(rerr)?;
+    if !held.is_empty() && !wipe {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{}: the replica already holds data in {}; setup copies the whole server and would replace it: point the replica at an empty server, or pass --wipe to drop those databases and copy again",
+            r.name,
+            held.join(", ")
+        )]));
+    }
+    let warnings = not_copied(&mut tx, p, &system).await?;
     rc.query_drop(
         "SET SESSION sql_log_bin = 0; SET SESSION foreign_key_checks = 0; SET SESSION unique_checks = 0; SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
     )
@@ -192,13 +235,26 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn) -> Result<Copied> {
                 })?;
             rc.query_drop(format!("USE {qdb}")).await.map_err(rerr)?;
             rc.query_drop(ddl).await.map_err(rerr)?;
-            rows += copy_table(&mut tx, rc, (p, &r.name), &full).await?;
+            let columns: Vec<String> = tx
+                .exec(
+                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
+                    (db.clone(), t.clone()),
+                )
+                .await
+                .map_err(perr)?;
+            let cols = columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows += copy_table(&mut tx, rc, (p, &r.name), (&full, &cols)).await?;
             tables += 1;
         }
     }
     tx.commit().await.map_err(perr)?;
     let _ = pc.disconnect().await;
     Ok(Copied {
+        warnings,
         databases,
         tables,
         rows,
@@ -212,10 +268,11 @@ async fn copy_table(
     tx: &mut mysql_async::Transaction<'_>,
     rc: &mut Conn,
     (p, r): (&str, &str),
-    full: &str,
+    (full, cols): (&str, &str),
 ) -> Result<u64> {
+    // Columns named: `*` leaves out INVISIBLE ones; generated ones are computed again.
     let mut result = tx
-        .query_iter(format!("SELECT * FROM {full}"))
+        .query_iter(format!("SELECT {cols} FROM {full}"))
         .await
         .map_err(|e| DbError::mysql(p, e))?;
     let width = result.columns_ref().len().max(1);
@@ -224,7 +281,10 @@ async fn copy_table(
     let mut rows = 0u64;
     let insert = |n: usize| {
         let one = format!("({})", vec!["?"; width].join(","));
-        format!("INSERT INTO {full} VALUES {}", vec![one; n].join(","))
+        format!(
+            "INSERT INTO {full} ({cols}) VALUES {}",
+            vec![one; n].join(",")
+        )
     };
     while let Some(row) = result.next().await.map_err(|e| DbError::mysql(p, e))? {
         batch.extend(row.unwrap());
@@ -242,6 +302,30 @@ async fn copy_table(
             .map_err(|e| DbError::mysql(r, e))?;
     }
     Ok(rows)
+}
+
+/// Objects the copy does not carry, counted, for the report.
+async fn not_copied(
+    tx: &mut mysql_async::Transaction<'_>,
+    p: &str,
+    system: &str,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (what, sql) in [
+        ("views", format!("SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA NOT IN ({system})")),
+        ("routines", format!("SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA NOT IN ({system})")),
+        ("triggers", format!("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA NOT IN ({system})")),
+        ("events", format!("SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA NOT IN ({system})")),
+    ] {
+        let n: Option<u64> = tx.query_first(sql).await.map_err(|e| DbError::mysql(p, e))?;
+        if let Some(n) = n.filter(|n| *n > 0) {
+            out.push(format!(
+                "{n} {what} are not copied: create them on the replica (later changes to them replicate, and fail on the replica until they exist)"
+            ));
+        }
+    }
+    out.push("users and grants are not copied: create the application's users on the replica (later GRANT and ALTER USER replicate)".into());
+    Ok(out)
 }
 
 /// Points the replica at the primary from `gtid` on and starts it.
@@ -263,19 +347,28 @@ async fn start_replication(
         primary.port(),
         lit(primary.user().unwrap_or_default()),
         lit(&primary.password().unwrap_or_default()),
-        if primary.ssl_mode == conn::SslMode::Disabled || primary.ssl_mode == conn::SslMode::Preferred {
-            ""
-        } else {
-            ", MASTER_SSL = 1"
+        // The link between regions is encrypted as the primary's URL asks; a
+        // certificate check asked for is kept (against the replica server's CA list).
+        match primary.ssl_mode {
+            conn::SslMode::Disabled | conn::SslMode::Preferred => "",
+            conn::SslMode::Required => ", MASTER_SSL = 1",
+            conn::SslMode::VerifyCa | conn::SslMode::VerifyIdentity => {
+                ", MASTER_SSL = 1, MASTER_SSL_VERIFY_SERVER_CERT = 1"
+            }
         }
     );
     // The statement carries the password: its error is reported without the text.
+    // The statement carries the password, and a server's syntax error quotes the text:
+    // only the error code is shown.
     rc.query_drop(sql).await.map_err(|e| match e {
         mysql_async::Error::Server(s) => DbError::Sql {
             member: member.into(),
-            detail: format!("CHANGE MASTER TO failed: {} (error {})", s.message, s.code),
+            detail: format!("CHANGE MASTER TO failed (error {})", s.code),
         },
-        other => DbError::mysql(member, other),
+        _ => DbError::Sql {
+            member: member.into(),
+            detail: "CHANGE MASTER TO failed: the session ended".into(),
+        },
     })?;
     rc.query_drop("START SLAVE").await.map_err(err)?;
     Ok(())

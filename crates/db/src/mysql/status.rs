@@ -43,7 +43,10 @@ pub async fn status(primary: &Member, replicas: &[Member]) -> Result<Vec<Replica
         .map_err(|e| DbError::mysql(&primary.name, e))?
         .unwrap_or_default();
     let _ = pc.disconnect().await;
-    let head = MariaPos::parse(&head).unwrap_or_default();
+    let head = MariaPos::parse(&head).map_err(|e| DbError::Sql {
+        member: primary.name.clone(),
+        detail: format!("its GTID position: {e}"),
+    })?;
     let mut out = Vec::new();
     for r in replicas {
         let mut c = conn::connect(&r.name, &r.url).await?;

@@ -37,7 +37,12 @@ impl Plan {
 
     /// The query for one range: rows and the XOR of 64 bits of each row's MD5.
     fn sql(&self, b: (Option<i64>, Option<i64>)) -> String {
-        let mut parts: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        // Each value's length first, so `('a#','b')` and `('a','#b')` differ.
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .flat_map(|c| [format!("LENGTH({})", quote_ident(c)), quote_ident(c)])
+            .collect();
         parts.extend(
             self.columns
                 .iter()
@@ -142,7 +147,9 @@ async fn plans(c: &mut Conn, opts: &VerifyOptions) -> Result<Vec<Plan>> {
             };
             if let (Some(lo), Some(hi)) = (num("lo"), num("hi")) {
                 let n = opts.ranges.max(1) as i64;
-                let step = ((hi - lo) / n).max(1);
+                let step = i64::try_from((i128::from(hi) - i128::from(lo)) / i128::from(n))
+                    .unwrap_or(i64::MAX)
+                    .max(1);
                 let mut cuts: Vec<i64> =
                     (1..n).map(|i| lo + i * step).filter(|c| *c <= hi).collect();
                 cuts.dedup();
