@@ -90,10 +90,10 @@ pub(crate) async fn setup(db: &Database, output: Output, wipe: bool) -> Result<u
 
 pub(crate) async fn status(db: &Database, output: Output) -> Result<u8> {
     let (p, rs) = members(db, "status")?;
-    let st = georep_db::mysql::status::status(&p, &rs).await?;
-    let bad = st
-        .iter()
-        .any(|r| r.last_error.is_some() || r.io_running != "Yes" || r.sql_running != "Yes");
+    let st = georep_db::mysql::status::status(&p, &rs, db.rpo).await?;
+    let bad = st.iter().any(|r| {
+        r.rpo_breached || r.last_error.is_some() || r.io_running != "Yes" || r.sql_running != "Yes"
+    });
     match output {
         Output::Json => println!(
             "{}",
@@ -104,6 +104,8 @@ pub(crate) async fn status(db: &Database, output: Output) -> Result<u8> {
                     "io_running": r.io_running,
                     "sql_running": r.sql_running,
                     "gtid_distance": r.gtid_distance,
+                    "lag_seconds": r.lag_seconds,
+                    "rpo_breached": r.rpo_breached,
                     "relay_log_unapplied": r.relay_behind,
                     "relay_log_bytes": r.relay_log_bytes,
                     "applied": r.applied,
@@ -114,10 +116,15 @@ pub(crate) async fn status(db: &Database, output: Output) -> Result<u8> {
         Output::Text => {
             for r in &st {
                 println!(
-                    "{:<12} io {:<10} sql {:<4} {} transaction(s) behind{}{}",
+                    "{:<12} io {:<10} sql {:<4} lag {}{} {} transaction(s) behind{}{}",
                     r.name,
                     r.io_running,
                     r.sql_running,
+                    r.lag_seconds.map_or_else(
+                        || format!("over {:.0}s", db.rpo.as_secs_f64()),
+                        |l| format!("{l:.3}s")
+                    ),
+                    if r.rpo_breached { " RPO BREACHED" } else { "" },
                     r.gtid_distance,
                     if r.relay_behind {
                         " (some received, not yet applied)"

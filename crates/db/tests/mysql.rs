@@ -230,9 +230,13 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     stop.store(true, Ordering::SeqCst);
     writer.await.expect("writer");
     let status = || async {
-        georep_db::mysql::status::status(&p, std::slice::from_ref(&r))
-            .await
-            .expect("status")
+        georep_db::mysql::status::status(
+            &p,
+            std::slice::from_ref(&r),
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .expect("status")
     };
     wait_for("the replica to apply everything", || async {
         status().await[0].gtid_distance == 0
@@ -313,6 +317,28 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .expect("again");
     assert_eq!(again.replicas, vec![("we".to_string(), "restarted")]);
 
+    // Lag is measured by a heartbeat: a healthy replica is within the RPO; one that
+    // applies 2 s late (MASTER_DELAY: its threads run, Seconds_Behind_Master may say
+    // nothing) is over a 1 s RPO and within a 10 s one.
+    let s = &status().await[0];
+    assert!(
+        s.lag_seconds.is_some_and(|l| l < 5.0) && !s.rpo_breached,
+        "{s:?}"
+    );
+    replica.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 2; START SLAVE");
+    let one = std::time::Duration::from_secs(1);
+    let s = &georep_db::mysql::status::status(&p, std::slice::from_ref(&r), one)
+        .await
+        .expect("status")[0];
+    assert!(s.rpo_breached && s.lag_seconds.is_none(), "{s:?}");
+    let ten = std::time::Duration::from_secs(10);
+    let s = &georep_db::mysql::status::status(&p, std::slice::from_ref(&r), ten)
+        .await
+        .expect("status")[0];
+    assert!(s.lag_seconds.is_some_and(|l| l >= 1.5), "{s:?}");
+    assert!(!s.rpo_breached, "{s:?}");
+    replica.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE");
+
     // A stopped replica falls behind, and status says by how much.
     replica.sql("STOP SLAVE");
     primary.sql(
@@ -320,6 +346,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     );
     let s = &status().await[0];
     assert_eq!(s.io_running, "No");
+    assert!(s.rpo_breached && s.lag_seconds.is_none(), "{s:?}");
     assert_eq!(s.gtid_distance, 2, "{s:?}");
 
     assert_eq!(
@@ -342,7 +369,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .await
         .expect_err("a replica with data");
     assert!(
-        e.to_string().contains("already holds data in crm, shop"),
+        e.to_string().contains("already holds data in crm, georep, shop"),
         "{e}"
     );
     assert_eq!(e.exit_class(), 2);
