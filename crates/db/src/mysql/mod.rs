@@ -1,9 +1,9 @@
 //! MariaDB and MySQL geo-replicas over SQL only (issue 13, in progress): connections
 //! and URLs (`conn`), GTID positions (`gtid`), the prerequisite checks that `georep db
 //! setup` runs before anything else (`check`), the snapshot copy and GTID replication
-//! (`setup`), `status` and `teardown`, and `verify`. Still to come: the heartbeat lag,
-//! a parallel copy, the topology and CLI wiring, and failover groups
-//! (`docs/notes/issue-13-mysql.md`).
+//! (`setup`), `status` (lag measured by a heartbeat) and `teardown`, and `verify`.
+//! Still to come: a parallel copy, polling in the daemon, MySQL 8's SQL and failover
+//! groups (`docs/notes/issue-13-mysql.md`).
 
 pub mod check;
 pub mod conn;
