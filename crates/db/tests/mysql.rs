@@ -369,7 +369,8 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .await
         .expect_err("a replica with data");
     assert!(
-        e.to_string().contains("already holds data in crm, georep, shop"),
+        e.to_string()
+            .contains("already holds data in crm, georep, shop"),
         "{e}"
     );
     assert_eq!(e.exit_class(), 2);
