@@ -223,6 +223,12 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
             .map_err(perr)?;
         for t in &names {
             let full = format!("{qdb}.{}", quote_ident(t));
+            // As mysqldump does: the table's metadata lock is released after its copy
+            // (rolling back to the savepoint), so an ALTER on the primary waits for one
+            // table at most, not for the whole copy; the snapshot stays.
+            tx.query_drop("SAVEPOINT georep_table")
+                .await
+                .map_err(perr)?;
             let ddl: Option<Row> = tx
                 .query_first(format!("SHOW CREATE TABLE {full}"))
                 .await
@@ -248,6 +254,9 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
                 .collect::<Vec<_>>()
                 .join(", ");
             rows += copy_table(&mut tx, rc, (p, &r.name), (&full, &cols)).await?;
+            tx.query_drop("ROLLBACK TO SAVEPOINT georep_table")
+                .await
+                .map_err(perr)?;
             tables += 1;
         }
     }
