@@ -6,7 +6,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
-use super::{conn, quote_ident, Dialect};
+use super::{conn, quote_ident, text, Dialect};
 use crate::error::{DbError, Result};
 
 /// A member to check (no `Debug`: the URL may hold a password).
@@ -24,16 +24,6 @@ pub struct Facts {
     pub dialect: Dialect,
     pub version: String,
     pub server_id: u64,
-}
-
-/// The schemas a server keeps for itself; never replicated or checked.
-pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
-
-/// One row's string column by name (`None` for NULL or a missing column).
-fn text(row: &Row, col: &str) -> Option<String> {
-    row.get_opt::<Option<String>, _>(col)
-        .and_then(Result::ok)
-        .flatten()
 }
 
 async fn one_row(c: &mut Conn, member: &str, sql: &str) -> Result<Row> {
@@ -277,11 +267,7 @@ async fn check_member(
 /// Tables without a primary key, and tables on an engine without consistent snapshots,
 /// named one by one.
 async fn tables(c: &mut Conn, name: &str, problems: &mut Vec<String>) -> Result<()> {
-    let system = SYSTEM_SCHEMAS
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let system = super::system_schemas_sql();
     let sql = format!(
         "SELECT t.TABLE_SCHEMA AS s, t.TABLE_NAME AS t, COALESCE(t.ENGINE, '') AS e, t.TABLE_TYPE AS ty, \
          EXISTS (SELECT 1 FROM information_schema.TABLE_CONSTRAINTS c \

@@ -41,6 +41,26 @@ impl Dialect {
     }
 }
 
+/// One row's string column by name (`None` for NULL, a missing column or a value
+/// that is not text): never panics on what a server sends.
+pub(crate) fn text(row: &mysql_async::Row, col: &str) -> Option<String> {
+    row.get_opt::<Option<String>, _>(col)
+        .and_then(std::result::Result::ok)
+        .flatten()
+}
+
+/// The schemas a server keeps for itself; never replicated or checked.
+pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+
+/// [`SYSTEM_SCHEMAS`] as an SQL list: `'mysql','information_schema',...`.
+pub(crate) fn system_schemas_sql() -> String {
+    SYSTEM_SCHEMAS
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `name` quoted as an identifier (`a``b`).
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))

@@ -12,9 +12,9 @@ use std::time::Instant;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, TxOpts, Value};
 
-use super::check::{check, Member, SYSTEM_SCHEMAS};
+use super::check::{check, Member};
 use super::gtid::MariaPos;
-use super::{conn, quote_ident, Dialect};
+use super::{conn, quote_ident, text, Dialect};
 use crate::error::{DbError, Result};
 
 /// What setup did.
@@ -36,12 +36,6 @@ pub struct SetupReport {
 /// Rows per INSERT while copying (fewer for wide tables: a statement takes at most
 /// 65,535 placeholders).
 const BATCH_ROWS: usize = 500;
-
-fn text(row: &Row, col: &str) -> Option<String> {
-    row.get_opt::<Option<String>, _>(col)
-        .and_then(std::result::Result::ok)
-        .flatten()
-}
 
 /// Sets up every replica of `primary` (MariaDB). A replica that already holds user
 /// databases is refused unless `wipe` (they are dropped and copied again).
@@ -169,11 +163,7 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
             r.name
         )]));
     }
-    let system = SYSTEM_SCHEMAS
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let system = super::system_schemas_sql();
     let databases: Vec<String> = tx
         .query(format!(
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({system}) ORDER BY SCHEMA_NAME"

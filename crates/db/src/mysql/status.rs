@@ -11,6 +11,7 @@ use mysql_async::{Conn, Row};
 use super::check::Member;
 use super::conn;
 use super::gtid::MariaPos;
+use super::text;
 use crate::error::{DbError, Result};
 
 /// One replica as read now.
@@ -34,12 +35,6 @@ pub struct ReplicaState {
     /// thread is behind.
     pub lag_seconds: Option<f64>,
     pub rpo_breached: bool,
-}
-
-fn text(row: &Row, col: &str) -> Option<String> {
-    row.get_opt::<Option<String>, _>(col)
-        .and_then(std::result::Result::ok)
-        .flatten()
 }
 
 /// Writes a heartbeat on the primary and waits, at most `wait`, for the replica to

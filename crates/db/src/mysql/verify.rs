@@ -10,16 +10,10 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
-use super::check::{Member, SYSTEM_SCHEMAS};
-use super::{conn, quote_ident};
+use super::check::Member;
+use super::{conn, quote_ident, text};
 use crate::error::{DbError, Result};
 use crate::postgres::{RangeDiff, TableCheck, VerifyOptions, VerifyReport};
-
-fn text(row: &Row, col: &str) -> Option<String> {
-    row.get_opt::<Option<String>, _>(col)
-        .and_then(std::result::Result::ok)
-        .flatten()
-}
 
 /// How one table is split and hashed.
 struct Plan {
@@ -72,11 +66,7 @@ impl Plan {
 
 async fn plans(c: &mut Conn, opts: &VerifyOptions) -> Result<Vec<Plan>> {
     let err = |e| DbError::mysql("primary", e);
-    let system = SYSTEM_SCHEMAS
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let system = super::system_schemas_sql();
     let rows: Vec<Row> = c
         .query(format!(
             "SELECT TABLE_SCHEMA AS s, TABLE_NAME AS t FROM information_schema.TABLES \
