@@ -24,10 +24,14 @@ pub struct ReseedRequest {
 /// How far a replica is behind the primary, as read on the primary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lag {
-    /// WAL bytes not yet confirmed; `None` when unknown.
+    /// WAL bytes not yet confirmed (PostgreSQL); `None` when unknown.
     pub bytes: Option<i64>,
     /// Seconds behind; `None` when the replica is not connected (unknown).
     pub seconds: Option<f64>,
+    /// Transactions the primary logged that the replica has not applied (MariaDB: the
+    /// GTID distance); `None` for PostgreSQL or when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<u64>,
 }
 
 /// Where a group's listeners send new connections.

@@ -8,9 +8,12 @@
 //! services where nobody can touch the server's files.
 
 mod crash;
+pub mod engine;
 mod error;
 pub mod mysql;
 pub mod postgres;
+mod role;
 
 pub use crash::crash_point;
 pub use error::{DbError, Result};
+pub use role::{rotated, Settled, SwitchoverReport};

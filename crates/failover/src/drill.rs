@@ -9,36 +9,31 @@ use std::time::{Duration, Instant};
 
 use georep_api::{Client, DrillReport, FailoverRequest, Lag};
 use georep_core::{Database, FailoverGroup};
-use georep_db::postgres as pg;
+use georep_db::engine::{self, DrillSession};
 
 use crate::{FailoverError, Result};
 
-/// The table the drill writes to; it is replicated like any other.
-const DRILL_TABLE: &str = "CREATE TABLE IF NOT EXISTS georep_drill (id bigserial PRIMARY KEY, v text UNIQUE NOT NULL, at timestamptz NOT NULL DEFAULT now())";
-
 /// Writes through the listener until stopped, reconnecting after errors; records the
 /// acknowledged values with their times.
-async fn writer(url: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<(String, Instant)>>>) {
+async fn writer(
+    db: Database,
+    url: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+) {
     let mut i = 0u64;
-    let mut client = None;
+    let mut client: Option<DrillSession> = None;
     while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = pg::connect("listener", &url).await.ok();
+        let Some(c) = client.as_mut() else {
+            client = DrillSession::connect(&db, &url).await.ok();
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
             }
-        }
+            continue;
+        };
         let v = format!("d{}-{i}", std::process::id());
         i += 1;
-        let ok = match &client {
-            Some(c) => c
-                .execute("INSERT INTO georep_drill (v) VALUES ($1)", &[&v])
-                .await
-                .is_ok(),
-            None => false,
-        };
-        if ok {
+        if c.insert(&v).await {
             if let Ok(mut a) = acked.lock() {
                 a.push((v, Instant::now()));
             }
@@ -107,7 +102,7 @@ pub async fn drill(
 ) -> Result<DrillReport> {
     let before = api.group(&g.name).await?;
     let original = before.primary.clone();
-    let current = pg::rotated(db, &original);
+    let current = georep_db::rotated(db, &original);
     let target = current
         .replicas
         .iter()
@@ -117,15 +112,20 @@ pub async fn drill(
         })?
         .name
         .clone();
-    pg::ddl(&current, DRILL_TABLE).await.map_err(|e| {
+    engine::prepare_drill(&current).await.map_err(|e| {
         FailoverError::Refused(format!(
-            "creating the drill table failed (it must be replicated: use schemas, or list public.georep_drill in tables): {e}"
+            "creating the drill table failed (it must be replicated: PostgreSQL: use schemas, or list public.georep_drill in tables): {e}"
         ))
     })?;
     let listener = listener_url(&current, g)?;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let w = tokio::spawn(writer(listener.clone(), stop.clone(), acked.clone()));
+    let w = tokio::spawn(writer(
+        current.clone(),
+        listener.clone(),
+        stop.clone(),
+        acked.clone(),
+    ));
     tokio::time::sleep(settle).await;
 
     progress(&format!("failing over {original} → {target}"));
@@ -157,12 +157,10 @@ pub async fn drill(
     let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
 
     // Every acknowledged write must be on the primary now.
-    let c = pg::connect("listener", &listener).await?;
-    let rows = c
-        .query("SELECT v FROM georep_drill", &[])
-        .await
-        .map_err(|e| georep_db::DbError::sql("listener", e))?;
-    let present: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let present = DrillSession::connect(&current, &listener)
+        .await?
+        .values()
+        .await?;
     let lost: Vec<String> = acked
         .iter()
         .map(|(v, _)| v)

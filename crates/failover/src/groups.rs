@@ -124,7 +124,7 @@ impl Groups {
         &self,
         name: &str,
         member: &str,
-    ) -> georep_component::Result<georep_db::postgres::SetupReport> {
+    ) -> georep_component::Result<georep_api::ReseedReport> {
         Ok(self.group(name)?.reseed(member).await?)
     }
 

@@ -21,7 +21,7 @@ mod proxy;
 mod serve;
 mod services;
 
-pub use mariadb::MariaDb;
+pub use mariadb::{mariadb_as, MariaDb};
 pub use partition::Partition;
 pub use postgres::{psql_at, Postgres};
 pub use proxy::FlakyProxy;

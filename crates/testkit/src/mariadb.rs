@@ -5,6 +5,7 @@
 //! server that fails the prerequisites, say).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::services::{free_port, is_root, wait_until};
@@ -12,7 +13,8 @@ use crate::services::{free_port, is_root, wait_until};
 /// One server: one "region".
 pub struct MariaDb {
     pub port: u16,
-    child: Child,
+    child: Mutex<Child>,
+    args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -98,22 +100,36 @@ impl MariaDb {
                 "--innodb-log-file-size=16M".into(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
-            let mut child = Command::new(tool("server"))
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mariadbd");
-            if wait_until(Duration::from_secs(60), || {
-                child.try_wait().ok().flatten().is_none() && sql_at(port, "SELECT 1").is_ok()
-            }) {
-                return Self { port, child, dir };
+            if let Some(child) = spawn(port, &args) {
+                return Self {
+                    port,
+                    child: Mutex::new(child),
+                    args,
+                    dir,
+                };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("mariadbd did not start (tried 3 ports)");
+    }
+
+    /// SIGKILLs the server (a region's database failing).
+    pub fn kill9(&self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on its port, with its data (after [`Self::kill9`]).
+    pub fn restart(&self) {
+        let mut child = spawn(self.port, &self.args).expect("mariadbd did not restart");
+        match self.child.lock() {
+            Ok(mut c) => *c = child,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 
     /// `mysql://root@127.0.0.1:PORT/DB`
@@ -121,7 +137,7 @@ impl MariaDb {
         format!("mysql://root@127.0.0.1:{}/{db}", self.port)
     }
 
-    fn try_sql(&self, sql: &str) -> Result<String, String> {
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
         sql_at(self.port, sql)
     }
 
@@ -131,16 +147,63 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("SQL failed on :{}: {sql}: {e}", self.port))
     }
 
+    /// One field of `SHOW SLAVE STATUS` (empty when the server has no source).
+    pub fn slave_status(&self, field: &str) -> String {
+        let out = Command::new(tool("client"))
+            .args(["-uroot", "-h127.0.0.1", "--protocol=TCP", "-E"])
+            .arg(format!("-P{}", self.port))
+            .args(["-e", "SHOW SLAVE STATUS"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mariadb");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().split_once(": "))
+            .find(|(k, _)| *k == field)
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// The server's error log (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("data/err.log")).unwrap_or_default()
     }
 }
 
+/// Starts `mariadbd` with `args` and waits until it answers on `port`.
+fn spawn(port: u16, args: &[String]) -> Option<Child> {
+    let mut child = Command::new(tool("server"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mariadbd");
+    if wait_until(Duration::from_secs(60), || {
+        child.try_wait().ok().flatten().is_none() && sql_at(port, "SELECT 1").is_ok()
+    }) {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Runs SQL as root through the `mariadb` client on `port`.
 fn sql_at(port: u16, sql: &str) -> Result<String, String> {
-    let out = Command::new(tool("client"))
-        .args(["-uroot", "-h127.0.0.1", "--protocol=TCP", "-N", "-B"])
+    mariadb_as(port, "root", "", sql)
+}
+
+/// Runs SQL through the `mariadb` client on `port` (a server or a listener) as `user`
+/// with `password`: its output, or its error text.
+pub fn mariadb_as(port: u16, user: &str, password: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = Command::new(tool("client"));
+    cmd.arg(format!("-u{user}"));
+    if !password.is_empty() {
+        cmd.arg(format!("-p{password}"));
+    }
+    let out = cmd
+        .args(["-h127.0.0.1", "--protocol=TCP", "-N", "-B"])
         .arg(format!("-P{port}"))
         .arg("-e")
         .arg(sql)
@@ -156,15 +219,18 @@ fn sql_at(port: u16, sql: &str) -> Result<String, String> {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
+        let Ok(child) = self.child.get_mut() else {
+            return;
+        };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
         let stopped = wait_until(Duration::from_secs(20), || {
-            self.child.try_wait().ok().flatten().is_some()
+            child.try_wait().ok().flatten().is_some()
         });
         if !stopped {
-            let _ = self.child.kill();
+            let _ = child.kill();
         }
-        let _ = self.child.wait();
+        let _ = child.wait();
     }
 }

@@ -10,4 +10,5 @@ mod db;
 mod failover;
 mod hardening;
 mod mariadb;
+mod mariadb_failover;
 mod serve;

@@ -44,6 +44,18 @@ impl Database {
     /// The name of every database's primary member; no replica may take it.
     pub const PRIMARY_NAME: &'static str = "primary";
 
+    /// `host:port` of the server a member URL reaches over TCP, as a failover
+    /// listener forwards to it (`None`: a Unix socket or an unreadable URL).
+    pub fn address(&self, url: &str) -> Option<String> {
+        if self.engine.is_mysql_family() {
+            return mysql_url(url).ok().map(|t| t.0);
+        }
+        crate::pg_endpoint(url)
+            .ok()
+            .filter(|e| !e.is_socket())
+            .map(|e| e.address())
+    }
+
     /// The member called `name`: `"primary"` or one of the replicas.
     pub fn member(&self, name: &str) -> Option<&DbMember> {
         if name == self.primary.name {

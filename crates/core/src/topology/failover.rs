@@ -10,6 +10,7 @@ use serde::Serialize;
 use toml::de::DeValue;
 use toml::Spanned;
 
+use super::databases::DbEngine;
 use super::databases::DraftDatabase;
 use super::policies::duration;
 use super::read::{kind, valid_name, Ctx, Section, Span, NAME_RULE};
@@ -377,12 +378,12 @@ pub(super) fn check(
             .iter()
             .find(|x| x.name() == Some(d))
             .and_then(|x| x.engine())
-            .filter(|e| e.is_mysql_family())
+            .filter(|e| *e == DbEngine::MySql)
         {
             ctx.error(
                 Some(db.span()),
                 &g.what,
-                format!("database '{d}' runs {engine}: failover groups for MariaDB and MySQL are not available yet (only PostgreSQL); remove the group, or use `georep db` commands for the replicas"),
+                format!("database '{d}' runs {engine}: failover groups for MySQL 8 are not available yet (PostgreSQL and MariaDB are); remove the group, or use `georep db` commands for the replicas"),
             );
         } else if let Some((other, line)) = fronted.get(d) {
             ctx.error(

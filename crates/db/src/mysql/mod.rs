@@ -10,6 +10,7 @@ pub mod conn;
 pub mod gtid;
 pub mod setup;
 pub mod status;
+pub mod switchover;
 pub mod verify;
 
 pub use conn::{connect, parse_url, MyUrl, SslMode};

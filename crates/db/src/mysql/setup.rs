@@ -339,6 +339,18 @@ async fn start_replication(
     rc.exec_drop("SET GLOBAL gtid_slave_pos = ?", (gtid.to_string(),))
         .await
         .map_err(err)?;
+    change_master(rc, member, primary).await?;
+    rc.query_drop("START SLAVE").await.map_err(err)?;
+    Ok(())
+}
+
+/// `CHANGE MASTER TO` the source at `primary`'s address and credentials, by GTID from
+/// the replica's `gtid_slave_pos` (the replica is stopped).
+pub(crate) async fn change_master(
+    rc: &mut Conn,
+    member: &str,
+    primary: &conn::MyUrl,
+) -> Result<()> {
     let lit = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"));
     let sql = format!(
         "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1{}",
@@ -356,7 +368,6 @@ async fn start_replication(
             }
         }
     );
-    // The statement carries the password: its error is reported without the text.
     // The statement carries the password, and a server's syntax error quotes the text:
     // only the error code is shown.
     rc.query_drop(sql).await.map_err(|e| match e {
@@ -368,7 +379,5 @@ async fn start_replication(
             member: member.into(),
             detail: "CHANGE MASTER TO failed: the session ended".into(),
         },
-    })?;
-    rc.query_drop("START SLAVE").await.map_err(err)?;
-    Ok(())
+    })
 }

@@ -37,6 +37,10 @@ pub struct ReplicaState {
     pub rpo_breached: bool,
 }
 
+/// georep's heartbeat table, in its own database (replicated like any other): one row
+/// per writer (1: `db status`, 2: the daemon's probes).
+pub(crate) const HEARTBEAT_DDL: &str = "CREATE DATABASE IF NOT EXISTS georep; CREATE TABLE IF NOT EXISTS georep.heartbeat (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL, beat BIGINT UNSIGNED NOT NULL)";
+
 /// Writes a heartbeat on the primary and waits, at most `wait`, for the replica to
 /// apply it; the time it took, or `None`.
 async fn heartbeat_lag(
@@ -46,11 +50,7 @@ async fn heartbeat_lag(
     wait: Duration,
 ) -> Result<Option<f64>> {
     let perr = |e| DbError::mysql(primary, e);
-    pc.query_drop(
-        "CREATE DATABASE IF NOT EXISTS georep; CREATE TABLE IF NOT EXISTS georep.heartbeat (id TINYINT PRIMARY KEY, ts DATETIME(6) NOT NULL, beat BIGINT UNSIGNED NOT NULL)",
-    )
-    .await
-    .map_err(perr)?;
+    pc.query_drop(HEARTBEAT_DDL).await.map_err(perr)?;
     let beat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use georep_db::crash_point;
-use georep_db::postgres as pg;
+use georep_db::engine;
 
 use super::{FailoverReport, Group};
 use crate::{FailoverError, Result};
@@ -49,7 +49,7 @@ impl Group {
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
         // Nothing is held while the target gets ready: clients keep writing meanwhile.
-        pg::preflight(&db, &target.name, Duration::from_secs(30)).await?;
+        engine::preflight(&db, &target.name, Duration::from_secs(30)).await?;
         let epoch = rec.epoch + 1;
         self.state.failover_begin(
             &self.cfg.name,
@@ -64,7 +64,7 @@ impl Group {
         tracing::info!(group = %self.cfg.name, from = %db.primary.name, to = %target.name, "planned failover: holding new connections");
         let loss =
             "none: every write acknowledged before the fence was confirmed by the new primary";
-        let result = match pg::switchover(&db, &target.name, Duration::from_secs(30)).await {
+        let result = match engine::switchover(&db, &target.name, Duration::from_secs(30)).await {
             Ok(rep) => {
                 crash_point("failover-before-route");
                 self.commit(epoch, "planned", &db, &rep, held_at, loss.into(), "done")

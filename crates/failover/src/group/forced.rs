@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use georep_core::Database;
-use georep_db::postgres as pg;
+use georep_db::engine;
 
 use super::probe::{probe, Probe};
 use super::{FailoverReport, Group};
@@ -60,7 +60,7 @@ impl Group {
                 // one more look with a longer timeout. Any answer keeps the primary.
                 let patient = (self.cfg.probe_timeout * 4).max(Duration::from_secs(2));
                 if let Ok(()) | Err(Probe::Answered(_)) =
-                    probe(&db.primary, patient).await.map(|_| ())
+                    probe(db, &db.primary, patient).await.map(|_| ())
                 {
                     tracing::warn!(group = %self.cfg.name, primary = %db.primary.name, "the primary missed its probes but answered a last, longer one: no automatic failover");
                     if let Ok(mut h) = self.health.lock() {
@@ -80,7 +80,11 @@ impl Group {
                     .force(Some(&name), "automatic", Some(&db.primary.name))
                     .await
                 {
-                    tracing::error!(group = %self.cfg.name, error = %e, "automatic failover failed");
+                    // Reported in the group's status, and logged once per reason.
+                    let why = format!("automatic failover to '{name}' refused or failed: {e}");
+                    if self.note_automatic(&why) {
+                        tracing::error!(group = %self.cfg.name, "{why}");
+                    }
                 }
             }
             None => {
@@ -101,20 +105,24 @@ impl Group {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let changed = self
-                    .automatic
-                    .lock()
-                    .map(|mut a| {
-                        let c = a.as_deref() != Some(why.as_str());
-                        *a = Some(why.clone());
-                        c
-                    })
-                    .unwrap_or(false);
-                if changed {
+                if self.note_automatic(&why) {
                     tracing::warn!(group = %self.cfg.name, "{why}");
                 }
             }
         }
+    }
+
+    /// Records why automatic failover did not happen (shown in the group's status);
+    /// true when the reason changed, so it is logged once.
+    fn note_automatic(&self, why: &str) -> bool {
+        self.automatic
+            .lock()
+            .map(|mut a| {
+                let changed = a.as_deref() != Some(why);
+                *a = Some(why.to_string());
+                changed
+            })
+            .unwrap_or(false)
     }
 
     /// Forced failover: promote a replica without the primary (which is fenced for good
@@ -160,7 +168,9 @@ impl Group {
             .failover(&self.cfg.name)?
             .ok_or_else(|| FailoverError::InvalidConfig("failover group not recorded".into()))?;
         // An unreachable target is refused before anything is recorded or held.
-        drop(pg::connect(&format!("replica '{}'", target.name), &target.url).await?);
+        drop(engine::Session::connect(&db, &target).await?);
+        // A replica that would lose or invent data is refused before anything is held.
+        engine::check_promotable(&db, &target.name).await?;
         let epoch = rec.epoch + 1;
         self.state
             .failover_begin(&self.cfg.name, epoch, kind, &db.primary.name, &target.name)?;
@@ -172,12 +182,14 @@ impl Group {
             .ok()
             .and_then(|l| l.get(&target.name).cloned())
             .unwrap_or_default();
-        let data_loss = match (loss.bytes, loss.seconds) {
-            (Some(b), Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
-            (Some(b), None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
+        let data_loss = match (loss.bytes, loss.transactions, loss.seconds) {
+            (Some(b), _, Some(s)) => format!("at most the last {s:.1}s ({b} bytes of WAL) before the primary failed, by the last lag seen"),
+            (Some(b), _, None) => format!("up to {b} bytes of WAL (lag in time unknown)"),
+            (None, Some(n), Some(s)) => format!("at most the last {s:.1}s ({n} transaction(s) not applied) before the primary failed, by the last lag seen; what the replica received was applied first"),
+            (None, Some(n), None) => format!("up to {n} transaction(s) (lag in time unknown)"),
             _ => "unknown (no lag was seen)".into(),
         };
-        let result = match pg::promote(&db, &target.name).await {
+        let result = match engine::promote(&db, &target.name).await {
             Ok(rep) => self.commit(epoch, kind, &db, &rep, held_at, data_loss, "done"),
             Err(e) => {
                 self.settle_after_error(epoch, kind, &db, &target.name, e, held_at, data_loss)

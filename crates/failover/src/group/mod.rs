@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use georep_core::{Database, FailoverGroup};
-use georep_db::postgres as pg;
 use georep_state::State;
 use tokio::sync::watch;
 
@@ -76,11 +75,8 @@ async fn bind_when_free(
 }
 
 /// `host:port` of a member's URL, read as connections read it (`host=`/`port=` too).
-fn address(url: &str) -> Option<String> {
-    georep_core::pg_endpoint(url)
-        .ok()
-        .filter(|e| !e.is_socket())
-        .map(|e| e.address())
+fn address(db: &Database, url: &str) -> Option<String> {
+    db.address(url)
 }
 
 impl Group {
@@ -98,12 +94,14 @@ impl Group {
         if unsettled {
             tracing::warn!(group = %cfg.name, epoch = rec.epoch, "a role change was interrupted: new connections are held until it is rolled back or finished");
         }
-        let current = pg::rotated(&db, &rec.primary);
+        let current = georep_db::rotated(&db, &rec.primary);
         let route = Route {
             epoch: rec.epoch,
-            read_write: address(&current.primary.url),
+            read_write: address(&current, &current.primary.url),
             read_only: if cfg.read_only_to_primary {
-                address(&current.primary.url).into_iter().collect()
+                address(&current, &current.primary.url)
+                    .into_iter()
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -192,7 +190,7 @@ impl Group {
     /// The database with the current roles.
     pub(crate) fn current_db(&self) -> Database {
         let p = self.primary.lock().map(|p| p.clone()).unwrap_or_default();
-        pg::rotated(&self.db, &p)
+        georep_db::rotated(&self.db, &p)
     }
 
     fn healthy(&self, name: &str) -> bool {
@@ -237,12 +235,15 @@ impl Group {
             .collect();
         let within: Vec<_> = healthy.iter().filter(|r| fresh(&r.name)).collect();
         let mut ro: Vec<String> = if within.is_empty() {
-            healthy.iter().filter_map(|r| address(&r.url)).collect()
+            healthy
+                .iter()
+                .filter_map(|r| address(&db, &r.url))
+                .collect()
         } else {
-            within.iter().filter_map(|r| address(&r.url)).collect()
+            within.iter().filter_map(|r| address(&db, &r.url)).collect()
         };
         if ro.is_empty() && self.cfg.read_only_to_primary {
-            ro.extend(address(&db.primary.url));
+            ro.extend(address(&db, &db.primary.url));
         }
         ro
     }

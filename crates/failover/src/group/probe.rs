@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use georep_core::DbMember;
-use georep_db::postgres as pg;
+use georep_core::{Database, DbMember};
+use georep_db::engine::Session;
 use tokio::sync::watch;
 
-use super::{Group, Lag};
+use super::Group;
 
 /// Why a probe failed: the server answered with a refusal, or did not answer at all.
 pub(super) enum Probe {
@@ -19,16 +19,20 @@ pub(super) enum Probe {
 }
 
 /// Connects to a member and runs `SELECT 1` within `t`.
-pub(super) async fn probe(m: &DbMember, t: Duration) -> std::result::Result<pg::Client, Probe> {
+pub(super) async fn probe(
+    db: &Database,
+    m: &DbMember,
+    t: Duration,
+) -> std::result::Result<Session, Probe> {
     tokio::time::timeout(t, async {
-        let c = pg::connect(&m.name, &m.url).await.map_err(|e| {
+        let mut c = Session::connect(db, m).await.map_err(|e| {
             if e.server_answered() {
                 Probe::Answered(e.to_string())
             } else {
                 Probe::Down(e.to_string())
             }
         })?;
-        c.simple_query("SELECT 1")
+        c.ping(&m.name)
             .await
             .map_err(|e| Probe::Down(e.to_string()))?;
         Ok(c)
@@ -54,24 +58,28 @@ impl Group {
             for (m, role) in members {
                 let t = self.cfg.probe_timeout;
                 let is_primary = role == "primary";
-                let ok = probe(&m, t).await;
+                let ok = probe(&db, &m, t).await;
                 // The primary's view of each replica's lag: what a forced failover would lose.
                 let ok = match ok {
-                    Ok(c) => {
-                        self.enforce_fence(&c, &m.name).await;
+                    Ok(mut c) => {
+                        self.enforce_fence(&mut c, &m.name).await;
                         if is_primary {
-                            match tokio::time::timeout(t, pg::replica_lag(&c, &db)).await {
+                            // A heartbeat is written only while no role change runs
+                            // and the primary is not fenced (it checks `read_only`,
+                            // which a switchover sets before reading its position).
+                            let beat = self.op.try_lock().is_ok()
+                                && !self.unsettled.load(Ordering::SeqCst);
+                            // MariaDB's lag is read on each replica: more round trips.
+                            let limit = if db.engine.is_mysql_family() {
+                                t.max(Duration::from_secs(3))
+                            } else {
+                                t
+                            };
+                            let read = tokio::time::timeout(limit, c.replica_lag(&db, beat)).await;
+                            match read {
                                 Ok(Ok(lags)) => {
                                     if let Ok(mut l) = self.lag.lock() {
-                                        for (name, b, s) in lags {
-                                            l.insert(
-                                                name,
-                                                Lag {
-                                                    bytes: b,
-                                                    seconds: s,
-                                                },
-                                            );
-                                        }
+                                        l.extend(lags);
                                     }
                                 }
                                 Ok(Err(e)) => {
@@ -128,7 +136,7 @@ impl Group {
     /// primary is not, so a member that comes back from a partition or a crash cannot
     /// take writes by default unless the recorded epoch makes it the primary. Skipped
     /// while a role change runs (it sets fences itself).
-    async fn enforce_fence(&self, c: &pg::Client, member: &str) {
+    async fn enforce_fence(&self, c: &mut Session, member: &str) {
         let done = self
             .fences_set
             .lock()
@@ -141,7 +149,7 @@ impl Group {
             return;
         };
         let primary = self.current_db().primary.name == member;
-        let set = tokio::time::timeout(self.cfg.probe_timeout, pg::set_fence(c, member, !primary))
+        let set = tokio::time::timeout(self.cfg.probe_timeout, c.set_fence(member, !primary))
             .await
             .unwrap_or_else(|_| {
                 Err(georep_db::DbError::Timeout(format!(

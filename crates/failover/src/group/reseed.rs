@@ -1,10 +1,8 @@
 //! Reseeding a fenced member: rebuilt as a replica of the current primary from a fresh
 //! copy, then routed to again.
 
-use std::time::Duration;
-
-use georep_core::Database;
-use georep_db::postgres as pg;
+use georep_api::ReseedReport;
+use georep_db::engine;
 
 use super::Group;
 use crate::{FailoverError, Result};
@@ -12,7 +10,7 @@ use crate::{FailoverError, Result};
 impl Group {
     /// Rebuilds a fenced member as a replica of the current primary (its data is
     /// replaced by a fresh copy), then lets it be routed to again.
-    pub async fn reseed(&self, member: &str) -> Result<pg::SetupReport> {
+    pub async fn reseed(&self, member: &str) -> Result<ReseedReport> {
         let _one = self.op().await?;
         let fenced = self.fenced.lock().map(|f| f.clone()).unwrap_or_default();
         if !fenced.contains(member) {
@@ -30,12 +28,7 @@ impl Group {
             .ok_or_else(|| {
                 FailoverError::Refused(format!("'{member}' is not a member of '{}'", db.name))
             })?;
-        pg::prepare_reseed(&db, &m).await?;
-        let only = Database {
-            replicas: vec![m],
-            ..db
-        };
-        let report = pg::setup(&only, Some(Duration::from_secs(3600)), &|_| {}).await?;
+        let report = engine::reseed(&db, &m).await?;
         let mut left = fenced;
         left.remove(member);
         let text = left.iter().cloned().collect::<Vec<_>>().join(",");

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use georep_core::Database;
-use georep_db::postgres as pg;
+use georep_db::{engine, Settled, SwitchoverReport};
 
 use super::{address, FailoverKind, FailoverReport, Group};
 use crate::{FailoverError, Result};
@@ -27,7 +27,7 @@ impl Group {
         epoch: i64,
         kind: &str,
         db: &Database,
-        rep: &pg::SwitchoverReport,
+        rep: &SwitchoverReport,
         held_at: Instant,
         data_loss: String,
         outcome: &str,
@@ -65,7 +65,8 @@ impl Group {
         if let Ok(mut f) = self.fences_set.lock() {
             f.clear();
         }
-        let rw = address(&self.current_db().primary.url);
+        let current = self.current_db();
+        let rw = address(&current, &current.primary.url);
         // Both routes change with the release, so no held reader reaches the new primary.
         let ro = self.read_only_targets();
         self.route.send_modify(|r| {
@@ -127,8 +128,8 @@ impl Group {
         held_at: Instant,
         data_loss: String,
     ) -> Result<FailoverReport> {
-        match pg::settle(db, to, kind == "planned").await {
-            Ok(pg::Settled::RolledBack) => {
+        match engine::settle(db, to, kind == "planned").await {
+            Ok(Settled::RolledBack) => {
                 self.state.failover_rolled_back(
                     &self.cfg.name,
                     epoch,
@@ -141,7 +142,7 @@ impl Group {
                 tracing::warn!(group = %self.cfg.name, epoch, error = %err, "the failover failed before the promotion and was rolled back; the primary is unchanged");
                 Err(err.into())
             }
-            Ok(pg::Settled::Finished(rep)) => self.commit(
+            Ok(Settled::Finished(rep)) => self.commit(
                 epoch,
                 kind,
                 db,
@@ -181,8 +182,8 @@ impl Group {
         let db = self.current_db();
         let planned = ev.kind == FailoverKind::Planned;
         let held_at = Instant::now();
-        match pg::settle(&db, &ev.to, planned).await {
-            Ok(pg::Settled::RolledBack) => {
+        match engine::settle(&db, &ev.to, planned).await {
+            Ok(Settled::RolledBack) => {
                 if let Err(e) = self.state.failover_rolled_back(
                     &self.cfg.name,
                     ev.epoch,
@@ -198,7 +199,7 @@ impl Group {
                 tracing::warn!(group = %self.cfg.name, epoch = ev.epoch, primary = %ev.from, to = %ev.to, "interrupted failover rolled back: '{}' stays the primary", ev.from);
                 true
             }
-            Ok(pg::Settled::Finished(rep)) => {
+            Ok(Settled::Finished(rep)) => {
                 let loss = if planned {
                     "none (planned; finished after an interruption)".to_string()
                 } else {

@@ -10,8 +10,7 @@
 //! the fence, following and stopping to follow, the planned switchover, the forced
 //! promotion, settling and reseed preparation each have a child module.
 
-use georep_core::{Database, DbMember};
-use serde::Serialize;
+use georep_core::Database;
 
 use super::subscription_name;
 use crate::error::{DbError, Result};
@@ -27,51 +26,9 @@ pub use self::fence::set_fence;
 pub use self::forced::promote;
 pub use self::planned::{preflight, switchover};
 pub use self::reseed::prepare_reseed;
-pub use self::settle::{settle, Settled};
-
-/// What a role change did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SwitchoverReport {
-    pub from: String,
-    pub to: String,
-    /// The old primary's WAL position once writes were fenced (planned only).
-    pub fence_lsn: Option<String>,
-    /// How long the new primary took to confirm everything up to the fence.
-    pub catch_up_ms: u64,
-    pub sequences_set: usize,
-    /// Other replicas that now follow the new primary.
-    pub repointed: Vec<String>,
-    /// Members that cannot follow the new primary without a gap or a divergence, and
-    /// why; they need `georep db reseed`.
-    pub left_behind: Vec<(String, String)>,
-}
-
-/// `db` with `primary` (a member name) as the primary and every other member as a replica.
-pub fn rotated(db: &Database, primary: &str) -> Database {
-    let mut members: Vec<DbMember> = std::iter::once(db.primary.clone())
-        .chain(db.replicas.iter().cloned())
-        .collect();
-    let Some(i) = members.iter().position(|m| m.name == primary) else {
-        return db.clone();
-    };
-    let p = members.remove(i);
-    Database {
-        primary: p,
-        replicas: members,
-        ..db.clone()
-    }
-}
-
-/// Replica `to` of `db`.
-fn replica(db: &Database, to: &str) -> Result<DbMember> {
-    db.replicas
-        .iter()
-        .find(|r| r.name == to)
-        .cloned()
-        .ok_or_else(|| {
-            DbError::InvalidConfig(format!("'{to}' is not a replica of database '{}'", db.name))
-        })
-}
+pub use self::settle::settle;
+use crate::role::replica;
+pub use crate::role::{rotated, Settled, SwitchoverReport};
 
 async fn exec(c: &tokio_postgres::Client, who: &str, sql: &str) -> Result<()> {
     c.batch_execute(sql).await.map_err(|e| DbError::sql(who, e))

@@ -2,25 +2,15 @@
 //! target was not yet promoted, finished (planned or forced) when it was.
 
 use georep_core::{Database, DbMember};
-use serde::Serialize;
 
 use super::fence::{connect_through_gate, set_fence, set_gate};
 use super::follow::subscription;
 use super::forced::finish_forced;
 use super::planned::finish_planned;
-use super::{exec, replica, SwitchoverReport};
+use super::{exec, replica, Settled};
 use crate::error::Result;
 use crate::postgres::conn::connect;
 use crate::postgres::{quote_ident, subscription_name};
-
-/// How an interrupted role change ended.
-#[derive(Debug, Clone, Serialize)]
-pub enum Settled {
-    /// The target had not been promoted: the old primary is the primary again.
-    RolledBack,
-    /// The target had been promoted: the rest of the change was done.
-    Finished(SwitchoverReport),
-}
 
 /// Settles a role change from `db`'s primary to `to` that was interrupted (a crash, or
 /// an error part-way): rolled back if `to` was not yet promoted, finished if it was.

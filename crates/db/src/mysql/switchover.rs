@@ -1,0 +1,629 @@
+//! Role changes of MariaDB members for failover groups: the fence (`read_only` and the
+//! client sessions ended), the planned switchover (every GTID of the fenced primary
+//! executed on the target before it is promoted), the forced promotion (the relay log
+//! applied first; refused for a replica with errant transactions, or behind another
+//! one), settling an interrupted change, and preparing a reseed.
+//!
+//! The point of no return is `RESET SLAVE ALL` on the target: while it still has a
+//! replication source, the old primary is the primary and a change is rolled back;
+//! once the source is gone, the target is the primary and the change is finished.
+
+use std::time::{Duration, Instant};
+
+use georep_core::{Database, DbMember};
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{Conn, Row};
+
+use super::check::Member;
+use super::gtid::MariaPos;
+use super::setup::change_master;
+use super::{conn, text};
+use crate::crash_point;
+use crate::error::{DbError, Result};
+use crate::role::{replica, Settled, SwitchoverReport};
+
+/// How far behind (transactions) the target may be when the fence goes up.
+const PREFLIGHT_MAX_BEHIND: u64 = 1000;
+
+/// How long a forced promotion waits for the target to apply what it received.
+const APPLY_RELAY: Duration = Duration::from_secs(30);
+
+/// The heartbeat row the daemon's probes write (`db status` writes row 1).
+const PROBE_BEAT: u8 = 2;
+
+async fn one<T: FromValue + Send + 'static>(c: &mut Conn, who: &str, sql: &str) -> Result<T> {
+    c.query_first::<T, _>(sql)
+        .await
+        .map_err(|e| DbError::mysql(who, e))?
+        .ok_or_else(|| DbError::Sql {
+            member: who.into(),
+            detail: format!("no row from {sql}"),
+        })
+}
+
+async fn exec(c: &mut Conn, who: &str, sql: &str) -> Result<()> {
+    c.query_drop(sql).await.map_err(|e| DbError::mysql(who, e))
+}
+
+async fn pos(c: &mut Conn, who: &str, var: &str) -> Result<MariaPos> {
+    let text: String = one(c, who, &format!("SELECT @@{var}")).await?;
+    MariaPos::parse(&text).map_err(|e| DbError::Sql {
+        member: who.into(),
+        detail: format!("its {var}: {e}"),
+    })
+}
+
+/// The member's replication source as `SHOW SLAVE STATUS` shows it (None: it has none,
+/// so it is a primary).
+async fn source(c: &mut Conn, who: &str) -> Result<Option<Row>> {
+    c.query_first("SHOW SLAVE STATUS")
+        .await
+        .map_err(|e| DbError::mysql(who, e))
+}
+
+/// Whether a `SHOW SLAVE STATUS` row names `m`'s server as the source.
+fn follows(row: &Row, m: &DbMember) -> bool {
+    let Ok(u) = conn::parse_url(&m.name, &m.url) else {
+        return false;
+    };
+    text(row, "Master_Host").is_some_and(|h| h.eq_ignore_ascii_case(u.host()))
+        && text(row, "Master_Port").and_then(|p| p.parse::<u16>().ok()) == Some(u.port())
+}
+
+fn running(row: &Row, thread: &str) -> bool {
+    text(row, thread).as_deref() == Some("Yes")
+}
+
+/// Transactions in a replica's own binary log that it did not receive from a source:
+/// a write made on it directly (another server id, or a sequence number past what it
+/// applied). Promoting it would publish them; following another would fail on them.
+pub fn errant(binlog: &MariaPos, applied: &MariaPos) -> Vec<String> {
+    binlog
+        .0
+        .iter()
+        .filter(|(d, (s, n))| match applied.0.get(d) {
+            None => true,
+            Some((as_, an)) => an < n || (an == n && as_ != s),
+        })
+        .map(|(d, (s, n))| format!("{d}-{s}-{n}"))
+        .collect()
+}
+
+async fn errant_of(c: &mut Conn, who: &str) -> Result<Vec<String>> {
+    let binlog = pos(c, who, "gtid_binlog_pos").await?;
+    let applied = pos(c, who, "gtid_slave_pos").await?;
+    Ok(errant(&binlog, &applied))
+}
+
+/// Sets a member's role default: `read_only` on (no client without READ_ONLY ADMIN
+/// can write; replication still applies) or off.
+pub async fn set_fence(c: &mut Conn, who: &str, on: bool) -> Result<()> {
+    exec(
+        c,
+        who,
+        if on {
+            "SET GLOBAL read_only = 1"
+        } else {
+            "SET GLOBAL read_only = 0"
+        },
+    )
+    .await
+}
+
+/// Ends every client session but this one (replication threads stay: the target
+/// needs the tail of the binary log) and waits, at most 5 s, until they are gone, so
+/// no commit is still under way afterwards.
+async fn end_client_sessions(c: &mut Conn, who: &str) -> Result<()> {
+    const CLIENTS: &str =
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+        AND USER <> 'system user' AND COMMAND NOT IN \
+        ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker')";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ids: Vec<u64> = c.query(CLIENTS).await.map_err(|e| DbError::mysql(who, e))?;
+        if ids.is_empty() || Instant::now() >= deadline {
+            return Ok(());
+        }
+        for id in ids {
+            // Gone meanwhile (1094, unknown thread): fine.
+            match c.query_drop(format!("KILL CONNECTION {id}")).await {
+                Ok(()) => {}
+                Err(mysql_async::Error::Server(s)) if s.code == 1094 => {}
+                Err(e) => return Err(DbError::mysql(who, e)),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `MASTER_GTID_WAIT`: whether the member executed `pos` within `t`.
+async fn gtid_wait(c: &mut Conn, who: &str, pos: &MariaPos, t: Duration) -> Result<bool> {
+    let r: Option<i64> = c
+        .exec_first(
+            "SELECT MASTER_GTID_WAIT(?, ?)",
+            (pos.to_string(), t.as_secs_f64()),
+        )
+        .await
+        .map_err(|e| DbError::mysql(who, e))?;
+    Ok(r == Some(0))
+}
+
+/// Stops replication, forgets the source and opens the member to client writes. The
+/// forgetting is the point of no return of a promotion.
+async fn become_primary(c: &mut Conn, who: &str) -> Result<()> {
+    exec(c, who, "STOP SLAVE").await?;
+    exec(c, who, "RESET SLAVE ALL").await?;
+    set_fence(c, who, false).await
+}
+
+/// Points `c` (stopped or not) at `to` from its `gtid_slave_pos` and starts it.
+async fn follow(c: &mut Conn, who: &str, to: &DbMember) -> Result<()> {
+    let u = conn::parse_url(&to.name, &to.url)?;
+    exec(c, who, "STOP SLAVE").await?;
+    change_master(c, who, &u).await?;
+    exec(c, who, "START SLAVE").await
+}
+
+/// Waits, with nothing held or fenced, until replica `to` replicates from the primary
+/// (both threads running, no errant transactions) and is at most 1,000 transactions
+/// behind, so the fence that follows holds writes only briefly.
+pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()> {
+    let target = replica(db, to)?;
+    let rwho = format!("replica '{to}'");
+    let mut p = conn::connect("primary", &db.primary.url).await?;
+    let mut r = conn::connect(&rwho, &target.url).await?;
+    let bad = errant_of(&mut r, &rwho).await?;
+    if !bad.is_empty() {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{rwho} has transactions of its own that the primary never had ({}); promoting it would publish them: run georep db reseed on it, or fail over to another replica",
+            bad.join(",")
+        )]));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = source(&mut r, &rwho).await?.ok_or_else(|| {
+            DbError::InvalidConfig(format!(
+                "{rwho} has no replication source: it is not set up as a replica (run georep db setup {})",
+                db.name
+            ))
+        })?;
+        if !follows(&row, &db.primary) {
+            return Err(DbError::InvalidConfig(format!(
+                "{rwho} replicates from {}:{}, not from the primary: run georep db setup {}",
+                text(&row, "Master_Host").unwrap_or_default(),
+                text(&row, "Master_Port").unwrap_or_default(),
+                db.name
+            )));
+        }
+        let head = pos(&mut p, "primary", "gtid_binlog_pos").await?;
+        let applied = pos(&mut r, &rwho, "gtid_slave_pos").await?;
+        let behind = head.distance(&applied);
+        let both = running(&row, "Slave_IO_Running") && running(&row, "Slave_SQL_Running");
+        if both && behind <= PREFLIGHT_MAX_BEHIND {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DbError::Timeout(format!(
+                "{rwho} is {} within {timeout:?}; nothing was fenced and the primary is unchanged",
+                if both {
+                    format!("{behind} transactions behind and did not catch up")
+                } else {
+                    format!(
+                        "not replicating (IO thread {}, SQL thread {}{})",
+                        text(&row, "Slave_IO_Running").unwrap_or_default(),
+                        text(&row, "Slave_SQL_Running").unwrap_or_default(),
+                        text(&row, "Last_Error")
+                            .filter(|e| !e.is_empty())
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    )
+                }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Planned switchover to replica `to`: the primary is fenced (read-only, client
+/// sessions ended), the target executes every GTID the primary logged, then becomes
+/// the primary; every other replica and the old primary follow it. On failure before
+/// the promotion the old primary is unfenced and stays the primary. Call
+/// [`preflight`] first, before holding clients.
+pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<SwitchoverReport> {
+    let target = replica(db, to)?;
+    let rwho = format!("replica '{to}'");
+    let mut p = conn::connect("primary", &db.primary.url).await?;
+    let mut r = conn::connect(&rwho, &target.url).await?;
+
+    // 1. Fence: sessions that would block the fence end first, then writes stop, then
+    // whatever connected meanwhile ends too.
+    let fenced = async {
+        end_client_sessions(&mut p, "primary").await?;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            set_fence(&mut p, "primary", true),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(DbError::Timeout(
+                "SET GLOBAL read_only = 1 did not finish within 10 s (a session holds a table lock)".into(),
+            ))
+        })?;
+        end_client_sessions(&mut p, "primary").await?;
+        pos(&mut p, "primary", "gtid_binlog_pos").await
+    }
+    .await;
+    let fence_pos = match fenced {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = unfence_primary(db).await;
+            return Err(e);
+        }
+    };
+    crash_point("switchover-fenced");
+
+    // 2. The target executes everything up to the fence.
+    let started = Instant::now();
+    match gtid_wait(&mut r, &rwho, &fence_pos, timeout).await {
+        Ok(true) => {}
+        other => {
+            let _ = set_fence(&mut p, "primary", false).await;
+            other?;
+            return Err(DbError::Timeout(format!(
+                "{rwho} did not execute the fence position {fence_pos} within {timeout:?}; the switchover was abandoned and the primary unfenced"
+            )));
+        }
+    }
+    let catch_up_ms = started.elapsed().as_millis() as u64;
+
+    // 3. Promote: the point of no return.
+    become_primary(&mut r, &format!("new primary '{to}'")).await?;
+    crash_point("switchover-promoted");
+
+    // 4. Everyone else follows it.
+    let mut report = finish_planned(db, &target, &mut r, &mut p).await?;
+    report.fence_lsn = Some(fence_pos.to_string());
+    report.catch_up_ms = catch_up_ms;
+    Ok(report)
+}
+
+async fn unfence_primary(db: &Database) -> Result<()> {
+    let mut p = conn::connect("primary", &db.primary.url).await?;
+    set_fence(&mut p, "primary", false).await
+}
+
+/// Other replicas of `db` (not the target) that follow the new primary, or why not.
+async fn repoint_others(
+    db: &Database,
+    target: &DbMember,
+    new_pos: &MariaPos,
+    report: &mut SwitchoverReport,
+) {
+    for m in db.replicas.iter().filter(|m| m.name != target.name) {
+        let who = format!("replica '{}'", m.name);
+        let outcome = async {
+            let mut c = conn::connect(&who, &m.url).await?;
+            if source(&mut c, &who)
+                .await?
+                .is_some_and(|row| follows(&row, target))
+            {
+                return Ok(None);
+            }
+            // Stopped at a transaction boundary; then what it applied is final.
+            exec(&mut c, &who, "STOP SLAVE").await?;
+            let bad = errant_of(&mut c, &who).await?;
+            if !bad.is_empty() {
+                return Ok(Some(format!(
+                    "it has transactions of its own ({}) that the new primary never had",
+                    bad.join(",")
+                )));
+            }
+            let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
+            if !new_pos.covers(&applied) {
+                return Ok(Some(format!(
+                    "it had applied up to {applied} and the new primary only up to {new_pos}; following it would diverge"
+                )));
+            }
+            // Behind is fine: the new primary logged what it applied, so the replica
+            // fetches the rest from it.
+            follow(&mut c, &who, target).await?;
+            let _ = c.disconnect().await;
+            Ok::<_, DbError>(None)
+        }
+        .await;
+        match outcome {
+            Ok(None) => report.repointed.push(m.name.clone()),
+            Ok(Some(why)) => report.left_behind.push((m.name.clone(), why)),
+            Err(e) => report.left_behind.push((
+                m.name.clone(),
+                format!("could not be re-pointed during the failover: {e}"),
+            )),
+        }
+    }
+}
+
+/// After a planned promotion: the new primary is writable, other replicas follow it,
+/// and the old primary (still fenced) follows it from exactly its own position. Each
+/// step is safe to repeat.
+async fn finish_planned(
+    db: &Database,
+    target: &DbMember,
+    r: &mut Conn,
+    p: &mut Conn,
+) -> Result<SwitchoverReport> {
+    let rwho = format!("new primary '{}'", target.name);
+    set_fence(r, &rwho, false).await?;
+    let mut report = SwitchoverReport {
+        from: db.primary.name.clone(),
+        to: target.name.clone(),
+        ..Default::default()
+    };
+    let new_pos = pos(r, &rwho, "gtid_current_pos").await?;
+    repoint_others(db, target, &new_pos, &mut report).await;
+    // The old primary keeps its fence: it is a replica now.
+    set_fence(p, "primary", true).await?;
+    if source(p, "primary")
+        .await?
+        .is_some_and(|row| follows(&row, target))
+    {
+        return Ok(report);
+    }
+    let mine = pos(p, "primary", "gtid_binlog_pos").await?;
+    if !new_pos.covers(&mine) {
+        report.left_behind.push((
+            db.primary.name.clone(),
+            format!(
+                "it logged transactions after the fence ({mine}) that the new primary does not have ({new_pos})"
+            ),
+        ));
+        return Ok(report);
+    }
+    // It continues from what it logged; an empty slave position would replay the
+    // new primary's binary log from the start.
+    exec(p, "primary", "STOP SLAVE").await?;
+    exec(p, "primary", "RESET SLAVE ALL").await?;
+    p.exec_drop("SET GLOBAL gtid_slave_pos = ?", (mine.to_string(),))
+        .await
+        .map_err(|e| DbError::mysql("primary", e))?;
+    follow(p, "primary", target).await?;
+    Ok(report)
+}
+
+/// Forced promotion of replica `to` while the primary is gone. Refused, with nothing
+/// changed, when the target has transactions of its own, when its SQL thread is stopped
+/// with received transactions not applied, when another reachable replica received
+/// more, or when it cannot apply its relay log within 30 s: promoting then would lose
+/// or invent data. Other replicas follow the new primary when they are not ahead of it.
+pub async fn promote(db: &Database, to: &str) -> Result<SwitchoverReport> {
+    let target = replica(db, to)?;
+    let who = format!("replica '{to}'");
+    let mut r = conn::connect(&who, &target.url).await?;
+    let (received, backlog, relay) = promotable(db, to, &mut r).await?;
+    // Nothing more can arrive; what arrived is applied before the promotion.
+    exec(&mut r, &who, "STOP SLAVE IO_THREAD").await?;
+    if !gtid_wait(&mut r, &who, &received, APPLY_RELAY).await? {
+        let _ = exec(&mut r, &who, "START SLAVE IO_THREAD").await;
+        return Err(DbError::Timeout(format!(
+            "{who} did not apply its relay log ({backlog} transaction(s), {relay} bytes, up to {received}) within {APPLY_RELAY:?}; it was not promoted: wait for it, or promote another replica"
+        )));
+    }
+    become_primary(&mut r, &format!("new primary '{to}'")).await?;
+    crash_point("promote-promoted");
+    finish_forced(db, &target, &mut r).await
+}
+
+/// Refuses, changing nothing, a forced promotion of replica `to` that would lose or
+/// invent data (see [`promote`]).
+pub async fn check_promotable(db: &Database, to: &str) -> Result<()> {
+    let target = replica(db, to)?;
+    let who = format!("replica '{to}'");
+    let mut r = conn::connect(&who, &target.url).await?;
+    promotable(db, to, &mut r).await.map(|_| ())
+}
+
+/// What the target received, how many of those it has not applied, and its relay
+/// log's size; or why it must not be promoted.
+async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, u64, String)> {
+    let who = format!("replica '{to}'");
+    let Some(row) = source(r, &who).await? else {
+        return Err(DbError::InvalidConfig(format!(
+            "{who} has no replication source: it is not set up as a replica (run georep db setup {})",
+            db.name
+        )));
+    };
+    let bad = errant_of(r, &who).await?;
+    if !bad.is_empty() {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{who} has transactions of its own that the primary never had ({}); promoting it would publish them: promote another replica, or remove them and run georep db reseed",
+            bad.join(",")
+        )]));
+    }
+    let received =
+        MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default();
+    let applied = pos(r, &who, "gtid_slave_pos").await?;
+    let backlog = received.distance(&applied);
+    let relay = text(&row, "Relay_Log_Space").unwrap_or_default();
+    if backlog > 0 && !running(&row, "Slave_SQL_Running") {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{who} has {backlog} received transaction(s) not applied (relay log {relay} bytes) and its SQL thread is stopped{}: start it (START SLAVE SQL_THREAD) and let it apply them, or promote another replica",
+            text(&row, "Last_SQL_Error")
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )]));
+    }
+    for m in db.replicas.iter().filter(|m| m.name != to) {
+        let mwho = format!("replica '{}'", m.name);
+        let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_secs(5), conn::connect(&mwho, &m.url)).await
+        else {
+            continue;
+        };
+        let theirs = match source(&mut c, &mwho).await {
+            Ok(Some(row)) => {
+                MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default()
+            }
+            _ => continue,
+        };
+        let ahead = theirs.distance(&received);
+        if ahead > 0 {
+            return Err(DbError::Prerequisites(vec![format!(
+                "{mwho} received {ahead} transaction(s) more than {who} ({theirs} against {received}); promoting {who} would lose them: promote '{}' instead",
+                m.name
+            )]));
+        }
+    }
+    Ok((received, backlog, relay))
+}
+
+/// After a forced promotion: the new primary is writable; other replicas follow it
+/// when they are not ahead of it.
+async fn finish_forced(db: &Database, target: &DbMember, r: &mut Conn) -> Result<SwitchoverReport> {
+    let who = format!("new primary '{}'", target.name);
+    set_fence(r, &who, false).await?;
+    let new_pos = pos(r, &who, "gtid_current_pos").await?;
+    let mut report = SwitchoverReport {
+        from: db.primary.name.clone(),
+        to: target.name.clone(),
+        ..Default::default()
+    };
+    repoint_others(db, target, &new_pos, &mut report).await;
+    Ok(report)
+}
+
+/// Settles a role change from `db`'s primary to `to` that was interrupted: rolled
+/// back when `to` still has its replication source, finished when it has none. Fails,
+/// changing nothing, when the members it must ask cannot be reached.
+pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
+    let target = replica(db, to)?;
+    let who = format!("replica '{to}'");
+    let mut r = conn::connect(&who, &target.url).await?;
+    if source(&mut r, &who).await?.is_some() {
+        // Not promoted: it replicates again, and the old primary takes writes again.
+        exec(&mut r, &who, "START SLAVE").await?;
+        if planned {
+            unfence_primary(db).await?;
+        }
+        return Ok(Settled::RolledBack);
+    }
+    if planned {
+        match conn::connect("primary", &db.primary.url).await {
+            Ok(mut p) => {
+                return Ok(Settled::Finished(
+                    finish_planned(db, &target, &mut r, &mut p).await?,
+                ))
+            }
+            Err(e) => {
+                let mut rep = finish_forced(db, &target, &mut r).await?;
+                rep.left_behind.push((
+                    db.primary.name.clone(),
+                    format!("unreachable while the failover was finished: {e}"),
+                ));
+                return Ok(Settled::Finished(rep));
+            }
+        }
+    }
+    Ok(Settled::Finished(finish_forced(db, &target, &mut r).await?))
+}
+
+/// Rebuilds `member` (a fenced former primary) as a replica of `db`'s primary: it is
+/// made read-only, its replication and binary log (which may hold transactions nobody
+/// else has) are reset, and setup copies every database again.
+pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::SetupReport> {
+    let who = format!("member '{}'", member.name);
+    let mut c = conn::connect(&who, &member.url).await?;
+    set_fence(&mut c, &who, true).await?;
+    exec(&mut c, &who, "STOP SLAVE").await?;
+    exec(&mut c, &who, "RESET SLAVE ALL").await?;
+    exec(&mut c, &who, "RESET MASTER").await?;
+    let _ = c.disconnect().await;
+    let m = |x: &DbMember, primary| Member {
+        name: x.name.clone(),
+        url: x.url.clone(),
+        primary,
+    };
+    super::setup::setup(&m(&db.primary, true), &[m(member, false)], true).await
+}
+
+/// Lag of each replica for the probe loop of a failover group, read against the
+/// primary session `p`: a heartbeat is written first when `beat` (the primary is not
+/// fenced and no role change runs), then each replica's copy of it is read. Seconds
+/// are primary-clock time since the beat the replica last applied (`None`: its
+/// replication threads are not both running); transactions are its GTID distance.
+pub async fn replica_lag(
+    p: &mut Conn,
+    db: &Database,
+    beat: bool,
+) -> Result<Vec<(String, Option<u64>, Option<f64>)>> {
+    if beat && one::<u64>(p, "primary", "SELECT @@read_only").await? == 0 {
+        let write = format!(
+            "REPLACE INTO georep.heartbeat (id, ts, beat) VALUES ({PROBE_BEAT}, UTC_TIMESTAMP(6), FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000))"
+        );
+        if p.query_drop(&write).await.is_err() {
+            exec(p, "primary", super::status::HEARTBEAT_DDL).await?;
+            exec(p, "primary", &write).await?;
+        }
+    }
+    let head = pos(p, "primary", "gtid_binlog_pos").await?;
+    let mut read = Vec::new();
+    for r in &db.replicas {
+        let who = format!("replica '{}'", r.name);
+        let got = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut c = conn::connect(&who, &r.url).await?;
+            let up = source(&mut c, &who).await?.is_some_and(|row| {
+                running(&row, "Slave_IO_Running") && running(&row, "Slave_SQL_Running")
+            });
+            let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
+            let seen: Option<u64> = c
+                .query_first(format!(
+                    "SELECT beat FROM georep.heartbeat WHERE id = {PROBE_BEAT}"
+                ))
+                .await
+                .unwrap_or(None);
+            let _ = c.disconnect().await;
+            Ok::<_, DbError>((up, applied, seen))
+        })
+        .await;
+        read.push((r.name.clone(), got.ok().and_then(|g| g.ok())));
+    }
+    let now: u64 = one(
+        p,
+        "primary",
+        "SELECT FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000)",
+    )
+    .await?;
+    Ok(read
+        .into_iter()
+        .map(|(name, got)| match got {
+            Some((up, applied, seen)) => (
+                name,
+                Some(head.distance(&applied)),
+                seen.filter(|_| up)
+                    .map(|b| now.saturating_sub(b) as f64 / 1e6),
+            ),
+            None => (name, None, None),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errant_transactions_are_those_not_received_from_a_source() {
+        let p = |s: &str| MariaPos::parse(s).expect("gtid");
+        // Log and applied agree: nothing of its own.
+        assert!(errant(&p("0-1-112"), &p("0-1-112")).is_empty());
+        // A fresh replica logged nothing yet.
+        assert!(errant(&p(""), &p("0-1-5")).is_empty());
+        // A write made on the replica itself.
+        assert_eq!(errant(&p("0-3-113"), &p("0-2-112")), vec!["0-3-113"]);
+        // Same sequence number, another server: a divergence.
+        assert_eq!(errant(&p("0-3-112"), &p("0-2-112")), vec!["0-3-112"]);
+        // A domain it never received.
+        assert_eq!(errant(&p("0-1-5,1-3-2"), &p("0-1-5")), vec!["1-3-2"]);
+        // Applied past its own log (the position was set after a copy): fine.
+        assert!(errant(&p("0-1-3"), &p("0-1-9")).is_empty());
+    }
+}
