@@ -95,6 +95,18 @@ pub struct ReplicaStatus {
     pub schema_drift: Vec<SchemaDiff>,
     pub rpo_seconds: f64,
     pub rpo_breached: bool,
+    /// MariaDB/MySQL: the replication threads as the replica reports them (`Yes`,
+    /// `No`, `Connecting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_thread: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_thread: Option<String>,
+    /// MariaDB/MySQL: transactions the primary logged that the replica has not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_distance: Option<u64>,
+    /// MariaDB/MySQL: received but not applied yet (the relay log's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_log_bytes: Option<u64>,
 }
 
 /// One sequence on one replica compared with the primary.

@@ -90,7 +90,9 @@ pub(crate) async fn setup(db: &Database, output: Output, wipe: bool) -> Result<u
 
 pub(crate) async fn status(db: &Database, output: Output) -> Result<u8> {
     let (p, rs) = members(db, "status")?;
-    let st = georep_db::mysql::status::status(&p, &rs, db.rpo).await?;
+    let st =
+        georep_db::mysql::status::status(&p, &rs, db.rpo, georep_db::mysql::status::LagBy::Waiting)
+            .await?;
     let bad = st.iter().any(|r| {
         r.rpo_breached || r.last_error.is_some() || r.io_running != "Yes" || r.sql_running != "Yes"
     });

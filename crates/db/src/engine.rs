@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use georep_api::{Lag, ReseedReport};
+use georep_api::{Lag, ReplicaState, ReplicaStatus, ReseedReport};
 use georep_core::{Database, DbEngine, DbMember};
 use mysql_async::prelude::Queryable;
 
@@ -167,6 +167,69 @@ pub async fn reseed(db: &Database, m: &DbMember) -> Result<ReseedReport> {
         tables: r.tables,
         seconds: r.seconds,
     })
+}
+
+/// Every replica's replication status, for the daemon's poller: PostgreSQL's, or
+/// MariaDB's with lag read from the daemon's heartbeat (written at each poll).
+pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
+    if !is_my(db)? {
+        return pg::status(db).await;
+    }
+    let m = |x: &DbMember, primary| my::check::Member {
+        name: x.name.clone(),
+        url: x.url.clone(),
+        primary,
+    };
+    let replicas: Vec<_> = db.replicas.iter().map(|r| m(r, false)).collect();
+    let states = my::status::status(
+        &m(&db.primary, true),
+        &replicas,
+        db.rpo,
+        my::status::LagBy::Beat,
+    )
+    .await?;
+    Ok(db
+        .replicas
+        .iter()
+        .zip(states)
+        .map(|(r, s)| ReplicaStatus {
+            name: r.name.clone(),
+            region: r.region.clone(),
+            url: georep_core::redact_url(&r.url),
+            state: match (s.io_running.as_str(), s.sql_running.as_str()) {
+                ("Yes", "Yes") if !s.rpo_breached => ReplicaState::Streaming,
+                ("Yes", "Yes") => ReplicaState::CatchingUp,
+                _ if s
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("run georep db setup")) =>
+                {
+                    ReplicaState::NotSetUp
+                }
+                _ => ReplicaState::Disabled,
+            },
+            error: s.last_error,
+            tables_ready: 0,
+            tables_total: 0,
+            lag_bytes: None,
+            lag_seconds: s.lag_seconds,
+            slot_active: s.io_running == "Yes",
+            wal_retained_bytes: None,
+            wal_status: None,
+            safe_wal_bytes: None,
+            max_slot_wal_keep_size: String::new(),
+            wal_warning: None,
+            sequence_drift: Vec::new(),
+            sequences_behind: 0,
+            schema_drift: Vec::new(),
+            rpo_seconds: db.rpo.as_secs_f64(),
+            rpo_breached: s.rpo_breached,
+            io_thread: Some(s.io_running),
+            sql_thread: Some(s.sql_running),
+            gtid_distance: Some(s.gtid_distance),
+            relay_log_bytes: Some(s.relay_log_bytes),
+        })
+        .collect())
 }
 
 /// The table a drill writes to, replicated like any other.

@@ -220,8 +220,12 @@ impl Databases {
 
     async fn apply_inner(&self, topo: &Topology) -> Vec<Change> {
         let _one = self.applying.lock().await;
-        for d in topo.databases.iter().filter(|d| d.engine.is_mysql_family()) {
-            tracing::warn!(database = %d.name, engine = %d.engine, "the daemon does not poll MariaDB/MySQL replicas yet; use `georep db status`");
+        for d in topo
+            .databases
+            .iter()
+            .filter(|d| d.engine == georep_core::DbEngine::MySql)
+        {
+            tracing::warn!(database = %d.name, "the daemon does not poll MySQL 8 replicas yet (MariaDB and PostgreSQL: yes)");
         }
         let changes = self.plan(topo);
         for c in &changes {
@@ -275,12 +279,11 @@ impl Component for Databases {
             .into_iter()
             .map(|(n, r)| (n, r.started.clone()))
             .collect();
-        // MariaDB and MySQL replicas are not polled by the daemon yet (`georep db
-        // status` reads them).
+        // MySQL 8 replicas are not polled by the daemon yet.
         let new: Vec<_> = topo
             .databases
             .iter()
-            .filter(|d| d.engine == georep_core::DbEngine::Postgres)
+            .filter(|d| d.engine != georep_core::DbEngine::MySql)
             .map(|d| (d.name.clone(), settings(topo, d)))
             .collect();
         georep_component::diff(SECTION, &old, &new, differences)
@@ -336,7 +339,8 @@ async fn run(
     loop {
         // After a failover the roles differ from the topology's.
         let db = current(&db, group.as_deref(), &state);
-        if tokio::time::Instant::now() >= next_seq {
+        // AUTO_INCREMENT values travel with MariaDB's rows: no sequences to sync.
+        if db.engine == georep_core::DbEngine::Postgres && tokio::time::Instant::now() >= next_seq {
             let synced =
                 tokio::time::timeout(Duration::from_secs(60), pg::sync_sequences(&db, None))
                     .await
@@ -362,7 +366,7 @@ async fn run(
         // A member that accepts a connection and then never answers must not stall
         // the poller: the status reads as failed, and the next poll tries again.
         let limit = Duration::from_secs(30).max(poll * 2);
-        let read = tokio::time::timeout(limit, pg::status(&db))
+        let read = tokio::time::timeout(limit, georep_db::engine::status(&db))
             .await
             .unwrap_or_else(|_| {
                 Err(georep_db::DbError::Timeout(format!(

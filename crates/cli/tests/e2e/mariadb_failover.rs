@@ -80,6 +80,23 @@ fn mariadb_planned_failover_and_failback_under_a_writer_lose_no_acknowledged_wri
         sv.log_text()
     );
     wait_lag_known(&sv, "we");
+    // The daemon polls the replica: threads, GTID distance and heartbeat lag.
+    let mut d = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            d = sv.get("/api/v1/databases/shop");
+            let r = &d["replicas"][0];
+            r["io_thread"] == "Yes" && r["lag_seconds"].is_number() && r["gtid_distance"].is_u64()
+        }),
+        "{d:#}"
+    );
+    assert_eq!(d["replicas"][0]["state"], "streaming", "{d:#}");
+    let m = sv.req(reqwest::Method::GET, "/metrics", None).1;
+    let m = m.as_str().unwrap_or_default();
+    assert!(
+        m.contains("georep_db_replica_streaming{database=\"shop\",replica=\"we\"} 1"),
+        "{m}"
+    );
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));

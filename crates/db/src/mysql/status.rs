@@ -78,14 +78,61 @@ async fn heartbeat_lag(
     }
 }
 
+/// Writes the daemon's heartbeat (row 2) on an unfenced primary: a fenced one takes
+/// no write from georep either, so a switchover's fence position stays final.
+pub(crate) async fn beat(pc: &mut Conn, primary: &str) -> Result<()> {
+    let perr = |e| DbError::mysql(primary, e);
+    let fenced: Option<u64> = pc.query_first("SELECT @@read_only").await.map_err(perr)?;
+    if fenced != Some(0) {
+        return Ok(());
+    }
+    const WRITE: &str = "REPLACE INTO georep.heartbeat (id, ts, beat) VALUES (2, UTC_TIMESTAMP(6), FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000))";
+    if pc.query_drop(WRITE).await.is_err() {
+        pc.query_drop(HEARTBEAT_DDL).await.map_err(perr)?;
+        pc.query_drop(WRITE).await.map_err(perr)?;
+    }
+    Ok(())
+}
+
+/// Seconds since the daemon's last heartbeat that replica `rc` applied, by the
+/// primary's clock (`None`: none applied yet).
+pub(crate) async fn beat_age(pc: &mut Conn, primary: &str, rc: &mut Conn) -> Result<Option<f64>> {
+    let seen: Option<u64> = rc
+        .query_first("SELECT beat FROM georep.heartbeat WHERE id = 2")
+        .await
+        .unwrap_or(None);
+    let Some(seen) = seen else {
+        return Ok(None);
+    };
+    let now: Option<u64> = pc
+        .query_first("SELECT FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000)")
+        .await
+        .map_err(|e| DbError::mysql(primary, e))?;
+    Ok(now.map(|n| n.saturating_sub(seen) as f64 / 1e6))
+}
+
+/// How `status` measures lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagBy {
+    /// Write a heartbeat and wait, at most the RPO, for it to arrive (`db status`).
+    Waiting,
+    /// Read the age of the last heartbeat applied; the daemon writes one at every poll
+    /// and probe, so nothing waits.
+    Beat,
+}
+
 /// Reads every replica's state against the primary's position, and measures its lag
-/// with a heartbeat, waiting at most `rpo` for it.
+/// with a heartbeat (`LagBy`).
 pub async fn status(
     primary: &Member,
     replicas: &[Member],
     rpo: Duration,
+    by: LagBy,
 ) -> Result<Vec<ReplicaState>> {
     let mut pc = conn::connect(&primary.name, &primary.url).await?;
+    if by == LagBy::Beat {
+        beat(&mut pc, &primary.name).await?;
+    }
     let head: String = pc
         .query_first("SELECT @@gtid_binlog_pos")
         .await
@@ -109,10 +156,10 @@ pub async fn status(
             text(r, "Slave_IO_Running").as_deref() == Some("Yes")
                 && text(r, "Slave_SQL_Running").as_deref() == Some("Yes")
         });
-        let lag_seconds = if running {
-            heartbeat_lag(&mut pc, &primary.name, &mut c, rpo).await?
-        } else {
-            None
+        let lag_seconds = match (running, by) {
+            (false, _) => None,
+            (true, LagBy::Waiting) => heartbeat_lag(&mut pc, &primary.name, &mut c, rpo).await?,
+            (true, LagBy::Beat) => beat_age(&mut pc, &primary.name, &mut c).await?,
         };
         let _ = c.disconnect().await;
         let applied_pos = MariaPos::parse(&applied).unwrap_or_default();

@@ -28,9 +28,6 @@ const PREFLIGHT_MAX_BEHIND: u64 = 1000;
 /// How long a forced promotion waits for the target to apply what it received.
 const APPLY_RELAY: Duration = Duration::from_secs(30);
 
-/// The heartbeat row the daemon's probes write (`db status` writes row 1).
-const PROBE_BEAT: u8 = 2;
-
 async fn one<T: FromValue + Send + 'static>(c: &mut Conn, who: &str, sql: &str) -> Result<T> {
     c.query_first::<T, _>(sql)
         .await
@@ -555,17 +552,11 @@ pub async fn replica_lag(
     db: &Database,
     beat: bool,
 ) -> Result<Vec<(String, Option<u64>, Option<f64>)>> {
-    if beat && one::<u64>(p, "primary", "SELECT @@read_only").await? == 0 {
-        let write = format!(
-            "REPLACE INTO georep.heartbeat (id, ts, beat) VALUES ({PROBE_BEAT}, UTC_TIMESTAMP(6), FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000))"
-        );
-        if p.query_drop(&write).await.is_err() {
-            exec(p, "primary", super::status::HEARTBEAT_DDL).await?;
-            exec(p, "primary", &write).await?;
-        }
+    if beat {
+        super::status::beat(p, "primary").await?;
     }
     let head = pos(p, "primary", "gtid_binlog_pos").await?;
-    let mut read = Vec::new();
+    let mut out = Vec::new();
     for r in &db.replicas {
         let who = format!("replica '{}'", r.name);
         let got = tokio::time::timeout(Duration::from_secs(2), async {
@@ -574,36 +565,15 @@ pub async fn replica_lag(
                 running(&row, "Slave_IO_Running") && running(&row, "Slave_SQL_Running")
             });
             let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
-            let seen: Option<u64> = c
-                .query_first(format!(
-                    "SELECT beat FROM georep.heartbeat WHERE id = {PROBE_BEAT}"
-                ))
-                .await
-                .unwrap_or(None);
+            let age = super::status::beat_age(p, "primary", &mut c).await?;
             let _ = c.disconnect().await;
-            Ok::<_, DbError>((up, applied, seen))
+            Ok::<_, DbError>((Some(head.distance(&applied)), age.filter(|_| up)))
         })
         .await;
-        read.push((r.name.clone(), got.ok().and_then(|g| g.ok())));
+        let (transactions, seconds) = got.ok().and_then(|g| g.ok()).unwrap_or((None, None));
+        out.push((r.name.clone(), transactions, seconds));
     }
-    let now: u64 = one(
-        p,
-        "primary",
-        "SELECT FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000)",
-    )
-    .await?;
-    Ok(read
-        .into_iter()
-        .map(|(name, got)| match got {
-            Some((up, applied, seen)) => (
-                name,
-                Some(head.distance(&applied)),
-                seen.filter(|_| up)
-                    .map(|b| now.saturating_sub(b) as f64 / 1e6),
-            ),
-            None => (name, None, None),
-        })
-        .collect())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub async fn status(db: &Database) -> Result<Vec<ReplicaStatus>> {
             schema_drift: Vec::new(),
             rpo_seconds: 0.0,
             rpo_breached: false,
+            io_thread: None,
+            sql_thread: None,
+            gtid_distance: None,
+            relay_log_bytes: None,
         };
         let slot = primary
             .query_opt(
