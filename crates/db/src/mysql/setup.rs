@@ -351,23 +351,23 @@ pub(crate) async fn change_master(
     member: &str,
     primary: &conn::MyUrl,
 ) -> Result<()> {
-    let lit = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"));
-    let sql = format!(
-        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1{}",
-        lit(primary.host()),
-        primary.port(),
-        lit(primary.user().unwrap_or_default()),
-        lit(&primary.password().unwrap_or_default()),
+    let password = primary.password().unwrap_or_default();
+    let sql = Dialect::MariaDb.change_source(&super::sql::Source {
+        host: primary.host(),
+        port: primary.port(),
+        user: primary.user().unwrap_or_default(),
+        password: &password,
         // The link between regions is encrypted as the primary's URL asks; a
         // certificate check asked for is kept (against the replica server's CA list).
-        match primary.ssl_mode {
-            conn::SslMode::Disabled | conn::SslMode::Preferred => "",
-            conn::SslMode::Required => ", MASTER_SSL = 1",
-            conn::SslMode::VerifyCa | conn::SslMode::VerifyIdentity => {
-                ", MASTER_SSL = 1, MASTER_SSL_VERIFY_SERVER_CERT = 1"
-            }
-        }
-    );
+        tls: !matches!(
+            primary.ssl_mode,
+            conn::SslMode::Disabled | conn::SslMode::Preferred
+        ),
+        verify: matches!(
+            primary.ssl_mode,
+            conn::SslMode::VerifyCa | conn::SslMode::VerifyIdentity
+        ),
+    });
     // The statement carries the password, and a server's syntax error quotes the text:
     // only the error code is shown.
     rc.query_drop(sql).await.map_err(|e| match e {

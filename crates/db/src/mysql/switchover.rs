@@ -17,7 +17,7 @@ use mysql_async::{Conn, Row};
 use super::check::Member;
 use super::gtid::MariaPos;
 use super::setup::change_master;
-use super::{conn, text};
+use super::{conn, text, Dialect};
 use crate::crash_point;
 use crate::error::{DbError, Result};
 use crate::role::{replica, Settled, SwitchoverReport};
@@ -53,7 +53,7 @@ async fn pos(c: &mut Conn, who: &str, var: &str) -> Result<MariaPos> {
 /// The member's replication source as `SHOW SLAVE STATUS` shows it (None: it has none,
 /// so it is a primary).
 async fn source(c: &mut Conn, who: &str) -> Result<Option<Row>> {
-    c.query_first("SHOW SLAVE STATUS")
+    c.query_first(Dialect::MariaDb.replica_status())
         .await
         .map_err(|e| DbError::mysql(who, e))
 }
@@ -95,16 +95,7 @@ async fn errant_of(c: &mut Conn, who: &str) -> Result<Vec<String>> {
 /// Sets a member's role default: `read_only` on (no client without READ_ONLY ADMIN
 /// can write; replication still applies) or off.
 pub async fn set_fence(c: &mut Conn, who: &str, on: bool) -> Result<()> {
-    exec(
-        c,
-        who,
-        if on {
-            "SET GLOBAL read_only = 1"
-        } else {
-            "SET GLOBAL read_only = 0"
-        },
-    )
-    .await
+    exec(c, who, Dialect::MariaDb.fence(on)).await
 }
 
 /// Ends every client session but this one (replication threads stay: the target
@@ -137,19 +128,19 @@ async fn end_client_sessions(c: &mut Conn, who: &str) -> Result<()> {
 async fn gtid_wait(c: &mut Conn, who: &str, pos: &MariaPos, t: Duration) -> Result<bool> {
     let r: Option<i64> = c
         .exec_first(
-            "SELECT MASTER_GTID_WAIT(?, ?)",
+            Dialect::MariaDb.wait_executed(),
             (pos.to_string(), t.as_secs_f64()),
         )
         .await
         .map_err(|e| DbError::mysql(who, e))?;
-    Ok(r == Some(0))
+    Ok(Dialect::MariaDb.waited(r))
 }
 
 /// Stops replication, forgets the source and opens the member to client writes. The
 /// forgetting is the point of no return of a promotion.
 async fn become_primary(c: &mut Conn, who: &str) -> Result<()> {
-    exec(c, who, "STOP SLAVE").await?;
-    exec(c, who, "RESET SLAVE ALL").await?;
+    exec(c, who, Dialect::MariaDb.stop_replica()).await?;
+    exec(c, who, Dialect::MariaDb.forget_source()).await?;
     set_fence(c, who, false).await
 }
 
