@@ -56,11 +56,26 @@ impl Session {
         }
     }
 
+    /// Whether the fence must be checked at every probe: MariaDB's `read_only` is lost
+    /// when the server restarts; PostgreSQL's default is stored with the database.
+    pub fn fence_is_volatile(&self) -> bool {
+        matches!(self, Self::My(_))
+    }
+
     /// Sets the member's read-only default for its role.
     pub async fn set_fence(&mut self, who: &str, on: bool) -> Result<()> {
         match self {
             Self::Pg(c) => pg::set_fence(c, who, on).await,
-            Self::My(c) => my::switchover::set_fence(c, who, on).await,
+            Self::My(c) => {
+                let now: Option<u64> = c
+                    .query_first("SELECT @@GLOBAL.read_only")
+                    .await
+                    .map_err(|e| DbError::mysql(who, e))?;
+                if now == Some(on as u64) {
+                    return Ok(());
+                }
+                my::switchover::set_fence(c, who, on).await
+            }
         }
     }
 

@@ -41,6 +41,17 @@ impl MariaPos {
             .sum()
     }
 
+    /// Whether `self` has exactly the history of `other` and perhaps more: each domain
+    /// further, or as far *from the same server* (the same sequence number written by
+    /// two servers is a divergence, which `covers` does not see).
+    pub fn contains(&self, other: &Self) -> bool {
+        other.0.iter().all(|(d, (s, n))| {
+            self.0
+                .get(d)
+                .is_some_and(|(ms, m)| m > n || (m == n && ms == s))
+        })
+    }
+
     /// Whether `self` has every transaction of `other` (each domain at least as far).
     pub fn covers(&self, other: &Self) -> bool {
         other
@@ -155,6 +166,18 @@ mod tests {
         assert_eq!(MariaPos::parse("").expect("empty"), MariaPos::default());
         assert!(MariaPos::parse("0-1").is_err());
         assert!(MariaPos::parse("a-b-c").is_err());
+    }
+
+    #[test]
+    fn containing_a_position_needs_the_same_writer_at_the_same_sequence_number() {
+        let p = |s: &str| MariaPos::parse(s).expect("gtid");
+        assert!(p("0-2-151").contains(&p("0-1-150")));
+        assert!(p("0-1-151").contains(&p("0-1-151")));
+        // Same number, another server: diverged, though `covers` says yes.
+        assert!(!p("0-2-151").contains(&p("0-1-151")));
+        assert!(p("0-2-151").covers(&p("0-1-151")));
+        assert!(!p("0-2-150").contains(&p("0-1-151")));
+        assert!(!p("").contains(&p("1-1-1")));
     }
 
     #[test]

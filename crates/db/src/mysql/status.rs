@@ -49,18 +49,15 @@ async fn heartbeat_lag(
     rc: &mut Conn,
     wait: Duration,
 ) -> Result<Option<f64>> {
-    let perr = |e| DbError::mysql(primary, e);
-    pc.query_drop(HEARTBEAT_DDL).await.map_err(perr)?;
     let beat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
-    pc.exec_drop(
-        "REPLACE INTO georep.heartbeat (id, ts, beat) VALUES (1, UTC_TIMESTAMP(6), ?)",
-        (beat,),
-    )
-    .await
-    .map_err(perr)?;
+    if !write_beat(pc, primary, 1, Some(beat)).await? {
+        // A fenced primary (after a failover, the topology's primary may be one)
+        // takes no write from georep: it would be an errant transaction there.
+        return Ok(None);
+    }
     let started = Instant::now();
     loop {
         // Before the table itself has replicated, the read fails: not arrived yet.
@@ -81,17 +78,43 @@ async fn heartbeat_lag(
 /// Writes the daemon's heartbeat (row 2) on an unfenced primary: a fenced one takes
 /// no write from georep either, so a switchover's fence position stays final.
 pub(crate) async fn beat(pc: &mut Conn, primary: &str) -> Result<()> {
-    let perr = |e| DbError::mysql(primary, e);
-    let fenced: Option<u64> = pc.query_first("SELECT @@read_only").await.map_err(perr)?;
-    if fenced != Some(0) {
-        return Ok(());
-    }
-    const WRITE: &str = "REPLACE INTO georep.heartbeat (id, ts, beat) VALUES (2, UTC_TIMESTAMP(6), FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000))";
-    if pc.query_drop(WRITE).await.is_err() {
-        pc.query_drop(HEARTBEAT_DDL).await.map_err(perr)?;
-        pc.query_drop(WRITE).await.map_err(perr)?;
-    }
-    Ok(())
+    write_beat(pc, primary, 2, None).await.map(|_| ())
+}
+
+/// Writes heartbeat row `id` (its `beat` value, or the primary's clock in µs) in one
+/// statement that writes nothing while `read_only` is on: a check and a write apart
+/// would let a fence fall between them. False: the primary is read-only.
+async fn write_beat(pc: &mut Conn, primary: &str, id: u8, beat: Option<u64>) -> Result<bool> {
+    let value = beat.map_or_else(
+        || "FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000000)".to_string(),
+        |b| b.to_string(),
+    );
+    let write = format!(
+        "REPLACE INTO georep.heartbeat (id, ts, beat) SELECT {id}, UTC_TIMESTAMP(6), {value} FROM DUAL WHERE @@GLOBAL.read_only = 0"
+    );
+    let first = pc.query_iter(write.as_str()).await;
+    let done = match first {
+        Ok(r) => r.affected_rows(),
+        // The table or database does not exist yet (1146, 1049): created once.
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => {
+            let fenced: Option<u64> = pc
+                .query_first("SELECT @@GLOBAL.read_only")
+                .await
+                .map_err(|e| DbError::mysql(primary, e))?;
+            if fenced != Some(0) {
+                return Ok(false);
+            }
+            pc.query_drop(HEARTBEAT_DDL)
+                .await
+                .map_err(|e| DbError::mysql(primary, e))?;
+            pc.query_iter(write.as_str())
+                .await
+                .map_err(|e| DbError::mysql(primary, e))?
+                .affected_rows()
+        }
+        Err(e) => return Err(DbError::mysql(primary, e)),
+    };
+    Ok(done > 0)
 }
 
 /// Seconds since the daemon's last heartbeat that replica `rc` applied, by the

@@ -109,8 +109,13 @@ async fn end_client_sessions(c: &mut Conn, who: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let ids: Vec<u64> = c.query(CLIENTS).await.map_err(|e| DbError::mysql(who, e))?;
-        if ids.is_empty() || Instant::now() >= deadline {
+        if ids.is_empty() {
             return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DbError::Timeout(format!(
+                "{who}: client sessions {ids:?} did not end within 5 s of KILL CONNECTION"
+            )));
         }
         for id in ids {
             // Gone meanwhile (1094, unknown thread): fine.
@@ -227,16 +232,11 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     // whatever connected meanwhile ends too.
     let fenced = async {
         end_client_sessions(&mut p, "primary").await?;
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            set_fence(&mut p, "primary", true),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(DbError::Timeout(
-                "SET GLOBAL read_only = 1 did not finish within 10 s (a session holds a table lock)".into(),
-            ))
-        })?;
+        // A session holding a table lock would make the fence wait: the server gives
+        // up after 10 s (a client-side timeout would leave the statement running, to
+        // land after the unfence).
+        exec(&mut p, "primary", "SET SESSION lock_wait_timeout = 10").await?;
+        set_fence(&mut p, "primary", true).await?;
         end_client_sessions(&mut p, "primary").await?;
         pos(&mut p, "primary", "gtid_binlog_pos").await
     }
@@ -250,17 +250,41 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     };
     crash_point("switchover-fenced");
 
-    // 2. The target executes everything up to the fence.
+    // 2. The target executes everything up to the fence. A session that `read_only`
+    // does not bind (READ_ONLY ADMIN) may still have written: the position is read
+    // again until it holds still, or the switchover is abandoned.
     let started = Instant::now();
-    match gtid_wait(&mut r, &rwho, &fence_pos, timeout).await {
-        Ok(true) => {}
-        other => {
-            let _ = set_fence(&mut p, "primary", false).await;
-            other?;
-            return Err(DbError::Timeout(format!(
-                "{rwho} did not execute the fence position {fence_pos} within {timeout:?}; the switchover was abandoned and the primary unfenced"
-            )));
+    let mut fence_pos = fence_pos;
+    let mut rounds = 0;
+    let caught_up = loop {
+        match gtid_wait(&mut r, &rwho, &fence_pos, timeout).await {
+            Ok(true) => {}
+            Ok(false) => {
+                break Err(DbError::Timeout(format!(
+                    "{rwho} did not execute the fence position {fence_pos} within {timeout:?}; the switchover was abandoned and the primary unfenced"
+                )))
+            }
+            Err(e) => break Err(e),
         }
+        let now = match pos(&mut p, "primary", "gtid_binlog_pos").await {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        if now == fence_pos {
+            break Ok(());
+        }
+        rounds += 1;
+        if rounds >= 3 {
+            break Err(DbError::Prerequisites(vec![format!(
+                "the fenced primary kept logging transactions ({fence_pos}, then {now}): a session with READ_ONLY ADMIN (or SUPER) writes past read_only; give applications users without it. The switchover was abandoned and the primary unfenced"
+            )]));
+        }
+        let _ = end_client_sessions(&mut p, "primary").await;
+        fence_pos = now;
+    };
+    if let Err(e) = caught_up {
+        let _ = set_fence(&mut p, "primary", false).await;
+        return Err(e);
     }
     let catch_up_ms = started.elapsed().as_millis() as u64;
 
@@ -295,6 +319,8 @@ async fn repoint_others(
                 .await?
                 .is_some_and(|row| follows(&row, target))
             {
+                // Re-pointed before an interruption, perhaps not started yet.
+                exec(&mut c, &who, Dialect::MariaDb.start_replica()).await?;
                 return Ok(None);
             }
             // Stopped at a transaction boundary; then what it applied is final.
@@ -307,7 +333,7 @@ async fn repoint_others(
                 )));
             }
             let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
-            if !new_pos.covers(&applied) {
+            if !new_pos.contains(&applied) {
                 return Ok(Some(format!(
                     "it had applied up to {applied} and the new primary only up to {new_pos}; following it would diverge"
                 )));
@@ -354,10 +380,11 @@ async fn finish_planned(
         .await?
         .is_some_and(|row| follows(&row, target))
     {
+        exec(p, "primary", Dialect::MariaDb.start_replica()).await?;
         return Ok(report);
     }
     let mine = pos(p, "primary", "gtid_binlog_pos").await?;
-    if !new_pos.covers(&mine) {
+    if !new_pos.contains(&mine) {
         report.left_behind.push((
             db.primary.name.clone(),
             format!(
@@ -386,11 +413,19 @@ pub async fn promote(db: &Database, to: &str) -> Result<SwitchoverReport> {
     let target = replica(db, to)?;
     let who = format!("replica '{to}'");
     let mut r = conn::connect(&who, &target.url).await?;
-    let (received, backlog, relay) = promotable(db, to, &mut r).await?;
-    // Nothing more can arrive; what arrived is applied before the promotion.
-    exec(&mut r, &who, "STOP SLAVE IO_THREAD").await?;
+    promotable(db, to, &mut r).await?;
+    // Nothing more can arrive; what arrived (read once fetching stopped) is applied
+    // before the promotion.
+    exec(&mut r, &who, Dialect::MariaDb.stop_fetching()).await?;
+    let (received, backlog, relay) = match promotable(db, to, &mut r).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = exec(&mut r, &who, Dialect::MariaDb.start_replica()).await;
+            return Err(e);
+        }
+    };
     if !gtid_wait(&mut r, &who, &received, APPLY_RELAY).await? {
-        let _ = exec(&mut r, &who, "START SLAVE IO_THREAD").await;
+        let _ = exec(&mut r, &who, Dialect::MariaDb.start_replica()).await;
         return Err(DbError::Timeout(format!(
             "{who} did not apply its relay log ({backlog} transaction(s), {relay} bytes, up to {received}) within {APPLY_RELAY:?}; it was not promoted: wait for it, or promote another replica"
         )));
@@ -426,9 +461,8 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, 
             bad.join(",")
         )]));
     }
-    let received =
-        MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default();
     let applied = pos(r, &who, "gtid_slave_pos").await?;
+    let received = received_of(&row, &applied, &who)?;
     let backlog = received.distance(&applied);
     let relay = text(&row, "Relay_Log_Space").unwrap_or_default();
     if backlog > 0 && !running(&row, "Slave_SQL_Running") {
@@ -447,10 +481,11 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, 
         else {
             continue;
         };
-        let theirs = match source(&mut c, &mwho).await {
-            Ok(Some(row)) => {
-                MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default()
-            }
+        let theirs = match (
+            source(&mut c, &mwho).await,
+            pos(&mut c, &mwho, "gtid_slave_pos").await,
+        ) {
+            (Ok(Some(row)), Ok(applied)) => received_of(&row, &applied, &mwho)?,
             _ => continue,
         };
         let ahead = theirs.distance(&received);
@@ -462,6 +497,25 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, 
         }
     }
     Ok((received, backlog, relay))
+}
+
+/// Everything a replica holds from its sources: per domain the further of what it
+/// received (`Gtid_IO_Pos`, empty after a restart) and what it applied. An unreadable
+/// position refuses the promotion rather than counting as nothing.
+fn received_of(row: &Row, applied: &MariaPos, who: &str) -> Result<MariaPos> {
+    let io = MariaPos::parse(&text(row, "Gtid_IO_Pos").unwrap_or_default()).map_err(|e| {
+        DbError::Sql {
+            member: who.into(),
+            detail: format!("its Gtid_IO_Pos: {e}"),
+        }
+    })?;
+    let mut all = applied.clone();
+    for (d, (s, n)) in io.0 {
+        if all.0.get(&d).is_none_or(|(_, m)| *m < n) {
+            all.0.insert(d, (s, n));
+        }
+    }
+    Ok(all)
 }
 
 /// After a forced promotion: the new primary is writable; other replicas follow it
@@ -497,9 +551,18 @@ pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
     if planned {
         match conn::connect("primary", &db.primary.url).await {
             Ok(mut p) => {
+                // No source may also mean an operator reset it: finish only when the
+                // target holds everything the old primary logged (it reached the fence).
+                let mine = pos(&mut p, "primary", "gtid_binlog_pos").await?;
+                let theirs = pos(&mut r, &who, "gtid_current_pos").await?;
+                if !theirs.contains(&mine) {
+                    return Err(DbError::Prerequisites(vec![format!(
+                        "{who} has no replication source but lacks what the old primary logged ({theirs} against {mine}): it was not promoted by this failover; point it at the primary again (georep db setup) or promote it by hand"
+                    )]));
+                }
                 return Ok(Settled::Finished(
                     finish_planned(db, &target, &mut r, &mut p).await?,
-                ))
+                ));
             }
             Err(e) => {
                 let mut rep = finish_forced(db, &target, &mut r).await?;

@@ -47,13 +47,31 @@ impl Group {
         }
         let limit = self.cfg.max_data_loss.as_secs_f64();
         let lags = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
-        let candidate = db.replicas.iter().find(|r| {
-            self.healthy(&r.name)
-                && lags
-                    .get(&r.name)
-                    .and_then(|l| l.seconds)
-                    .is_some_and(|s| s <= limit)
-        });
+        // The least behind first: promoting another would lose what it has (MariaDB
+        // refuses a replica behind another).
+        let behind = |name: &str| {
+            let l = lags.get(name).copied().unwrap_or_default();
+            (
+                l.transactions
+                    .or(l.bytes.map(|b| b.max(0) as u64))
+                    .unwrap_or(u64::MAX),
+                l.seconds.unwrap_or(f64::MAX),
+            )
+        };
+        let candidate = db
+            .replicas
+            .iter()
+            .filter(|r| {
+                self.healthy(&r.name)
+                    && lags
+                        .get(&r.name)
+                        .and_then(|l| l.seconds)
+                        .is_some_and(|s| s <= limit)
+            })
+            .min_by(|a, b| {
+                let (x, y) = (behind(&a.name), behind(&b.name));
+                x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))
+            });
         match candidate {
             Some(r) => {
                 // Probes can time out while the primary is only slow: before acting,

@@ -142,7 +142,7 @@ impl Group {
             .lock()
             .map(|f| f.contains(member))
             .unwrap_or(true);
-        if done || self.unsettled.load(Ordering::SeqCst) {
+        if (done && !c.fence_is_volatile()) || self.unsettled.load(Ordering::SeqCst) {
             return;
         }
         let Ok(_one) = self.op.try_lock() else {
