@@ -46,7 +46,7 @@ start_maria() {
     --socket=$d/sock --pid-file=$d/pid --log-error=$d/err.log --server-id=$2 --log-bin=$d/binlog \
     --relay-log=$d/relay --binlog-format=ROW --log-slave-updates --gtid-strict-mode=1 --skip-name-resolve \
     --innodb-buffer-pool-size=512M --innodb-log-file-size=256M --max-connections=500 \
-    --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 --slave-parallel-threads=4 &
+    --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 --slave-parallel-threads=4 >/dev/null 2>&1 &
   echo $! >> $PIDS
   for _ in $(seq 300); do mariadb -uroot -h127.0.0.1 -P$port -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
   echo $port
