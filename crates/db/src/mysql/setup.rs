@@ -157,7 +157,7 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
         detail: format!("the snapshot's GTID position: {e}"),
     })?;
     let own_pos = MariaPos::parse(&own).unwrap_or_default();
-    if !gtid.covers(&own_pos) {
+    if !gtid.contains(&own_pos) {
         return Err(DbError::Prerequisites(vec![format!(
             "{}: its binary log holds transactions the primary never had ({own}); if the replica holds nothing you need, run RESET MASTER on it, then setup again",
             r.name
@@ -351,6 +351,11 @@ pub(crate) async fn change_master(
     member: &str,
     primary: &conn::MyUrl,
 ) -> Result<()> {
+    // The password is written as a literal with backslashes escaped: that holds only
+    // while backslash is an escape in this session.
+    rc.query_drop("SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '')")
+        .await
+        .map_err(|e| DbError::mysql(member, e))?;
     let password = primary.password().unwrap_or_default();
     let sql = Dialect::MariaDb.change_source(&super::sql::Source {
         host: primary.host(),

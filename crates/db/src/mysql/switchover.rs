@@ -604,6 +604,14 @@ pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::Se
     set_fence(&mut c, &who, true).await?;
     exec(&mut c, &who, "STOP SLAVE").await?;
     exec(&mut c, &who, "RESET SLAVE ALL").await?;
+    // Its binary log may hold the only copy of writes a forced failover lost: say what
+    // is discarded, so they can be looked for in a backup.
+    let logged = pos(&mut c, &who, "gtid_binlog_pos").await?;
+    let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
+    let own = errant(&logged, &applied);
+    if !own.is_empty() {
+        tracing::warn!(member = %member.name, discarded = %own.join(","), binlog_pos = %logged, "reseed discards transactions no other member has (RESET MASTER)");
+    }
     exec(&mut c, &who, "RESET MASTER").await?;
     let _ = c.disconnect().await;
     let m = |x: &DbMember, primary| Member {
