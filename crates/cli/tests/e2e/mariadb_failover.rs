@@ -84,7 +84,10 @@ fn mariadb_planned_failover_and_failback_under_a_writer_lose_no_acknowledged_wri
     let mut d = serde_json::Value::Null;
     assert!(
         wait_until(Duration::from_secs(30), || {
-            d = sv.get("/api/v1/databases/shop");
+            // 503 until the first poll has read the database.
+            d = sv
+                .req(reqwest::Method::GET, "/api/v1/databases/shop", None)
+                .1;
             let r = &d["replicas"][0];
             r["io_thread"] == "Yes" && r["lag_seconds"].is_number() && r["gtid_distance"].is_u64()
         }),
