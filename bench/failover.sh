@@ -16,7 +16,8 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ "$(id -u)" = 0 ] || { echo "run as root (clusters run as postgres)" >&2; exit 2; }
 B=$(mktemp -d /tmp/georep-fobench.XXXXXX)
 mount -t tmpfs -o size=2g georep-fobench "$B"; chown postgres:postgres "$B"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=$B/pids; : > $PIDS
+source bench/lib.sh
 P1=$(free_port); P2=$(free_port); RW=$(free_port); RO=$(free_port); API=$(free_port)
 SERVE_PID=
 cleanup() {
@@ -103,16 +104,7 @@ mkdir -p $B/reports
 for i in $(seq $DRILLS); do
   $GEOREP drill fg -c $B/georep.toml --settle 1 --report-dir $B/reports > $B/drill.$i.out 2>&1 || { echo "drill $i FAILED"; cat $B/drill.$i.out; }
 done
-python3 - $B/reports <<'PY'
-import json, glob, statistics as st, sys
-r = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/*.json"))]
-if not r: sys.exit(0)
-lost = sum(x["lost_writes"] for x in r); acked = sum(x["acknowledged_writes"] for x in r)
-def s(k): v = [x[k] for x in r if x.get(k) is not None]; return f"median {st.median(v):.0f} ms, max {max(v):.0f} ms"
-print(f"{len(r)} drills, {acked} acknowledged writes, {lost} lost; zero-loss drills: {sum(1 for x in r if x['lost_writes']==0)}/{len(r)}")
-print(f"write gap at the listener, failover: {s('write_gap_failover_ms')}; failback: {s('write_gap_failback_ms')}")
-print(f"RTO seen by the writer, failover: {s('rto_failover_ms')}; failback: {s('rto_failback_ms')}")
-PY
+drill_summary $B/reports
 
 echo "== (3) automatic failover after SIGKILL of the primary (grace 2s, probes 2 x 500ms)"
 kill $SERVE_PID; wait $SERVE_PID 2>/dev/null || true; SERVE_PID=

@@ -163,16 +163,7 @@ mkdir -p $B/reports
 for i in $(seq $DRILLS); do
   $GEOREP drill fg -c $B/georep.toml --settle 1 --report-dir $B/reports > $B/drill.$i.out 2>&1 || { echo "drill $i FAILED"; cat $B/drill.$i.out; }
 done
-python3 - $B/reports <<'PY'
-import json, glob, statistics as st, sys
-r = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/*.json"))]
-if not r: sys.exit(0)
-lost = sum(x["lost_writes"] for x in r); acked = sum(x["acknowledged_writes"] for x in r)
-def s(k): v = [x[k] for x in r if x.get(k) is not None]; return f"median {st.median(v):.0f} ms, max {max(v):.0f} ms"
-print(f"   {len(r)} drills ({2*len(r)} planned failovers), {acked} acknowledged writes, {lost} lost")
-print(f"   write gap at the listener, failover: {s('write_gap_failover_ms')}; failback: {s('write_gap_failback_ms')} (target < 2000 ms)")
-print(f"   RTO seen by the writer, failover: {s('rto_failover_ms')}; failback: {s('rto_failback_ms')}")
-PY
+drill_summary $B/reports
 
 echo "== (6) automatic failover after SIGKILL of the primary (grace 2s, probes 2 x 500ms)"
 kill $SERVE_PID; wait $SERVE_PID 2>/dev/null || true; SERVE_PID=
