@@ -15,6 +15,7 @@ mod group;
 mod groups;
 mod monitor;
 mod proxy;
+mod pump;
 
 pub use drill::drill;
 pub use georep_api::DrillReport;

@@ -134,8 +134,7 @@ async fn handle(
         // Nowhere to go: closing tells the client at once.
         return Ok(());
     };
-    let mut upstream = TcpStream::connect(&target).await?;
-    let mut client = client;
+    let upstream = TcpStream::connect(&target).await?;
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let epoch = route.epoch;
@@ -145,7 +144,7 @@ async fn handle(
     // reach a still-live old primary while the new one is being promoted.
     let read_write = matches!(kind, Kind::ReadWrite);
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.map(|_| ()),
+        r = crate::pump::pump(client, upstream) => r,
         _ = rx.wait_for(|r| r.epoch != epoch || (read_write && r.held)) => Ok(()),
     }
 }
