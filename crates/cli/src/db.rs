@@ -50,6 +50,10 @@ pub(crate) struct DbArgs {
     /// copied again (without it, such a replica is refused).
     #[arg(long)]
     pub(crate) wipe: bool,
+    /// setup (MariaDB) and verify: parallel sessions on each server (setup's all read
+    /// one snapshot).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub(crate) jobs: u16,
 }
 
 #[derive(Args, Debug)]
@@ -127,7 +131,11 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
         DbCommand::Setup(a) => {
             let db = database(&a)?;
             if db.engine.is_mysql_family() {
-                return crate::db_mysql::setup(&db, a.output, a.wipe).await;
+                let opts = georep_db::mysql::setup::SetupOptions {
+                    wipe: a.wipe,
+                    jobs: usize::from(a.jobs),
+                };
+                return crate::db_mysql::setup(&db, a.output, &opts).await;
             }
             let quiet = a.output == Output::Json;
             let show = move |p: SetupProgress| {
@@ -262,6 +270,7 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
             let opts = pg::VerifyOptions {
                 table: a.table.clone(),
                 ranges: a.ranges,
+                jobs: usize::from(a.db.jobs),
                 ..Default::default()
             };
             let r = if db.engine.is_mysql_family() {

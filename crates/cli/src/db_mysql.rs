@@ -43,9 +43,13 @@ pub(crate) fn not_for(db: &Database, command: &str, why: &str) -> anyhow::Error 
     .into()
 }
 
-pub(crate) async fn setup(db: &Database, output: Output, wipe: bool) -> Result<u8> {
+pub(crate) async fn setup(
+    db: &Database,
+    output: Output,
+    opts: &georep_db::mysql::setup::SetupOptions,
+) -> Result<u8> {
     let (p, rs) = members(db, "setup")?;
-    let r = georep_db::mysql::setup::setup(&p, &rs, wipe).await?;
+    let r = georep_db::mysql::setup::setup(&p, &rs, opts).await?;
     match output {
         Output::Json => println!(
             "{}",

@@ -212,7 +212,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     };
     let p = member("primary", primary.url("shop"), true);
     let r = member("we", replica.url("mysql"), false);
-    let report = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
+    let report = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), &Default::default())
         .await
         .expect("setup");
     assert_eq!(report.replicas, vec![("we".to_string(), "copied")]);
@@ -278,6 +278,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         table: None,
         ranges: 16,
         rechecks: 1,
+        jobs: 3,
     };
     let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
         .await
@@ -314,7 +315,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'row 1500' WHERE id = 1500");
 
     // Running setup again only starts replication again.
-    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
+    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), &Default::default())
         .await
         .expect("again");
     assert_eq!(again.replicas, vec![("we".to_string(), "restarted")]);
@@ -392,7 +393,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     );
 
     // The replica now holds data: setup refuses to replace it unless told to.
-    let e = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), false)
+    let e = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), &Default::default())
         .await
         .expect_err("a replica with data");
     assert!(
@@ -401,9 +402,16 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         "{e}"
     );
     assert_eq!(e.exit_class(), 2);
-    let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), true)
-        .await
-        .expect("--wipe copies again");
+    let again = georep_db::mysql::setup::setup(
+        &p,
+        std::slice::from_ref(&r),
+        &georep_db::mysql::setup::SetupOptions {
+            wipe: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("--wipe copies again");
     assert_eq!(again.replicas, vec![("we".to_string(), "copied")]);
     wait_for("the recopied replica to catch up", || async {
         status().await[0].gtid_distance == 0

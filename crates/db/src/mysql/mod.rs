@@ -4,8 +4,7 @@
 //! (`setup`), `status` (lag measured by a heartbeat) and `teardown`, and `verify`.
 //! Failover groups' role changes are in `switchover` (MariaDB), and the statements that
 //! differ for MySQL 8 in `sql` (unit-tested only: MySQL 8 cannot be installed on the
-//! test machines). Still to come: a parallel copy and running MySQL 8
-//! (`docs/notes/issue-13-mysql.md`).
+//! test machines). Still to come: running MySQL 8 (`docs/notes/issue-13-mysql.md`).
 
 pub mod check;
 pub mod conn;

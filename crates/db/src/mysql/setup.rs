@@ -1,5 +1,6 @@
 //! `db setup` for MariaDB: check everything, copy every user database from one
-//! consistent snapshot with its GTID position, then start native GTID replication
+//! consistent snapshot with its GTID position (read by `jobs` sessions that share the
+//! snapshot, large tables in key ranges), then start native GTID replication
 //! (`MASTER_USE_GTID=slave_pos`) from that position, so writes made on the primary
 //! during the copy arrive afterwards. A replica already replicating from this primary is
 //! only started again: re-running is safe.
@@ -7,10 +8,13 @@
 //! The copy is written with `sql_log_bin=0`: logged, it would carry the replica's own
 //! server id (errant GTIDs), and the position could not be set.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, TxOpts, Value};
+use mysql_async::{Conn, Row, Value};
+use tokio::task::JoinSet;
 
 use super::check::{check, Member};
 use super::gtid::MariaPos;
@@ -37,9 +41,31 @@ pub struct SetupReport {
 /// 65,535 placeholders).
 const BATCH_ROWS: usize = 500;
 
-/// Sets up every replica of `primary` (MariaDB). A replica that already holds user
-/// databases is refused unless `wipe` (they are dropped and copied again).
-pub async fn setup(primary: &Member, replicas: &[Member], wipe: bool) -> Result<SetupReport> {
+/// How setup copies.
+#[derive(Debug, Clone, Copy)]
+pub struct SetupOptions {
+    /// A replica that already holds user databases has them dropped and copied again
+    /// (without it, such a replica is refused).
+    pub wipe: bool,
+    /// Parallel copy sessions, all reading one snapshot.
+    pub jobs: usize,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        Self {
+            wipe: false,
+            jobs: 4,
+        }
+    }
+}
+
+/// Sets up every replica of `primary` (MariaDB).
+pub async fn setup(
+    primary: &Member,
+    replicas: &[Member],
+    opts: &SetupOptions,
+) -> Result<SetupReport> {
     let started = Instant::now();
     let mut all = vec![primary.clone()];
     all.extend(replicas.iter().cloned());
@@ -70,7 +96,7 @@ pub async fn setup(primary: &Member, replicas: &[Member], wipe: bool) -> Result<
                 pu.host()
             )));
         }
-        let copied = copy(primary, r, &mut rc, wipe).await?;
+        let copied = copy(primary, r, &mut rc, opts).await?;
         report.warnings = copied.warnings;
         report.databases = copied.databases;
         report.tables = copied.tables;
@@ -105,8 +131,23 @@ struct Copied {
     gtid: MariaPos,
 }
 
-/// Copies every user database from one consistent snapshot of the primary.
-async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result<Copied> {
+/// One piece of the copy: a table, or a key range of a large one.
+struct Chunk {
+    full: String,
+    cols: String,
+    /// `WHERE` clause for the key range (empty: the whole table).
+    range: String,
+    /// Estimated rows, to start the largest pieces first.
+    estimate: u64,
+}
+
+/// Rows per key-range chunk of a large table (integer primary keys only): enough
+/// chunks that one big table keeps every session busy.
+const CHUNK_ROWS: u64 = 200_000;
+
+/// Copies every user database from one consistent snapshot of the primary, with
+/// `opts.jobs` sessions that all read that same snapshot.
+async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) -> Result<Copied> {
     let p = &primary.name;
     let mut pc = conn::connect(p, &primary.url).await?;
     let perr = |e| DbError::mysql(p, e);
@@ -131,31 +172,8 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
         .await
         .map_err(rerr)?
         .unwrap_or_default();
-    let mut opts = TxOpts::default();
-    opts.with_consistent_snapshot(true)
-        .with_readonly(Some(true));
-    let mut tx = pc.start_transaction(opts).await.map_err(perr)?;
-    let status: Vec<Row> = tx
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(perr)?;
-    let var = |name: &str| {
-        status
-            .iter()
-            .find(|r| text(r, "Variable_name").is_some_and(|n| n.eq_ignore_ascii_case(name)))
-            .and_then(|r| text(r, "Value"))
-            .unwrap_or_default()
-    };
-    let (file, pos) = (var("Binlog_snapshot_file"), var("Binlog_snapshot_position"));
-    let gtid: String = tx
-        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos.clone()))
-        .await
-        .map_err(perr)?
-        .unwrap_or_default();
-    let gtid = MariaPos::parse(&gtid).map_err(|e| DbError::Sql {
-        member: p.clone(),
-        detail: format!("the snapshot's GTID position: {e}"),
-    })?;
+    let (mut sessions, gtid) = snapshots(primary, &mut pc, opts.jobs).await?;
+    let _ = pc.disconnect().await;
     let own_pos = MariaPos::parse(&own).unwrap_or_default();
     if !gtid.contains(&own_pos) {
         return Err(DbError::Prerequisites(vec![format!(
@@ -163,37 +181,39 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
             r.name
         )]));
     }
+    // The catalog is read on the first snapshot session: what the copy sees.
+    let cat = &mut sessions[0];
     let system = super::system_schemas_sql();
-    let databases: Vec<String> = tx
+    let databases: Vec<String> = cat
         .query(format!(
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({system}) ORDER BY SCHEMA_NAME"
         ))
         .await
         .map_err(perr)?;
-    let system_list = system.clone();
     let held: Vec<String> = rc
         .query(format!(
-            "SELECT DISTINCT TABLE_SCHEMA FROM information_schema.TABLES WHERE TABLE_SCHEMA NOT IN ({system_list}) ORDER BY TABLE_SCHEMA"
+            "SELECT DISTINCT TABLE_SCHEMA FROM information_schema.TABLES WHERE TABLE_SCHEMA NOT IN ({system}) ORDER BY TABLE_SCHEMA"
         ))
         .await
         .map_err(rerr)?;
-    if !held.is_empty() && !wipe {
+    if !held.is_empty() && !opts.wipe {
         return Err(DbError::Prerequisites(vec![format!(
             "{}: the replica already holds data in {}; setup copies the whole server and would replace it: point the replica at an empty server, or pass --wipe to drop those databases and copy again",
             r.name,
             held.join(", ")
         )]));
     }
-    let warnings = not_copied(&mut tx, p, &system).await?;
+    let warnings = not_copied(cat, p, &system).await?;
     rc.query_drop(
-        "SET SESSION sql_log_bin = 0; SET SESSION foreign_key_checks = 0; SET SESSION unique_checks = 0; SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+        "SET SESSION sql_log_bin = 0; SET SESSION foreign_key_checks = 0; SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
     )
-    .await
-    .map_err(rerr)?;
-    let (mut tables, mut rows) = (0u64, 0u64);
+        .await
+        .map_err(rerr)?;
+    let mut chunks = Vec::new();
+    let mut tables = 0u64;
     for db in &databases {
         let qdb = quote_ident(db);
-        let create: Option<Row> = tx
+        let create: Option<Row> = cat
             .query_first(format!("SHOW CREATE DATABASE {qdb}"))
             .await
             .map_err(perr)?;
@@ -204,54 +224,46 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
             .await
             .map_err(rerr)?;
         rc.query_drop(create).await.map_err(rerr)?;
-        let names: Vec<String> = tx
+        rc.query_drop(format!("USE {qdb}")).await.map_err(rerr)?;
+        let names: Vec<(String, Option<u64>)> = cat
             .exec(
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                "SELECT TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
                 (db.clone(),),
             )
             .await
             .map_err(perr)?;
-        for t in &names {
-            let full = format!("{qdb}.{}", quote_ident(t));
-            // As mysqldump does: the table's metadata lock is released after its copy
+        for (t, estimate) in &names {
+            // As mysqldump does: a table's metadata lock is released after it is read
             // (rolling back to the savepoint), so an ALTER on the primary waits for one
             // table at most, not for the whole copy; the snapshot stays.
-            tx.query_drop("SAVEPOINT georep_table")
+            cat.query_drop("SAVEPOINT georep_table")
                 .await
                 .map_err(perr)?;
-            let ddl: Option<Row> = tx
-                .query_first(format!("SHOW CREATE TABLE {full}"))
+            let planned = plan_table(cat, p, db, t, estimate.unwrap_or(0)).await?;
+            cat.query_drop("ROLLBACK TO SAVEPOINT georep_table")
                 .await
                 .map_err(perr)?;
-            let ddl = ddl
-                .and_then(|r| r.get_opt::<String, _>(1).and_then(std::result::Result::ok))
-                .ok_or_else(|| DbError::Sql {
-                    member: p.clone(),
-                    detail: format!("no definition for {full}"),
-                })?;
-            rc.query_drop(format!("USE {qdb}")).await.map_err(rerr)?;
-            rc.query_drop(ddl).await.map_err(rerr)?;
-            let columns: Vec<String> = tx
-                .exec(
-                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
-                    (db.clone(), t.clone()),
-                )
-                .await
-                .map_err(perr)?;
-            let cols = columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            rows += copy_table(&mut tx, rc, (p, &r.name), (&full, &cols)).await?;
-            tx.query_drop("ROLLBACK TO SAVEPOINT georep_table")
-                .await
-                .map_err(perr)?;
+            rc.query_drop(planned.0).await.map_err(rerr)?;
+            chunks.extend(planned.1);
             tables += 1;
         }
     }
-    tx.commit().await.map_err(perr)?;
-    let _ = pc.disconnect().await;
+    chunks.sort_by_key(|c| std::cmp::Reverse(c.estimate));
+    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
+    let mut workers = JoinSet::new();
+    for session in sessions {
+        let sink = conn::connect(&r.name, &r.url).await?;
+        let (queue, names) = (queue.clone(), (p.clone(), r.name.clone()));
+        workers.spawn(worker(session, sink, queue, names));
+    }
+    let mut rows = 0u64;
+    while let Some(done) = workers.join_next().await {
+        // The first failure ends the copy (the other workers are aborted with the set).
+        rows += done.map_err(|e| DbError::Sql {
+            member: r.name.clone(),
+            detail: format!("a copy session ended: {e}"),
+        })??;
+    }
     Ok(Copied {
         warnings,
         databases,
@@ -261,17 +273,256 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, wipe: bool) -> Result
     })
 }
 
-/// Streams one table's rows from the snapshot into multi-row INSERTs on the replica,
-/// a batch at a time (memory stays at one batch whatever the table's size).
-async fn copy_table(
-    tx: &mut mysql_async::Transaction<'_>,
-    rc: &mut Conn,
-    (p, r): (&str, &str),
-    (full, cols): (&str, &str),
-) -> Result<u64> {
+/// Opens `jobs` sessions on the primary that all see one snapshot, and that
+/// snapshot's GTID position. Commits are held for the instant the sessions start
+/// (`BACKUP STAGE BLOCK_COMMIT`, as mydumper does; it needs the RELOAD privilege);
+/// without it, the sessions are started again until their binary log positions agree,
+/// and after a few tries the copy goes on with one session.
+async fn snapshots(
+    primary: &Member,
+    control: &mut Conn,
+    jobs: usize,
+) -> Result<(Vec<Conn>, MariaPos)> {
+    let p = &primary.name;
+    let mut sessions = Vec::new();
+    for _ in 0..jobs.clamp(1, 32) {
+        let mut c = conn::connect(p, &primary.url).await?;
+        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(|e| DbError::mysql(p, e))?;
+        sessions.push(c);
+    }
+    let mut held = false;
+    if sessions.len() > 1 {
+        held = control
+            .query_drop(
+                "SET SESSION lock_wait_timeout = 10; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
+            )
+            .await
+            .is_ok();
+        if !held {
+            let _ = control.query_drop("BACKUP STAGE END").await;
+        }
+    }
+    let mut tries = 0;
+    let position = loop {
+        let mut positions = Vec::new();
+        for c in &mut sessions {
+            positions.push(begin_snapshot(c, p).await?);
+        }
+        if held {
+            control
+                .query_drop("BACKUP STAGE END")
+                .await
+                .map_err(|e| DbError::mysql(p, e))?;
+        }
+        if positions.windows(2).all(|w| w[0] == w[1]) {
+            break positions.swap_remove(0);
+        }
+        tries += 1;
+        if held || tries >= 5 {
+            tracing::warn!(
+                primary = %p,
+                "the copy sessions could not share one snapshot (BACKUP STAGE needs the RELOAD privilege and writes kept moving the position); copying with one session"
+            );
+            sessions.truncate(1);
+            let (file, pos) = positions.swap_remove(0);
+            break (file, pos);
+        }
+        for c in &mut sessions {
+            c.query_drop("ROLLBACK")
+                .await
+                .map_err(|e| DbError::mysql(p, e))?;
+        }
+    };
+    let gtid: String = sessions[0]
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", position)
+        .await
+        .map_err(|e| DbError::mysql(p, e))?
+        .unwrap_or_default();
+    let gtid = MariaPos::parse(&gtid).map_err(|e| DbError::Sql {
+        member: p.clone(),
+        detail: format!("the snapshot's GTID position: {e}"),
+    })?;
+    Ok((sessions, gtid))
+}
+
+/// Starts a consistent-snapshot transaction and returns its binary log position.
+async fn begin_snapshot(c: &mut Conn, p: &str) -> Result<(String, String)> {
+    let err = |e| DbError::mysql(p, e);
+    c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(err)?;
+    let status: Vec<Row> = c
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(err)?;
+    let var = |name: &str| {
+        status
+            .iter()
+            .find(|r| text(r, "Variable_name").is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .and_then(|r| text(r, "Value"))
+            .unwrap_or_default()
+    };
+    Ok((var("Binlog_snapshot_file"), var("Binlog_snapshot_position")))
+}
+
+/// A table's definition and the chunks its rows are copied in.
+async fn plan_table(
+    cat: &mut Conn,
+    p: &str,
+    db: &str,
+    t: &str,
+    estimate: u64,
+) -> Result<(String, Vec<Chunk>)> {
+    let err = |e| DbError::mysql(p, e);
+    let full = format!("{}.{}", quote_ident(db), quote_ident(t));
+    let ddl: Option<Row> = cat
+        .query_first(format!("SHOW CREATE TABLE {full}"))
+        .await
+        .map_err(err)?;
+    let ddl = ddl
+        .and_then(|r| r.get_opt::<String, _>(1).and_then(std::result::Result::ok))
+        .ok_or_else(|| DbError::Sql {
+            member: p.into(),
+            detail: format!("no definition for {full}"),
+        })?;
+    let columns: Vec<String> = cat
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
+            (db, t),
+        )
+        .await
+        .map_err(err)?;
     // Columns named: `*` leaves out INVISIBLE ones; generated ones are computed again.
-    let mut result = tx
-        .query_iter(format!("SELECT {cols} FROM {full}"))
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let whole = |range: String, estimate| Chunk {
+        full: full.clone(),
+        cols: cols.clone(),
+        range,
+        estimate,
+    };
+    let pieces = estimate / CHUNK_ROWS;
+    if pieces < 2 {
+        return Ok((ddl, vec![whole(String::new(), estimate)]));
+    }
+    let keys: Vec<(String, String)> = cat
+        .exec(
+            "SELECT k.COLUMN_NAME, col.DATA_TYPE FROM information_schema.KEY_COLUMN_USAGE k \
+             JOIN information_schema.COLUMNS col ON col.TABLE_SCHEMA = k.TABLE_SCHEMA AND col.TABLE_NAME = k.TABLE_NAME AND col.COLUMN_NAME = k.COLUMN_NAME \
+             WHERE k.TABLE_SCHEMA = ? AND k.TABLE_NAME = ? AND k.CONSTRAINT_NAME = 'PRIMARY' ORDER BY k.ORDINAL_POSITION",
+            (db, t),
+        )
+        .await
+        .map_err(err)?;
+    let key = match keys.as_slice() {
+        [(k, ty)]
+            if matches!(
+                ty.as_str(),
+                "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+            ) =>
+        {
+            k.clone()
+        }
+        _ => return Ok((ddl, vec![whole(String::new(), estimate)])),
+    };
+    let qk = quote_ident(&key);
+    let bounds: Option<(Option<i64>, Option<i64>)> = cat
+        .query_first(format!(
+            "SELECT CAST(MIN({qk}) AS SIGNED), CAST(MAX({qk}) AS SIGNED) FROM {full}"
+        ))
+        .await
+        .map_err(err)?;
+    let Some((Some(lo), Some(hi))) = bounds else {
+        return Ok((ddl, vec![whole(String::new(), estimate)]));
+    };
+    let ranges = key_ranges(&qk, (lo, hi), pieces.min(64));
+    let each = estimate / ranges.len() as u64;
+    let chunks = ranges.into_iter().map(|r| whole(r, each)).collect();
+    Ok((ddl, chunks))
+}
+
+/// `WHERE` clauses that split keys `lo..=hi` into at most `n` ranges covering every
+/// value (the first and last are open-ended), empty for one whole-table range.
+fn key_ranges(qk: &str, (lo, hi): (i64, i64), n: u64) -> Vec<String> {
+    let n = i128::from(n.max(1));
+    let step = ((i128::from(hi) - i128::from(lo)) / n).max(1);
+    let mut out = Vec::new();
+    let mut prev: Option<i64> = None;
+    for i in 1..n {
+        let Ok(cut) = i64::try_from(i128::from(lo) + i * step) else {
+            break;
+        };
+        if cut > hi || prev.is_some_and(|p| cut <= p) {
+            break;
+        }
+        out.push(match prev {
+            None => format!("{qk} < {cut}"),
+            Some(p) => format!("{qk} >= {p} AND {qk} < {cut}"),
+        });
+        prev = Some(cut);
+    }
+    out.push(prev.map(|p| format!("{qk} >= {p}")).unwrap_or_default());
+    out
+}
+
+/// One copy session: takes chunks until none are left, reading them from its snapshot
+/// session and writing them on its own replica session.
+async fn worker(
+    mut snap: Conn,
+    mut sink: Conn,
+    queue: Arc<Mutex<VecDeque<Chunk>>>,
+    (p, r): (String, String),
+) -> Result<u64> {
+    // Unlogged (no errant GTIDs), and without per-row checks the primary already made.
+    sink.query_drop(
+        "SET SESSION sql_log_bin = 0; SET SESSION foreign_key_checks = 0; SET SESSION unique_checks = 0; SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+    )
+    .await
+    .map_err(|e| DbError::mysql(&r, e))?;
+    let mut rows = 0u64;
+    loop {
+        let next = queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front();
+        let Some(chunk) = next else { break };
+        snap.query_drop("SAVEPOINT georep_table")
+            .await
+            .map_err(|e| DbError::mysql(&p, e))?;
+        rows += copy_chunk(&mut snap, &mut sink, (&p, &r), &chunk).await?;
+        snap.query_drop("ROLLBACK TO SAVEPOINT georep_table")
+            .await
+            .map_err(|e| DbError::mysql(&p, e))?;
+    }
+    snap.query_drop("COMMIT")
+        .await
+        .map_err(|e| DbError::mysql(&p, e))?;
+    let _ = snap.disconnect().await;
+    let _ = sink.disconnect().await;
+    Ok(rows)
+}
+
+/// Streams one chunk's rows from the snapshot into multi-row INSERTs on the replica,
+/// a batch at a time (memory stays at one batch whatever the table's size).
+async fn copy_chunk(
+    snap: &mut Conn,
+    sink: &mut Conn,
+    (p, r): (&str, &str),
+    c: &Chunk,
+) -> Result<u64> {
+    let (full, cols) = (&c.full, &c.cols);
+    let filter = if c.range.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", c.range)
+    };
+    let mut result = snap
+        .query_iter(format!("SELECT {cols} FROM {full}{filter}"))
         .await
         .map_err(|e| DbError::mysql(p, e))?;
     let width = result.columns_ref().len().max(1);
@@ -290,13 +541,13 @@ async fn copy_table(
         rows += 1;
         if batch.len() >= per_batch * width {
             let values = std::mem::take(&mut batch);
-            rc.exec_drop(insert(values.len() / width), values)
+            sink.exec_drop(insert(values.len() / width), values)
                 .await
                 .map_err(|e| DbError::mysql(r, e))?;
         }
     }
     if !batch.is_empty() {
-        rc.exec_drop(insert(batch.len() / width), batch)
+        sink.exec_drop(insert(batch.len() / width), batch)
             .await
             .map_err(|e| DbError::mysql(r, e))?;
     }
@@ -304,11 +555,7 @@ async fn copy_table(
 }
 
 /// Objects the copy does not carry, counted, for the report.
-async fn not_copied(
-    tx: &mut mysql_async::Transaction<'_>,
-    p: &str,
-    system: &str,
-) -> Result<Vec<String>> {
+async fn not_copied(tx: &mut Conn, p: &str, system: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for (what, sql) in [
         ("views", format!("SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA NOT IN ({system})")),
@@ -385,4 +632,24 @@ pub(crate) async fn change_master(
             detail: "CHANGE MASTER TO failed: the session ended".into(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_ranges;
+
+    #[test]
+    fn key_ranges_cover_every_key_once() {
+        assert_eq!(key_ranges("k", (1, 1_000_000), 1), vec![String::new()]);
+        assert_eq!(
+            key_ranges("k", (0, 300), 3),
+            vec!["k < 100", "k >= 100 AND k < 200", "k >= 200"]
+        );
+        // Fewer keys than pieces: no empty or overlapping ranges.
+        assert_eq!(key_ranges("k", (5, 6), 8), vec!["k < 6", "k >= 6"]);
+        // The whole i64 range does not overflow.
+        let r = key_ranges("k", (i64::MIN, i64::MAX), 4);
+        assert_eq!(r.len(), 4);
+        assert!(r[0].starts_with("k < ") && r[3].starts_with("k >= "));
+    }
 }

@@ -619,7 +619,15 @@ pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::Se
         url: x.url.clone(),
         primary,
     };
-    super::setup::setup(&m(&db.primary, true), &[m(member, false)], true).await
+    super::setup::setup(
+        &m(&db.primary, true),
+        &[m(member, false)],
+        &super::setup::SetupOptions {
+            wipe: true,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Lag of each replica for the probe loop of a failover group, read against the

@@ -3,12 +3,16 @@
 //! range), each range hashed on both sides the way pt-table-checksum does (a row's
 //! columns and NULL flags through MD5, 64 bits of it XORed over the range, with the row
 //! count), after the replica has applied everything the primary had when verify began.
-//! A differing range is read again before it is reported, since rows may still move.
+//! A differing range is read again, once the replica has caught up, before it is
+//! reported, since rows may still move. Ranges are hashed by `jobs` session pairs,
+//! each range on both servers at once.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
+use tokio::task::JoinSet;
 
 use super::check::Member;
 use super::{conn, quote_ident, text};
@@ -177,7 +181,73 @@ async fn hash(c: &mut Conn, who: &str, sql: &str) -> Result<(i64, String)> {
     Ok((n, row.and_then(|r| text(&r, "h")).unwrap_or_default()))
 }
 
-/// Compares every table (or `opts.table`) of each replica with the primary.
+/// Makes the replica apply everything the primary has logged now (at most `secs`).
+async fn catch_up(pc: &mut Conn, rc: &mut Conn, (p, r): (&str, &str), secs: u32) -> Result<()> {
+    let head: String = pc
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .map_err(|e| DbError::mysql(p, e))?
+        .unwrap_or_default();
+    let _: Option<i64> = rc
+        .exec_first("SELECT MASTER_GTID_WAIT(?, ?)", (head, secs))
+        .await
+        .map_err(|e| DbError::mysql(r, e))?;
+    Ok(())
+}
+
+/// One range's outcome: the plan and bound it belongs to, rows on each side, and
+/// whether the hashes still differed after the rechecks.
+struct Outcome {
+    plan: usize,
+    bound: usize,
+    rows: (i64, i64),
+    differs: bool,
+}
+
+/// One pair of sessions (primary, replica) hashing ranges off the shared queue; each
+/// range is hashed on both servers at once.
+async fn worker(
+    plans: Arc<Vec<Plan>>,
+    queue: Arc<Mutex<VecDeque<(usize, usize)>>>,
+    (primary, replica): (Member, Member),
+    rechecks: u32,
+) -> Result<Vec<Outcome>> {
+    let (p, r) = (primary.name.as_str(), replica.name.as_str());
+    let mut pc = conn::connect(p, &primary.url).await?;
+    let mut rc = conn::connect(r, &replica.url).await?;
+    let mut out = Vec::new();
+    loop {
+        let next = queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front();
+        let Some((plan, bound)) = next else { break };
+        let sql = plans[plan].sql(plans[plan].bounds[bound]);
+        let mut attempt = 0;
+        loop {
+            let (a, z) = tokio::try_join!(hash(&mut pc, p, &sql), hash(&mut rc, r, &sql))?;
+            if a == z || attempt >= rechecks {
+                out.push(Outcome {
+                    plan,
+                    bound,
+                    rows: (a.0, z.0),
+                    differs: a != z,
+                });
+                break;
+            }
+            // Rows may still be on their way: read again once the replica has what
+            // the primary holds now.
+            attempt += 1;
+            catch_up(&mut pc, &mut rc, (p, r), 10).await?;
+        }
+    }
+    let _ = pc.disconnect().await;
+    let _ = rc.disconnect().await;
+    Ok(out)
+}
+
+/// Compares every table (or `opts.table`) of each replica with the primary, hashing
+/// `opts.jobs` ranges at a time, each on both servers at once.
 pub async fn verify(
     database: &str,
     primary: &Member,
@@ -185,44 +255,53 @@ pub async fn verify(
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let mut pc = conn::connect(&primary.name, &primary.url).await?;
-    let plans = plans(&mut pc, opts).await?;
+    let plans = Arc::new(plans(&mut pc, opts).await?);
     let mut tables = Vec::new();
     for r in replicas {
-        let mut rc = conn::connect(&r.name, &r.url).await?;
-        for p in &plans {
+        {
+            let mut rc = conn::connect(&r.name, &r.url).await?;
             // Rows may still be on their way: wait for what the primary has now.
-            let head: String = pc
-                .query_first("SELECT @@gtid_binlog_pos")
-                .await
-                .map_err(|e| DbError::mysql(&primary.name, e))?
-                .unwrap_or_default();
-            let _: Option<i64> = rc
-                .exec_first("SELECT MASTER_GTID_WAIT(?, 30)", (head,))
-                .await
-                .map_err(|e| DbError::mysql(&r.name, e))?;
+            catch_up(&mut pc, &mut rc, (&primary.name, &r.name), 30).await?;
+            let _ = rc.disconnect().await;
+        }
+        let work: VecDeque<(usize, usize)> = plans
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..p.bounds.len()).map(move |b| (i, b)))
+            .collect();
+        let queue = Arc::new(Mutex::new(work));
+        let mut workers = JoinSet::new();
+        for _ in 0..opts.jobs.clamp(1, 32) {
+            workers.spawn(worker(
+                plans.clone(),
+                queue.clone(),
+                (primary.clone(), r.clone()),
+                opts.rechecks,
+            ));
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = workers.join_next().await {
+            outcomes.extend(done.map_err(|e| DbError::Sql {
+                member: r.name.clone(),
+                detail: format!("a verify session ended: {e}"),
+            })??);
+        }
+        outcomes.sort_by_key(|o| (o.plan, o.bound));
+        for (i, p) in plans.iter().enumerate() {
+            let mine = outcomes.iter().filter(|o| o.plan == i);
             let (mut primary_rows, mut replica_rows) = (0i64, 0i64);
             let mut differing = Vec::new();
-            for &b in &p.bounds {
-                let sql = p.sql(b);
-                let mut attempt = 0;
-                loop {
-                    let a = hash(&mut pc, &primary.name, &sql).await?;
-                    let z = hash(&mut rc, &r.name, &sql).await?;
-                    if a == z || attempt >= opts.rechecks {
-                        primary_rows += a.0;
-                        replica_rows += z.0;
-                        if a != z {
-                            differing.push(RangeDiff {
-                                from: b.0,
-                                to: b.1,
-                                primary_rows: a.0,
-                                replica_rows: z.0,
-                            });
-                        }
-                        break;
-                    }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            for o in mine {
+                primary_rows += o.rows.0;
+                replica_rows += o.rows.1;
+                if o.differs {
+                    let b = p.bounds[o.bound];
+                    differing.push(RangeDiff {
+                        from: b.0,
+                        to: b.1,
+                        primary_rows: o.rows.0,
+                        replica_rows: o.rows.1,
+                    });
                 }
             }
             tables.push(TableCheck {
@@ -235,7 +314,6 @@ pub async fn verify(
                 differing,
             });
         }
-        let _ = rc.disconnect().await;
     }
     let _ = pc.disconnect().await;
     Ok(VerifyReport {

@@ -22,6 +22,8 @@ pub struct VerifyOptions {
     pub ranges: usize,
     /// Re-reads of a differing range before it is reported.
     pub rechecks: u32,
+    /// Ranges hashed at once (sessions per server; MariaDB).
+    pub jobs: usize,
 }
 
 impl Default for VerifyOptions {
@@ -30,6 +32,7 @@ impl Default for VerifyOptions {
             table: None,
             ranges: 16,
             rechecks: 3,
+            jobs: 4,
         }
     }
 }
