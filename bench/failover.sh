@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Failover-group benchmark on two local PostgreSQL clusters ("regions"), in one run:
 #   (1) listener throughput: pgbench select-only through the read-write listener against
-#       the same pgbench connecting directly (target >= 90% of direct)
+#       the same pgbench connecting directly and through HAProxy in TCP mode (the proxy
+#       Patroni setups deploy): throughput and added latency (target >= HAProxy)
 #   (2) DRILLS (default 20) consecutive `georep drill` runs (failover + failback under a
 #       write load): lost writes, RTO and write gap each way
 #   (3) automatic failover after SIGKILL of the primary's postmaster: time from the kill
 #       to the first write acknowledged through the listener, minus detection and grace
-# Run as root (clusters run as the postgres user). Data on a tmpfs.
+# Run as root (clusters run as the postgres user). Data on a tmpfs. Needs haproxy
+# (apt-get install -y haproxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,6 +16,7 @@ DRILLS=${DRILLS:-20}
 SECONDS_PGB=${SECONDS_PGB:-10}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ "$(id -u)" = 0 ] || { echo "run as root (clusters run as postgres)" >&2; exit 2; }
+command -v haproxy >/dev/null || { echo "haproxy is missing: apt-get install -y haproxy" >&2; exit 2; }
 B=$(mktemp -d /tmp/georep-fobench.XXXXXX)
 mount -t tmpfs -o size=2g georep-fobench "$B"; chown postgres:postgres "$B"
 PIDS=$B/pids; : > $PIDS
@@ -22,6 +25,7 @@ P1=$(free_port); P2=$(free_port); RW=$(free_port); RO=$(free_port); API=$(free_p
 SERVE_PID=
 cleanup() {
   [ -n "$SERVE_PID" ] && kill $SERVE_PID 2>/dev/null || true
+  for p in $(cat $PIDS 2>/dev/null); do kill $p 2>/dev/null || true; done
   for d in $B/qc $B/we; do [ -d $d ] && runuser -u postgres -- $PGBIN/pg_ctl -D $d -m immediate stop >/dev/null 2>&1 || true; done
   sleep 0.5; [ -n "${KEEP:-}" ] && cp -r $B/reports $KEEP/ 2>/dev/null; umount "$B"; rmdir "$B"
 }
@@ -73,31 +77,24 @@ topo ""
 $GEOREP db setup shop -c $B/georep.toml >/dev/null 2>&1
 serve
 
-echo "== (1) pgbench -S (select-only), 8 clients, ${SECONDS_PGB}s: through the listener vs direct"
+echo "== (1) pgbench -S (select-only), 8 clients, ${SECONDS_PGB}s: direct, HAProxy (TCP mode), georep's listener"
+HP=$(start_haproxy $P1)
+H="postgres://postgres@127.0.0.1:$HP/shop"; L="postgres://postgres@127.0.0.1:$RW/shop"
 tps() { pgbench -n -S -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
-D1=$(tps $Q/shop); L1=$(tps "postgres://postgres@127.0.0.1:$RW/shop"); D2=$(tps $Q/shop); L2=$(tps "postgres://postgres@127.0.0.1:$RW/shop")
-python3 -c "d=($D1+$D2)/2; l=($L1+$L2)/2; print(f'direct {d:.0f} tps, through the listener {l:.0f} tps: {l/d*100:.1f}% of direct (target >= 90%)')"
-if command -v socat >/dev/null; then
-  SP=$(free_port)
-  socat TCP-LISTEN:$SP,bind=127.0.0.1,fork,reuseaddr,nodelay TCP:127.0.0.1:$P1,nodelay & SOCAT=$!
-  sleep 0.3
-  S1=$(tps "postgres://postgres@127.0.0.1:$SP/shop"); kill $SOCAT
-  python3 -c "print(f'   peer: socat (a process per connection) as the proxy: {$S1:.0f} tps, {$S1/(($D1+$D2)/2)*100:.1f}% of direct; georep is {(($L1+$L2)/2)/$S1:.2f}x socat')"
-else
-  echo "   (peer proxy skipped: socat is not installed; apt-get install socat)"
-fi
+D1=$(tps $Q/shop); H1=$(tps $H); L1=$(tps $L); D2=$(tps $Q/shop); H2=$(tps $H); L2=$(tps $L)
+python3 -c "d=($D1+$D2)/2; h=($H1+$H2)/2; l=($L1+$L2)/2; print(f'direct {d:.0f} tps, HAProxy {h:.0f} tps ({h/d*100:.1f}%), georep {l:.0f} tps ({l/d*100:.1f}%): georep/HAProxy {l/h:.2f}x (target >= 1x)')"
 cpu() { awk '{print $14 + $15}' /proc/$SERVE_PID/stat; }  # utime + stime, in clock ticks
 C0=$(cpu); OUT=$(pgbench -n -S -c 8 -j 2 -T $SECONDS_PGB -d "postgres://postgres@127.0.0.1:$RW/shop" 2>/dev/null); C1=$(cpu)
 N=$(echo "$OUT" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
 python3 -c "print(f'   the daemon used {($C1-$C0)/$(getconf CLK_TCK):.2f} CPU-seconds for {$N} transactions: {($C1-$C0)/$(getconf CLK_TCK)/$N*1e6:.1f} µs of CPU per transaction (two hops each way)')"
 echo "   at a fixed 2000 tps (CPU not saturated): average latency direct vs through the listener"
 lat() { pgbench -n -S -R 2000 -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p'; }
-LD=$(lat $Q/shop); LL=$(lat "postgres://postgres@127.0.0.1:$RW/shop")
-python3 -c "print(f'   direct {$LD*1000:.0f} µs, through the listener {$LL*1000:.0f} µs: +{($LL-$LD)*1000:.0f} µs per transaction')"
+LD=$(lat $Q/shop); LH=$(lat $H); LL=$(lat $L)
+python3 -c "print(f'   direct {$LD*1000:.0f} µs, HAProxy {$LH*1000:.0f} µs (+{($LH-$LD)*1000:.0f} µs), georep {$LL*1000:.0f} µs (+{($LL-$LD)*1000:.0f} µs) per transaction')"
 echo "   (same, with a new connection per transaction: -C)"
 tpsc() { pgbench -n -S -C -c 8 -j 2 -T $SECONDS_PGB -d "$1" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
-DC=$(tpsc $Q/shop); LC=$(tpsc "postgres://postgres@127.0.0.1:$RW/shop")
-python3 -c "print(f'   direct {$DC:.0f} tps, through the listener {$LC:.0f} tps: {$LC/$DC*100:.1f}% of direct')"
+DC=$(tpsc $Q/shop); HC=$(tpsc $H); LC=$(tpsc $L)
+python3 -c "print(f'   direct {$DC:.0f} tps, HAProxy {$HC:.0f} tps ({$HC/$DC*100:.1f}%), georep {$LC:.0f} tps ({$LC/$DC*100:.1f}%)')"
 
 echo "== (2) $DRILLS consecutive drills"
 mkdir -p $B/reports

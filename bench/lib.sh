@@ -23,3 +23,23 @@ print(f"write gap at the listener, failover: {s('write_gap_failover_ms')}; failb
 print(f"RTO seen by the writer, failover: {s('rto_failover_ms')}; failback: {s('rto_failback_ms')}")
 PY
 }
+# start_haproxy PORT: HAProxy in TCP mode (as Patroni and MySQL setups deploy it) on a free
+# port in front of 127.0.0.1:PORT, one thread per core (its default); prints its port
+start_haproxy() {
+  local port; port=$(free_port)
+  cat > "$B/haproxy.$port.cfg" <<CFG
+global
+  maxconn 2000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen db
+  bind 127.0.0.1:$port
+  server primary 127.0.0.1:$1
+CFG
+  haproxy -f "$B/haproxy.$port.cfg" -D -p "$B/haproxy.$port.pid"
+  cat "$B/haproxy.$port.pid" >> "$PIDS"
+  echo "$port"
+}

@@ -7,7 +7,7 @@
 #       heartbeat lag every 250 ms                                 target p99 < 1 s
 #   (4) the read-write listener against direct connections and HAProxy (TCP mode):
 #       sysbench oltp_read_only, same clients; throughput and added latency
-#   (5) DRILLS (default 10) `georep drill` runs = 2 x DRILLS planned failovers under a
+#   (5) DRILLS (default 20) `georep drill` runs = 2 x DRILLS planned failovers under a
 #       writer: lost writes, write gap                            target 0 lost, gap < 2 s
 #   (6) automatic failover after SIGKILL of the primary: first acknowledged write through
 #       the listener after the grace period
@@ -20,7 +20,9 @@ THREADS=${THREADS:-4}
 TABLES=${TABLES:-8}
 ROWS=${ROWS:-100000}
 SECS=${SECS:-15}
-DRILLS=${DRILLS:-10}
+DRILLS=${DRILLS:-20}
+ONLY=${ONLY:-2 3 4 5 6}  # the sections after (1) to run, e.g. ONLY="2 4"
+want() { [[ " $ONLY " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || { echo "run as root (mariadbd runs as mysql)" >&2; exit 2; }
 for t in mariadbd sysbench mydumper myloader pt-table-checksum haproxy mariadb-dump; do
   command -v $t >/dev/null || [ -x /usr/sbin/$t ] || { echo "$t is missing: apt-get install -y mariadb-server sysbench mydumper percona-toolkit haproxy" >&2; exit 2; }
@@ -100,23 +102,27 @@ cd $B
 
 echo "== (1) initial copy, $THREADS threads for the peers"
 t() { local s; s=$(date +%s.%N); "$@" >/dev/null 2>$B/err.txt || { cat $B/err.txt; exit 1; }; python3 -c "print(f'{$(date +%s.%N)-$s:.2f}')"; }
-TG=$(t $GEOREP db setup shop -c $B/georep.toml)
+TG=$(t $GEOREP db setup shop -c $B/georep.toml --jobs $THREADS)
 sql $X "DROP DATABASE IF EXISTS sbtest"
 TD=$(t bash -c "mariadb-dump -uroot -h127.0.0.1 -P$P --single-transaction --gtid --databases sbtest | mariadb -uroot -h127.0.0.1 -P$X")
 sql $X "DROP DATABASE IF EXISTS sbtest"
 TM=$(t bash -c "rm -rf $B/dump && mydumper -u root -h 127.0.0.1 -P $P -B sbtest -t $THREADS -o $B/dump && myloader -u root -h 127.0.0.1 -P $X -d $B/dump -t $THREADS -o")
 python3 -c "g,d,m=$TG,$TD,$TM; best=min(d,m); print(f'georep db setup {g:.2f}s, mariadb-dump|mariadb {d:.2f}s, mydumper+myloader {m:.2f}s: georep is {best/g:.2f}x the better peer (target >= 1.2x)')"
 
+if want 2; then
 echo "== (2) verify: georep db verify vs pt-table-checksum (same data, replica in sync)"
 for _ in $(seq 300); do [ "$(sql $R 'SELECT @@gtid_slave_pos')" = "$(sql $P 'SELECT @@gtid_binlog_pos')" ] && break; sleep 0.1; done
-TV=$(t $GEOREP db verify shop -c $B/georep.toml)
+TV=$(t $GEOREP db verify shop -c $B/georep.toml --jobs $THREADS)
 sql $P "CREATE USER IF NOT EXISTS 'pt'@'127.0.0.1'; GRANT ALL ON *.* TO 'pt'@'127.0.0.1'" >/dev/null
 TP=$(t pt-table-checksum --no-check-binlog-format --no-check-replication-filters --recursion-method=none --databases=sbtest h=127.0.0.1,P=$P,u=root)
 python3 -c "g,p=$TV,$TP; print(f'georep db verify {g:.2f}s, pt-table-checksum {p:.2f}s: {p/g:.2f}x (target >= 1x; pt checks on the primary and leaves the replica to compare as it replicates)')"
 
+fi
+
 serve
 for _ in $(seq 300); do curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; g=json.load(sys.stdin); sys.exit(0 if isinstance(g["last_known_lag"].get("we",{}).get("seconds"),(int,float)) else 1)' 2>/dev/null && break; sleep 0.1; done
 
+if want 3; then
 echo "== (3) replica lag under sysbench oltp_write_only, $THREADS threads, ${SECS}s"
 python3 - $API $SECS <<'PY' &
 import json, sys, time, urllib.request, statistics as st
@@ -135,21 +141,10 @@ LAGPID=$!
 $SB --mysql-port=$P --threads=$THREADS --time=$SECS --report-interval=0 oltp_write_only run | sed -n 's/^ *transactions: *\([0-9]*\) *(\([0-9.]*\) per sec.)/   sysbench: \2 transactions\/s on the primary/p'
 wait $LAGPID
 
+fi
+if want 4; then
 echo "== (4) oltp_read_only, $THREADS clients, ${SECS}s: direct, HAProxy (TCP mode), georep's listener"
-HP=$(free_port)
-cat > $B/haproxy.cfg <<CFG
-global
-  maxconn 2000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-listen mariadb
-  bind 127.0.0.1:$HP
-  server primary 127.0.0.1:$P
-CFG
-haproxy -f $B/haproxy.cfg -D -p $B/haproxy.pid; cat $B/haproxy.pid >> $PIDS
+HP=$(start_haproxy $P)
 ro() { $SB --mysql-port=$1 --threads=$THREADS --time=$SECS oltp_read_only run | awk '/transactions:/ {gsub(/[()]/,"",$3); t=$3} /avg:/ {a=$2} END {print t, a}'; }
 read D1 DL1 < <(ro $P); read H1 HL1 < <(ro $HP); read L1 LL1 < <(ro $RW)
 read D2 DL2 < <(ro $P); read H2 HL2 < <(ro $HP); read L2 LL2 < <(ro $RW)
@@ -158,6 +153,8 @@ d,h,l=($D1+$D2)/2,($H1+$H2)/2,($L1+$L2)/2; dl,hl,ll=($DL1+$DL2)/2,($HL1+$HL2)/2,
 print(f'   direct {d:.0f} tps ({dl:.2f} ms), HAProxy {h:.0f} tps ({hl:.2f} ms, +{(hl-dl)*1000:.0f} µs), georep {l:.0f} tps ({ll:.2f} ms, +{(ll-dl)*1000:.0f} µs)')
 print(f'   georep/HAProxy throughput {l/h:.2f}x; georep {l/d*100:.1f}% of direct, HAProxy {h/d*100:.1f}%')"
 
+fi
+if want 5; then
 echo "== (5) $DRILLS drills (each a planned failover and a failback under a writer)"
 mkdir -p $B/reports
 for i in $(seq $DRILLS); do
@@ -165,6 +162,8 @@ for i in $(seq $DRILLS); do
 done
 drill_summary $B/reports
 
+fi
+if want 6; then
 echo "== (6) automatic failover after SIGKILL of the primary (grace 2s, probes 2 x 500ms)"
 kill $SERVE_PID; wait $SERVE_PID 2>/dev/null || true; SERVE_PID=
 topo $'policy = "automatic"\ngrace_period = "2s"\nmax_data_loss = "5s"'
@@ -189,3 +188,4 @@ if t >= 60: sys.exit("no write succeeded through the listener within 60 s of the
 print(f"   first write through the listener {t:.2f}s after the kill: {t - 2.0:.2f}s after the 2.0s grace period, detection included")
 PY
 curl -s http://127.0.0.1:$API/api/v1/failover-groups/fg | python3 -c 'import json,sys; g=json.load(sys.stdin); print("   epoch", g["epoch"], "primary", g["primary"], "fenced", g["fenced"], "; data loss:", g["last_failover"]["data_loss"])'
+fi
