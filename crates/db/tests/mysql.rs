@@ -184,7 +184,11 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
          CREATE DATABASE crm; CREATE TABLE crm.people (id INT PRIMARY KEY, name TEXT CHARACTER SET utf8mb4, note TEXT NULL); \
          INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash'); \
          CREATE TABLE shop.inv (id INT PRIMARY KEY, secret INT INVISIBLE, twice INT AS (id * 2) VIRTUAL); \
-         INSERT INTO shop.inv (id, secret) VALUES (1, 41), (7, 42)",
+         INSERT INTO shop.inv (id, secret) VALUES (1, 41), (7, 42); \
+         CREATE TABLE crm.latin (id INT PRIMARY KEY, l VARCHAR(20) CHARACTER SET latin1, s VARBINARY(20)); \
+         INSERT INTO crm.latin VALUES (1, 'café', '\\\\N'), (2, NULL, CONCAT('a', CHAR(0), 'b', CHAR(13), CHAR(10), CHAR(9), CHAR(92))), (3, 'x', UNHEX('FF00FE5C4E')); \
+         CREATE TABLE crm.odd (id INT PRIMARY KEY, flags BIT(8), g POINT); \
+         INSERT INTO crm.odd VALUES (1, b'10100101', POINT(1, 2)), (2, NULL, NULL)",
     );
     // A writer keeps inserting through setup; every acknowledged id must arrive.
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,6 +262,12 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         primary.sql(sum),
         "the replica equals the primary"
     );
+    // Loaded as text (latin1, escapes, NUL, a literal backslash-N) and inserted (BIT,
+    // spatial): byte for byte.
+    let odd = "SELECT id, HEX(l), HEX(s) FROM crm.latin ORDER BY id; \
+               SELECT id, HEX(flags), ST_AsText(g) FROM crm.odd ORDER BY id";
+    assert_eq!(replica.sql(odd), primary.sql(odd), "odd values");
+    assert!(primary.sql(odd).contains("5C4E"), "{}", primary.sql(odd));
     let inv = "SELECT id, secret, twice FROM shop.inv ORDER BY id";
     assert_eq!(
         replica.sql(inv),
@@ -284,7 +294,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .await
         .expect("verify");
     assert!(v.equal, "{v:?}");
-    assert_eq!(v.tables.len(), 3, "{v:?}");
+    assert_eq!(v.tables.len(), 5, "{v:?}");
     replica
         .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'tampered' WHERE id = 1500");
     let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
@@ -313,6 +323,18 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
         .is_some_and(|t| t.equal));
     replica
         .sql("SET SESSION sql_log_bin = 0; UPDATE shop.orders SET v = 'row 1500' WHERE id = 1500");
+    // Two rows' values swapped: a XOR of CRCs cannot see it (CRCs are linear); the sum can.
+    let swap = "SET SESSION sql_log_bin = 0; \
+                UPDATE shop.orders SET v = CASE id WHEN 1201 THEN 'row 1202' ELSE 'row 1201' END WHERE id IN (1201, 1202)";
+    replica.sql(swap);
+    let v = georep_db::mysql::verify::verify("shop", &p, std::slice::from_ref(&r), &opts)
+        .await
+        .expect("verify");
+    assert!(!v.equal, "a swap between two rows is seen: {v:?}");
+    replica.sql(
+        "SET SESSION sql_log_bin = 0; \
+         UPDATE shop.orders SET v = CONCAT('row ', id) WHERE id IN (1201, 1202)",
+    );
 
     // Running setup again only starts replication again.
     let again = georep_db::mysql::setup::setup(&p, std::slice::from_ref(&r), &Default::default())

@@ -139,6 +139,76 @@ struct Chunk {
     range: String,
     /// Estimated rows, to start the largest pieces first.
     estimate: u64,
+    /// Every column's text form loads back as it was (see [`loads_as_text`]): the rows
+    /// go in by `LOAD DATA LOCAL INFILE`, else by multi-row INSERTs.
+    load: bool,
+}
+
+/// Column types whose text-protocol value `LOAD DATA` stores back unchanged. BIT and
+/// spatial values (raw bytes that LOAD DATA would parse as text) take the INSERT path.
+fn loads_as_text(data_type: &str) -> bool {
+    matches!(
+        data_type.to_ascii_lowercase().as_str(),
+        "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "bigint"
+            | "decimal"
+            | "float"
+            | "double"
+            | "char"
+            | "varchar"
+            | "tinytext"
+            | "text"
+            | "mediumtext"
+            | "longtext"
+            | "binary"
+            | "varbinary"
+            | "tinyblob"
+            | "blob"
+            | "mediumblob"
+            | "longblob"
+            | "date"
+            | "datetime"
+            | "timestamp"
+            | "time"
+            | "year"
+            | "enum"
+            | "set"
+            | "json"
+            | "uuid"
+            | "inet4"
+            | "inet6"
+    )
+}
+
+/// Bytes of rows per `LOAD DATA` statement (well under the default 16 MiB
+/// max_allowed_packet, which LOCAL INFILE data does not count against anyway).
+const LOAD_BYTES: usize = 4 << 20;
+
+/// One value in `LOAD DATA`'s default format: tab-separated, `\N` for NULL, and the
+/// tab, newline, backslash and NUL bytes escaped. `None` for a value the text protocol
+/// never sends.
+fn encode_field(out: &mut Vec<u8>, v: &Value) -> Option<()> {
+    match v {
+        Value::NULL => out.extend_from_slice(b"\\N"),
+        Value::Bytes(b) => {
+            for &c in b {
+                match c {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    0 => out.extend_from_slice(b"\\0"),
+                    c => out.push(c),
+                }
+            }
+        }
+        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        _ => return None,
+    }
+    Some(())
 }
 
 /// Rows per key-range chunk of a large table (integer primary keys only): enough
@@ -287,7 +357,8 @@ async fn snapshots(
     let mut sessions = Vec::new();
     for _ in 0..jobs.clamp(1, 32) {
         let mut c = conn::connect(p, &primary.url).await?;
-        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        // Text results in utf8mb4, which is how the copy loads them back.
+        c.query_drop("SET NAMES utf8mb4; SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(|e| DbError::mysql(p, e))?;
         sessions.push(c);
@@ -387,9 +458,9 @@ async fn plan_table(
             member: p.into(),
             detail: format!("no definition for {full}"),
         })?;
-    let columns: Vec<String> = cat
+    let columns: Vec<(String, String)> = cat
         .exec(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
             (db, t),
         )
         .await
@@ -397,14 +468,16 @@ async fn plan_table(
     // Columns named: `*` leaves out INVISIBLE ones; generated ones are computed again.
     let cols = columns
         .iter()
-        .map(|c| quote_ident(c))
+        .map(|(c, _)| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
+    let load = columns.iter().all(|(_, ty)| loads_as_text(ty));
     let whole = |range: String, estimate| Chunk {
         full: full.clone(),
         cols: cols.clone(),
         range,
         estimate,
+        load,
     };
     let pieces = estimate / CHUNK_ROWS;
     if pieces < 2 {
@@ -526,6 +599,32 @@ async fn copy_chunk(
         .await
         .map_err(|e| DbError::mysql(p, e))?;
     let width = result.columns_ref().len().max(1);
+    if c.load {
+        let mut data: Vec<u8> = Vec::with_capacity(LOAD_BYTES + 64 * 1024);
+        let (mut rows, mut pending) = (0u64, 0u64);
+        while let Some(row) = result.next().await.map_err(|e| DbError::mysql(p, e))? {
+            for (i, v) in row.unwrap().iter().enumerate() {
+                if i > 0 {
+                    data.push(b'\t');
+                }
+                encode_field(&mut data, v).ok_or_else(|| DbError::Sql {
+                    member: p.into(),
+                    detail: format!("{full}: a value of an unexpected kind in a text result"),
+                })?;
+            }
+            data.push(b'\n');
+            rows += 1;
+            pending += 1;
+            if data.len() >= LOAD_BYTES {
+                load_batch(sink, r, c, std::mem::take(&mut data), pending).await?;
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            load_batch(sink, r, c, data, pending).await?;
+        }
+        return Ok(rows);
+    }
     let per_batch = BATCH_ROWS.min(65_000 / width).max(1);
     let mut batch: Vec<Value> = Vec::new();
     let mut rows = 0u64;
@@ -552,6 +651,45 @@ async fn copy_chunk(
             .map_err(|e| DbError::mysql(r, e))?;
     }
     Ok(rows)
+}
+
+/// Loads `rows` encoded rows into the chunk's table. The session is not in strict
+/// mode (the primary's rows are taken as they are), so a row count that differs or
+/// any warning is an error: nothing is silently truncated.
+async fn load_batch(sink: &mut Conn, r: &str, c: &Chunk, data: Vec<u8>, rows: u64) -> Result<()> {
+    let data = bytes::Bytes::from(data);
+    sink.set_infile_handler(async move {
+        let stream: mysql_async::InfileData =
+            Box::pin(futures::stream::once(async move { Ok(data) }));
+        Ok(stream)
+    });
+    sink.query_drop(format!(
+        "LOAD DATA LOCAL INFILE 'georep-copy' INTO TABLE {} CHARACTER SET utf8mb4 \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        c.full, c.cols
+    ))
+    .await
+    .map_err(|e| DbError::mysql(r, e))?;
+    let (loaded, warnings) = (sink.affected_rows(), sink.get_warnings());
+    if loaded != rows || warnings > 0 {
+        let shown: Vec<(String, u32, String)> = sink
+            .query("SHOW WARNINGS LIMIT 3")
+            .await
+            .map_err(|e| DbError::mysql(r, e))?;
+        return Err(DbError::Sql {
+            member: r.into(),
+            detail: format!(
+                "{}: {loaded} of {rows} rows loaded with {warnings} warnings ({}); the copy stopped rather than keep a changed row",
+                c.full,
+                shown
+                    .iter()
+                    .map(|(_, code, m)| format!("{code}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Objects the copy does not carry, counted, for the report.
