@@ -152,6 +152,13 @@ python3 -c "
 d,h,l=($D1+$D2)/2,($H1+$H2)/2,($L1+$L2)/2; dl,hl,ll=($DL1+$DL2)/2,($HL1+$HL2)/2,($LL1+$LL2)/2
 print(f'   direct {d:.0f} tps ({dl:.2f} ms), HAProxy {h:.0f} tps ({hl:.2f} ms, +{(hl-dl)*1000:.0f} µs), georep {l:.0f} tps ({ll:.2f} ms, +{(ll-dl)*1000:.0f} µs)')
 print(f'   georep/HAProxy throughput {l/h:.2f}x; georep {l/d*100:.1f}% of direct, HAProxy {h/d*100:.1f}%')"
+cpu() { awk '{print $14 + $15}' /proc/$1/stat; }  # utime + stime, in clock ticks
+HPID=$(head -1 $B/haproxy.$HP.pid)
+C0=$(cpu $HPID); read H3 _ < <(ro $HP); C1=$(cpu $HPID)
+G0=$(cpu $SERVE_PID); read L3 _ < <(ro $RW); G1=$(cpu $SERVE_PID)
+python3 -c "
+tk=$(getconf CLK_TCK); h=($C1-$C0)/tk/($H3*$SECS)*1e6; g=($G1-$G0)/tk/($L3*$SECS)*1e6
+print(f'   proxy CPU per transaction (14 queries): HAProxy {h:.0f} µs, georep {g:.0f} µs (the daemon, probes included)')"
 
 fi
 if want 5; then

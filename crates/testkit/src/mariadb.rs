@@ -219,6 +219,18 @@ pub fn mariadb_as(port: u16, user: &str, password: &str, sql: &str) -> Result<St
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The server's own account of a failed test, before its folder goes.
+            let log = std::fs::read_to_string(self.dir.path().join("data/err.log"))
+                .or_else(|_| std::fs::read_to_string(self.dir.path().join("err.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!(
+                "--- mariadbd :{} err.log (last lines) ---\n{}",
+                self.port,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let Ok(child) = self.child.get_mut() else {
             return;
         };

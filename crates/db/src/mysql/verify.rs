@@ -233,6 +233,7 @@ async fn worker(
     let mut pc = conn::connect(p, &primary.url).await?;
     let mut rc = conn::connect(r, &replica.url).await?;
     let mut out = Vec::new();
+    let mut reconnected = false;
     loop {
         let next = queue
             .lock()
@@ -242,7 +243,19 @@ async fn worker(
         let sql = plans[plan].sql(plans[plan].bounds[bound], crc);
         let mut attempt = 0;
         loop {
-            let (a, z) = tokio::try_join!(hash(&mut pc, p, &sql), hash(&mut rc, r, &sql))?;
+            let (a, z) = match tokio::try_join!(hash(&mut pc, p, &sql), hash(&mut rc, r, &sql)) {
+                Ok(hashes) => hashes,
+                Err(e) if reconnected => return Err(e),
+                Err(e) => {
+                    // A session lost between regions is opened again, once per
+                    // worker; the range is hashed again on both sides.
+                    tracing::warn!(error = %e, "a verify session failed; connecting again");
+                    reconnected = true;
+                    pc = conn::connect(p, &primary.url).await?;
+                    rc = conn::connect(r, &replica.url).await?;
+                    continue;
+                }
+            };
             if a == z || attempt >= rechecks {
                 out.push(Outcome {
                     plan,
