@@ -39,6 +39,10 @@ impl MariaDb {
             .expect("temp dir for MariaDB");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("datadir");
+        // The server's own temporary tables live here, not in the shared /tmp, where a
+        // file of theirs was once removed under a running query (error 6 in CI).
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmpdir");
         if is_root() {
             let _ = Command::new("chown")
                 .args(["-R", "mysql:mysql"])
@@ -89,6 +93,7 @@ impl MariaDb {
                 format!("--socket={d}/sock"),
                 format!("--pid-file={d}/pid"),
                 format!("--log-error={d}/err.log"),
+                format!("--tmpdir={}", tmp.display()),
                 format!("--server-id={server_id}"),
                 format!("--log-bin={d}/binlog"),
                 format!("--relay-log={d}/relay"),
