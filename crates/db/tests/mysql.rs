@@ -185,8 +185,8 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
          INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash'); \
          CREATE TABLE shop.inv (id INT PRIMARY KEY, secret INT INVISIBLE, twice INT AS (id * 2) VIRTUAL); \
          INSERT INTO shop.inv (id, secret) VALUES (1, 41), (7, 42); \
-         CREATE TABLE crm.latin (id INT PRIMARY KEY, l VARCHAR(20) CHARACTER SET latin1, s VARBINARY(20)); \
-         INSERT INTO crm.latin VALUES (1, 'café', '\\\\N'), (2, NULL, CONCAT('a', CHAR(0), 'b', CHAR(13), CHAR(10), CHAR(9), CHAR(92))), (3, 'x', UNHEX('FF00FE5C4E')); \
+         CREATE TABLE crm.latin (id INT PRIMARY KEY, l VARCHAR(20) CHARACTER SET latin1, s VARBINARY(20), f FLOAT); \
+         INSERT INTO crm.latin VALUES (1, 'café', '\\\\N', 1.2345678), (2, NULL, CONCAT('a', CHAR(0), 'b', CHAR(13), CHAR(10), CHAR(9), CHAR(92)), NULL), (3, 'x', UNHEX('FF00FE5C4E'), -3.4e38); \
          CREATE TABLE crm.odd (id INT PRIMARY KEY, flags BIT(8), g POINT); \
          INSERT INTO crm.odd VALUES (1, b'10100101', POINT(1, 2)), (2, NULL, NULL)",
     );
@@ -264,7 +264,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     );
     // Loaded as text (latin1, escapes, NUL, a literal backslash-N) and inserted (BIT,
     // spatial): byte for byte.
-    let odd = "SELECT id, HEX(l), HEX(s) FROM crm.latin ORDER BY id; \
+    let odd = "SELECT id, HEX(l), HEX(s), CAST(f AS DOUBLE) FROM crm.latin ORDER BY id; \
                SELECT id, HEX(flags), ST_AsText(g) FROM crm.odd ORDER BY id";
     assert_eq!(replica.sql(odd), primary.sql(odd), "odd values");
     assert!(primary.sql(odd).contains("5C4E"), "{}", primary.sql(odd));

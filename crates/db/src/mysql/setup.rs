@@ -134,7 +134,10 @@ struct Copied {
 /// One piece of the copy: a table, or a key range of a large one.
 struct Chunk {
     full: String,
+    /// The column list written to.
     cols: String,
+    /// What is read for those columns.
+    select: String,
     /// `WHERE` clause for the key range (empty: the whole table).
     range: String,
     /// Estimated rows, to start the largest pieces first.
@@ -365,9 +368,11 @@ async fn snapshots(
     }
     let mut held = false;
     if sessions.len() > 1 {
+        // If georep vanishes while commits are held, the server ends the session (and
+        // the hold) within a minute.
         held = control
             .query_drop(
-                "SET SESSION lock_wait_timeout = 10; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
+                "SET SESSION lock_wait_timeout = 10, wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
             )
             .await
             .is_ok();
@@ -377,16 +382,23 @@ async fn snapshots(
     }
     let mut tries = 0;
     let position = loop {
-        let mut positions = Vec::new();
-        for c in &mut sessions {
-            positions.push(begin_snapshot(c, p).await?);
-        }
+        // All at once and bounded: commits on the primary wait while they start.
+        let begun = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::try_join_all(sessions.iter_mut().map(|c| begin_snapshot(c, p))),
+        )
+        .await;
         if held {
+            // Released on every way out, before any error is returned.
             control
                 .query_drop("BACKUP STAGE END")
                 .await
                 .map_err(|e| DbError::mysql(p, e))?;
         }
+        let mut positions = begun.map_err(|_| DbError::Sql {
+            member: p.clone(),
+            detail: "the copy sessions did not start their snapshots within 30 s".into(),
+        })??;
         if positions.windows(2).all(|w| w[0] == w[1]) {
             break positions.swap_remove(0);
         }
@@ -472,9 +484,22 @@ async fn plan_table(
         .collect::<Vec<_>>()
         .join(", ");
     let load = columns.iter().all(|(_, ty)| loads_as_text(ty));
+    // FLOAT prints 6 significant digits as text; read as DOUBLE, it loads back exact.
+    let select = columns
+        .iter()
+        .map(|(c, ty)| {
+            if ty.eq_ignore_ascii_case("float") {
+                format!("CAST({} AS DOUBLE)", quote_ident(c))
+            } else {
+                quote_ident(c)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let whole = |range: String, estimate| Chunk {
         full: full.clone(),
         cols: cols.clone(),
+        select: select.clone(),
         range,
         estimate,
         load,
@@ -595,7 +620,7 @@ async fn copy_chunk(
         format!(" WHERE {}", c.range)
     };
     let mut result = snap
-        .query_iter(format!("SELECT {cols} FROM {full}{filter}"))
+        .query_iter(format!("SELECT {} FROM {full}{filter}", c.select))
         .await
         .map_err(|e| DbError::mysql(p, e))?;
     let width = result.columns_ref().len().max(1);

@@ -6,8 +6,10 @@
 //! primary had when verify began. The row hash is CRC32 and CRC32C side by side (64
 //! bits; MariaDB 10.8+), *summed* over the range: CRCs are linear, so the XOR that
 //! pt-table-checksum aggregates with cannot see a value swapped between two rows,
-//! while a sum can. Servers without CRC32C get 64 bits of MD5, XORed (MD5 is not
-//! linear), at about twice the cost.
+//! while a sum can. Servers without CRC32C get 64 bits of MD5, also summed (a XOR
+//! would cancel two identical rows), at about twice the cost. FLOAT columns are hashed
+//! as DOUBLE (their text has 6 digits), and a row too long to join is an error, not a
+//! row left out.
 //! A differing range is read again, once the replica has caught up, before it is
 //! reported, since rows may still move. Ranges are hashed by `jobs` session pairs,
 //! each range on both servers at once.
@@ -28,7 +30,10 @@ use crate::postgres::{RangeDiff, TableCheck, VerifyOptions, VerifyReport};
 struct Plan {
     schema: String,
     table: String,
+    /// Column expressions, quoted (FLOAT cast to DOUBLE).
     columns: Vec<String>,
+    /// A column can hold values near max_allowed_packet.
+    long_values: bool,
     int_key: Option<String>,
     bounds: Vec<(Option<i64>, Option<i64>)>,
 }
@@ -44,13 +49,9 @@ impl Plan {
         let mut parts: Vec<String> = self
             .columns
             .iter()
-            .flat_map(|c| [format!("LENGTH({})", quote_ident(c)), quote_ident(c)])
+            .flat_map(|c| [format!("LENGTH({c})"), c.clone()])
             .collect();
-        parts.extend(
-            self.columns
-                .iter()
-                .map(|c| format!("ISNULL({})", quote_ident(c))),
-        );
+        parts.extend(self.columns.iter().map(|c| format!("ISNULL({c})")));
         let row = format!("CONCAT_WS('#', {})", parts.join(", "));
         let mut cond = Vec::new();
         if let Some(k) = &self.int_key {
@@ -62,13 +63,18 @@ impl Plan {
             }
         }
         format!(
-            "SELECT COUNT(*) AS n, {} AS h FROM {}{}",
+            "SELECT COUNT(*) AS n, {} AS big, {} AS h FROM {}{}",
+            // A joined row longer than max_allowed_packet is NULL and would drop out of
+            // the sum unseen: counted, and refused by `hash`.
+            if self.long_values {
+                format!("COALESCE(SUM({row} IS NULL), 0)")
+            } else {
+                "0".to_string()
+            },
             if crc {
                 format!("COALESCE(SUM((CRC32({row}) << 32) | CRC32C({row})), 0)")
             } else {
-                format!(
-                    "COALESCE(BIT_XOR(CAST(CONV(LEFT(MD5({row}), 16), 16, 10) AS UNSIGNED)), 0)"
-                )
+                format!("COALESCE(SUM(CAST(CONV(LEFT(MD5({row}), 16), 16, 10) AS UNSIGNED)), 0)")
             },
             self.full(),
             if cond.is_empty() {
@@ -102,13 +108,30 @@ async fn plans(c: &mut Conn, opts: &VerifyOptions) -> Result<Vec<Plan>> {
                 continue;
             }
         }
-        let columns: Vec<String> = c
+        let typed: Vec<(String, String)> = c
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (schema.clone(), table.clone()),
             )
             .await
             .map_err(err)?;
+        let long_values = typed.iter().any(|(_, ty)| {
+            matches!(
+                ty.to_ascii_lowercase().as_str(),
+                "mediumblob" | "longblob" | "mediumtext" | "longtext" | "json"
+            )
+        });
+        // FLOAT prints 6 significant digits as text: hashed as DOUBLE, every bit counts.
+        let columns: Vec<String> = typed
+            .iter()
+            .map(|(c, ty)| {
+                if ty.eq_ignore_ascii_case("float") {
+                    format!("CAST({} AS DOUBLE)", quote_ident(c))
+                } else {
+                    quote_ident(c)
+                }
+            })
+            .collect();
         let keys: Vec<Row> = c
             .exec(
                 "SELECT k.COLUMN_NAME AS c, col.DATA_TYPE AS ty FROM information_schema.KEY_COLUMN_USAGE k \
@@ -134,6 +157,7 @@ async fn plans(c: &mut Conn, opts: &VerifyOptions) -> Result<Vec<Plan>> {
             schema,
             table,
             columns,
+            long_values,
             int_key,
             bounds: vec![(None, None)],
         };
@@ -185,12 +209,25 @@ async fn hash(c: &mut Conn, who: &str, sql: &str) -> Result<(i64, String)> {
         .query_first(sql)
         .await
         .map_err(|e| DbError::mysql(who, e))?;
-    let n = row
-        .as_ref()
-        .and_then(|r| text(r, "n"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((n, row.and_then(|r| text(&r, "h")).unwrap_or_default()))
+    let num = |col: &str| {
+        row.as_ref()
+            .and_then(|r| text(r, col))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let big = num("big");
+    if big > 0 {
+        return Err(DbError::Sql {
+            member: who.into(),
+            detail: format!(
+                "{big} rows are longer than max_allowed_packet once their columns are joined for hashing, so they cannot be compared; raise max_allowed_packet on both servers (or check that table with --table after raising it)"
+            ),
+        });
+    }
+    Ok((
+        num("n"),
+        row.and_then(|r| text(&r, "h")).unwrap_or_default(),
+    ))
 }
 
 /// Whether the server has `CRC32C()` (MariaDB 10.8 and later).
