@@ -68,3 +68,13 @@ pub(crate) fn system_schemas_sql() -> String {
 pub fn quote_ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
+
+/// A column as it is read in text: FLOAT prints only 6 significant digits, so it is
+/// read as DOUBLE, which loads back into a FLOAT exactly and hashes every bit.
+pub(crate) fn read_expr(name: &str, data_type: &str) -> String {
+    if data_type.eq_ignore_ascii_case("float") {
+        format!("CAST({} AS DOUBLE)", quote_ident(name))
+    } else {
+        quote_ident(name)
+    }
+}

@@ -484,16 +484,9 @@ async fn plan_table(
         .collect::<Vec<_>>()
         .join(", ");
     let load = columns.iter().all(|(_, ty)| loads_as_text(ty));
-    // FLOAT prints 6 significant digits as text; read as DOUBLE, it loads back exact.
     let select = columns
         .iter()
-        .map(|(c, ty)| {
-            if ty.eq_ignore_ascii_case("float") {
-                format!("CAST({} AS DOUBLE)", quote_ident(c))
-            } else {
-                quote_ident(c)
-            }
-        })
+        .map(|(c, ty)| super::read_expr(c, ty))
         .collect::<Vec<_>>()
         .join(", ");
     let whole = |range: String, estimate| Chunk {

@@ -121,16 +121,9 @@ async fn plans(c: &mut Conn, opts: &VerifyOptions) -> Result<Vec<Plan>> {
                 "mediumblob" | "longblob" | "mediumtext" | "longtext" | "json"
             )
         });
-        // FLOAT prints 6 significant digits as text: hashed as DOUBLE, every bit counts.
         let columns: Vec<String> = typed
             .iter()
-            .map(|(c, ty)| {
-                if ty.eq_ignore_ascii_case("float") {
-                    format!("CAST({} AS DOUBLE)", quote_ident(c))
-                } else {
-                    quote_ident(c)
-                }
-            })
+            .map(|(c, ty)| super::read_expr(c, ty))
             .collect();
         let keys: Vec<Row> = c
             .exec(
