@@ -134,6 +134,7 @@ pub(crate) async fn run(cmd: DbCommand) -> Result<u8> {
                 let opts = georep_db::mysql::setup::SetupOptions {
                     wipe: a.wipe,
                     jobs: usize::from(a.jobs),
+                    engine: georep_db::mysql::Dialect::of_engine(db.engine),
                 };
                 return crate::db_mysql::setup(&db, a.output, &opts).await;
             }

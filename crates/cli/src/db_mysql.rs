@@ -2,21 +2,14 @@
 //! 13, in progress): the same commands as PostgreSQL's, through `georep_db::mysql`.
 
 use anyhow::Result;
-use georep_core::{Database, DbEngine};
+use georep_core::Database;
 use georep_db::mysql::check::Member;
 
 use crate::topology::ConfigFileError;
 use crate::Output;
 
-/// The primary and the replicas as the mysql module takes them; refuses MySQL 8 for now.
-fn members(db: &Database, command: &str) -> Result<(Member, Vec<Member>)> {
-    if db.engine == DbEngine::MySql {
-        return Err(ConfigFileError(format!(
-            "database '{}': `georep db {command}` supports MariaDB so far; MySQL 8 comes next (engine = \"mysql\" is validated, not run)",
-            db.name
-        ))
-        .into());
-    }
+/// The primary and the replicas as the mysql module takes them.
+fn members(db: &Database) -> Result<(Member, Vec<Member>)> {
     let primary = Member {
         name: db.primary.name.clone(),
         url: db.primary.url.clone(),
@@ -48,7 +41,7 @@ pub(crate) async fn setup(
     output: Output,
     opts: &georep_db::mysql::setup::SetupOptions,
 ) -> Result<u8> {
-    let (p, rs) = members(db, "setup")?;
+    let (p, rs) = members(db)?;
     let r = georep_db::mysql::setup::setup(&p, &rs, opts).await?;
     match output {
         Output::Json => println!(
@@ -93,7 +86,7 @@ pub(crate) async fn setup(
 }
 
 pub(crate) async fn status(db: &Database, output: Output) -> Result<u8> {
-    let (p, rs) = members(db, "status")?;
+    let (p, rs) = members(db)?;
     let st =
         georep_db::mysql::status::status(&p, &rs, db.rpo, georep_db::mysql::status::LagBy::Waiting)
             .await?;
@@ -152,12 +145,12 @@ pub(crate) async fn verify(
     db: &Database,
     opts: &georep_db::postgres::VerifyOptions,
 ) -> Result<georep_db::postgres::VerifyReport> {
-    let (p, rs) = members(db, "verify")?;
+    let (p, rs) = members(db)?;
     Ok(georep_db::mysql::verify::verify(&db.name, &p, &rs, opts).await?)
 }
 
 pub(crate) async fn teardown(db: &Database, output: Output) -> Result<u8> {
-    let (_, rs) = members(db, "teardown")?;
+    let (_, rs) = members(db)?;
     let done = georep_db::mysql::status::teardown(&rs).await?;
     match output {
         Output::Json => println!(

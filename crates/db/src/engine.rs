@@ -15,27 +15,26 @@ use crate::role::{Settled, SwitchoverReport};
 use crate::{mysql as my, postgres as pg};
 
 fn is_my(db: &Database) -> Result<bool> {
-    match db.engine {
-        DbEngine::Postgres => Ok(false),
-        DbEngine::MariaDb => Ok(true),
-        DbEngine::MySql => Err(DbError::InvalidConfig(format!(
-            "database '{}' runs MySQL 8, which georep does not run yet (MariaDB and PostgreSQL: yes)",
-            db.name
-        ))),
-    }
+    Ok(match db.engine {
+        DbEngine::Postgres => false,
+        DbEngine::MariaDb | DbEngine::MySql => true,
+    })
 }
 
 /// A session with one member, held by a failover group's probe.
 pub enum Session {
     Pg(pg::Client),
-    My(mysql_async::Conn),
+    My(mysql_async::Conn, my::Dialect),
 }
 
 impl Session {
     /// Connects to member `m` of `db`, naming it in errors.
     pub async fn connect(db: &Database, m: &DbMember) -> Result<Self> {
         Ok(if is_my(db)? {
-            Self::My(my::connect(&m.name, &m.url).await?)
+            Self::My(
+                my::connect(&m.name, &m.url).await?,
+                my::Dialect::of_engine(db.engine),
+            )
         } else {
             Self::Pg(pg::connect(&m.name, &m.url).await?)
         })
@@ -49,7 +48,7 @@ impl Session {
                 .await
                 .map(|_| ())
                 .map_err(|e| DbError::sql(who, e)),
-            Self::My(c) => c
+            Self::My(c, _) => c
                 .query_drop("SELECT 1")
                 .await
                 .map_err(|e| DbError::mysql(who, e)),
@@ -59,22 +58,18 @@ impl Session {
     /// Whether the fence must be checked at every probe: MariaDB's `read_only` is lost
     /// when the server restarts; PostgreSQL's default is stored with the database.
     pub fn fence_is_volatile(&self) -> bool {
-        matches!(self, Self::My(_))
+        matches!(self, Self::My(..))
     }
 
     /// Sets the member's read-only default for its role.
     pub async fn set_fence(&mut self, who: &str, on: bool) -> Result<()> {
         match self {
             Self::Pg(c) => pg::set_fence(c, who, on).await,
-            Self::My(c) => {
-                let now: Option<u64> = c
-                    .query_first("SELECT @@GLOBAL.read_only")
-                    .await
-                    .map_err(|e| DbError::mysql(who, e))?;
-                if now == Some(on as u64) {
+            Self::My(c, d) => {
+                if my::switchover::fenced(*d, c, who).await? == on {
                     return Ok(());
                 }
-                my::switchover::set_fence(c, who, on).await
+                my::switchover::set_fence(*d, c, who, on).await
             }
         }
     }
@@ -98,7 +93,7 @@ impl Session {
                     )
                 })
                 .collect(),
-            Self::My(c) => my::switchover::replica_lag(c, db, beat)
+            Self::My(c, _) => my::switchover::replica_lag(c, db, beat)
                 .await?
                 .into_iter()
                 .map(|(name, transactions, seconds)| {

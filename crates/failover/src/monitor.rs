@@ -220,13 +220,6 @@ impl Databases {
 
     async fn apply_inner(&self, topo: &Topology) -> Vec<Change> {
         let _one = self.applying.lock().await;
-        for d in topo
-            .databases
-            .iter()
-            .filter(|d| d.engine == georep_core::DbEngine::MySql)
-        {
-            tracing::warn!(database = %d.name, "the daemon does not poll MySQL 8 replicas yet (MariaDB and PostgreSQL: yes)");
-        }
         let changes = self.plan(topo);
         for c in &changes {
             if matches!(c.action, ChangeAction::Change | ChangeAction::Remove) {
@@ -279,11 +272,9 @@ impl Component for Databases {
             .into_iter()
             .map(|(n, r)| (n, r.started.clone()))
             .collect();
-        // MySQL 8 replicas are not polled by the daemon yet.
         let new: Vec<_> = topo
             .databases
             .iter()
-            .filter(|d| d.engine != georep_core::DbEngine::MySql)
             .map(|d| (d.name.clone(), settings(topo, d)))
             .collect();
         georep_component::diff(SECTION, &old, &new, differences)

@@ -64,9 +64,9 @@ fn db_commands_set_up_check_verify_and_tear_down_a_mariadb_replica() {
     );
     assert!(text.contains("not replicating"), "{text}");
 
-    // engine = "mysql" validates but is not run yet, and says so.
+    // engine = "mysql" in front of MariaDB servers: setup names the mismatch and the fix.
     let cfg = maria_topology(dir.path(), "mysql", &primary, &replica);
-    let (code, _, err) = run(&["db", "status", "shop", "-c", s(&cfg)], &[]).parts();
+    let (code, _, err) = run(&["db", "setup", "shop", "-c", s(&cfg)], &[]).parts();
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("MySQL 8 comes next"), "{err}");
+    assert!(err.contains("not mysql: set engine = \"mariadb\""), "{err}");
 }

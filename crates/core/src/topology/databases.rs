@@ -218,11 +218,6 @@ struct DraftMember {
 }
 
 impl DraftDatabase {
-    /// Its engine, when it has a valid one.
-    pub(super) fn engine(&self) -> Option<DbEngine> {
-        self.engine
-    }
-
     /// Its name, when it has a valid one.
     pub(super) fn name(&self) -> Option<&str> {
         self.name.as_ref().map(|n| n.get_ref().as_str())

@@ -10,7 +10,6 @@ use serde::Serialize;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use super::databases::DbEngine;
 use super::databases::DraftDatabase;
 use super::policies::duration;
 use super::read::{kind, valid_name, Ctx, Section, Span, NAME_RULE};
@@ -373,17 +372,6 @@ pub(super) fn check(
                 Some(db.span()),
                 &g.what,
                 format!("database '{d}' is not declared; add a [[databases]] entry with name = \"{d}\" or fix the name"),
-            );
-        } else if let Some(engine) = databases
-            .iter()
-            .find(|x| x.name() == Some(d))
-            .and_then(|x| x.engine())
-            .filter(|e| *e == DbEngine::MySql)
-        {
-            ctx.error(
-                Some(db.span()),
-                &g.what,
-                format!("database '{d}' runs {engine}: failover groups for MySQL 8 are not available yet (PostgreSQL and MariaDB are); remove the group, or use `georep db` commands for the replicas"),
             );
         } else if let Some((other, line)) = fronted.get(d) {
             ctx.error(

@@ -154,17 +154,19 @@ async fn check_member(
     let major_minor: Vec<u32> = version
         .split(|c: char| !c.is_ascii_digit())
         .filter(|p| !p.is_empty())
-        .take(2)
+        .take(3)
         .filter_map(|p| p.parse().ok())
         .collect();
     let old = match (dialect, major_minor.as_slice()) {
         (Dialect::MariaDb, [maj, min, ..]) => (*maj, *min) < (10, 5),
+        // CHANGE REPLICATION SOURCE and the REPLICA statements came in 8.0.23.
+        (Dialect::MySql, [maj, min, patch, ..]) => (*maj, *min, *patch) < (8, 0, 23),
         (Dialect::MySql, [maj, ..]) => *maj < 8,
         _ => false,
     };
     if old {
         problems.push(format!(
-            "{name} runs {version}: georep needs MariaDB 10.5 or later, or MySQL 8.0 or later; upgrade the server"
+            "{name} runs {version}: georep needs MariaDB 10.5 or later, or MySQL 8.0.23 or later; upgrade the server"
         ));
     }
     if text(&row, "log_bin").as_deref() != Some("1") {
@@ -222,7 +224,11 @@ async fn check_member(
     }
     let have = global_privileges(c, name).await?;
     let want: &[&str] = if m.primary {
-        &["REPLICATION SLAVE", "SELECT"]
+        match dialect {
+            Dialect::MariaDb => &["REPLICATION SLAVE", "SELECT"],
+            // The copy holds FLUSH TABLES WITH READ LOCK for an instant.
+            Dialect::MySql => &["REPLICATION SLAVE", "SELECT", "RELOAD"],
+        }
     } else {
         match dialect {
             Dialect::MariaDb => &[
@@ -232,10 +238,12 @@ async fn check_member(
                 "CREATE",
                 "INSERT",
             ],
+            // RELOAD: the replica's own GTID history is reset to the snapshot's.
             Dialect::MySql => &[
                 "REPLICATION_SLAVE_ADMIN",
                 "SYSTEM_VARIABLES_ADMIN",
                 "REPLICATION CLIENT",
+                "RELOAD",
                 "CREATE",
                 "INSERT",
             ],

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::Dialect;
+
 /// A MariaDB GTID position: the last sequence number per domain (and who wrote it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MariaPos(pub BTreeMap<u32, (u32, u64)>);
@@ -95,13 +97,61 @@ impl MySqlSet {
                 ranges.push((n(a)?, n(b)?));
             }
         }
-        for v in out.values_mut() {
-            v.sort_unstable();
-        }
-        Ok(Self(out))
+        let mut set = Self(out);
+        set.normalise();
+        Ok(set)
     }
 
-    fn count(&self) -> u64 {
+    /// Intervals sorted, overlapping and adjacent ones merged, empty UUIDs dropped: one
+    /// form per set, so sets compare and count exactly.
+    fn normalise(&mut self) {
+        for v in self.0.values_mut() {
+            v.retain(|(a, b)| a <= b);
+            v.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+            for &(a, b) in v.iter() {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            *v = merged;
+        }
+        self.0.retain(|_, v| !v.is_empty());
+    }
+
+    /// Every transaction of either set (MySQL's `GTID_UNION`, 8.0.23+).
+    pub fn union(&self, other: &Self) -> Self {
+        let mut out = self.clone();
+        for (uuid, ranges) in &other.0 {
+            out.0
+                .entry(uuid.clone())
+                .or_default()
+                .extend(ranges.iter().copied());
+        }
+        out.normalise();
+        out
+    }
+
+    /// Whether `self` has every transaction of `other` (MySQL's `GTID_SUBSET(other,
+    /// self)`).
+    pub fn contains(&self, other: &Self) -> bool {
+        other.subtract(self).0.is_empty()
+    }
+
+    /// Only the transactions written by server `uuid`.
+    pub fn of_server(&self, uuid: &str) -> Self {
+        let uuid = uuid.to_ascii_lowercase();
+        Self(
+            self.0
+                .iter()
+                .filter(|(u, _)| **u == uuid)
+                .map(|(u, r)| (u.clone(), r.clone()))
+                .collect(),
+        )
+    }
+
+    pub fn count(&self) -> u64 {
         self.0
             .values()
             .flatten()
@@ -151,6 +201,98 @@ impl MySqlSet {
     }
 }
 
+impl std::fmt::Display for MySqlSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(uuid, ranges)| {
+                let mut s = uuid.clone();
+                for (a, b) in ranges {
+                    if a == b {
+                        s.push_str(&format!(":{a}"));
+                    } else {
+                        s.push_str(&format!(":{a}-{b}"));
+                    }
+                }
+                s
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A server's GTID history in its family's form, so the role changes are written once
+/// for both: MariaDB's position per domain, MySQL's set per server UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gtids {
+    Maria(MariaPos),
+    My(MySqlSet),
+}
+
+impl Gtids {
+    pub fn parse(d: Dialect, text: &str) -> Result<Self, String> {
+        Ok(match d {
+            Dialect::MariaDb => Self::Maria(MariaPos::parse(text)?),
+            Dialect::MySql => Self::My(MySqlSet::parse(text)?),
+        })
+    }
+
+    /// Nothing at all (a server that never logged a transaction).
+    pub fn empty(d: Dialect) -> Self {
+        match d {
+            Dialect::MariaDb => Self::Maria(MariaPos::default()),
+            Dialect::MySql => Self::My(MySqlSet::default()),
+        }
+    }
+
+    /// Transactions `self` has that `behind` has not (positions of two families never
+    /// compare: everything counts as missing).
+    pub fn distance(&self, behind: &Self) -> u64 {
+        match (self, behind) {
+            (Self::Maria(a), Self::Maria(b)) => a.distance(b),
+            (Self::My(a), Self::My(b)) => a.distance(b),
+            (Self::Maria(a), _) => a.distance(&MariaPos::default()),
+            (Self::My(a), _) => a.count(),
+        }
+    }
+
+    /// Whether `self` holds exactly the history of `other` and perhaps more.
+    pub fn contains(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Maria(a), Self::Maria(b)) => a.contains(b),
+            (Self::My(a), Self::My(b)) => a.contains(b),
+            _ => false,
+        }
+    }
+
+    /// Everything either holds (MariaDB: per domain the further position).
+    pub fn union(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Maria(a), Self::Maria(b)) => {
+                let mut all = a.clone();
+                for (d, (s, n)) in &b.0 {
+                    if all.0.get(d).is_none_or(|(_, m)| m < n) {
+                        all.0.insert(*d, (*s, *n));
+                    }
+                }
+                Self::Maria(all)
+            }
+            (Self::My(a), Self::My(b)) => Self::My(a.union(b)),
+            _ => self.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Gtids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Maria(p) => p.fmt(f),
+            Self::My(s) => s.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +335,37 @@ mod tests {
             .subtract(&primary);
         assert_eq!(errant.0.get(u1), Some(&vec![(20, 20)]));
         assert!(MySqlSet::parse("nope:1-2").is_err());
+    }
+
+    #[test]
+    fn mysql_sets_merge_union_contain_and_print_like_the_server() {
+        let u1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let u2 = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let s = |t: &str| MySqlSet::parse(t).expect("set");
+        // Overlapping and adjacent intervals merge; the count is exact.
+        let a = s(&format!("{u1}:5-9:1-4:12:11, {}:3", u2.to_uppercase()));
+        assert_eq!(a.to_string(), format!("{u1}:1-9:11-12,{u2}:3"));
+        assert_eq!(a.count(), 12);
+        let b = s(&format!("{u1}:10,{u2}:1-2"));
+        let all = a.union(&b);
+        assert_eq!(all.to_string(), format!("{u1}:1-12,{u2}:1-3"));
+        assert!(all.contains(&a) && all.contains(&b) && !a.contains(&all));
+        assert!(a.contains(&MySqlSet::default()));
+        assert_eq!(all.of_server(u2).to_string(), format!("{u2}:1-3"));
+        assert_eq!(s("").to_string(), "");
+        // The server prints long sets with a newline after each comma.
+        assert_eq!(s(&format!("{u1}:1-3,\n{u2}:1")).count(), 4);
+        // Through the family-neutral type.
+        let g = |t: &str| Gtids::parse(Dialect::MySql, t).expect("gtids");
+        let head = g(&format!("{u1}:1-12"));
+        let behind = g(&format!("{u1}:1-9"));
+        assert_eq!(head.distance(&behind), 3);
+        assert!(head.contains(&behind) && !behind.contains(&head));
+        assert_eq!(behind.union(&head), head);
+        let m = |t: &str| Gtids::parse(Dialect::MariaDb, t).expect("gtids");
+        assert_eq!(m("0-1-5").union(&m("0-2-7,1-1-1")), m("0-2-7,1-1-1"));
+        // Two families never contain each other.
+        assert!(!head.contains(&m("")));
+        assert_eq!(Gtids::empty(Dialect::MySql).to_string(), "");
     }
 }

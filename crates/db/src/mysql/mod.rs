@@ -2,9 +2,11 @@
 //! and URLs (`conn`), GTID positions (`gtid`), the prerequisite checks that `georep db
 //! setup` runs before anything else (`check`), the snapshot copy and GTID replication
 //! (`setup`), `status` (lag measured by a heartbeat) and `teardown`, and `verify`.
-//! Failover groups' role changes are in `switchover` (MariaDB), and the statements that
-//! differ for MySQL 8 in `sql` (unit-tested only: MySQL 8 cannot be installed on the
-//! test machines). Still to come: running MySQL 8 (`docs/notes/issue-13-mysql.md`).
+//! Failover groups' role changes are in `switchover`. Everything is written once for
+//! both families: the statements that differ are in `sql` ([`Dialect`]) and GTID
+//! histories in `gtid` ([`gtid::Gtids`]). MariaDB runs against real servers in the
+//! tests; MySQL 8 cannot be installed on the test machines, so its statements and GTID
+//! set arithmetic are unit-tested only.
 
 pub mod check;
 pub mod conn;
@@ -32,6 +34,25 @@ impl Dialect {
         } else {
             Self::MySql
         }
+    }
+
+    /// The family a database's `engine` names.
+    pub fn of_engine(e: georep_core::DbEngine) -> Self {
+        match e {
+            georep_core::DbEngine::MySql => Self::MySql,
+            _ => Self::MariaDb,
+        }
+    }
+
+    /// The family a connected server belongs to, and its version.
+    pub async fn of_server(c: &mut mysql_async::Conn, who: &str) -> crate::Result<(Self, String)> {
+        use mysql_async::prelude::Queryable;
+        let v: String = c
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| crate::DbError::mysql(who, e))?
+            .unwrap_or_default();
+        Ok((Self::of_version(&v), v))
     }
 
     /// The server variable that makes a replica write what it applies to its own binary

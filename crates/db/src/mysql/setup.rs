@@ -1,9 +1,10 @@
-//! `db setup` for MariaDB: check everything, copy every user database from one
-//! consistent snapshot with its GTID position (read by `jobs` sessions that share the
-//! snapshot, large tables in key ranges), then start native GTID replication
-//! (`MASTER_USE_GTID=slave_pos`) from that position, so writes made on the primary
-//! during the copy arrive afterwards. A replica already replicating from this primary is
-//! only started again: re-running is safe.
+//! `db setup` for MariaDB and MySQL: check everything, copy every user database from
+//! one consistent snapshot with its GTID position (read by `jobs` sessions that share
+//! the snapshot, large tables in key ranges), then start native GTID replication
+//! (MariaDB: `MASTER_USE_GTID=slave_pos`; MySQL: `SOURCE_AUTO_POSITION=1` after
+//! `gtid_purged` is set to the snapshot's set) from that position, so writes made on
+//! the primary during the copy arrive afterwards. A replica already replicating from
+//! this primary is only started again: re-running is safe.
 //!
 //! The copy is written with `sql_log_bin=0`: logged, it would carry the replica's own
 //! server id (errant GTIDs), and the position could not be set.
@@ -17,7 +18,7 @@ use mysql_async::{Conn, Row, Value};
 use tokio::task::JoinSet;
 
 use super::check::{check, Member};
-use super::gtid::MariaPos;
+use super::gtid::Gtids;
 use super::{conn, quote_ident, text, Dialect};
 use crate::error::{DbError, Result};
 
@@ -49,6 +50,8 @@ pub struct SetupOptions {
     pub wipe: bool,
     /// Parallel copy sessions, all reading one snapshot.
     pub jobs: usize,
+    /// The family the topology names (`engine`); a member running the other is refused.
+    pub engine: Dialect,
 }
 
 impl Default for SetupOptions {
@@ -56,11 +59,12 @@ impl Default for SetupOptions {
         Self {
             wipe: false,
             jobs: 4,
+            engine: Dialect::MariaDb,
         }
     }
 }
 
-/// Sets up every replica of `primary` (MariaDB).
+/// Sets up every replica of `primary`.
 pub async fn setup(
     primary: &Member,
     replicas: &[Member],
@@ -69,7 +73,8 @@ pub async fn setup(
     let started = Instant::now();
     let mut all = vec![primary.clone()];
     all.extend(replicas.iter().cloned());
-    check(Dialect::MariaDb, &all).await?;
+    let d = opts.engine;
+    check(d, &all).await?;
     let pu = conn::parse_url(&primary.name, &primary.url)?;
     let mut report = SetupReport {
         replicas: Vec::new(),
@@ -82,8 +87,8 @@ pub async fn setup(
     };
     for r in replicas {
         let mut rc = conn::connect(&r.name, &r.url).await?;
-        if replicating_from(&mut rc, &r.name, pu.host(), pu.port()).await? {
-            rc.query_drop("START SLAVE")
+        if replicating_from(d, &mut rc, &r.name, pu.host(), pu.port()).await? {
+            rc.query_drop(d.start_replica())
                 .await
                 .map_err(|e| DbError::mysql(&r.name, e))?;
             report.replicas.push((r.name.clone(), "restarted"));
@@ -102,7 +107,7 @@ pub async fn setup(
         report.tables = copied.tables;
         report.rows += copied.rows;
         report.gtid = copied.gtid.to_string();
-        start_replication(&mut rc, &r.name, &pu, &copied.gtid).await?;
+        start_replication(d, &mut rc, &r.name, &pu, &copied.gtid).await?;
         let _ = rc.disconnect().await;
         report.replicas.push((r.name.clone(), "copied"));
     }
@@ -111,15 +116,23 @@ pub async fn setup(
 }
 
 /// Whether the replica already replicates from `host:port` by GTID.
-async fn replicating_from(c: &mut Conn, member: &str, host: &str, port: u16) -> Result<bool> {
+async fn replicating_from(
+    d: Dialect,
+    c: &mut Conn,
+    member: &str,
+    host: &str,
+    port: u16,
+) -> Result<bool> {
     let row: Option<Row> = c
-        .query_first("SHOW SLAVE STATUS")
+        .query_first(d.replica_status())
         .await
         .map_err(|e| DbError::mysql(member, e))?;
+    let [_, _, h, p, _] = d.status_columns();
+    let (col, want) = d.gtid_positioned();
     Ok(row.is_some_and(|r| {
-        text(&r, "Master_Host").as_deref() == Some(host)
-            && text(&r, "Master_Port").and_then(|p| p.parse::<u16>().ok()) == Some(port)
-            && text(&r, "Using_Gtid").is_some_and(|g| g.eq_ignore_ascii_case("Slave_Pos"))
+        text(&r, h).as_deref() == Some(host)
+            && text(&r, p).and_then(|p| p.parse::<u16>().ok()) == Some(port)
+            && text(&r, col).is_some_and(|g| g.eq_ignore_ascii_case(want))
     }))
 }
 
@@ -128,7 +141,7 @@ struct Copied {
     databases: Vec<String>,
     tables: u64,
     rows: u64,
-    gtid: MariaPos,
+    gtid: Gtids,
 }
 
 /// One piece of the copy: a table, or a key range of a large one.
@@ -238,20 +251,28 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
             ids.0.unwrap_or_default()
         )));
     }
-    rc.query_drop("STOP SLAVE").await.map_err(rerr)?;
+    let d = opts.engine;
+    let (_, version) = Dialect::of_server(rc, &r.name).await?;
+    rc.query_drop(d.stop_replica()).await.map_err(rerr)?;
     // The replica must not have transactions of its own that the primary never had.
     let own: String = rc
-        .query_first("SELECT @@gtid_binlog_pos")
+        .query_first(d.executed())
         .await
         .map_err(rerr)?
         .unwrap_or_default();
-    let (mut sessions, gtid) = snapshots(primary, &mut pc, opts.jobs).await?;
+    // LOAD DATA LOCAL needs the replica server's consent (off by default on MySQL 8).
+    let local_infile: Option<u64> = rc
+        .query_first("SELECT @@GLOBAL.local_infile")
+        .await
+        .map_err(rerr)?;
+    let (mut sessions, gtid) = snapshots(d, primary, &mut pc, opts.jobs).await?;
     let _ = pc.disconnect().await;
-    let own_pos = MariaPos::parse(&own).unwrap_or_default();
+    let own_pos = Gtids::parse(d, &own).unwrap_or_else(|_| Gtids::empty(d));
     if !gtid.contains(&own_pos) {
         return Err(DbError::Prerequisites(vec![format!(
-            "{}: its binary log holds transactions the primary never had ({own}); if the replica holds nothing you need, run RESET MASTER on it, then setup again",
-            r.name
+            "{}: its binary log holds transactions the primary never had ({own}); if the replica holds nothing you need, run {} on it, then setup again",
+            r.name,
+            d.reset_log(&version)
         )]));
     }
     // The catalog is read on the first snapshot session: what the copy sees.
@@ -317,7 +338,10 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
                 .await
                 .map_err(perr)?;
             rc.query_drop(planned.0).await.map_err(rerr)?;
-            chunks.extend(planned.1);
+            chunks.extend(planned.1.into_iter().map(|mut c| {
+                c.load &= local_infile == Some(1);
+                c
+            }));
             tables += 1;
         }
     }
@@ -348,14 +372,16 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
 
 /// Opens `jobs` sessions on the primary that all see one snapshot, and that
 /// snapshot's GTID position. Commits are held for the instant the sessions start
-/// (`BACKUP STAGE BLOCK_COMMIT`, as mydumper does; it needs the RELOAD privilege);
-/// without it, the sessions are started again until their binary log positions agree,
-/// and after a few tries the copy goes on with one session.
+/// ([`Dialect::hold_commits`]; it needs the RELOAD privilege). MariaDB can do without:
+/// the sessions are started again until their binary log positions agree, and after a
+/// few tries the copy goes on with one session. MySQL cannot: it has no snapshot
+/// position, so the hold is required.
 async fn snapshots(
+    d: Dialect,
     primary: &Member,
     control: &mut Conn,
     jobs: usize,
-) -> Result<(Vec<Conn>, MariaPos)> {
+) -> Result<(Vec<Conn>, Gtids)> {
     let p = &primary.name;
     let mut sessions = Vec::new();
     for _ in 0..jobs.clamp(1, 32) {
@@ -367,17 +393,15 @@ async fn snapshots(
         sessions.push(c);
     }
     let mut held = false;
-    if sessions.len() > 1 {
-        // If georep vanishes while commits are held, the server ends the session (and
-        // the hold) within a minute.
-        held = control
-            .query_drop(
-                "SET SESSION lock_wait_timeout = 10, wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
-            )
-            .await
-            .is_ok();
-        if !held {
-            let _ = control.query_drop("BACKUP STAGE END").await;
+    if sessions.len() > 1 || d == Dialect::MySql {
+        match control.query_drop(d.hold_commits()).await {
+            Ok(()) => held = true,
+            Err(e) => {
+                let _ = control.query_drop(d.release_commits()).await;
+                if d == Dialect::MySql {
+                    return Err(no_hold(p, e));
+                }
+            }
         }
     }
     let mut tries = 0;
@@ -385,13 +409,20 @@ async fn snapshots(
         // All at once and bounded: commits on the primary wait while they start.
         let begun = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            futures::future::try_join_all(sessions.iter_mut().map(|c| begin_snapshot(c, p))),
+            futures::future::try_join_all(sessions.iter_mut().map(|c| begin_snapshot(d, c, p))),
         )
         .await;
+        // MySQL: the snapshots' set is what the server executed while commits are held.
+        let set = match (&begun, d) {
+            (Ok(Ok(_)), Dialect::MySql) => {
+                Some(control.query_first::<String, _>(d.executed()).await)
+            }
+            _ => None,
+        };
         if held {
             // Released on every way out, before any error is returned.
             control
-                .query_drop("BACKUP STAGE END")
+                .query_drop(d.release_commits())
                 .await
                 .map_err(|e| DbError::mysql(p, e))?;
         }
@@ -399,6 +430,14 @@ async fn snapshots(
             member: p.clone(),
             detail: "the copy sessions did not start their snapshots within 30 s".into(),
         })??;
+        if let Some(set) = set {
+            let set = set.map_err(|e| DbError::mysql(p, e))?.unwrap_or_default();
+            let gtid = Gtids::parse(d, &set).map_err(|e| DbError::Sql {
+                member: p.clone(),
+                detail: format!("the snapshot's GTID set: {e}"),
+            })?;
+            return Ok((sessions, gtid));
+        }
         if positions.windows(2).all(|w| w[0] == w[1]) {
             break positions.swap_remove(0);
         }
@@ -423,19 +462,39 @@ async fn snapshots(
         .await
         .map_err(|e| DbError::mysql(p, e))?
         .unwrap_or_default();
-    let gtid = MariaPos::parse(&gtid).map_err(|e| DbError::Sql {
+    let gtid = Gtids::parse(d, &gtid).map_err(|e| DbError::Sql {
         member: p.clone(),
         detail: format!("the snapshot's GTID position: {e}"),
     })?;
     Ok((sessions, gtid))
 }
 
-/// Starts a consistent-snapshot transaction and returns its binary log position.
-async fn begin_snapshot(c: &mut Conn, p: &str) -> Result<(String, String)> {
+/// Why MySQL's copy could not hold commits, with the fix.
+fn no_hold(p: &str, e: mysql_async::Error) -> DbError {
+    match e {
+        // 1227: access denied, this needs a privilege.
+        mysql_async::Error::Server(s) if s.code == 1227 => DbError::Prerequisites(vec![format!(
+            "{p}: FLUSH TABLES WITH READ LOCK was refused, and MySQL's copy needs it for an instant to read its snapshot's GTID set: GRANT RELOAD ON *.* to the primary URL's user"
+        )]),
+        e => DbError::Sql {
+            member: p.into(),
+            detail: format!(
+                "could not hold commits for the snapshot (FLUSH TABLES WITH READ LOCK, 10 s): {e}; a long query or a table lock blocks it: run setup again when it has ended"
+            ),
+        },
+    }
+}
+
+/// Starts a consistent-snapshot transaction and returns its binary log position
+/// (MariaDB; empty for MySQL, which reads the held server's set instead).
+async fn begin_snapshot(d: Dialect, c: &mut Conn, p: &str) -> Result<(String, String)> {
     let err = |e| DbError::mysql(p, e);
     c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(err)?;
+    if d == Dialect::MySql {
+        return Ok((String::new(), String::new()));
+    }
     let status: Vec<Row> = c
         .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
         .await
@@ -732,24 +791,28 @@ async fn not_copied(tx: &mut Conn, p: &str, system: &str) -> Result<Vec<String>>
 
 /// Points the replica at the primary from `gtid` on and starts it.
 async fn start_replication(
+    d: Dialect,
     rc: &mut Conn,
     member: &str,
     primary: &conn::MyUrl,
-    gtid: &MariaPos,
+    gtid: &Gtids,
 ) -> Result<()> {
     let err = |e| DbError::mysql(member, e);
-    rc.query_drop("STOP SLAVE").await.map_err(err)?;
-    rc.exec_drop("SET GLOBAL gtid_slave_pos = ?", (gtid.to_string(),))
-        .await
-        .map_err(err)?;
-    change_master(rc, member, primary).await?;
-    rc.query_drop("START SLAVE").await.map_err(err)?;
+    let (_, version) = Dialect::of_server(rc, member).await?;
+    rc.query_drop(d.stop_replica()).await.map_err(err)?;
+    for sql in d.start_after(&version, &gtid.to_string()) {
+        rc.query_drop(sql).await.map_err(err)?;
+    }
+    change_master(d, rc, member, primary).await?;
+    rc.query_drop(d.start_replica()).await.map_err(err)?;
     Ok(())
 }
 
-/// `CHANGE MASTER TO` the source at `primary`'s address and credentials, by GTID from
-/// the replica's `gtid_slave_pos` (the replica is stopped).
+/// Points the stopped replica at the source at `primary`'s address and credentials,
+/// by GTID (MariaDB: from its `gtid_slave_pos`; MySQL: auto-positioned from its
+/// `gtid_executed`).
 pub(crate) async fn change_master(
+    d: Dialect,
     rc: &mut Conn,
     member: &str,
     primary: &conn::MyUrl,
@@ -760,7 +823,7 @@ pub(crate) async fn change_master(
         .await
         .map_err(|e| DbError::mysql(member, e))?;
     let password = primary.password().unwrap_or_default();
-    let sql = Dialect::MariaDb.change_source(&super::sql::Source {
+    let sql = d.change_source(&super::sql::Source {
         host: primary.host(),
         port: primary.port(),
         user: primary.user().unwrap_or_default(),
@@ -781,11 +844,14 @@ pub(crate) async fn change_master(
     rc.query_drop(sql).await.map_err(|e| match e {
         mysql_async::Error::Server(s) => DbError::Sql {
             member: member.into(),
-            detail: format!("CHANGE MASTER TO failed (error {})", s.code),
+            detail: format!(
+                "pointing the replica at its source failed (error {})",
+                s.code
+            ),
         },
         _ => DbError::Sql {
             member: member.into(),
-            detail: "CHANGE MASTER TO failed: the session ended".into(),
+            detail: "pointing the replica at its source failed: the session ended".into(),
         },
     })
 }

@@ -165,33 +165,54 @@ impl Dialect {
         match self {
             Self::MariaDb => vec![format!("SET GLOBAL gtid_slave_pos = {}", literal(gtid))],
             Self::MySql => vec![
-                if mysql_at_least(version, 8, 4) {
-                    "RESET BINARY LOGS AND GTIDS".into()
-                } else {
-                    "RESET MASTER".into()
-                },
+                self.reset_log(version).into(),
                 format!("SET GLOBAL gtid_purged = {}", literal(gtid)),
             ],
         }
     }
 
-    /// A consistent snapshot and its GTID position. MariaDB reads the position of
-    /// the snapshot itself (no lock); MySQL has no such function, so it holds a global
-    /// read lock for the instant the snapshot opens, as mysqldump does. The last
-    /// statement's result is the position (MariaDB: the binlog file and offset to give
-    /// `BINLOG_GTID_POS`).
-    pub fn snapshot(self) -> &'static [&'static str] {
+    /// Holds commits for the instant the copy's snapshot sessions start (both need
+    /// RELOAD). MariaDB blocks commits only (`BACKUP STAGE BLOCK_COMMIT`, as mydumper
+    /// does) and can do without: each session reads its own snapshot's position.
+    /// MySQL has no such position, so it takes the global read lock, as mysqldump
+    /// does, and reads `gtid_executed` while holding it. If georep vanishes meanwhile,
+    /// the server ends the session, and the hold, within a minute.
+    pub fn hold_commits(self) -> &'static str {
         match self {
-            Self::MariaDb => &[
-                "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                "SHOW STATUS LIKE 'binlog_snapshot_%'",
-            ],
-            Self::MySql => &[
-                "FLUSH TABLES WITH READ LOCK",
-                "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                "SELECT @@GLOBAL.gtid_executed",
-                "UNLOCK TABLES",
-            ],
+            Self::MariaDb => "SET SESSION lock_wait_timeout = 10, wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT",
+            Self::MySql => "SET SESSION lock_wait_timeout = 10, wait_timeout = 60; FLUSH TABLES WITH READ LOCK",
+        }
+    }
+
+    pub fn release_commits(self) -> &'static str {
+        match self {
+            Self::MariaDb => "BACKUP STAGE END",
+            Self::MySql => "UNLOCK TABLES",
+        }
+    }
+
+    /// What a primary-to-be has done itself, including what it logged as a primary
+    /// before (MariaDB: `gtid_current_pos`).
+    pub fn current(self) -> &'static str {
+        match self {
+            Self::MariaDb => "SELECT @@gtid_current_pos",
+            Self::MySql => "SELECT @@GLOBAL.gtid_executed",
+        }
+    }
+
+    /// Empties the binary log and its GTID history (8.4 renamed `RESET MASTER`).
+    pub fn reset_log(self, version: &str) -> &'static str {
+        match self {
+            Self::MySql if mysql_at_least(version, 8, 4) => "RESET BINARY LOGS AND GTIDS",
+            _ => "RESET MASTER",
+        }
+    }
+
+    /// The replica status column and value that say "positioned by GTID".
+    pub fn gtid_positioned(self) -> (&'static str, &'static str) {
+        match self {
+            Self::MariaDb => ("Using_Gtid", "Slave_Pos"),
+            Self::MySql => ("Auto_Position", "1"),
         }
     }
 
@@ -325,15 +346,20 @@ mod tests {
             Dialect::MariaDb.start_after("10.11.19-MariaDB", "0-1-5"),
             vec!["SET GLOBAL gtid_slave_pos = '0-1-5'".to_string()]
         );
+        assert!(m.hold_commits().ends_with("; FLUSH TABLES WITH READ LOCK"));
+        assert_eq!(m.release_commits(), "UNLOCK TABLES");
+        assert!(Dialect::MariaDb
+            .hold_commits()
+            .ends_with("BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT"));
+        assert_eq!(m.current(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(m.applied(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(m.executed(), "SELECT @@GLOBAL.gtid_executed");
+        assert_eq!(m.gtid_positioned(), ("Auto_Position", "1"));
         assert_eq!(
-            m.snapshot(),
-            &[
-                "FLUSH TABLES WITH READ LOCK",
-                "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                "SELECT @@GLOBAL.gtid_executed",
-                "UNLOCK TABLES"
-            ]
+            Dialect::MariaDb.reset_log("10.11.19-MariaDB"),
+            "RESET MASTER"
         );
+        assert_eq!(m.reset_log("8.4.3"), "RESET BINARY LOGS AND GTIDS");
         assert_eq!(
             m.gtid_prerequisites()
                 .iter()

@@ -1,4 +1,4 @@
-//! `db status` and `db teardown` for MariaDB replicas: the replication threads, the last
+//! `db status` and `db teardown` for MariaDB and MySQL replicas: the replication threads, the last
 //! error named, how many transactions the replica has not applied (GTID distance, exact
 //! under `gtid_strict_mode`) and whether some of them are received but not yet applied
 //! (relay log); teardown stops replication and forgets the source, nothing else.
@@ -10,8 +10,8 @@ use mysql_async::{Conn, Row};
 
 use super::check::Member;
 use super::conn;
-use super::gtid::MariaPos;
-use super::text;
+use super::gtid::Gtids;
+use super::{text, Dialect};
 use crate::error::{DbError, Result};
 
 /// One replica as read now.
@@ -153,15 +153,16 @@ pub async fn status(
     by: LagBy,
 ) -> Result<Vec<ReplicaState>> {
     let mut pc = conn::connect(&primary.name, &primary.url).await?;
+    let (d, _) = Dialect::of_server(&mut pc, &primary.name).await?;
     if by == LagBy::Beat {
         beat(&mut pc, &primary.name).await?;
     }
     let head: String = pc
-        .query_first("SELECT @@gtid_binlog_pos")
+        .query_first(d.executed())
         .await
         .map_err(|e| DbError::mysql(&primary.name, e))?
         .unwrap_or_default();
-    let head = MariaPos::parse(&head).map_err(|e| DbError::Sql {
+    let head = Gtids::parse(d, &head).map_err(|e| DbError::Sql {
         member: primary.name.clone(),
         detail: format!("its GTID position: {e}"),
     })?;
@@ -169,15 +170,15 @@ pub async fn status(
     for r in replicas {
         let mut c = conn::connect(&r.name, &r.url).await?;
         let err = |e| DbError::mysql(&r.name, e);
-        let row: Option<Row> = c.query_first("SHOW SLAVE STATUS").await.map_err(err)?;
+        let row: Option<Row> = c.query_first(d.replica_status()).await.map_err(err)?;
         let applied: String = c
-            .query_first("SELECT @@gtid_slave_pos")
+            .query_first(d.applied())
             .await
             .map_err(err)?
             .unwrap_or_default();
+        let [io, sql, _, _, got] = d.status_columns();
         let running = row.as_ref().is_some_and(|r| {
-            text(r, "Slave_IO_Running").as_deref() == Some("Yes")
-                && text(r, "Slave_SQL_Running").as_deref() == Some("Yes")
+            text(r, io).as_deref() == Some("Yes") && text(r, sql).as_deref() == Some("Yes")
         });
         let lag_seconds = match (running, by) {
             (false, _) => None,
@@ -185,7 +186,7 @@ pub async fn status(
             (true, LagBy::Beat) => beat_age(&mut pc, &primary.name, &mut c).await?,
         };
         let _ = c.disconnect().await;
-        let applied_pos = MariaPos::parse(&applied).unwrap_or_default();
+        let applied_pos = Gtids::parse(d, &applied).unwrap_or_else(|_| Gtids::empty(d));
         let Some(row) = row else {
             out.push(ReplicaState {
                 name: r.name.clone(),
@@ -201,8 +202,8 @@ pub async fn status(
             });
             continue;
         };
-        let received =
-            MariaPos::parse(&text(&row, "Gtid_IO_Pos").unwrap_or_default()).unwrap_or_default();
+        let received = Gtids::parse(d, &text(&row, got).unwrap_or_default())
+            .unwrap_or_else(|_| Gtids::empty(d));
         let error = |no: &str, msg: &str| {
             let code = text(&row, no).unwrap_or_default();
             text(&row, msg)
@@ -213,8 +214,8 @@ pub async fn status(
             .or_else(|| error("Last_IO_Errno", "Last_IO_Error"));
         out.push(ReplicaState {
             name: r.name.clone(),
-            io_running: text(&row, "Slave_IO_Running").unwrap_or_default(),
-            sql_running: text(&row, "Slave_SQL_Running").unwrap_or_default(),
+            io_running: text(&row, io).unwrap_or_default(),
+            sql_running: text(&row, sql).unwrap_or_default(),
             last_error,
             gtid_distance: head.distance(&applied_pos),
             relay_behind: received.distance(&applied_pos) > 0,
@@ -235,7 +236,8 @@ pub async fn teardown(replicas: &[Member]) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for r in replicas {
         let mut c = conn::connect(&r.name, &r.url).await?;
-        c.query_drop("STOP SLAVE; RESET SLAVE ALL")
+        let (d, _) = Dialect::of_server(&mut c, &r.name).await?;
+        c.query_drop(format!("{}; {}", d.stop_replica(), d.forget_source()))
             .await
             .map_err(|e| DbError::mysql(&r.name, e))?;
         let _ = c.disconnect().await;

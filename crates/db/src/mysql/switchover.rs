@@ -1,10 +1,12 @@
-//! Role changes of MariaDB members for failover groups: the fence (`read_only` and the
+//! Role changes of MariaDB and MySQL members for failover groups: the fence (`read_only` and the
 //! client sessions ended), the planned switchover (every GTID of the fenced primary
 //! executed on the target before it is promoted), the forced promotion (the relay log
 //! applied first; refused for a replica with errant transactions, or behind another
 //! one), settling an interrupted change, and preparing a reseed.
 //!
-//! The point of no return is `RESET SLAVE ALL` on the target: while it still has a
+//! The statements that differ between the two are [`Dialect`]'s; GTID histories are
+//! compared as [`Gtids`]. The point of no return is `RESET SLAVE ALL` (MySQL: `RESET
+//! REPLICA ALL`) on the target: while it still has a
 //! replication source, the old primary is the primary and a change is rolled back;
 //! once the source is gone, the target is the primary and the change is finished.
 
@@ -15,7 +17,7 @@ use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Row};
 
 use super::check::Member;
-use super::gtid::MariaPos;
+use super::gtid::{Gtids, MariaPos};
 use super::setup::change_master;
 use super::{conn, text, Dialect};
 use crate::crash_point;
@@ -42,33 +44,42 @@ async fn exec(c: &mut Conn, who: &str, sql: &str) -> Result<()> {
     c.query_drop(sql).await.map_err(|e| DbError::mysql(who, e))
 }
 
-async fn pos(c: &mut Conn, who: &str, var: &str) -> Result<MariaPos> {
-    let text: String = one(c, who, &format!("SELECT @@{var}")).await?;
-    MariaPos::parse(&text).map_err(|e| DbError::Sql {
+/// A GTID history read with `sql` (one of [`Dialect::executed`], `applied`, `current`).
+async fn pos(d: Dialect, c: &mut Conn, who: &str, sql: &str) -> Result<Gtids> {
+    let text: String = one(c, who, sql).await?;
+    Gtids::parse(d, &text).map_err(|e| DbError::Sql {
         member: who.into(),
-        detail: format!("its {var}: {e}"),
+        detail: format!("{sql}: {e}"),
     })
 }
 
 /// The member's replication source as `SHOW SLAVE STATUS` shows it (None: it has none,
 /// so it is a primary).
-async fn source(c: &mut Conn, who: &str) -> Result<Option<Row>> {
-    c.query_first(Dialect::MariaDb.replica_status())
+async fn source(d: Dialect, c: &mut Conn, who: &str) -> Result<Option<Row>> {
+    c.query_first(d.replica_status())
         .await
         .map_err(|e| DbError::mysql(who, e))
 }
 
-/// Whether a `SHOW SLAVE STATUS` row names `m`'s server as the source.
-fn follows(row: &Row, m: &DbMember) -> bool {
+/// Whether a replica status row names `m`'s server as the source.
+fn follows(d: Dialect, row: &Row, m: &DbMember) -> bool {
     let Ok(u) = conn::parse_url(&m.name, &m.url) else {
         return false;
     };
-    text(row, "Master_Host").is_some_and(|h| h.eq_ignore_ascii_case(u.host()))
-        && text(row, "Master_Port").and_then(|p| p.parse::<u16>().ok()) == Some(u.port())
+    let [_, _, host, port, _] = d.status_columns();
+    text(row, host).is_some_and(|h| h.eq_ignore_ascii_case(u.host()))
+        && text(row, port).and_then(|p| p.parse::<u16>().ok()) == Some(u.port())
 }
 
-fn running(row: &Row, thread: &str) -> bool {
-    text(row, thread).as_deref() == Some("Yes")
+/// Whether both replication threads run.
+fn running(d: Dialect, row: &Row) -> bool {
+    let [io, sql, ..] = d.status_columns();
+    text(row, io).as_deref() == Some("Yes") && text(row, sql).as_deref() == Some("Yes")
+}
+
+/// Whether the applier (SQL) thread runs.
+fn applying(d: Dialect, row: &Row) -> bool {
+    text(row, d.status_columns()[1]).as_deref() == Some("Yes")
 }
 
 /// Transactions in a replica's own binary log that it did not receive from a source:
@@ -86,17 +97,57 @@ pub fn errant(binlog: &MariaPos, applied: &MariaPos) -> Vec<String> {
         .collect()
 }
 
-/// [`errant`] as it holds over about half a second: while a replica applies, a
-/// transaction can be in its binary log a moment before its slave position moves, so
-/// only what stays errant through every look is reported.
-async fn errant_of(c: &mut Conn, who: &str) -> Result<Vec<String>> {
+/// MySQL's errant transactions: those the member wrote itself (its `server_uuid`)
+/// that none of `others` (the primary, other members) holds. A member that was a
+/// primary before wrote its history under its own UUID too, and the others hold it.
+/// With nobody to compare against, none can be told apart: empty.
+pub fn errant_mysql(executed: &Gtids, uuid: &str, others: &[Gtids]) -> Vec<String> {
+    let (Gtids::My(mine), false) = (executed, others.is_empty()) else {
+        return Vec::new();
+    };
+    let known = others
+        .iter()
+        .fold(super::gtid::MySqlSet::default(), |all, o| match o {
+            Gtids::My(s) => all.union(s),
+            Gtids::Maria(_) => all,
+        });
+    let own = mine.of_server(uuid).subtract(&known);
+    if own.0.is_empty() {
+        Vec::new()
+    } else {
+        vec![own.to_string()]
+    }
+}
+
+/// Errant transactions of a member. MariaDB: [`errant`] as it holds over about half a
+/// second: while a replica applies, a transaction can be in its binary log a moment
+/// before its slave position moves, so only what stays errant through every look is
+/// reported. MySQL: [`errant_mysql`] against `others`.
+async fn errant_of(d: Dialect, c: &mut Conn, who: &str, others: &[Gtids]) -> Result<Vec<String>> {
+    if d == Dialect::MySql {
+        let uuid: String = one(c, who, "SELECT @@server_uuid").await?;
+        let executed = pos(d, c, who, d.executed()).await?;
+        if others.is_empty() {
+            if let Gtids::My(s) = &executed {
+                let own = s.of_server(&uuid);
+                if !own.0.is_empty() {
+                    tracing::warn!(member = %who, own = %own, "no other member could be reached to tell whether its own transactions are errant");
+                }
+            }
+        }
+        return Ok(errant_mysql(&executed, &uuid, others));
+    }
     let mut seen: Option<Vec<String>> = None;
     for round in 0..10 {
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let binlog = pos(c, who, "gtid_binlog_pos").await?;
-        let applied = pos(c, who, "gtid_slave_pos").await?;
+        let (Gtids::Maria(binlog), Gtids::Maria(applied)) = (
+            pos(d, c, who, d.executed()).await?,
+            pos(d, c, who, d.applied()).await?,
+        ) else {
+            return Ok(Vec::new());
+        };
         let now = errant(&binlog, &applied);
         let kept: Vec<String> = match seen {
             None => now,
@@ -110,10 +161,20 @@ async fn errant_of(c: &mut Conn, who: &str) -> Result<Vec<String>> {
     Ok(seen.unwrap_or_default())
 }
 
-/// Sets a member's role default: `read_only` on (no client without READ_ONLY ADMIN
-/// can write; replication still applies) or off.
-pub async fn set_fence(c: &mut Conn, who: &str, on: bool) -> Result<()> {
-    exec(c, who, Dialect::MariaDb.fence(on)).await
+/// Sets a member's role default: `read_only` on (MariaDB: no client without READ_ONLY
+/// ADMIN can write; MySQL: `super_read_only`, no client at all; replication still
+/// applies) or off.
+pub async fn set_fence(d: Dialect, c: &mut Conn, who: &str, on: bool) -> Result<()> {
+    exec(c, who, d.fence(on)).await
+}
+
+/// Whether the member's fence is up as [`set_fence`] sets it.
+pub async fn fenced(d: Dialect, c: &mut Conn, who: &str) -> Result<bool> {
+    let var = match d {
+        Dialect::MariaDb => "SELECT @@GLOBAL.read_only",
+        Dialect::MySql => "SELECT @@GLOBAL.super_read_only",
+    };
+    Ok(one::<u64>(c, who, var).await? != 0)
 }
 
 /// Ends every client session but this one (replication threads stay: the target
@@ -147,43 +208,48 @@ async fn end_client_sessions(c: &mut Conn, who: &str) -> Result<()> {
     }
 }
 
-/// `MASTER_GTID_WAIT`: whether the member executed `pos` within `t`.
-async fn gtid_wait(c: &mut Conn, who: &str, pos: &MariaPos, t: Duration) -> Result<bool> {
+/// Whether the member executed `pos` within `t` (`MASTER_GTID_WAIT`,
+/// `WAIT_FOR_EXECUTED_GTID_SET`).
+async fn gtid_wait(d: Dialect, c: &mut Conn, who: &str, pos: &Gtids, t: Duration) -> Result<bool> {
+    // MySQL's timeout is whole seconds.
+    let secs = match d {
+        Dialect::MariaDb => t.as_secs_f64(),
+        Dialect::MySql => t.as_secs_f64().ceil(),
+    };
     let r: Option<i64> = c
-        .exec_first(
-            Dialect::MariaDb.wait_executed(),
-            (pos.to_string(), t.as_secs_f64()),
-        )
+        .exec_first(d.wait_executed(), (pos.to_string(), secs))
         .await
         .map_err(|e| DbError::mysql(who, e))?;
-    Ok(Dialect::MariaDb.waited(r))
+    Ok(d.waited(r))
 }
 
 /// Stops replication, forgets the source and opens the member to client writes. The
 /// forgetting is the point of no return of a promotion.
-async fn become_primary(c: &mut Conn, who: &str) -> Result<()> {
-    exec(c, who, Dialect::MariaDb.stop_replica()).await?;
-    exec(c, who, Dialect::MariaDb.forget_source()).await?;
-    set_fence(c, who, false).await
+async fn become_primary(d: Dialect, c: &mut Conn, who: &str) -> Result<()> {
+    exec(c, who, d.stop_replica()).await?;
+    exec(c, who, d.forget_source()).await?;
+    set_fence(d, c, who, false).await
 }
 
-/// Points `c` (stopped or not) at `to` from its `gtid_slave_pos` and starts it.
-async fn follow(c: &mut Conn, who: &str, to: &DbMember) -> Result<()> {
+/// Points `c` (stopped or not) at `to` by GTID and starts it.
+async fn follow(d: Dialect, c: &mut Conn, who: &str, to: &DbMember) -> Result<()> {
     let u = conn::parse_url(&to.name, &to.url)?;
-    exec(c, who, "STOP SLAVE").await?;
-    change_master(c, who, &u).await?;
-    exec(c, who, "START SLAVE").await
+    exec(c, who, d.stop_replica()).await?;
+    change_master(d, c, who, &u).await?;
+    exec(c, who, d.start_replica()).await
 }
 
 /// Waits, with nothing held or fenced, until replica `to` replicates from the primary
 /// (both threads running, no errant transactions) and is at most 1,000 transactions
 /// behind, so the fence that follows holds writes only briefly.
 pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()> {
+    let d = Dialect::of_engine(db.engine);
     let target = replica(db, to)?;
     let rwho = format!("replica '{to}'");
     let mut p = conn::connect("primary", &db.primary.url).await?;
     let mut r = conn::connect(&rwho, &target.url).await?;
-    let bad = errant_of(&mut r, &rwho).await?;
+    let head = pos(d, &mut p, "primary", d.executed()).await?;
+    let bad = errant_of(d, &mut r, &rwho, &[head]).await?;
     if !bad.is_empty() {
         return Err(DbError::Prerequisites(vec![format!(
             "{rwho} has transactions of its own that the primary never had ({}); promoting it would publish them: run georep db reseed on it, or fail over to another replica",
@@ -192,24 +258,25 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
     }
     let deadline = Instant::now() + timeout;
     loop {
-        let row = source(&mut r, &rwho).await?.ok_or_else(|| {
+        let row = source(d, &mut r, &rwho).await?.ok_or_else(|| {
             DbError::InvalidConfig(format!(
                 "{rwho} has no replication source: it is not set up as a replica (run georep db setup {})",
                 db.name
             ))
         })?;
-        if !follows(&row, &db.primary) {
+        let [io, sql, host, port, _] = d.status_columns();
+        if !follows(d, &row, &db.primary) {
             return Err(DbError::InvalidConfig(format!(
                 "{rwho} replicates from {}:{}, not from the primary: run georep db setup {}",
-                text(&row, "Master_Host").unwrap_or_default(),
-                text(&row, "Master_Port").unwrap_or_default(),
+                text(&row, host).unwrap_or_default(),
+                text(&row, port).unwrap_or_default(),
                 db.name
             )));
         }
-        let head = pos(&mut p, "primary", "gtid_binlog_pos").await?;
-        let applied = pos(&mut r, &rwho, "gtid_slave_pos").await?;
+        let head = pos(d, &mut p, "primary", d.executed()).await?;
+        let applied = pos(d, &mut r, &rwho, d.applied()).await?;
         let behind = head.distance(&applied);
-        let both = running(&row, "Slave_IO_Running") && running(&row, "Slave_SQL_Running");
+        let both = running(d, &row);
         if both && behind <= PREFLIGHT_MAX_BEHIND {
             return Ok(());
         }
@@ -221,8 +288,8 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
                 } else {
                     format!(
                         "not replicating (IO thread {}, SQL thread {}{})",
-                        text(&row, "Slave_IO_Running").unwrap_or_default(),
-                        text(&row, "Slave_SQL_Running").unwrap_or_default(),
+                        text(&row, io).unwrap_or_default(),
+                        text(&row, sql).unwrap_or_default(),
                         text(&row, "Last_Error")
                             .filter(|e| !e.is_empty())
                             .map(|e| format!(": {e}"))
@@ -241,6 +308,7 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
 /// the promotion the old primary is unfenced and stays the primary. Call
 /// [`preflight`] first, before holding clients.
 pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<SwitchoverReport> {
+    let d = Dialect::of_engine(db.engine);
     let target = replica(db, to)?;
     let rwho = format!("replica '{to}'");
     let mut p = conn::connect("primary", &db.primary.url).await?;
@@ -254,15 +322,15 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         // up after 10 s (a client-side timeout would leave the statement running, to
         // land after the unfence).
         exec(&mut p, "primary", "SET SESSION lock_wait_timeout = 10").await?;
-        set_fence(&mut p, "primary", true).await?;
+        set_fence(d, &mut p, "primary", true).await?;
         end_client_sessions(&mut p, "primary").await?;
-        pos(&mut p, "primary", "gtid_binlog_pos").await
+        pos(d, &mut p, "primary", d.executed()).await
     }
     .await;
     let fence_pos = match fenced {
         Ok(f) => f,
         Err(e) => {
-            let _ = unfence_primary(db).await;
+            let _ = unfence_primary(d, db).await;
             return Err(e);
         }
     };
@@ -275,7 +343,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     let mut fence_pos = fence_pos;
     let mut rounds = 0;
     let caught_up = loop {
-        match gtid_wait(&mut r, &rwho, &fence_pos, timeout).await {
+        match gtid_wait(d, &mut r, &rwho, &fence_pos, timeout).await {
             Ok(true) => {}
             Ok(false) => {
                 break Err(DbError::Timeout(format!(
@@ -284,7 +352,7 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
             }
             Err(e) => break Err(e),
         }
-        let now = match pos(&mut p, "primary", "gtid_binlog_pos").await {
+        let now = match pos(d, &mut p, "primary", d.executed()).await {
             Ok(n) => n,
             Err(e) => break Err(e),
         };
@@ -294,20 +362,24 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         rounds += 1;
         if rounds >= 3 {
             break Err(DbError::Prerequisites(vec![format!(
-                "the fenced primary kept logging transactions ({fence_pos}, then {now}): a session with READ_ONLY ADMIN (or SUPER) writes past read_only; give applications users without it. The switchover was abandoned and the primary unfenced"
+                "the fenced primary kept logging transactions ({fence_pos}, then {now}): {}. The switchover was abandoned and the primary unfenced",
+                match d {
+                    Dialect::MariaDb => "a session with READ_ONLY ADMIN (or SUPER) writes past read_only; give applications users without it",
+                    Dialect::MySql => "something writes past super_read_only (an event, or a plugin); find it in the binary log",
+                }
             )]));
         }
         let _ = end_client_sessions(&mut p, "primary").await;
         fence_pos = now;
     };
     if let Err(e) = caught_up {
-        let _ = set_fence(&mut p, "primary", false).await;
+        let _ = set_fence(d, &mut p, "primary", false).await;
         return Err(e);
     }
     let catch_up_ms = started.elapsed().as_millis() as u64;
 
     // 3. Promote: the point of no return.
-    become_primary(&mut r, &format!("new primary '{to}'")).await?;
+    become_primary(d, &mut r, &format!("new primary '{to}'")).await?;
     crash_point("switchover-promoted");
 
     // 4. Everyone else follows it.
@@ -317,40 +389,41 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     Ok(report)
 }
 
-async fn unfence_primary(db: &Database) -> Result<()> {
+async fn unfence_primary(d: Dialect, db: &Database) -> Result<()> {
     let mut p = conn::connect("primary", &db.primary.url).await?;
-    set_fence(&mut p, "primary", false).await
+    set_fence(d, &mut p, "primary", false).await
 }
 
 /// Other replicas of `db` (not the target) that follow the new primary, or why not.
 async fn repoint_others(
     db: &Database,
     target: &DbMember,
-    new_pos: &MariaPos,
+    new_pos: &Gtids,
     report: &mut SwitchoverReport,
 ) {
+    let d = Dialect::of_engine(db.engine);
     for m in db.replicas.iter().filter(|m| m.name != target.name) {
         let who = format!("replica '{}'", m.name);
         let outcome = async {
             let mut c = conn::connect(&who, &m.url).await?;
-            if source(&mut c, &who)
+            if source(d, &mut c, &who)
                 .await?
-                .is_some_and(|row| follows(&row, target))
+                .is_some_and(|row| follows(d, &row, target))
             {
                 // Re-pointed before an interruption, perhaps not started yet.
-                exec(&mut c, &who, Dialect::MariaDb.start_replica()).await?;
+                exec(&mut c, &who, d.start_replica()).await?;
                 return Ok(None);
             }
             // Stopped at a transaction boundary; then what it applied is final.
-            exec(&mut c, &who, "STOP SLAVE").await?;
-            let bad = errant_of(&mut c, &who).await?;
+            exec(&mut c, &who, d.stop_replica()).await?;
+            let bad = errant_of(d, &mut c, &who, std::slice::from_ref(new_pos)).await?;
             if !bad.is_empty() {
                 return Ok(Some(format!(
                     "it has transactions of its own ({}) that the new primary never had",
                     bad.join(",")
                 )));
             }
-            let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
+            let applied = pos(d, &mut c, &who, d.applied()).await?;
             if !new_pos.contains(&applied) {
                 return Ok(Some(format!(
                     "it had applied up to {applied} and the new primary only up to {new_pos}; following it would diverge"
@@ -358,7 +431,7 @@ async fn repoint_others(
             }
             // Behind is fine: the new primary logged what it applied, so the replica
             // fetches the rest from it.
-            follow(&mut c, &who, target).await?;
+            follow(d, &mut c, &who, target).await?;
             let _ = c.disconnect().await;
             Ok::<_, DbError>(None)
         }
@@ -383,25 +456,26 @@ async fn finish_planned(
     r: &mut Conn,
     p: &mut Conn,
 ) -> Result<SwitchoverReport> {
+    let d = Dialect::of_engine(db.engine);
     let rwho = format!("new primary '{}'", target.name);
-    set_fence(r, &rwho, false).await?;
+    set_fence(d, r, &rwho, false).await?;
     let mut report = SwitchoverReport {
         from: db.primary.name.clone(),
         to: target.name.clone(),
         ..Default::default()
     };
-    let new_pos = pos(r, &rwho, "gtid_current_pos").await?;
+    let new_pos = pos(d, r, &rwho, d.current()).await?;
     repoint_others(db, target, &new_pos, &mut report).await;
     // The old primary keeps its fence: it is a replica now.
-    set_fence(p, "primary", true).await?;
-    if source(p, "primary")
+    set_fence(d, p, "primary", true).await?;
+    if source(d, p, "primary")
         .await?
-        .is_some_and(|row| follows(&row, target))
+        .is_some_and(|row| follows(d, &row, target))
     {
-        exec(p, "primary", Dialect::MariaDb.start_replica()).await?;
+        exec(p, "primary", d.start_replica()).await?;
         return Ok(report);
     }
-    let mine = pos(p, "primary", "gtid_binlog_pos").await?;
+    let mine = pos(d, p, "primary", d.executed()).await?;
     if !new_pos.contains(&mine) {
         report.left_behind.push((
             db.primary.name.clone(),
@@ -412,13 +486,16 @@ async fn finish_planned(
         return Ok(report);
     }
     // It continues from what it logged; an empty slave position would replay the
-    // new primary's binary log from the start.
-    exec(p, "primary", "STOP SLAVE").await?;
-    exec(p, "primary", "RESET SLAVE ALL").await?;
-    p.exec_drop("SET GLOBAL gtid_slave_pos = ?", (mine.to_string(),))
-        .await
-        .map_err(|e| DbError::mysql("primary", e))?;
-    follow(p, "primary", target).await?;
+    // new primary's binary log from the start (MySQL auto-positions from what it
+    // executed).
+    exec(p, "primary", d.stop_replica()).await?;
+    exec(p, "primary", d.forget_source()).await?;
+    if d == Dialect::MariaDb {
+        p.exec_drop("SET GLOBAL gtid_slave_pos = ?", (mine.to_string(),))
+            .await
+            .map_err(|e| DbError::mysql("primary", e))?;
+    }
+    follow(d, p, "primary", target).await?;
     Ok(report)
 }
 
@@ -428,27 +505,28 @@ async fn finish_planned(
 /// more, or when it cannot apply its relay log within 30 s: promoting then would lose
 /// or invent data. Other replicas follow the new primary when they are not ahead of it.
 pub async fn promote(db: &Database, to: &str) -> Result<SwitchoverReport> {
+    let d = Dialect::of_engine(db.engine);
     let target = replica(db, to)?;
     let who = format!("replica '{to}'");
     let mut r = conn::connect(&who, &target.url).await?;
     promotable(db, to, &mut r).await?;
     // Nothing more can arrive; what arrived (read once fetching stopped) is applied
     // before the promotion.
-    exec(&mut r, &who, Dialect::MariaDb.stop_fetching()).await?;
+    exec(&mut r, &who, d.stop_fetching()).await?;
     let (received, backlog, relay) = match promotable(db, to, &mut r).await {
         Ok(x) => x,
         Err(e) => {
-            let _ = exec(&mut r, &who, Dialect::MariaDb.start_replica()).await;
+            let _ = exec(&mut r, &who, d.start_replica()).await;
             return Err(e);
         }
     };
-    if !gtid_wait(&mut r, &who, &received, APPLY_RELAY).await? {
-        let _ = exec(&mut r, &who, Dialect::MariaDb.start_replica()).await;
+    if !gtid_wait(d, &mut r, &who, &received, APPLY_RELAY).await? {
+        let _ = exec(&mut r, &who, d.start_replica()).await;
         return Err(DbError::Timeout(format!(
             "{who} did not apply its relay log ({backlog} transaction(s), {relay} bytes, up to {received}) within {APPLY_RELAY:?}; it was not promoted: wait for it, or promote another replica"
         )));
     }
-    become_primary(&mut r, &format!("new primary '{to}'")).await?;
+    become_primary(d, &mut r, &format!("new primary '{to}'")).await?;
     crash_point("promote-promoted");
     finish_forced(db, &target, &mut r).await
 }
@@ -464,34 +542,18 @@ pub async fn check_promotable(db: &Database, to: &str) -> Result<()> {
 
 /// What the target received, how many of those it has not applied, and its relay
 /// log's size; or why it must not be promoted.
-async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, u64, String)> {
+async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(Gtids, u64, String)> {
+    let d = Dialect::of_engine(db.engine);
     let who = format!("replica '{to}'");
-    let Some(row) = source(r, &who).await? else {
+    let Some(row) = source(d, r, &who).await? else {
         return Err(DbError::InvalidConfig(format!(
             "{who} has no replication source: it is not set up as a replica (run georep db setup {})",
             db.name
         )));
     };
-    let bad = errant_of(r, &who).await?;
-    if !bad.is_empty() {
-        return Err(DbError::Prerequisites(vec![format!(
-            "{who} has transactions of its own that the primary never had ({}); promoting it would publish them: promote another replica, or remove them and run georep db reseed",
-            bad.join(",")
-        )]));
-    }
-    let applied = pos(r, &who, "gtid_slave_pos").await?;
-    let received = received_of(&row, &applied, &who)?;
-    let backlog = received.distance(&applied);
-    let relay = text(&row, "Relay_Log_Space").unwrap_or_default();
-    if backlog > 0 && !running(&row, "Slave_SQL_Running") {
-        return Err(DbError::Prerequisites(vec![format!(
-            "{who} has {backlog} received transaction(s) not applied (relay log {relay} bytes) and its SQL thread is stopped{}: start it (START SLAVE SQL_THREAD) and let it apply them, or promote another replica",
-            text(&row, "Last_SQL_Error")
-                .filter(|e| !e.is_empty())
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        )]));
-    }
+    // What every other reachable replica holds (and, for MySQL's errant check, the
+    // primary if it still answers).
+    let mut others: Vec<(String, Gtids)> = Vec::new();
     for m in db.replicas.iter().filter(|m| m.name != to) {
         let mwho = format!("replica '{}'", m.name);
         let Ok(Ok(mut c)) =
@@ -499,49 +561,81 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(MariaPos, 
         else {
             continue;
         };
-        let theirs = match (
-            source(&mut c, &mwho).await,
-            pos(&mut c, &mwho, "gtid_slave_pos").await,
+        if let (Ok(Some(row)), Ok(applied)) = (
+            source(d, &mut c, &mwho).await,
+            pos(d, &mut c, &mwho, d.applied()).await,
         ) {
-            (Ok(Some(row)), Ok(applied)) => received_of(&row, &applied, &mwho)?,
-            _ => continue,
-        };
+            others.push((m.name.clone(), received_of(d, &row, &applied, &mwho)?));
+        }
+    }
+    let mut refs: Vec<Gtids> = others.iter().map(|(_, g)| g.clone()).collect();
+    if d == Dialect::MySql {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn::connect("primary", &db.primary.url),
+        )
+        .await
+        {
+            if let Ok(head) = pos(d, &mut c, "primary", d.executed()).await {
+                refs.push(head);
+            }
+        }
+    }
+    let bad = errant_of(d, r, &who, &refs).await?;
+    if !bad.is_empty() {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{who} has transactions of its own that the primary never had ({}); promoting it would publish them: promote another replica, or remove them and run georep db reseed",
+            bad.join(",")
+        )]));
+    }
+    let applied = pos(d, r, &who, d.applied()).await?;
+    let received = received_of(d, &row, &applied, &who)?;
+    let backlog = received.distance(&applied);
+    let relay = text(&row, "Relay_Log_Space").unwrap_or_default();
+    if backlog > 0 && !applying(d, &row) {
+        return Err(DbError::Prerequisites(vec![format!(
+            "{who} has {backlog} received transaction(s) not applied (relay log {relay} bytes) and its SQL thread is stopped{}: start it ({}) and let it apply them, or promote another replica",
+            text(&row, "Last_SQL_Error")
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default(),
+            match d {
+                Dialect::MariaDb => "START SLAVE SQL_THREAD",
+                Dialect::MySql => "START REPLICA SQL_THREAD",
+            }
+        )]));
+    }
+    for (name, theirs) in &others {
         let ahead = theirs.distance(&received);
         if ahead > 0 {
             return Err(DbError::Prerequisites(vec![format!(
-                "{mwho} received {ahead} transaction(s) more than {who} ({theirs} against {received}); promoting {who} would lose them: promote '{}' instead",
-                m.name
+                "replica '{name}' received {ahead} transaction(s) more than {who} ({theirs} against {received}); promoting {who} would lose them: promote '{name}' instead"
             )]));
         }
     }
     Ok((received, backlog, relay))
 }
 
-/// Everything a replica holds from its sources: per domain the further of what it
-/// received (`Gtid_IO_Pos`, empty after a restart) and what it applied. An unreadable
-/// position refuses the promotion rather than counting as nothing.
-fn received_of(row: &Row, applied: &MariaPos, who: &str) -> Result<MariaPos> {
-    let io = MariaPos::parse(&text(row, "Gtid_IO_Pos").unwrap_or_default()).map_err(|e| {
-        DbError::Sql {
-            member: who.into(),
-            detail: format!("its Gtid_IO_Pos: {e}"),
-        }
+/// Everything a replica holds from its sources: what it received (MariaDB:
+/// `Gtid_IO_Pos`, empty after a restart; MySQL: `Retrieved_Gtid_Set`) joined with what
+/// it applied. An unreadable position refuses the promotion rather than counting as
+/// nothing.
+fn received_of(d: Dialect, row: &Row, applied: &Gtids, who: &str) -> Result<Gtids> {
+    let col = d.status_columns()[4];
+    let io = Gtids::parse(d, &text(row, col).unwrap_or_default()).map_err(|e| DbError::Sql {
+        member: who.into(),
+        detail: format!("its {col}: {e}"),
     })?;
-    let mut all = applied.clone();
-    for (d, (s, n)) in io.0 {
-        if all.0.get(&d).is_none_or(|(_, m)| *m < n) {
-            all.0.insert(d, (s, n));
-        }
-    }
-    Ok(all)
+    Ok(applied.union(&io))
 }
 
 /// After a forced promotion: the new primary is writable; other replicas follow it
 /// when they are not ahead of it.
 async fn finish_forced(db: &Database, target: &DbMember, r: &mut Conn) -> Result<SwitchoverReport> {
+    let d = Dialect::of_engine(db.engine);
     let who = format!("new primary '{}'", target.name);
-    set_fence(r, &who, false).await?;
-    let new_pos = pos(r, &who, "gtid_current_pos").await?;
+    set_fence(d, r, &who, false).await?;
+    let new_pos = pos(d, r, &who, d.current()).await?;
     let mut report = SwitchoverReport {
         from: db.primary.name.clone(),
         to: target.name.clone(),
@@ -555,14 +649,15 @@ async fn finish_forced(db: &Database, target: &DbMember, r: &mut Conn) -> Result
 /// back when `to` still has its replication source, finished when it has none. Fails,
 /// changing nothing, when the members it must ask cannot be reached.
 pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
+    let d = Dialect::of_engine(db.engine);
     let target = replica(db, to)?;
     let who = format!("replica '{to}'");
     let mut r = conn::connect(&who, &target.url).await?;
-    if source(&mut r, &who).await?.is_some() {
+    if source(d, &mut r, &who).await?.is_some() {
         // Not promoted: it replicates again, and the old primary takes writes again.
-        exec(&mut r, &who, "START SLAVE").await?;
+        exec(&mut r, &who, d.start_replica()).await?;
         if planned {
-            unfence_primary(db).await?;
+            unfence_primary(d, db).await?;
         }
         return Ok(Settled::RolledBack);
     }
@@ -571,8 +666,8 @@ pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
             Ok(mut p) => {
                 // No source may also mean an operator reset it: finish only when the
                 // target holds everything the old primary logged (it reached the fence).
-                let mine = pos(&mut p, "primary", "gtid_binlog_pos").await?;
-                let theirs = pos(&mut r, &who, "gtid_current_pos").await?;
+                let mine = pos(d, &mut p, "primary", d.executed()).await?;
+                let theirs = pos(d, &mut r, &who, d.current()).await?;
                 if !theirs.contains(&mine) {
                     return Err(DbError::Prerequisites(vec![format!(
                         "{who} has no replication source but lacks what the old primary logged ({theirs} against {mine}): it was not promoted by this failover; point it at the primary again (georep db setup) or promote it by hand"
@@ -599,20 +694,25 @@ pub async fn settle(db: &Database, to: &str, planned: bool) -> Result<Settled> {
 /// made read-only, its replication and binary log (which may hold transactions nobody
 /// else has) are reset, and setup copies every database again.
 pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::SetupReport> {
+    let d = Dialect::of_engine(db.engine);
     let who = format!("member '{}'", member.name);
     let mut c = conn::connect(&who, &member.url).await?;
-    set_fence(&mut c, &who, true).await?;
-    exec(&mut c, &who, "STOP SLAVE").await?;
-    exec(&mut c, &who, "RESET SLAVE ALL").await?;
+    let (_, version) = Dialect::of_server(&mut c, &who).await?;
+    set_fence(d, &mut c, &who, true).await?;
+    exec(&mut c, &who, d.stop_replica()).await?;
+    exec(&mut c, &who, d.forget_source()).await?;
     // Its binary log may hold the only copy of writes a forced failover lost: say what
     // is discarded, so they can be looked for in a backup.
-    let logged = pos(&mut c, &who, "gtid_binlog_pos").await?;
-    let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
-    let own = errant(&logged, &applied);
-    if !own.is_empty() {
-        tracing::warn!(member = %member.name, discarded = %own.join(","), binlog_pos = %logged, "reseed discards transactions no other member has (RESET MASTER)");
+    let mut refs = Vec::new();
+    if let Ok(mut p) = conn::connect("primary", &db.primary.url).await {
+        refs.extend(pos(d, &mut p, "primary", d.executed()).await.ok());
     }
-    exec(&mut c, &who, "RESET MASTER").await?;
+    let own = errant_of(d, &mut c, &who, &refs).await?;
+    if !own.is_empty() {
+        let logged = pos(d, &mut c, &who, d.executed()).await?;
+        tracing::warn!(member = %member.name, discarded = %own.join(","), binlog_pos = %logged, "reseed discards transactions no other member has (the binary log is reset)");
+    }
+    exec(&mut c, &who, d.reset_log(&version)).await?;
     let _ = c.disconnect().await;
     let m = |x: &DbMember, primary| Member {
         name: x.name.clone(),
@@ -624,6 +724,7 @@ pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::Se
         &[m(member, false)],
         &super::setup::SetupOptions {
             wipe: true,
+            engine: d,
             ..Default::default()
         },
     )
@@ -640,19 +741,20 @@ pub async fn replica_lag(
     db: &Database,
     beat: bool,
 ) -> Result<Vec<(String, Option<u64>, Option<f64>)>> {
+    let d = Dialect::of_engine(db.engine);
     if beat {
         super::status::beat(p, "primary").await?;
     }
-    let head = pos(p, "primary", "gtid_binlog_pos").await?;
+    let head = pos(d, p, "primary", d.executed()).await?;
     let mut out = Vec::new();
     for r in &db.replicas {
         let who = format!("replica '{}'", r.name);
         let got = tokio::time::timeout(Duration::from_secs(2), async {
             let mut c = conn::connect(&who, &r.url).await?;
-            let up = source(&mut c, &who).await?.is_some_and(|row| {
-                running(&row, "Slave_IO_Running") && running(&row, "Slave_SQL_Running")
-            });
-            let applied = pos(&mut c, &who, "gtid_slave_pos").await?;
+            let up = source(d, &mut c, &who)
+                .await?
+                .is_some_and(|row| running(d, &row));
+            let applied = pos(d, &mut c, &who, d.applied()).await?;
             let age = super::status::beat_age(p, "primary", &mut c).await?;
             let _ = c.disconnect().await;
             Ok::<_, DbError>((Some(head.distance(&applied)), age.filter(|_| up)))
@@ -683,5 +785,34 @@ mod tests {
         assert_eq!(errant(&p("0-1-5,1-3-2"), &p("0-1-5")), vec!["1-3-2"]);
         // Applied past its own log (the position was set after a copy): fine.
         assert!(errant(&p("0-1-3"), &p("0-1-9")).is_empty());
+    }
+
+    #[test]
+    fn mysql_errant_transactions_are_its_own_that_nobody_else_holds() {
+        let (a, b) = (
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562",
+            "4e11fa47-71ca-11e1-9e33-c80aa9429562",
+        );
+        let g = |t: &str| Gtids::parse(Dialect::MySql, t).expect("set");
+        // B received A's 1-100 and wrote 1-5 as a primary before; the primary has those.
+        let mine = g(&format!("{a}:1-100,{b}:1-5"));
+        assert!(errant_mysql(&mine, b, &[g(&format!("{a}:1-120,{b}:1-5"))]).is_empty());
+        // Received more than another replica: not errant (not its own).
+        assert!(errant_mysql(&mine, b, &[g(&format!("{a}:1-90,{b}:1-5"))]).is_empty());
+        // A write made on B directly while it was a replica.
+        let wrote = g(&format!("{a}:1-100,{b}:1-6"));
+        assert_eq!(
+            errant_mysql(&wrote, b, &[g(&format!("{a}:1-100,{b}:1-5"))]),
+            vec![format!("{b}:6")]
+        );
+        // Known to any one of the others is enough.
+        assert!(errant_mysql(
+            &wrote,
+            b,
+            &[g(&format!("{a}:1-100")), g(&format!("{b}:1-6"))]
+        )
+        .is_empty());
+        // Nobody to compare against: cannot tell.
+        assert!(errant_mysql(&wrote, b, &[]).is_empty());
     }
 }

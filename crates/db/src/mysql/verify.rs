@@ -230,13 +230,14 @@ async fn has_crc32c(c: &mut Conn) -> bool {
 
 /// Makes the replica apply everything the primary has logged now (at most `secs`).
 async fn catch_up(pc: &mut Conn, rc: &mut Conn, (p, r): (&str, &str), secs: u32) -> Result<()> {
+    let (d, _) = super::Dialect::of_server(pc, p).await?;
     let head: String = pc
-        .query_first("SELECT @@gtid_binlog_pos")
+        .query_first(d.executed())
         .await
         .map_err(|e| DbError::mysql(p, e))?
         .unwrap_or_default();
     let _: Option<i64> = rc
-        .exec_first("SELECT MASTER_GTID_WAIT(?, ?)", (head, secs))
+        .exec_first(d.wait_executed(), (head, secs))
         .await
         .map_err(|e| DbError::mysql(r, e))?;
     Ok(())
