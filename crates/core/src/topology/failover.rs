@@ -298,7 +298,7 @@ fn group(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>>
 }
 
 /// An `IP:PORT` listen address with a fixed port.
-fn listener(
+pub(super) fn listener(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     key: &str,
@@ -334,8 +334,31 @@ fn listener(
 
 /// Two listen addresses clash when one socket could not bind after the other: the same
 /// port on the same IP, or on any IP when one of them is the unspecified address.
-fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+pub(super) fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Every group listener with what it is and its line, for other sections' clash checks.
+pub(super) fn listen_addresses(
+    ctx: &Ctx<'_>,
+    groups: &[DraftGroup],
+) -> Vec<(SocketAddr, String, usize)> {
+    let mut out = Vec::new();
+    for g in groups {
+        for (key, addr) in [
+            ("read_write_listener", &g.read_write_listener),
+            ("read_only_listener", &g.read_only_listener),
+        ] {
+            if let Some(addr) = addr {
+                out.push((
+                    *addr.get_ref(),
+                    format!("the {key} of {}", g.what),
+                    ctx.line_of(&addr.span()),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Checks across sections: names are unique, each group names a declared database and

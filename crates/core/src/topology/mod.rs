@@ -13,6 +13,7 @@ mod error;
 mod failover;
 mod policies;
 mod read;
+mod relays;
 mod sections;
 mod validate;
 
@@ -22,6 +23,8 @@ mod backup_tests;
 mod database_tests;
 #[cfg(test)]
 mod failover_tests;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +41,7 @@ pub use backups::{Backup, CalendarSpan, Retention};
 pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
+pub use relays::{Accept, Relay, RelayMode, RelayTarget, TargetKind};
 
 /// The state database when `[state] url` is not given: an embedded SQLite file beside
 /// the topology file.
@@ -63,6 +67,8 @@ pub struct Topology {
     pub failover_groups: Vec<FailoverGroup>,
     /// `[[backups]]`, in file order.
     pub backups: Vec<Backup>,
+    /// `[[relays]]`, in file order.
+    pub relays: Vec<Relay>,
 }
 
 /// Where georep keeps its durable state.
@@ -266,6 +272,10 @@ impl Topology {
 
     pub fn backup(&self, name: &str) -> Option<&Backup> {
         self.backups.iter().find(|b| b.name == name)
+    }
+
+    pub fn relay(&self, name: &str) -> Option<&Relay> {
+        self.relays.iter().find(|r| r.name == name)
     }
 
     pub fn failover_group(&self, name: &str) -> Option<&FailoverGroup> {

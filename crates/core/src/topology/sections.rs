@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "databases",
     "failover_groups",
     "backups",
+    "relays",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token", "events_token"];
@@ -43,6 +44,7 @@ pub(super) struct Draft {
     pub(super) databases: Vec<DraftDatabase>,
     pub(super) failover_groups: Vec<DraftGroup>,
     pub(super) backups: Vec<super::backups::DraftBackup>,
+    pub(super) relays: Vec<super::relays::DraftRelay>,
 }
 
 pub(super) struct DraftStore {
@@ -106,6 +108,11 @@ impl Draft {
             .into_iter()
             .map(super::backups::DraftBackup::finish)
             .collect::<Option<Vec<_>>>()?;
+        let relays = self
+            .relays
+            .into_iter()
+            .map(super::relays::DraftRelay::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
@@ -115,6 +122,7 @@ impl Draft {
             databases,
             failover_groups,
             backups,
+            relays,
         })
     }
 }
@@ -141,6 +149,7 @@ pub(super) fn read(
         databases: super::databases::read(ctx, &top, env),
         failover_groups: super::failover::read(ctx, &top),
         backups: super::backups::read(ctx, &top, env),
+        relays: super::relays::read(ctx, &top, env),
     }
 }
 
