@@ -66,7 +66,7 @@ impl Session {
         match self {
             Self::Pg(c) => pg::set_fence(c, who, on).await,
             Self::My(c, d) => {
-                if my::switchover::fenced(*d, c, who).await? == on {
+                if my::switchover::fenced(c, who).await? == on {
                     return Ok(());
                 }
                 my::switchover::set_fence(*d, c, who, on).await

@@ -79,22 +79,31 @@ impl std::fmt::Display for MariaPos {
 pub struct MySqlSet(pub BTreeMap<String, Vec<(u64, u64)>>);
 
 impl MySqlSet {
+    /// Parses `uuid:1-5:7,uuid2:1-3`, with MySQL 8.3's tags (`uuid:1-5:tag:1-3`: after
+    /// a tag, the ranges are that tag's). A tagged group is kept under `uuid:tag`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut out: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let mut it = part.split(':');
-            let uuid = it.next().unwrap_or_default().to_ascii_lowercase();
-            if uuid.len() != 36 {
+            let uuid = it.next().unwrap_or_default().trim().to_ascii_lowercase();
+            if uuid.len() != 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                 return Err(format!("'{part}' does not start with a server UUID"));
             }
-            let ranges = out.entry(uuid).or_default();
-            for r in it {
+            let mut key = uuid.clone();
+            for r in it.map(str::trim) {
+                if r.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                    if r.len() > 32 || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("'{part}': '{r}' is not a GTID tag"));
+                    }
+                    key = format!("{uuid}:{}", r.to_ascii_lowercase());
+                    continue;
+                }
                 let (a, b) = r.split_once('-').unwrap_or((r, r));
                 let n = |x: &str| {
                     x.parse::<u64>()
                         .map_err(|_| format!("'{part}': '{r}' is not a range"))
                 };
-                ranges.push((n(a)?, n(b)?));
+                out.entry(key.clone()).or_default().push((n(a)?, n(b)?));
             }
         }
         let mut set = Self(out);
@@ -120,7 +129,7 @@ impl MySqlSet {
         self.0.retain(|_, v| !v.is_empty());
     }
 
-    /// Every transaction of either set (MySQL's `GTID_UNION`, 8.0.23+).
+    /// Every transaction of either set.
     pub fn union(&self, other: &Self) -> Self {
         let mut out = self.clone();
         for (uuid, ranges) in &other.0 {
@@ -139,16 +148,21 @@ impl MySqlSet {
         other.subtract(self).0.is_empty()
     }
 
-    /// Only the transactions written by server `uuid`.
+    /// Only the transactions written by server `uuid` (tagged or not).
     pub fn of_server(&self, uuid: &str) -> Self {
-        let uuid = uuid.to_ascii_lowercase();
+        let uuid = uuid.trim().to_ascii_lowercase();
         Self(
             self.0
                 .iter()
-                .filter(|(u, _)| **u == uuid)
+                .filter(|(k, _)| k.split(':').next() == Some(uuid.as_str()))
                 .map(|(u, r)| (u.clone(), r.clone()))
                 .collect(),
         )
+    }
+
+    /// Without the transactions written by server `uuid`.
+    pub fn without_server(&self, uuid: &str) -> Self {
+        self.subtract(&self.of_server(uuid))
     }
 
     pub fn count(&self) -> u64 {
@@ -353,6 +367,13 @@ mod tests {
         assert!(a.contains(&MySqlSet::default()));
         assert_eq!(all.of_server(u2).to_string(), format!("{u2}:1-3"));
         assert_eq!(s("").to_string(), "");
+        // Tagged GTIDs (MySQL 8.3+): the ranges after a tag are the tag's.
+        let tagged = s(&format!("{u1}:1-3:Blue:1-2:4,{u1}:7"));
+        assert_eq!(tagged.count(), 7);
+        assert_eq!(tagged.to_string(), format!("{u1}:1-3:7,{u1}:blue:1-2:4"));
+        assert_eq!(tagged.of_server(u1).count(), 7);
+        assert_eq!(tagged.without_server(u1).count(), 0);
+        assert!(MySqlSet::parse(&format!("{u1}:1-3:bad-tag:1")).is_err());
         // The server prints long sets with a newline after each comma.
         assert_eq!(s(&format!("{u1}:1-3,\n{u2}:1")).count(), 4);
         // Through the family-neutral type.

@@ -254,6 +254,14 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
     let d = opts.engine;
     let (_, version) = Dialect::of_server(rc, &r.name).await?;
     rc.query_drop(d.stop_replica()).await.map_err(rerr)?;
+    if d == Dialect::MySql {
+        // super_read_only binds every user, the copy's too: lowered for the copy
+        // (read_only stays, so clients still cannot write) and raised again once
+        // replication runs (`start_replication`).
+        rc.query_drop("SET GLOBAL super_read_only = 0")
+            .await
+            .map_err(rerr)?;
+    }
     // The replica must not have transactions of its own that the primary never had.
     let own: String = rc
         .query_first(d.executed())
@@ -267,7 +275,10 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
         .map_err(rerr)?;
     let (mut sessions, gtid) = snapshots(d, primary, &mut pc, opts.jobs).await?;
     let _ = pc.disconnect().await;
-    let own_pos = Gtids::parse(d, &own).unwrap_or_else(|_| Gtids::empty(d));
+    let own_pos = Gtids::parse(d, &own).map_err(|e| DbError::Sql {
+        member: r.name.clone(),
+        detail: format!("its GTID history: {e}"),
+    })?;
     if !gtid.contains(&own_pos) {
         return Err(DbError::Prerequisites(vec![format!(
             "{}: its binary log holds transactions the primary never had ({own}); if the replica holds nothing you need, run {} on it, then setup again",
@@ -392,6 +403,9 @@ async fn snapshots(
             .map_err(|e| DbError::mysql(p, e))?;
         sessions.push(c);
     }
+    if d == Dialect::MySql {
+        no_long_queries(control, p).await?;
+    }
     let mut held = false;
     if sessions.len() > 1 || d == Dialect::MySql {
         match control.query_drop(d.hold_commits()).await {
@@ -469,6 +483,27 @@ async fn snapshots(
     Ok((sessions, gtid))
 }
 
+/// MySQL's FLUSH TABLES WITH READ LOCK waits for running queries with every write
+/// held behind it: waits, at most 30 s, until no query has run 5 s or more, else
+/// refuses and names them.
+async fn no_long_queries(c: &mut Conn, p: &str) -> Result<()> {
+    const LONG: &str = "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query' \
+        AND TIME >= 5 AND ID <> CONNECTION_ID() AND USER <> 'system user'";
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ids: Vec<u64> = c.query(LONG).await.map_err(|e| DbError::mysql(p, e))?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DbError::Prerequisites(vec![format!(
+                "{p}: queries {ids:?} have run for 5 s or more; FLUSH TABLES WITH READ LOCK would wait behind them with every write held: run setup when they have ended, or end them (KILL QUERY ID)"
+            )]));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// Why MySQL's copy could not hold commits, with the fix.
 fn no_hold(p: &str, e: mysql_async::Error) -> DbError {
     match e {
@@ -531,12 +566,14 @@ async fn plan_table(
         })?;
     let columns: Vec<(String, String)> = cat
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND EXTRA NOT LIKE '%GENERATED%' ORDER BY ORDINAL_POSITION",
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COALESCE(GENERATION_EXPRESSION, '') = '' ORDER BY ORDINAL_POSITION",
             (db, t),
         )
         .await
         .map_err(err)?;
-    // Columns named: `*` leaves out INVISIBLE ones; generated ones are computed again.
+    // Columns named: `*` leaves out INVISIBLE ones; generated ones are computed again
+    // (by their expression: MySQL's EXTRA says DEFAULT_GENERATED for a column whose
+    // default is an expression, which is copied like any other).
     let cols = columns
         .iter()
         .map(|(c, _)| quote_ident(c))
@@ -805,6 +842,10 @@ async fn start_replication(
     }
     change_master(d, rc, member, primary).await?;
     rc.query_drop(d.start_replica()).await.map_err(err)?;
+    if d == Dialect::MySql {
+        // A replica is fenced; `copy` lowered super_read_only.
+        rc.query_drop(d.fence(true)).await.map_err(err)?;
+    }
     Ok(())
 }
 
@@ -830,9 +871,11 @@ pub(crate) async fn change_master(
         password: &password,
         // The link between regions is encrypted as the primary's URL asks; a
         // certificate check asked for is kept (against the replica server's CA list).
+        // MySQL 8 servers always have a certificate, so PREFERRED encrypts there
+        // (a plain link would fetch the server's RSA key unverified).
         tls: !matches!(
-            primary.ssl_mode,
-            conn::SslMode::Disabled | conn::SslMode::Preferred
+            (d, primary.ssl_mode),
+            (_, conn::SslMode::Disabled) | (Dialect::MariaDb, conn::SslMode::Preferred)
         ),
         verify: matches!(
             primary.ssl_mode,

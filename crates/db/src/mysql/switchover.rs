@@ -97,45 +97,58 @@ pub fn errant(binlog: &MariaPos, applied: &MariaPos) -> Vec<String> {
         .collect()
 }
 
-/// MySQL's errant transactions: those the member wrote itself (its `server_uuid`)
-/// that none of `others` (the primary, other members) holds. A member that was a
-/// primary before wrote its history under its own UUID too, and the others hold it.
-/// With nobody to compare against, none can be told apart: empty.
-pub fn errant_mysql(executed: &Gtids, uuid: &str, others: &[Gtids]) -> Vec<String> {
-    let (Gtids::My(mine), false) = (executed, others.is_empty()) else {
+/// The primary's GTID set as the probes last read it, per database: MySQL's errant
+/// check compares against it when the primary is gone.
+static LAST_HEAD: std::sync::Mutex<std::collections::BTreeMap<String, Gtids>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn remember_head(db: &str, head: &Gtids) {
+    if let Ok(mut m) = LAST_HEAD.lock() {
+        m.insert(db.to_string(), head.clone());
+    }
+}
+
+fn last_head(db: &str) -> Option<Gtids> {
+    LAST_HEAD.lock().ok().and_then(|m| m.get(db).cloned())
+}
+
+/// MySQL's errant transactions: what the member executed that none of `refs` (the
+/// primary, other members) holds, leaving out those written by `source` (the failed
+/// primary: what the member received from it and nobody else did is not errant, it is
+/// ahead). A member that was a primary before wrote its history under its own UUID,
+/// and the references hold it. With no reference, everything left counts.
+pub fn errant_mysql(executed: &Gtids, source: Option<&str>, refs: &[Gtids]) -> Vec<String> {
+    let Gtids::My(mine) = executed else {
         return Vec::new();
     };
-    let known = others
-        .iter()
-        .fold(super::gtid::MySqlSet::default(), |all, o| match o {
-            Gtids::My(s) => all.union(s),
-            Gtids::Maria(_) => all,
-        });
-    let own = mine.of_server(uuid).subtract(&known);
-    if own.0.is_empty() {
+    let mut left = source.map_or_else(|| mine.clone(), |u| mine.without_server(u));
+    for r in refs {
+        if let Gtids::My(set) = r {
+            left = left.subtract(set);
+        }
+    }
+    if left.0.is_empty() {
         Vec::new()
     } else {
-        vec![own.to_string()]
+        vec![left.to_string()]
     }
 }
 
 /// Errant transactions of a member. MariaDB: [`errant`] as it holds over about half a
 /// second: while a replica applies, a transaction can be in its binary log a moment
 /// before its slave position moves, so only what stays errant through every look is
-/// reported. MySQL: [`errant_mysql`] against `others`.
-async fn errant_of(d: Dialect, c: &mut Conn, who: &str, others: &[Gtids]) -> Result<Vec<String>> {
+/// reported. MySQL: [`errant_mysql`] against `refs` (read after the member, so that
+/// they hold all it received), leaving out `source`'s.
+async fn errant_of(
+    d: Dialect,
+    c: &mut Conn,
+    who: &str,
+    source: Option<&str>,
+    refs: &[Gtids],
+) -> Result<Vec<String>> {
     if d == Dialect::MySql {
-        let uuid: String = one(c, who, "SELECT @@server_uuid").await?;
         let executed = pos(d, c, who, d.executed()).await?;
-        if others.is_empty() {
-            if let Gtids::My(s) = &executed {
-                let own = s.of_server(&uuid);
-                if !own.0.is_empty() {
-                    tracing::warn!(member = %who, own = %own, "no other member could be reached to tell whether its own transactions are errant");
-                }
-            }
-        }
-        return Ok(errant_mysql(&executed, &uuid, others));
+        return Ok(errant_mysql(&executed, source, refs));
     }
     let mut seen: Option<Vec<String>> = None;
     for round in 0..10 {
@@ -168,13 +181,11 @@ pub async fn set_fence(d: Dialect, c: &mut Conn, who: &str, on: bool) -> Result<
     exec(c, who, d.fence(on)).await
 }
 
-/// Whether the member's fence is up as [`set_fence`] sets it.
-pub async fn fenced(d: Dialect, c: &mut Conn, who: &str) -> Result<bool> {
-    let var = match d {
-        Dialect::MariaDb => "SELECT @@GLOBAL.read_only",
-        Dialect::MySql => "SELECT @@GLOBAL.super_read_only",
-    };
-    Ok(one::<u64>(c, who, var).await? != 0)
+/// Whether the member is fenced: `read_only` is on. On MySQL, [`set_fence`] raises
+/// `super_read_only` too; setup lowers only that while it copies into a fenced
+/// member, and a probe must not raise it under the copy.
+pub async fn fenced(c: &mut Conn, who: &str) -> Result<bool> {
+    Ok(one::<u64>(c, who, "SELECT @@GLOBAL.read_only").await? != 0)
 }
 
 /// Ends every client session but this one (replication threads stay: the target
@@ -248,8 +259,15 @@ pub async fn preflight(db: &Database, to: &str, timeout: Duration) -> Result<()>
     let rwho = format!("replica '{to}'");
     let mut p = conn::connect("primary", &db.primary.url).await?;
     let mut r = conn::connect(&rwho, &target.url).await?;
-    let head = pos(d, &mut p, "primary", d.executed()).await?;
-    let bad = errant_of(d, &mut r, &rwho, &[head]).await?;
+    let bad = if d == Dialect::MySql {
+        // The replica first: the primary read after it holds all it received.
+        let mine = pos(d, &mut r, &rwho, d.executed()).await?;
+        let head = pos(d, &mut p, "primary", d.executed()).await?;
+        remember_head(&db.name, &head);
+        errant_mysql(&mine, None, &[head])
+    } else {
+        errant_of(d, &mut r, &rwho, None, &[]).await?
+    };
     if !bad.is_empty() {
         return Err(DbError::Prerequisites(vec![format!(
             "{rwho} has transactions of its own that the primary never had ({}); promoting it would publish them: run georep db reseed on it, or fail over to another replica",
@@ -377,6 +395,24 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
         return Err(e);
     }
     let catch_up_ms = started.elapsed().as_millis() as u64;
+    // MySQL: the target must hold nothing the primary does not (errant transactions
+    // would reach the old primary once it follows).
+    if d == Dialect::MySql {
+        let extra = match pos(d, &mut r, &rwho, d.executed()).await {
+            Ok(mine) => errant_mysql(&mine, None, std::slice::from_ref(&fence_pos)),
+            Err(e) => {
+                let _ = set_fence(d, &mut p, "primary", false).await;
+                return Err(e);
+            }
+        };
+        if !extra.is_empty() {
+            let _ = set_fence(d, &mut p, "primary", false).await;
+            return Err(DbError::Prerequisites(vec![format!(
+                "{rwho} has transactions the primary never had ({}); the switchover was abandoned and the primary unfenced: run georep db reseed on it",
+                extra.join(",")
+            )]));
+        }
+    }
 
     // 3. Promote: the point of no return.
     become_primary(d, &mut r, &format!("new primary '{to}'")).await?;
@@ -389,6 +425,16 @@ pub async fn switchover(db: &Database, to: &str, timeout: Duration) -> Result<Sw
     Ok(report)
 }
 
+/// MySQL: what the member no longer has in its binary log (`gtid_purged`).
+async fn purged_of(d: Dialect, c: &mut Conn, who: &str) -> Result<Option<Gtids>> {
+    if d != Dialect::MySql {
+        return Ok(None);
+    }
+    pos(d, c, who, "SELECT @@GLOBAL.gtid_purged")
+        .await
+        .map(Some)
+}
+
 async fn unfence_primary(d: Dialect, db: &Database) -> Result<()> {
     let mut p = conn::connect("primary", &db.primary.url).await?;
     set_fence(d, &mut p, "primary", false).await
@@ -398,7 +444,7 @@ async fn unfence_primary(d: Dialect, db: &Database) -> Result<()> {
 async fn repoint_others(
     db: &Database,
     target: &DbMember,
-    new_pos: &Gtids,
+    (new_pos, purged): (&Gtids, Option<&Gtids>),
     report: &mut SwitchoverReport,
 ) {
     let d = Dialect::of_engine(db.engine);
@@ -416,7 +462,7 @@ async fn repoint_others(
             }
             // Stopped at a transaction boundary; then what it applied is final.
             exec(&mut c, &who, d.stop_replica()).await?;
-            let bad = errant_of(d, &mut c, &who, std::slice::from_ref(new_pos)).await?;
+            let bad = errant_of(d, &mut c, &who, None, std::slice::from_ref(new_pos)).await?;
             if !bad.is_empty() {
                 return Ok(Some(format!(
                     "it has transactions of its own ({}) that the new primary never had",
@@ -427,6 +473,14 @@ async fn repoint_others(
             if !new_pos.contains(&applied) {
                 return Ok(Some(format!(
                     "it had applied up to {applied} and the new primary only up to {new_pos}; following it would diverge"
+                )));
+            }
+            // MySQL: the new primary no longer has what it purged (a copy's
+            // `gtid_purged`, or binary logs removed): a replica missing some of it
+            // could not fetch it.
+            if let Some(purged) = purged.filter(|p| !applied.contains(p)) {
+                return Ok(Some(format!(
+                    "the new primary has purged transactions it lacks ({purged}, it has {applied}); run georep db reseed on it"
                 )));
             }
             // Behind is fine: the new primary logged what it applied, so the replica
@@ -465,7 +519,8 @@ async fn finish_planned(
         ..Default::default()
     };
     let new_pos = pos(d, r, &rwho, d.current()).await?;
-    repoint_others(db, target, &new_pos, &mut report).await;
+    let purged = purged_of(d, r, &rwho).await?;
+    repoint_others(db, target, (&new_pos, purged.as_ref()), &mut report).await;
     // The old primary keeps its fence: it is a replica now.
     set_fence(d, p, "primary", true).await?;
     if source(d, p, "primary")
@@ -568,8 +623,14 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(Gtids, u64
             others.push((m.name.clone(), received_of(d, &row, &applied, &mwho)?));
         }
     }
-    let mut refs: Vec<Gtids> = others.iter().map(|(_, g)| g.clone()).collect();
+    // MySQL: the errant check's references are the other members, the primary's set
+    // as the probes last saw it and the primary itself if it answers (read after the
+    // target's set); what the target received from the primary is left out by its UUID.
+    let source_uuid = text(&row, "Source_UUID").filter(|u| !u.is_empty());
     if d == Dialect::MySql {
+        let mut refs: Vec<Gtids> = others.iter().map(|(_, g)| g.clone()).collect();
+        refs.extend(last_head(&db.name));
+        let mine = pos(d, r, &who, d.executed()).await?;
         if let Ok(Ok(mut c)) = tokio::time::timeout(
             Duration::from_secs(2),
             conn::connect("primary", &db.primary.url),
@@ -580,13 +641,27 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(Gtids, u64
                 refs.push(head);
             }
         }
-    }
-    let bad = errant_of(d, r, &who, &refs).await?;
-    if !bad.is_empty() {
-        return Err(DbError::Prerequisites(vec![format!(
-            "{who} has transactions of its own that the primary never had ({}); promoting it would publish them: promote another replica, or remove them and run georep db reseed",
-            bad.join(",")
-        )]));
+        let bad = errant_mysql(&mine, source_uuid.as_deref(), &refs);
+        if !bad.is_empty() {
+            return Err(DbError::Prerequisites(vec![format!(
+                "{who} has transactions that neither its source ({}) nor any reachable member has ({}){}; promoting it would publish them: promote another replica, or remove them and run georep db reseed",
+                source_uuid.as_deref().unwrap_or("unknown"),
+                bad.join(","),
+                if refs.is_empty() {
+                    ". No other member could be reached and the daemon has not read the primary's GTID set since it started, so they cannot be told apart from a former primary's history: promote by hand once you have checked them"
+                } else {
+                    ""
+                }
+            )]));
+        }
+    } else {
+        let bad = errant_of(d, r, &who, None, &[]).await?;
+        if !bad.is_empty() {
+            return Err(DbError::Prerequisites(vec![format!(
+                "{who} has transactions of its own that the primary never had ({}); promoting it would publish them: promote another replica, or remove them and run georep db reseed",
+                bad.join(",")
+            )]));
+        }
     }
     let applied = pos(d, r, &who, d.applied()).await?;
     let received = received_of(d, &row, &applied, &who)?;
@@ -606,6 +681,16 @@ async fn promotable(db: &Database, to: &str, r: &mut Conn) -> Result<(Gtids, u64
         )]));
     }
     for (name, theirs) in &others {
+        // MySQL: only what came from the failed primary counts (another member's own
+        // errant transactions do not make it "ahead").
+        let only_source;
+        let theirs = match (&source_uuid, theirs) {
+            (Some(u), Gtids::My(set)) => {
+                only_source = Gtids::My(set.of_server(u));
+                &only_source
+            }
+            _ => theirs,
+        };
         let ahead = theirs.distance(&received);
         if ahead > 0 {
             return Err(DbError::Prerequisites(vec![format!(
@@ -641,7 +726,8 @@ async fn finish_forced(db: &Database, target: &DbMember, r: &mut Conn) -> Result
         to: target.name.clone(),
         ..Default::default()
     };
-    repoint_others(db, target, &new_pos, &mut report).await;
+    let purged = purged_of(d, r, &who).await?;
+    repoint_others(db, target, (&new_pos, purged.as_ref()), &mut report).await;
     Ok(report)
 }
 
@@ -707,10 +793,14 @@ pub async fn reseed(db: &Database, member: &DbMember) -> Result<super::setup::Se
     if let Ok(mut p) = conn::connect("primary", &db.primary.url).await {
         refs.extend(pos(d, &mut p, "primary", d.executed()).await.ok());
     }
-    let own = errant_of(d, &mut c, &who, &refs).await?;
+    let own = errant_of(d, &mut c, &who, None, &refs).await?;
     if !own.is_empty() {
         let logged = pos(d, &mut c, &who, d.executed()).await?;
         tracing::warn!(member = %member.name, discarded = %own.join(","), binlog_pos = %logged, "reseed discards transactions no other member has (the binary log is reset)");
+    }
+    if d == Dialect::MySql {
+        // super_read_only would refuse the reset and setup's copy; read_only stays.
+        exec(&mut c, &who, "SET GLOBAL super_read_only = 0").await?;
     }
     exec(&mut c, &who, d.reset_log(&version)).await?;
     let _ = c.disconnect().await;
@@ -746,6 +836,7 @@ pub async fn replica_lag(
         super::status::beat(p, "primary").await?;
     }
     let head = pos(d, p, "primary", d.executed()).await?;
+    remember_head(&db.name, &head);
     let mut out = Vec::new();
     for r in &db.replicas {
         let who = format!("replica '{}'", r.name);
@@ -788,31 +879,39 @@ mod tests {
     }
 
     #[test]
-    fn mysql_errant_transactions_are_its_own_that_nobody_else_holds() {
-        let (a, b) = (
+    fn mysql_errant_transactions_are_those_no_reference_holds() {
+        let (a, b, c) = (
             "3e11fa47-71ca-11e1-9e33-c80aa9429562",
             "4e11fa47-71ca-11e1-9e33-c80aa9429562",
+            "5e11fa47-71ca-11e1-9e33-c80aa9429562",
         );
         let g = |t: &str| Gtids::parse(Dialect::MySql, t).expect("set");
         // B received A's 1-100 and wrote 1-5 as a primary before; the primary has those.
         let mine = g(&format!("{a}:1-100,{b}:1-5"));
-        assert!(errant_mysql(&mine, b, &[g(&format!("{a}:1-120,{b}:1-5"))]).is_empty());
-        // Received more than another replica: not errant (not its own).
-        assert!(errant_mysql(&mine, b, &[g(&format!("{a}:1-90,{b}:1-5"))]).is_empty());
+        assert!(errant_mysql(&mine, None, &[g(&format!("{a}:1-120,{b}:1-5"))]).is_empty());
+        // Primary A gone: received more of A's than another replica is not errant.
+        assert!(errant_mysql(&mine, Some(a), &[g(&format!("{a}:1-90,{b}:1-5"))]).is_empty());
         // A write made on B directly while it was a replica.
         let wrote = g(&format!("{a}:1-100,{b}:1-6"));
         assert_eq!(
-            errant_mysql(&wrote, b, &[g(&format!("{a}:1-100,{b}:1-5"))]),
+            errant_mysql(&wrote, Some(a), &[g(&format!("{a}:1-100,{b}:1-5"))]),
             vec![format!("{b}:6")]
         );
-        // Known to any one of the others is enough.
+        // Under any other UUID too (a clone's old UUID, a hand-made transaction).
+        let foreign = g(&format!("{a}:1-100,{c}:1"));
+        assert_eq!(
+            errant_mysql(&foreign, None, &[g(&format!("{a}:1-100"))]),
+            vec![format!("{c}:1")]
+        );
+        // Known to any one of the references is enough.
         assert!(errant_mysql(
             &wrote,
-            b,
+            Some(a),
             &[g(&format!("{a}:1-100")), g(&format!("{b}:1-6"))]
         )
         .is_empty());
-        // Nobody to compare against: cannot tell.
-        assert!(errant_mysql(&wrote, b, &[]).is_empty());
+        // Nobody to compare against: everything but the source's counts.
+        assert_eq!(errant_mysql(&mine, Some(a), &[]), vec![format!("{b}:1-5")]);
+        assert!(errant_mysql(&g(&format!("{a}:1-100")), Some(a), &[]).is_empty());
     }
 }
