@@ -102,12 +102,25 @@ cd $B
 
 echo "== (1) initial copy, $THREADS threads for the peers"
 t() { local s; s=$(date +%s.%N); "$@" >/dev/null 2>$B/err.txt || { cat $B/err.txt; exit 1; }; python3 -c "print(f'{$(date +%s.%N)-$s:.2f}')"; }
-TG=$(t $GEOREP db setup shop -c $B/georep.toml --jobs $THREADS)
-sql $X "DROP DATABASE IF EXISTS sbtest"
-TD=$(t bash -c "mariadb-dump -uroot -h127.0.0.1 -P$P --single-transaction --gtid --databases sbtest | mariadb -uroot -h127.0.0.1 -P$X")
-sql $X "DROP DATABASE IF EXISTS sbtest"
-TM=$(t bash -c "rm -rf $B/dump && mydumper -u root -h 127.0.0.1 -P $P -B sbtest -t $THREADS -o $B/dump && myloader -u root -h 127.0.0.1 -P $X -d $B/dump -t $THREADS -o")
-python3 -c "g,d,m=$TG,$TD,$TM; best=min(d,m); print(f'georep db setup {g:.2f}s, mariadb-dump|mariadb {d:.2f}s, mydumper+myloader {m:.2f}s: georep is {best/g:.2f}x the better peer (target >= 1.2x)')"
+# Two rounds, the tools alternating, best of each: the first tool to run would
+# otherwise meet the primary still busy after sysbench's prepare.
+TGS=(); TDS=(); TMS=()
+for round in 1 2; do
+  if [ $round = 2 ]; then
+    $GEOREP db teardown shop -c $B/georep.toml >/dev/null
+    TGS+=($(t $GEOREP db setup shop -c $B/georep.toml --jobs $THREADS --wipe))
+  else
+    TGS+=($(t $GEOREP db setup shop -c $B/georep.toml --jobs $THREADS))
+  fi
+  sql $X "DROP DATABASE IF EXISTS sbtest"
+  TDS+=($(t bash -c "mariadb-dump -uroot -h127.0.0.1 -P$P --single-transaction --gtid --databases sbtest | mariadb -uroot -h127.0.0.1 -P$X"))
+  sql $X "DROP DATABASE IF EXISTS sbtest"
+  TMS+=($(t bash -c "rm -rf $B/dump && mydumper -u root -h 127.0.0.1 -P $P -B sbtest -t $THREADS -o $B/dump && myloader -u root -h 127.0.0.1 -P $X -d $B/dump -t $THREADS -o"))
+done
+python3 -c "
+g,d,m=[${TGS[0]},${TGS[1]}],[${TDS[0]},${TDS[1]}],[${TMS[0]},${TMS[1]}]
+best=min(min(d),min(m))
+print(f'georep db setup {min(g):.2f}s, mariadb-dump|mariadb {min(d):.2f}s, mydumper+myloader {min(m):.2f}s (best of 2 rounds; rounds: {g}, {d}, {m}): georep is {best/min(g):.2f}x the better peer (target >= 1.2x)')"
 
 if want 2; then
 echo "== (2) verify: georep db verify vs pt-table-checksum (same data, replica in sync)"

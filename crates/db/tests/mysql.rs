@@ -179,7 +179,7 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
     let primary = MariaDb::start(1, &[]);
     let replica = MariaDb::start(2, &[]);
     primary.sql(
-        "CREATE DATABASE shop; CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL, b BLOB, at DATETIME(6)); \
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL, b BLOB, at DATETIME(6), KEY by_v (v), KEY by_at_v (at DESC, v(8)) COMMENT 'two parts'); \
          INSERT INTO shop.orders (v, b, at) SELECT CONCAT('row ', seq), UNHEX(MD5(seq)), NOW(6) FROM shop.seq_1_to_3000; \
          CREATE DATABASE crm; CREATE TABLE crm.people (id INT PRIMARY KEY, name TEXT CHARACTER SET utf8mb4, note TEXT NULL); \
          INSERT INTO crm.people VALUES (1, 'Zoë ☃', NULL), (2, 'tab\there', 'quote '' and \\\\ backslash'); \
@@ -268,6 +268,17 @@ async fn setup_copies_under_a_writer_then_replicates_by_gtid_and_teardown_stops_
                SELECT id, HEX(flags), ST_AsText(g) FROM crm.odd ORDER BY id";
     assert_eq!(replica.sql(odd), primary.sql(odd), "odd values");
     assert!(primary.sql(odd).contains("5C4E"), "{}", primary.sql(odd));
+    // Secondary indexes, built after the rows, are the primary's.
+    let def = "SHOW CREATE TABLE shop.orders";
+    let (pd, rd) = (primary.sql(def), replica.sql(def));
+    assert!(pd.contains("KEY `by_at_v`"), "{pd}");
+    let no_auto_inc = |d: &str| {
+        d.split_whitespace()
+            .filter(|w| !w.starts_with("AUTO_INCREMENT="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(no_auto_inc(&rd), no_auto_inc(&pd), "table definition");
     let inv = "SELECT id, secret, twice FROM shop.inv ORDER BY id";
     assert_eq!(
         replica.sql(inv),

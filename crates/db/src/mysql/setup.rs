@@ -158,6 +158,48 @@ struct Chunk {
     /// Every column's text form loads back as it was (see [`loads_as_text`]): the rows
     /// go in by `LOAD DATA LOCAL INFILE`, else by multi-row INSERTs.
     load: bool,
+    /// Indexes built once the table's last chunk is in.
+    after: Option<Arc<Deferred>>,
+}
+
+/// A table's secondary indexes, added when its rows are in: one sorted build per
+/// index instead of a random B-tree insert per row.
+struct Deferred {
+    full: String,
+    /// `KEY ...` definitions exactly as `SHOW CREATE TABLE` printed them.
+    keys: Vec<String>,
+    /// Chunks of the table not copied yet.
+    left: std::sync::atomic::AtomicUsize,
+}
+
+/// Splits the plain secondary indexes (`KEY ...` lines) out of a `SHOW CREATE TABLE`
+/// statement, which prints one element per line. A table with a foreign key keeps
+/// them: InnoDB would create an index of its own for the key meanwhile.
+fn defer_keys(ddl: &str) -> (String, Vec<String>) {
+    let lines: Vec<&str> = ddl.lines().collect();
+    let close = lines.iter().rposition(|l| l.starts_with(')'));
+    let (Some(close), false) = (close, ddl.contains("FOREIGN KEY")) else {
+        return (ddl.to_string(), Vec::new());
+    };
+    if close == 0 {
+        return (ddl.to_string(), Vec::new());
+    }
+    let mut elements = Vec::new();
+    let mut keys = Vec::new();
+    for l in &lines[1..close] {
+        let item = l.trim_end().trim_end_matches(',');
+        if item.starts_with("  KEY `") {
+            keys.push(item.trim_start().to_string());
+        } else {
+            elements.push(item);
+        }
+    }
+    if keys.is_empty() || elements.is_empty() {
+        return (ddl.to_string(), Vec::new());
+    }
+    let mut out = vec![lines[0].to_string(), elements.join(",\n")];
+    out.extend(lines[close..].iter().map(|l| l.to_string()));
+    (out.join("\n"), keys)
 }
 
 /// Column types whose text-protocol value `LOAD DATA` stores back unchanged. BIT and
@@ -200,8 +242,9 @@ fn loads_as_text(data_type: &str) -> bool {
 }
 
 /// Bytes of rows per `LOAD DATA` statement (well under the default 16 MiB
-/// max_allowed_packet, which LOCAL INFILE data does not count against anyway).
-const LOAD_BYTES: usize = 4 << 20;
+/// max_allowed_packet, which LOCAL INFILE data does not count against anyway; small
+/// enough that reading the next batch overlaps loading this one).
+const LOAD_BYTES: usize = 2 << 20;
 
 /// One value in `LOAD DATA`'s default format: tab-separated, `\N` for NULL, and the
 /// tab, newline, backslash and NUL bytes escaped. `None` for a value the text protocol
@@ -348,9 +391,18 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
             cat.query_drop("ROLLBACK TO SAVEPOINT georep_table")
                 .await
                 .map_err(perr)?;
-            rc.query_drop(planned.0).await.map_err(rerr)?;
+            let (create, keys) = defer_keys(&planned.0);
+            rc.query_drop(create).await.map_err(rerr)?;
+            let after = (!keys.is_empty()).then(|| {
+                Arc::new(Deferred {
+                    full: format!("{qdb}.{}", quote_ident(t)),
+                    keys,
+                    left: std::sync::atomic::AtomicUsize::new(planned.1.len()),
+                })
+            });
             chunks.extend(planned.1.into_iter().map(|mut c| {
                 c.load &= local_infile == Some(1);
+                c.after = after.clone();
                 c
             }));
             tables += 1;
@@ -592,6 +644,7 @@ async fn plan_table(
         range,
         estimate,
         load,
+        after: None,
     };
     let pieces = estimate / CHUNK_ROWS;
     if pieces < 2 {
@@ -682,6 +735,14 @@ async fn worker(
             .await
             .map_err(|e| DbError::mysql(&p, e))?;
         rows += copy_chunk(&mut snap, &mut sink, (&p, &r), &chunk).await?;
+        if let Some(d) = &chunk.after {
+            if d.left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                let adds: Vec<String> = d.keys.iter().map(|k| format!("ADD {k}")).collect();
+                sink.query_drop(format!("ALTER TABLE {} {}", d.full, adds.join(", ")))
+                    .await
+                    .map_err(|e| DbError::mysql(&r, e))?;
+            }
+        }
         snap.query_drop("ROLLBACK TO SAVEPOINT georep_table")
             .await
             .map_err(|e| DbError::mysql(&p, e))?;
@@ -714,30 +775,53 @@ async fn copy_chunk(
         .map_err(|e| DbError::mysql(p, e))?;
     let width = result.columns_ref().len().max(1);
     if c.load {
-        let mut data: Vec<u8> = Vec::with_capacity(LOAD_BYTES + 64 * 1024);
-        let (mut rows, mut pending) = (0u64, 0u64);
-        while let Some(row) = result.next().await.map_err(|e| DbError::mysql(p, e))? {
-            for (i, v) in row.unwrap().iter().enumerate() {
-                if i > 0 {
-                    data.push(b'\t');
+        // Reading the primary and loading the replica overlap: batches pass through a
+        // short queue (memory stays at a few batches per session).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, u64)>(2);
+        let read = async {
+            let tx = tx;
+            let mut data: Vec<u8> = Vec::with_capacity(LOAD_BYTES + 64 * 1024);
+            let (mut rows, mut pending) = (0u64, 0u64);
+            while let Some(row) = result.next().await.map_err(|e| DbError::mysql(p, e))? {
+                for (i, v) in row.unwrap().iter().enumerate() {
+                    if i > 0 {
+                        data.push(b'\t');
+                    }
+                    encode_field(&mut data, v).ok_or_else(|| DbError::Sql {
+                        member: p.into(),
+                        detail: format!("{full}: a value of an unexpected kind in a text result"),
+                    })?;
                 }
-                encode_field(&mut data, v).ok_or_else(|| DbError::Sql {
-                    member: p.into(),
-                    detail: format!("{full}: a value of an unexpected kind in a text result"),
-                })?;
+                data.push(b'\n');
+                rows += 1;
+                pending += 1;
+                if data.len() >= LOAD_BYTES {
+                    let next = Vec::with_capacity(LOAD_BYTES + 64 * 1024);
+                    // A closed queue: the loader failed, and its error is returned.
+                    if tx
+                        .send((std::mem::replace(&mut data, next), pending))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(rows);
+                    }
+                    pending = 0;
+                }
             }
-            data.push(b'\n');
-            rows += 1;
-            pending += 1;
-            if data.len() >= LOAD_BYTES {
-                load_batch(sink, r, c, std::mem::take(&mut data), pending).await?;
-                pending = 0;
+            if pending > 0 {
+                let _ = tx.send((data, pending)).await;
             }
-        }
-        if pending > 0 {
-            load_batch(sink, r, c, data, pending).await?;
-        }
-        return Ok(rows);
+            Ok::<u64, DbError>(rows)
+        };
+        let load = async {
+            while let Some((data, n)) = rx.recv().await {
+                load_batch(sink, r, c, data, n).await?;
+            }
+            Ok::<(), DbError>(())
+        };
+        let (rows, loaded) = futures::future::join(read, load).await;
+        loaded?;
+        return rows;
     }
     let per_batch = BATCH_ROWS.min(65_000 / width).max(1);
     let mut batch: Vec<Value> = Vec::new();
@@ -901,7 +985,23 @@ pub(crate) async fn change_master(
 
 #[cfg(test)]
 mod tests {
-    use super::key_ranges;
+    use super::{defer_keys, key_ranges};
+
+    #[test]
+    fn secondary_indexes_are_split_out_of_the_definition() {
+        let ddl = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(9) NOT NULL DEFAULT 'KEY `x`',\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `u` (`c`),\n  KEY `k_1` (`k`),\n  KEY `kc` (`k`,`c`(3))\n) ENGINE=InnoDB DEFAULT CHARSET=latin1";
+        let (create, keys) = defer_keys(ddl);
+        assert_eq!(keys, vec!["KEY `k_1` (`k`)", "KEY `kc` (`k`,`c`(3))"]);
+        assert_eq!(
+            create,
+            "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(9) NOT NULL DEFAULT 'KEY `x`',\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `u` (`c`)\n) ENGINE=InnoDB DEFAULT CHARSET=latin1"
+        );
+        // Foreign keys, or nothing to defer: unchanged.
+        let fk = "CREATE TABLE `c` (\n  `id` int,\n  KEY `p` (`p`),\n  CONSTRAINT `f` FOREIGN KEY (`p`) REFERENCES `p` (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(defer_keys(fk), (fk.to_string(), Vec::new()));
+        let plain = "CREATE TABLE `t` (\n  `id` int,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(defer_keys(plain), (plain.to_string(), Vec::new()));
+    }
 
     #[test]
     fn key_ranges_cover_every_key_once() {
