@@ -122,6 +122,26 @@ impl Client {
             .await
     }
 
+    pub async fn relays(&self) -> Result<RelayList, ClientError> {
+        self.call(reqwest::Method::GET, paths::RELAYS, NONE).await
+    }
+
+    pub async fn relay(&self, name: &str) -> Result<RelayStatus, ClientError> {
+        self.call(reqwest::Method::GET, &paths::fill(paths::RELAY, name), NONE)
+            .await
+    }
+
+    /// `route` is one of [`paths::RELAY_SWITCHOVER`], `RELAY_SWITCHBACK`, `RELAY_REPLAY`.
+    pub async fn relay_action(
+        &self,
+        route: &str,
+        name: &str,
+    ) -> Result<RelayActionReport, ClientError> {
+        let path = paths::fill(route, name);
+        self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
     pub async fn group(&self, name: &str) -> Result<GroupStatus, ClientError> {
         self.call(reqwest::Method::GET, &paths::fill(paths::GROUP, name), NONE)
             .await

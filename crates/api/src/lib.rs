@@ -12,6 +12,7 @@ mod databases;
 mod failover;
 pub mod paths;
 mod policies;
+mod relays;
 mod reload;
 
 pub use backups::*;
@@ -19,6 +20,7 @@ pub use client::*;
 pub use databases::*;
 pub use failover::*;
 pub use policies::*;
+pub use relays::*;
 pub use reload::*;
 
 #[cfg(test)]

@@ -19,6 +19,11 @@ pub const BACKUPS: &str = "/api/v1/backups";
 pub const BACKUP: &str = "/api/v1/backups/{name}";
 /// `POST`: take a point now.
 pub const BACKUP_RUN: &str = "/api/v1/backups/{name}/run";
+pub const RELAYS: &str = "/api/v1/relays";
+pub const RELAY: &str = "/api/v1/relays/{name}";
+pub const RELAY_SWITCHOVER: &str = "/api/v1/relays/{name}/switchover";
+pub const RELAY_SWITCHBACK: &str = "/api/v1/relays/{name}/switchback";
+pub const RELAY_REPLAY: &str = "/api/v1/relays/{name}/replay";
 /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
 pub const RELOAD: &str = "/api/v1/reload";
 

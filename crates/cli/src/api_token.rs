@@ -201,6 +201,16 @@ fn read(path: &std::path::Path) -> Result<Option<String>> {
     }
 }
 
+/// A daemon call's answer, or the exit code its error maps to (the error printed).
+pub(crate) fn answered<T>(
+    r: std::result::Result<T, georep_api::ClientError>,
+) -> std::result::Result<T, u8> {
+    r.map_err(|e| {
+        eprintln!("georep: {e}");
+        e.exit_class()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

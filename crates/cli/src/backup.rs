@@ -12,7 +12,7 @@ use georep_backup::{PointSel, RepoSpec};
 use georep_core::{Backup, Filter, StoreUrl, Topology};
 use georep_storage::{Store, StoreOptions};
 
-use crate::output::human;
+use crate::output::{human, print};
 use crate::topology::{load, ConfigArg, ConfigFileError};
 use crate::Output;
 
@@ -182,18 +182,6 @@ fn target(t: &Topology, to: &str) -> Result<Arc<Store>> {
         })?,
     };
     Ok(Arc::new(Store::open(&url, &StoreOptions::default())?))
-}
-
-fn print<T: serde::Serialize>(
-    output: Output,
-    value: &T,
-    text: impl FnOnce() -> String,
-) -> Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Text => println!("{}", text()),
-    }
-    Ok(())
 }
 
 pub(crate) async fn run(c: BackupCommand) -> Result<u8> {
@@ -420,12 +408,9 @@ async fn status(a: StatusArgs) -> Result<u8> {
         Some(n) => api.backup(n).await.map(|s| vec![s]),
         None => api.backups().await.map(|l| l.backups),
     };
-    let all = match got {
+    let all = match crate::api_token::answered(got) {
         Ok(all) => all,
-        Err(e) => {
-            eprintln!("georep: {e}");
-            return Ok(e.exit_class());
-        }
+        Err(code) => return Ok(code),
     };
     let bad = all.iter().any(|s| s.rpo_breached || s.last_error.is_some());
     print(a.output, &all, || {

@@ -10,6 +10,7 @@ mod failover;
 mod ls;
 mod output;
 mod policy_cmd;
+mod relay;
 mod serve;
 mod status;
 mod topology;
@@ -79,6 +80,10 @@ enum Command {
     /// another region; run, list, restore, verify, prune, drill.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Relays ([[relays]] in the topology) in the running daemon: status, switchover,
+    /// switchback, replay of dead letters.
+    #[command(subcommand)]
+    Relay(relay::RelayCommand),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
             Command::Status(a) => status::run(a),
             Command::Db(c) => db::run(c).await,
             Command::Backup(c) => backup::run(c).await,
+            Command::Relay(c) => relay::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
             Command::Pause(a) => policy_cmd::run(a.policy, policy_cmd::Action::Pause(a.note)).await,

@@ -117,3 +117,16 @@ impl Drop for ProgressView {
         }
     }
 }
+
+/// `value` as pretty JSON, or `text()` for people.
+pub(crate) fn print<T: serde::Serialize>(
+    output: crate::Output,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match output {
+        crate::Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        crate::Output::Text => println!("{}", text()),
+    }
+    Ok(())
+}

@@ -18,6 +18,8 @@ pub struct Plan {
     pub databases: Vec<Database>,
     /// `[[backups]]` (serialized without the password).
     pub backups: Vec<georep_core::Backup>,
+    /// `[[relays]]` (serialized without keys).
+    pub relays: Vec<georep_core::Relay>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,5 +168,6 @@ pub fn plan(t: &Topology, state: Option<&State>) -> Result<Plan, georep_state::S
             .collect(),
         databases: t.databases.clone(),
         backups: t.backups.clone(),
+        relays: t.relays.clone(),
     })
 }

@@ -20,6 +20,7 @@ use georep_backup::Backups;
 use georep_component::Error;
 use georep_daemon::Daemon;
 use georep_failover::{Databases, Groups};
+use georep_relay::Relays;
 use georep_replicate::events::{self, Parsed};
 use georep_replicate::Policies;
 use serde_json::json;
@@ -120,6 +121,9 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::GROUP_RESEED, post(reseed))
         .route(paths::RELOAD, post(reload).get(reload_plan))
         .route(paths::BACKUP_RUN, post(backup_run))
+        .route(paths::RELAY_SWITCHOVER, post(relay_switchover))
+        .route(paths::RELAY_SWITCHBACK, post(relay_switchback))
+        .route(paths::RELAY_REPLAY, post(relay_replay))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route(paths::POLICIES, get(policies))
@@ -130,6 +134,8 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::DATABASE, get(database))
         .route(paths::BACKUPS, get(backups))
         .route(paths::BACKUP, get(backup))
+        .route(paths::RELAYS, get(relays))
+        .route(paths::RELAY, get(relay))
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
@@ -488,6 +494,49 @@ async fn backup_run(
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.get::<Backups>()?.run_now(&name).await?))
+}
+
+async fn relays(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    let all = blocking(&app, |d| Ok(relays_of(d)?.statuses()?)).await?;
+    Ok(Json(all))
+}
+
+fn relays_of(d: &Daemon) -> ApiResult<&Relays> {
+    d.get::<Relays>().ok_or_else(|| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the relays component is not running".into(),
+        )
+    })
+}
+
+async fn relay(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let one = blocking(&app, move |d| Ok(relays_of(d)?.status(&name)?)).await?;
+    Ok(Json(one))
+}
+
+async fn relay_switchover(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Relays>()?.act(&name, "switchover").await?))
+}
+
+async fn relay_switchback(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Relays>()?.act(&name, "switchback").await?))
+}
+
+async fn relay_replay(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Relays>()?.act(&name, "replay").await?))
 }
 
 async fn groups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {

@@ -13,6 +13,7 @@
 
 pub mod conformance;
 pub mod data;
+mod eventgrid;
 pub mod faults;
 mod mariadb;
 mod partition;
@@ -21,6 +22,7 @@ mod proxy;
 mod serve;
 mod services;
 
+pub use eventgrid::EventGridTopic;
 pub use mariadb::{mariadb_as, MariaDb};
 pub use partition::Partition;
 pub use postgres::{psql_at, Postgres};

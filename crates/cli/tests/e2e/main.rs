@@ -11,4 +11,5 @@ mod failover;
 mod hardening;
 mod mariadb;
 mod mariadb_failover;
+mod relay;
 mod serve;

@@ -1,0 +1,311 @@
+//! Relays end to end, through the daemon: publishers post Event Grid events to a relay,
+//! which delivers them to a stand-in Event Grid topic per region (the testkit's
+//! `EventGridTopic`: no Event Grid server can be installed here). Covered: keys and bad
+//! bodies refused; failover when the primary topic goes down and failback once it is
+//! back, with no event lost and ids kept; kill -9 with thousands of accepted,
+//! undelivered events; a refused event to the dead letters and replayed; `replicate`
+//! mode with one target down; a full outbox answering 503 with Retry-After.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use georep_api::RelayStatus;
+use georep_testkit::{free_port, wait_until, EventGridTopic, Serve};
+use serde_json::json;
+
+use crate::common::*;
+
+const KEY: &str = "relay-publisher-key-0123";
+
+fn env() -> Vec<(String, String)> {
+    vec![
+        ("RELAY_KEY".into(), KEY.into()),
+        ("EG_QC".into(), "topic-key-qc".into()),
+        ("EG_WE".into(), "topic-key-we".into()),
+    ]
+}
+
+fn events(from: usize, n: usize) -> serde_json::Value {
+    json!((from..from + n)
+        .map(|i| json!({
+            "id": format!("e{i}"),
+            "subject": format!("orders/{}", i % 7),
+            "eventType": "Orders.Created",
+            "eventTime": "2026-12-02T10:00:00Z",
+            "data": {"n": i},
+            "dataVersion": "1"
+        }))
+        .collect::<Vec<_>>())
+}
+
+fn publish(port: u16, key: &str, body: &serde_json::Value) -> (u16, Option<String>) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/events"))
+        .header("aeg-sas-key", key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("publish");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (r.status().as_u16(), retry)
+}
+
+fn relay(d: &Serve, name: &str) -> RelayStatus {
+    d.typed(&format!("/api/v1/relays/{name}"))
+}
+
+fn ids(n: std::ops::Range<usize>) -> BTreeSet<String> {
+    n.map(|i| format!("e{i}")).collect()
+}
+
+fn has_all(topic: &EventGridTopic, want: &BTreeSet<String>) -> bool {
+    let got: BTreeSet<String> = topic.ids().into_iter().collect();
+    want.is_subset(&got)
+}
+
+/// A topology with relay `name` (its `settings` lines) over topics qc and we, listening
+/// on a free port.
+fn relay_topology(
+    dir: &std::path::Path,
+    name: &str,
+    settings: &str,
+    (qc, we): (&EventGridTopic, &EventGridTopic),
+) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("qc")
+        .region("we")
+        .raw(&format!(
+            "[[relays]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\n{settings}\ntargets = [\n  {{ name = \"qc\", region = \"qc\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_QC}}\", timeout = \"2s\" }},\n  {{ name = \"we\", region = \"we\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_WE}}\", timeout = \"2s\" }},\n]",
+            qc.url(),
+            we.url()
+        ))
+        .write(dir);
+    (cfg, port)
+}
+
+#[test]
+fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (qc, we) = (
+        EventGridTopic::start("topic-key-qc"),
+        EventGridTopic::start("topic-key-we"),
+    );
+    let (cfg, port) = relay_topology(dir.path(), "orders", "mode = \"failover\"\nfailover_after = 2\nfailback_after = \"1s\"\nprobe_interval = \"200ms\"\nrpo = \"1m\"", (&qc, &we));
+    let mut d = Serve::start(BIN, &cfg, &env());
+
+    // Refused: no key, a wrong key, a body that is not the Event Grid schema.
+    assert_eq!(publish(port, "wrong", &events(0, 1)).0, 401);
+    assert_eq!(publish(port, KEY, &json!([{"id": "x"}])).0, 400);
+    assert_eq!(publish(port, KEY, &json!({"id": "x"})).0, 400);
+
+    // 1. Primary up: everything reaches qc, ids as published.
+    for b in 0..10 {
+        assert_eq!(publish(port, KEY, &events(b * 20, 20)).0, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || has_all(&qc, &ids(0..200))),
+        "qc got {} of 200",
+        qc.ids().len()
+    );
+    assert_eq!(relay(&d, "orders").current_target.as_deref(), Some("qc"));
+
+    // 2. qc goes down: the relay fails over to we; nothing accepted is lost.
+    qc.down();
+    for b in 0..5 {
+        assert_eq!(publish(port, KEY, &events(200 + b * 20, 20)).0, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || has_all(&we, &ids(200..300))),
+        "we got {:?}; status {:?}",
+        we.ids().len(),
+        relay(&d, "orders")
+    );
+    let st0 = relay(&d, "orders");
+    assert_eq!(st0.current_target.as_deref(), Some("we"), "{st0:?}");
+    assert!(
+        st0.failovers >= 1
+            && st0.recent_failovers[0]
+                .reason
+                .contains("consecutive failures"),
+        "{st0:?}"
+    );
+
+    // 3. qc back: after 1 s of health the relay fails back; new events go to qc.
+    qc.up();
+    assert!(
+        wait_until(Duration::from_secs(30), || relay(&d, "orders")
+            .current_target
+            .as_deref()
+            == Some("qc")),
+        "no failback: {:?}",
+        relay(&d, "orders")
+    );
+    assert_eq!(publish(port, KEY, &events(300, 20)).0, 200);
+    assert!(wait_until(Duration::from_secs(30), || has_all(
+        &qc,
+        &ids(300..320)
+    )));
+    assert!(relay(&d, "orders").recent_failovers[0]
+        .reason
+        .contains("failback"));
+
+    // 4. Both topics failing: 2,000 events accepted and held; kill -9; restarted, the
+    // relay delivers every one of them.
+    qc.fail_with(Some(503));
+    we.fail_with(Some(503));
+    for b in 0..20 {
+        assert_eq!(publish(port, KEY, &events(1000 + b * 100, 100)).0, 200);
+    }
+    let held = relay(&d, "orders");
+    assert!(
+        held.targets.iter().map(|t| t.pending).sum::<u64>() > 0,
+        "{held:?}"
+    );
+    d.kill9();
+    qc.fail_with(None);
+    we.fail_with(None);
+    let d = Serve::start(BIN, &cfg, &env());
+    let everywhere = |want: &BTreeSet<String>| {
+        let mut got: BTreeSet<String> = qc.ids().into_iter().collect();
+        got.extend(we.ids());
+        want.is_subset(&got)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || everywhere(&ids(1000..3000))),
+        "after kill -9: {:?}",
+        relay(&d, "orders")
+    );
+    assert!(
+        everywhere(&ids(0..320)),
+        "every accepted event was delivered"
+    );
+
+    // 5. A refused event goes to the dead letters; the rest of its batch is delivered;
+    // replay sends it once the topic takes it.
+    qc.refuse_ids(&["e5002"]);
+    we.refuse_ids(&["e5002"]);
+    assert_eq!(publish(port, KEY, &events(5000, 5)).0, 200);
+    assert!(wait_until(Duration::from_secs(30), || relay(&d, "orders")
+        .dead_letters
+        == 1));
+    let mut good = ids(5000..5005);
+    good.remove("e5002");
+    assert!(wait_until(Duration::from_secs(30), || everywhere(&good)));
+    let st = relay(&d, "orders");
+    assert_eq!(st.recent_dead_letters[0].event_id, "e5002");
+    assert!(
+        st.recent_dead_letters[0].reason.contains("HTTP 400"),
+        "{st:?}"
+    );
+    assert!(!everywhere(&ids(5002..5003)));
+    qc.refuse_ids(&[]);
+    we.refuse_ids(&[]);
+    let out = run(
+        &["relay", "replay", "orders", "-c", s(&cfg), "--api", &d.base],
+        &env(),
+    )
+    .ok();
+    assert!(
+        out.stdout().contains("1 dead letters sent again"),
+        "{}",
+        out.stdout()
+    );
+    assert!(wait_until(Duration::from_secs(30), || everywhere(&ids(
+        5002..5003
+    ))));
+    assert_eq!(relay(&d, "orders").dead_letters, 0);
+
+    // The CLI's status: all is well, back on the first target.
+    assert!(wait_until(Duration::from_secs(30), || relay(&d, "orders")
+        .current_target
+        .as_deref()
+        == Some("qc")));
+    let st = run(
+        &["relay", "status", "orders", "-c", s(&cfg), "--api", &d.base],
+        &env(),
+    );
+    assert_eq!(st.code(), 0, "{} {}", st.stdout(), st.stderr());
+    assert!(st.stdout().contains("current target qc"), "{}", st.stdout());
+    // The keys never show.
+    let all = format!("{}{}{}", st.stdout(), st.stderr(), d.log_text());
+    for secret in [KEY, "topic-key-qc", "topic-key-we"] {
+        assert!(!all.contains(secret), "{secret} shown");
+    }
+}
+
+#[test]
+fn a_replicate_relay_keeps_each_target_at_its_own_pace_and_pushes_back_when_full() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (qc, we) = (
+        EventGridTopic::start("topic-key-qc"),
+        EventGridTopic::start("topic-key-we"),
+    );
+    let (cfg, port) = relay_topology(
+        dir.path(),
+        "logs",
+        "mode = \"replicate\"\nmax_outbox = \"1MiB\"\nrpo = \"1s\"",
+        (&qc, &we),
+    );
+    let d = Serve::start(BIN, &cfg, &env());
+    we.down();
+    for b in 0..10 {
+        assert_eq!(publish(port, KEY, &events(b * 50, 50)).0, 200);
+    }
+    // qc is not held back by we.
+    assert!(wait_until(Duration::from_secs(30), || has_all(
+        &qc,
+        &ids(0..500)
+    )));
+    let s = relay(&d, "logs");
+    let we_s = s.targets.iter().find(|t| t.name == "we").expect("we");
+    assert_eq!(we_s.pending, 500, "{s:?}");
+    assert!(
+        we_s.consecutive_failures > 0 && we_s.last_error.is_some(),
+        "{s:?}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || relay(&d, "logs").rpo_breached));
+
+    // Full: big events until the outbox refuses, with Retry-After.
+    let big = |i: usize| json!([{"id": format!("big{i}"), "subject": "s", "eventType": "t", "eventTime": "2026-12-02T10:00:00Z", "data": "x".repeat(200_000)}]);
+    let mut refused = None;
+    for i in 0..20 {
+        let (code, retry) = publish(port, KEY, &big(i));
+        if code == 503 {
+            refused = Some((i, retry));
+            break;
+        }
+        assert_eq!(code, 200);
+    }
+    let (at, retry) = refused.expect("a full outbox answers 503");
+    assert!(at >= 3, "refused too early ({at})");
+    assert_eq!(retry.as_deref(), Some("5"));
+
+    // we comes back and catches up with everything, in order.
+    we.up();
+    let want: Vec<String> = (0..500)
+        .map(|i| format!("e{i}"))
+        .chain((0..at).map(|i| format!("big{i}")))
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let got = we.ids();
+            let mut seen = BTreeSet::new();
+            got.into_iter()
+                .filter(|i| seen.insert(i.clone()))
+                .collect::<Vec<_>>()
+                == want
+        }),
+        "we: {} events; {:?}",
+        we.ids().len(),
+        relay(&d, "logs")
+    );
+    assert!(wait_until(Duration::from_secs(10), || !relay(&d, "logs").rpo_breached));
+    // Room again.
+    assert_eq!(publish(port, KEY, &events(900, 1)).0, 200);
+}

@@ -1,0 +1,608 @@
+//! One running relay: its publish endpoint, its delivery streams and, in `failover`
+//! mode, the choice of target (failover after `failover_after` consecutive failures,
+//! failback after the preferred target has been healthy for `failback_after`, manual
+//! switchover and switchback). The choice is kept in the outbox, so a restarted relay
+//! goes on where it was.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use georep_api::{
+    RelayActionReport, RelayDeadLetter, RelayFailover, RelayStatus, RelayTargetStatus,
+};
+use georep_core::{Relay, RelayMode, RelayTarget};
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use crate::deliver::{shown, Outcome, Sender};
+use crate::error::{RelayError, Result};
+use crate::events;
+use crate::outbox::{now_ms, Failover, Outbox, Stored};
+
+/// The stream of `failover` mode (one cursor, whichever target is current).
+const ACTIVE: &str = "active";
+
+/// What is known of a target now.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    failures: u32,
+    last_error: Option<String>,
+    /// Since when probes have found it healthy (failover mode, targets before the
+    /// current one).
+    healthy_since: Option<Instant>,
+}
+
+struct Routing {
+    current: usize,
+    pinned: bool,
+    health: Vec<Health>,
+}
+
+/// A relay at work.
+pub(crate) struct Running {
+    pub(crate) cfg: Relay,
+    outbox: Arc<Outbox>,
+    sender: Sender,
+    routing: Mutex<Routing>,
+    /// Woken when events are appended.
+    arrived: Notify,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Running {
+    /// Opens the outbox and restores the routing it recorded.
+    pub(crate) fn open(cfg: Relay, outbox: Outbox) -> Result<Arc<Self>> {
+        let n = cfg.targets.len();
+        let current = outbox
+            .meta("current")?
+            .and_then(|name| cfg.targets.iter().position(|t| t.name == name))
+            .unwrap_or(0);
+        let pinned = outbox.meta("pinned")?.as_deref() == Some("1");
+        Ok(Arc::new(Self {
+            cfg,
+            outbox: Arc::new(outbox),
+            sender: Sender::new(),
+            routing: Mutex::new(Routing {
+                current,
+                pinned,
+                health: vec![Health::default(); n],
+            }),
+            arrived: Notify::new(),
+        }))
+    }
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        self.routing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn streams(&self) -> Vec<String> {
+        match self.cfg.mode {
+            RelayMode::Failover => vec![ACTIVE.to_string()],
+            RelayMode::Replicate => self.cfg.targets.iter().map(|t| t.name.clone()).collect(),
+        }
+    }
+
+    /// Starts the publish endpoint on `listener` and every delivery task; all stop
+    /// when `stop` turns true.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let listen_err = |e: std::io::Error| RelayError::Listen {
+            relay: self.cfg.name.clone(),
+            addr: addr.clone(),
+            detail: e.to_string(),
+        };
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+        let app = axum::Router::new()
+            .route("/api/events", axum::routing::post(publish))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                events::MAX_REQUEST + 64 * 1024,
+            ))
+            .with_state(self.clone());
+        let mut tasks = Vec::new();
+        let mut s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                while !*s.borrow() {
+                    if s.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if let Err(e) = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            {
+                tracing::error!(error = %e, "relay listener ended");
+            }
+        }));
+        match self.cfg.mode {
+            RelayMode::Failover => {
+                let me = self.clone();
+                tasks.push(tokio::spawn(me.deliver(None, stop.clone())));
+                let me = self.clone();
+                tasks.push(tokio::spawn(me.failback(stop)));
+            }
+            RelayMode::Replicate => {
+                for i in 0..self.cfg.targets.len() {
+                    let me = self.clone();
+                    tasks.push(tokio::spawn(me.deliver(Some(i), stop.clone())));
+                }
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// One delivery stream: `fixed` target (replicate), or whichever is current.
+    async fn deliver(self: Arc<Self>, fixed: Option<usize>, mut stop: watch::Receiver<bool>) {
+        let stream = fixed.map_or_else(|| ACTIVE.to_string(), |i| self.cfg.targets[i].name.clone());
+        let streams = self.streams();
+        let mut attempt = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let idx = fixed.unwrap_or_else(|| self.routing().current);
+            let target = self.cfg.targets[idx].clone();
+            let batch = self
+                .outbox
+                .cursor(&stream)
+                .and_then(|(at, _)| self.outbox.next_batch(at, &target.name, self.cfg.batch));
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(relay = %self.cfg.name, error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.arrived.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            match self.send(&stream, &streams, &target, batch).await {
+                Ok(()) => {
+                    attempt = 0;
+                    self.routing().health[idx] = Health::default();
+                }
+                Err(reason) => {
+                    attempt += 1;
+                    let failed_over = self.failed(idx, fixed.is_none(), &reason).await;
+                    if !failed_over {
+                        // Backoff with jitter: 100 ms doubling to 5 s.
+                        let base = 100u64 << attempt.min(6);
+                        let wait =
+                            base.min(5000) / 2 + rand::rng().random_range(0..=base.min(5000) / 2);
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    } else {
+                        attempt = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers one batch: moved past it when delivered; events refused as bad data
+    /// (found one by one when a batch is refused) go to the dead letters. `Err`: a
+    /// failure to retry.
+    async fn send(
+        &self,
+        stream: &str,
+        streams: &[String],
+        target: &RelayTarget,
+        batch: Vec<Stored>,
+    ) -> std::result::Result<(), String> {
+        let count = |r: Result<()>| r.map_err(|e| e.to_string());
+        match self.sender.send(target, &batch).await {
+            Outcome::Delivered => {
+                let last = batch.last().map_or(0, |e| e.seq);
+                count(
+                    self.advance(stream, streams, &target.name, last, batch.len() as u64)
+                        .await,
+                )
+            }
+            Outcome::Failed(reason) => Err(reason),
+            Outcome::BadData(reason) if batch.len() == 1 => {
+                tracing::warn!(relay = %self.cfg.name, target = %target.name, event = %batch[0].id, %reason, "dead letter");
+                count(self.outbox.dead_letter(&target.name, &batch, &reason).await)?;
+                count(
+                    self.advance(stream, streams, &target.name, batch[0].seq, 0)
+                        .await,
+                )
+            }
+            Outcome::BadData(_) => {
+                // One bad event refuses the whole batch: find it, deliver the rest.
+                for e in batch {
+                    match self.sender.send(target, std::slice::from_ref(&e)).await {
+                        Outcome::Delivered => {
+                            count(self.advance(stream, streams, &target.name, e.seq, 1).await)?;
+                        }
+                        Outcome::BadData(reason) => {
+                            tracing::warn!(relay = %self.cfg.name, target = %target.name, event = %e.id, %reason, "dead letter");
+                            count(
+                                self.outbox
+                                    .dead_letter(&target.name, std::slice::from_ref(&e), &reason)
+                                    .await,
+                            )?;
+                            count(self.advance(stream, streams, &target.name, e.seq, 0).await)?;
+                        }
+                        Outcome::Failed(reason) => return Err(reason),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn advance(
+        &self,
+        stream: &str,
+        streams: &[String],
+        target: &str,
+        seq: i64,
+        n: u64,
+    ) -> Result<()> {
+        self.outbox.advance(stream, seq, 0, streams).await?;
+        if n > 0 {
+            // Per-target delivery counts, whatever the stream.
+            self.outbox
+                .advance(&format!("count:{target}"), 0, n, &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a failure of target `idx`; in failover mode, fails over after
+    /// `failover_after` of them in a row. True when it failed over.
+    async fn failed(&self, idx: usize, failover: bool, reason: &str) -> bool {
+        let next = {
+            let mut r = self.routing();
+            let current = r.current;
+            let h = &mut r.health[idx];
+            h.failures += 1;
+            h.last_error = Some(reason.to_string());
+            h.healthy_since = None;
+            let n = self.cfg.targets.len();
+            if !failover || current != idx || h.failures < self.cfg.failover_after || n < 2 {
+                None
+            } else {
+                Some((idx + 1) % n)
+            }
+        };
+        let Some(next) = next else { return false };
+        let why = format!("{} consecutive failures: {reason}", self.cfg.failover_after);
+        self.switch(next, &why, None).await;
+        true
+    }
+
+    /// Makes target `to` current and records why (`pin`: set or clear the manual pin).
+    async fn switch(&self, to: usize, reason: &str, pin: Option<bool>) {
+        let from = {
+            let mut r = self.routing();
+            let from = r.current;
+            r.current = to;
+            if let Some(p) = pin {
+                r.pinned = p;
+            }
+            r.health[to].failures = 0;
+            from
+        };
+        let (f, t) = (&self.cfg.targets[from].name, &self.cfg.targets[to].name);
+        tracing::warn!(relay = %self.cfg.name, from = %f, to = %t, %reason, "relay target changed");
+        let recorded = async {
+            self.outbox.set_meta("current", t).await?;
+            if let Some(p) = pin {
+                self.outbox
+                    .set_meta("pinned", if p { "1" } else { "0" })
+                    .await?;
+            }
+            if from != to {
+                self.outbox
+                    .record_failover(Failover {
+                        at_ms: now_ms(),
+                        from: f.clone(),
+                        to: t.clone(),
+                        reason: reason.to_string(),
+                    })
+                    .await?;
+            }
+            Ok::<_, RelayError>(())
+        };
+        if let Err(e) = recorded.await {
+            tracing::error!(relay = %self.cfg.name, error = %e, "cannot record the target change");
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Failover mode: probes the targets before the current one and fails back to the
+    /// first that has been healthy for `failback_after` (unless pinned).
+    async fn failback(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.cfg.probe_interval) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let (current, pinned) = {
+                let r = self.routing();
+                (r.current, r.pinned)
+            };
+            if pinned || current == 0 {
+                continue;
+            }
+            for i in 0..current {
+                let t = &self.cfg.targets[i];
+                let probe = self.sender.probe(t).await;
+                let ready = {
+                    let mut r = self.routing();
+                    let h = &mut r.health[i];
+                    match probe {
+                        Ok(()) => {
+                            let since = *h.healthy_since.get_or_insert_with(Instant::now);
+                            since.elapsed() >= self.cfg.failback_after
+                        }
+                        Err(e) => {
+                            h.healthy_since = None;
+                            h.last_error = Some(e);
+                            false
+                        }
+                    }
+                };
+                if ready {
+                    let why = format!(
+                        "failback: '{}' healthy for {:?}",
+                        t.name, self.cfg.failback_after
+                    );
+                    self.switch(i, &why, None).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// `switchover`: the next target, pinned (no automatic failback); `switchback`:
+    /// the first target, automatic rules again.
+    pub(crate) async fn manual(&self, action: &str) -> Result<RelayActionReport> {
+        if self.cfg.mode != RelayMode::Failover {
+            return Err(RelayError::Refused(format!(
+                "relay '{}' delivers to every target (mode = \"replicate\"): there is no target to switch",
+                self.cfg.name
+            )));
+        }
+        let n = self.cfg.targets.len();
+        let current = self.routing().current;
+        match action {
+            "switchover" => {
+                self.switch((current + 1) % n, "manual switchover", Some(true))
+                    .await;
+            }
+            _ => self.switch(0, "manual switchback", Some(false)).await,
+        }
+        Ok(RelayActionReport {
+            relay: self.cfg.name.clone(),
+            action: action.to_string(),
+            current_target: Some(self.cfg.targets[self.routing().current].name.clone()),
+            replayed: 0,
+        })
+    }
+
+    /// Sends every dead letter again.
+    pub(crate) async fn replay(&self) -> Result<RelayActionReport> {
+        let n = self
+            .outbox
+            .replay(self.cfg.mode == RelayMode::Replicate)
+            .await?;
+        self.arrived.notify_waiters();
+        Ok(RelayActionReport {
+            relay: self.cfg.name.clone(),
+            action: "replay".into(),
+            current_target: match self.cfg.mode {
+                RelayMode::Failover => Some(self.cfg.targets[self.routing().current].name.clone()),
+                RelayMode::Replicate => None,
+            },
+            replayed: n,
+        })
+    }
+
+    pub(crate) fn status(&self) -> Result<RelayStatus> {
+        let o = &self.outbox;
+        let now = now_ms();
+        let age = |ms: Option<i64>| ms.map(|m| (now - m).max(0) as f64 / 1000.0);
+        let (current, pinned, health) = {
+            let r = self.routing();
+            (r.current, r.pinned, r.health.clone())
+        };
+        let mut targets = Vec::new();
+        let mut oldest: Option<f64> = None;
+        for (i, t) in self.cfg.targets.iter().enumerate() {
+            let stream = match self.cfg.mode {
+                RelayMode::Failover => ACTIVE.to_string(),
+                RelayMode::Replicate => t.name.clone(),
+            };
+            let (delivered_here, pending) = if self.cfg.mode == RelayMode::Replicate || i == current
+            {
+                let (at, _) = o.cursor(&stream)?;
+                (true, o.pending(at, &t.name)?)
+            } else {
+                (false, (0, 0, None))
+            };
+            let p_age = age(pending.2);
+            if delivered_here {
+                oldest = match (oldest, p_age) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let h = &health[i];
+            targets.push(RelayTargetStatus {
+                name: t.name.clone(),
+                region: t.region.clone(),
+                kind: t.kind.as_str().into(),
+                url: shown(&t.url),
+                healthy: h.failures == 0,
+                consecutive_failures: h.failures,
+                last_error: h.last_error.clone(),
+                delivered: o.cursor(&format!("count:{}", t.name))?.1,
+                pending: pending.0,
+                pending_bytes: pending.1,
+                oldest_pending_seconds: p_age,
+            });
+        }
+        let (failovers, recent) = o.failovers(10)?;
+        let (dead, letters) = o.dead_letters(10)?;
+        let rpo = self.cfg.rpo.as_secs_f64();
+        Ok(RelayStatus {
+            name: self.cfg.name.clone(),
+            mode: match self.cfg.mode {
+                RelayMode::Failover => "failover".into(),
+                RelayMode::Replicate => "replicate".into(),
+            },
+            accept: self.cfg.accept.as_str().into(),
+            listen: self.cfg.listen.to_string(),
+            accepted: o.accepted()?,
+            current_target: (self.cfg.mode == RelayMode::Failover)
+                .then(|| self.cfg.targets[current].name.clone()),
+            pinned,
+            targets,
+            failovers,
+            recent_failovers: recent
+                .into_iter()
+                .map(|f| RelayFailover {
+                    at: rfc3339(f.at_ms),
+                    from: f.from,
+                    to: f.to,
+                    reason: f.reason,
+                })
+                .collect(),
+            dead_letters: dead,
+            recent_dead_letters: letters
+                .into_iter()
+                .map(|d| RelayDeadLetter {
+                    id: d.id,
+                    target: d.target,
+                    event_id: d.event_id,
+                    reason: d.reason,
+                    at: rfc3339(d.at_ms),
+                })
+                .collect(),
+            outbox_bytes: o.bytes(),
+            max_outbox: self.cfg.max_outbox,
+            oldest_pending_seconds: oldest,
+            rpo_seconds: rpo,
+            rpo_breached: oldest.is_some_and(|a| a > rpo),
+        })
+    }
+}
+
+/// `POST /api/events`: authenticated by `aeg-sas-key` or a bearer token, checked, made
+/// durable, then answered 200 (Event Grid's answer). A full outbox answers 503 with
+/// `Retry-After`.
+async fn publish(
+    AxState(relay): AxState<Arc<Running>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let given = headers
+        .get("aeg-sas-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    if !given.is_some_and(|k| same(k.as_bytes(), relay.cfg.key.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": {"code": "Unauthorized", "message": "send the relay's key as the aeg-sas-key header or as Authorization: Bearer KEY"}})),
+        )
+            .into_response();
+    }
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let parsed = match events::parse(ct, &body) {
+        Ok(e) => e,
+        Err(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return (
+                status,
+                axum::Json(
+                    serde_json::json!({"error": {"code": "BadRequest", "message": r.message}}),
+                ),
+            )
+                .into_response();
+        }
+    };
+    match relay.outbox.append(parsed).await {
+        Ok(()) => {
+            relay.arrived.notify_waiters();
+            StatusCode::OK.into_response()
+        }
+        Err(RelayError::Full(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            axum::Json(serde_json::json!({"error": {"code": "OutboxFull", "message": format!("relay '{}' holds max_outbox of undelivered events; retry later", relay.cfg.name)}})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(relay = %relay.cfg.name, error = %e, "cannot keep accepted events");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({"error": {"code": "OutboxError", "message": "the relay could not store the events; they were not accepted"}})),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_000_000_000_123), "2001-09-09T01:46:40.123Z");
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
+    }
+}
