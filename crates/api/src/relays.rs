@@ -33,6 +33,8 @@ pub struct RelayStatus {
     /// Bytes of events held, and the most it may hold before publishers get 503.
     pub outbox_bytes: u64,
     pub max_outbox: u64,
+    /// The outbox's last failure (disk full, I/O error), if any since the start.
+    pub outbox_error: Option<String>,
     /// Age of the oldest event not delivered everywhere it must go.
     pub oldest_pending_seconds: Option<f64>,
     pub rpo_seconds: f64,

@@ -84,6 +84,7 @@ pub(crate) async fn run(cmd: RelayCommand) -> Result<u8> {
 
 fn unhealthy(s: &RelayStatus) -> bool {
     s.rpo_breached
+        || s.outbox_error.is_some()
         || s.targets.iter().any(|t| {
             t.consecutive_failures > 0
                 && (s.current_target.is_none()

@@ -104,18 +104,25 @@ impl Sender {
         }
     }
 
-    /// Whether `t` answers: its health URL with 2xx, or without one, its endpoint with
-    /// anything but a server error or throttling (a GET on a publish endpoint is
-    /// refused, by a server that is up).
+    /// Whether `t` answers: its health URL with 2xx, or without one, a GET on its
+    /// endpoint with its key, answered by anything but a server error, throttling, or
+    /// a refused key (a GET on a publish endpoint is refused, by a server that is up).
     pub(crate) async fn probe(&self, t: &RelayTarget) -> Result<(), String> {
-        let url = t.health.clone().unwrap_or_else(|| t.url.clone());
-        match self.http.get(&url).timeout(t.timeout).send().await {
+        let url = t.health.clone().unwrap_or_else(|| Self::endpoint(t));
+        let mut req = self.http.get(&url).timeout(t.timeout);
+        if let (None, Some(key)) = (&t.health, &t.key) {
+            req = match t.kind {
+                TargetKind::EventGrid => req.header("aeg-sas-key", key),
+                TargetKind::Webhook => req.bearer_auth(key),
+            };
+        }
+        match req.send().await {
             Ok(r) => {
                 let s = r.status();
                 let ok = if t.health.is_some() {
                     s.is_success()
                 } else {
-                    !s.is_server_error() && s.as_u16() != 429
+                    !s.is_server_error() && !matches!(s.as_u16(), 401 | 403 | 429)
                 };
                 if ok {
                     Ok(())

@@ -4,6 +4,7 @@
 //! batch+json`, an array) with `specversion`, `id`, `source`, `type`. Each event is kept
 //! as the publisher wrote it (its id included, so receivers can drop duplicates).
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::outbox::NewEvent;
@@ -44,31 +45,33 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Vec<NewEvent>, Refusal> 
         });
     }
     let ct = content_type.to_ascii_lowercase();
-    let value: Value =
+    // Events are kept byte for byte as published (ids, key order, number text); they
+    // are parsed only to be checked.
+    let whole: &RawValue =
         serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let (schema, items) = if ct.starts_with("application/cloudevents-batch+json") {
-        match value {
-            Value::Array(a) => (CLOUDEVENTS, a),
-            _ => return Err(bad("a CloudEvents batch must be a JSON array of events")),
+    let is_array = whole.get().trim_start().starts_with('[');
+    let (schema, items): (&'static str, Vec<&RawValue>) = if ct
+        .starts_with("application/cloudevents-batch+json")
+    {
+        if !is_array {
+            return Err(bad("a CloudEvents batch must be a JSON array of events"));
         }
+        (CLOUDEVENTS, array(whole)?)
     } else if ct.starts_with("application/cloudevents+json") {
-        (CLOUDEVENTS, vec![value])
+        (CLOUDEVENTS, vec![whole])
+    } else if is_array {
+        (EVENTGRID, array(whole)?)
     } else {
-        match value {
-            Value::Array(a) => (EVENTGRID, a),
-            _ => {
-                return Err(bad(
-                    "the Event Grid schema takes a JSON array of events (for CloudEvents, send Content-Type: application/cloudevents+json or application/cloudevents-batch+json)",
-                ))
-            }
-        }
+        return Err(bad(
+                "the Event Grid schema takes a JSON array of events (for CloudEvents, send Content-Type: application/cloudevents+json or application/cloudevents-batch+json)",
+            ));
     };
     if items.is_empty() {
         return Err(bad("the request holds no event"));
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let Value::Object(e) = &item else {
+        let Ok(e) = serde_json::from_str::<serde_json::Map<String, Value>>(item.get()) else {
             return Err(bad(format!("event #{} is not a JSON object", i + 1)));
         };
         let need: &[&str] = if schema == EVENTGRID {
@@ -79,7 +82,7 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Vec<NewEvent>, Refusal> 
         let missing: Vec<&str> = need
             .iter()
             .copied()
-            .filter(|k| text(e, k).is_none())
+            .filter(|k| text(&e, k).is_none())
             .collect();
         if !missing.is_empty() {
             return Err(bad(format!(
@@ -88,29 +91,45 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Vec<NewEvent>, Refusal> 
                 missing.join(", ")
             )));
         }
-        if schema == CLOUDEVENTS && text(e, "specversion") != Some("1.0") {
+        let time = if schema == EVENTGRID {
+            "eventTime"
+        } else {
+            "time"
+        };
+        if let Some(t) = text(&e, time) {
+            if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+                return Err(bad(format!(
+                    "event #{}: {time} '{t}' is not an RFC 3339 time such as 2026-12-02T10:00:00Z",
+                    i + 1
+                )));
+            }
+        }
+        if schema == CLOUDEVENTS && text(&e, "specversion") != Some("1.0") {
             return Err(bad(format!(
                 "event #{}: specversion must be \"1.0\"",
                 i + 1
             )));
         }
-        let id = text(e, "id").unwrap_or_default().to_string();
+        let id = text(&e, "id").unwrap_or_default().to_string();
         // Order is kept per subject (Event Grid), or per subject, else source
         // (CloudEvents).
-        let partition = text(e, "subject")
-            .or_else(|| text(e, "source"))
+        let partition = text(&e, "subject")
+            .or_else(|| text(&e, "source"))
             .unwrap_or_default()
             .to_string();
-        let body = serde_json::to_vec(&item).map_err(|e| bad(e.to_string()))?;
         out.push(NewEvent {
             schema,
             partition,
             id,
-            body,
+            body: item.get().trim().as_bytes().to_vec(),
             only: None,
         });
     }
     Ok(out)
+}
+
+fn array(whole: &RawValue) -> Result<Vec<&RawValue>, Refusal> {
+    serde_json::from_str(whole.get()).map_err(|e| bad(format!("the body is not a JSON array: {e}")))
 }
 
 /// The body and content type that deliver `bodies` (stored events of one schema) as one
@@ -139,9 +158,11 @@ mod tests {
 
     #[test]
     fn event_grid_and_cloudevents_are_checked_as_event_grid_checks_them() {
-        let eg = br#"[{"id":"1","subject":"orders/7","eventType":"Created","eventTime":"2026-12-02T10:00:00Z","data":{"n":1},"dataVersion":"1"}]"#;
+        let eg = br#"[{"subject":"orders/7","id":"1","eventType":"Created","eventTime":"2026-12-02T10:00:00Z","data":{"n":1E2,"big":123456789012345678901234567890},"dataVersion":"1"}]"#;
         let got = parse("application/json", eg).expect("eg");
         assert_eq!((got[0].schema, got[0].id.as_str()), (EVENTGRID, "1"));
+        // Byte for byte as published: key order and number text kept.
+        assert_eq!(got[0].body, &eg[1..eg.len() - 1]);
         assert_eq!(got[0].partition, "orders/7");
         let ce = br#"{"specversion":"1.0","id":"a","source":"/orders","type":"created","data":{}}"#;
         let got = parse("application/cloudevents+json; charset=utf-8", ce).expect("ce");

@@ -110,22 +110,38 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox file at `path`; it must not be a symbolic link.
+    /// Opens (or creates) the outbox file at `path`, readable by its owner only (it
+    /// holds event bodies); neither it nor its folder may be a symbolic link.
     pub fn open(relay: &str, path: &Path, max_bytes: u64) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let err = |e: &dyn std::fmt::Display| RelayError::outbox(relay, path, e);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(&e))?;
+            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(err(&"its folder is a symbolic link; georep does not follow links it did not make: remove it"));
+            }
         }
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(err(
-                &"it is a symbolic link; georep does not follow links it did not make: remove it",
-            ));
-        }
+        // Created 0600 here, without following a link; SQLite's -wal and -shm files
+        // take the same mode.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(|e| err(&format!("{e} (a symbolic link is refused: georep does not follow links it did not make)")))?;
         let w = connect(path).map_err(|e| err(&e))?;
         w.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        // Held: undelivered events and dead letters, both on disk.
         let held: i64 = w
             .query_row(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events",
+                "SELECT (SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events) + (SELECT COALESCE(SUM(LENGTH(body)), 0) FROM dead_letters)",
                 [],
                 |r| r.get(0),
             )
@@ -173,9 +189,18 @@ impl Outbox {
         f(&c).map_err(|e| self.err(e))
     }
 
-    /// Bytes of events held.
+    /// Bytes of events and dead letters held.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Gives back `n` held bytes, never below zero.
+    fn release(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(n))
+            });
     }
 
     /// Appends `events` durably; [`RelayError::Full`] when they would take the outbox
@@ -184,8 +209,8 @@ impl Outbox {
         let size: u64 = events.iter().map(|e| e.body.len() as u64).sum();
         // Reserved first, so concurrent requests cannot overshoot together.
         let before = self.bytes.fetch_add(size, Ordering::SeqCst);
-        if before + size > self.max_bytes && before > 0 {
-            self.bytes.fetch_sub(size, Ordering::SeqCst);
+        if before.saturating_add(size) > self.max_bytes {
+            self.release(size);
             return Err(RelayError::Full(self.relay.clone()));
         }
         let at = now_ms();
@@ -201,7 +226,7 @@ impl Outbox {
             }))
             .await;
         if done.is_err() {
-            self.bytes.fetch_sub(size, Ordering::SeqCst);
+            self.release(size);
         }
         done.map(|_| ())
     }
@@ -221,11 +246,18 @@ impl Outbox {
     }
 
     /// Up to `limit` events after `after`, oldest first, of one schema (the first
-    /// one's), for `target` (events addressed to another target are skipped).
-    pub fn next_batch(&self, after: i64, target: &str, limit: u32) -> Result<Vec<Stored>> {
+    /// one's) and at most `max_bytes` of bodies (at least one event), for `target`
+    /// (`Some`: events addressed to another target are skipped; `None`: all, as a
+    /// failover stream delivers them).
+    pub fn next_batch(
+        &self,
+        after: i64,
+        target: Option<&str>,
+        (limit, max_bytes): (u32, usize),
+    ) -> Result<Vec<Stored>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, schema, id, body, accepted_ms FROM events WHERE seq > ?1 AND (only_target IS NULL OR only_target = ?2) ORDER BY seq LIMIT ?3",
+                "SELECT seq, schema, id, body, accepted_ms FROM events WHERE seq > ?1 AND (?2 IS NULL OR only_target IS NULL OR only_target = ?2) ORDER BY seq LIMIT ?3",
             )?;
             let rows = st.query_map(params![after, target, limit], |r| {
                 Ok(Stored {
@@ -237,9 +269,13 @@ impl Outbox {
                 })
             })?;
             let mut out: Vec<Stored> = Vec::new();
+            let mut bytes = 0usize;
             for row in rows {
                 let row = row?;
-                if out.first().is_some_and(|f| f.schema != row.schema) {
+                bytes += row.body.len() + 1;
+                if out.first().is_some_and(|f| f.schema != row.schema)
+                    || (!out.is_empty() && bytes > max_bytes)
+                {
                     break;
                 }
                 out.push(row);
@@ -250,10 +286,10 @@ impl Outbox {
 
     /// Events after `after` not delivered yet by that stream: count, bytes and the
     /// oldest one's acceptance time.
-    pub fn pending(&self, after: i64, target: &str) -> Result<(u64, u64, Option<i64>)> {
+    pub fn pending(&self, after: i64, target: Option<&str>) -> Result<(u64, u64, Option<i64>)> {
         self.read(|c| {
             c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(accepted_ms) FROM events WHERE seq > ?1 AND (only_target IS NULL OR only_target = ?2)",
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(accepted_ms) FROM events WHERE seq > ?1 AND (?2 IS NULL OR only_target IS NULL OR only_target = ?2)",
                 params![after, target],
                 |r| {
                     Ok((
@@ -314,13 +350,15 @@ impl Outbox {
                 Ok(freed.max(0) as u64)
             }))
             .await?;
-        self.bytes
-            .fetch_sub(freed.min(self.bytes()), Ordering::SeqCst);
+        self.release(freed);
         Ok(())
     }
 
-    /// Keeps `events` as dead letters of `target`, with why it refused them.
+    /// Keeps `events` as dead letters of `target`, with why it refused them (they
+    /// count towards `max_outbox` until replayed and delivered).
     pub async fn dead_letter(&self, target: &str, events: &[Stored], reason: &str) -> Result<()> {
+        let size: u64 = events.iter().map(|e| e.body.len() as u64).sum();
+        self.bytes.fetch_add(size, Ordering::SeqCst);
         let (target, reason, events) = (target.to_string(), reason.to_string(), events.to_vec());
         self.write(Box::new(move |c| {
             let at = now_ms();
@@ -334,6 +372,7 @@ impl Outbox {
         }))
         .await
         .map(|_| ())
+        .inspect_err(|_| self.release(size))
     }
 
     pub fn dead_letters(&self, limit: u32) -> Result<(u64, Vec<DeadLetter>)> {
@@ -358,28 +397,19 @@ impl Outbox {
     }
 
     /// Moves every dead letter back into the outbox (each addressed to the target that
-    /// refused it when `per_target`), in the order they died; returns how many.
+    /// refused it when `per_target`), in the order they died; returns how many. The
+    /// held bytes do not change: they move from one table to the other.
     pub async fn replay(&self, per_target: bool) -> Result<u64> {
-        let moved = self
-            .write(Box::new(move |c| {
-                let at = now_ms();
-                let n = c.execute(
-                    "INSERT INTO events (schema, part, id, body, accepted_ms, only_target) SELECT schema, '', event_id, body, ?1, CASE WHEN ?2 THEN target ELSE NULL END FROM dead_letters ORDER BY id",
-                    params![at, per_target],
-                )?;
-                c.execute("DELETE FROM dead_letters", [])?;
-                Ok(n as u64)
-            }))
-            .await?;
-        let bytes: i64 = self.read(|c| {
-            c.query_row(
-                "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events",
-                [],
-                |r| r.get(0),
-            )
-        })?;
-        self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
-        Ok(moved)
+        self.write(Box::new(move |c| {
+            let at = now_ms();
+            let n = c.execute(
+                "INSERT INTO events (schema, part, id, body, accepted_ms, only_target) SELECT schema, '', event_id, body, ?1, CASE WHEN ?2 THEN target ELSE NULL END FROM dead_letters ORDER BY id",
+                params![at, per_target],
+            )?;
+            c.execute("DELETE FROM dead_letters", [])?;
+            Ok(n as u64)
+        }))
+        .await
     }
 
     pub async fn record_failover(&self, f: Failover) -> Result<()> {
@@ -516,7 +546,7 @@ mod tests {
             .expect("append");
         assert_eq!(o.accepted().expect("accepted"), 3);
         // A batch never mixes schemas.
-        let b = o.next_batch(0, "x", 10).expect("batch");
+        let b = o.next_batch(0, Some("x"), (10, 1 << 20)).expect("batch");
         assert_eq!(
             b.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
@@ -524,9 +554,9 @@ mod tests {
         let streams = vec!["x".to_string(), "y".to_string()];
         o.advance("x", 2, 2, &streams).await.expect("advance");
         // y has not delivered: everything stays.
-        assert_eq!(o.pending(0, "y").expect("pending").0, 3);
+        assert_eq!(o.pending(0, Some("y")).expect("pending").0, 3);
         o.advance("y", 3, 3, &streams).await.expect("advance");
-        assert_eq!(o.pending(2, "x").expect("pending").0, 1);
+        assert_eq!(o.pending(2, Some("x")).expect("pending").0, 1);
         assert_eq!(o.cursor("y").expect("cursor"), (3, 3));
         // Only events every stream passed (1 and 2) are gone; the bytes follow.
         assert_eq!(o.bytes(), b"{\"id\":\"c\"}".len() as u64);
@@ -534,7 +564,10 @@ mod tests {
         // Reopened: the cursors and the held bytes are as they were.
         let o = Outbox::open("r", &path, 1 << 20).expect("reopen");
         assert_eq!(o.cursor("x").expect("cursor").0, 2);
-        assert_eq!(o.next_batch(2, "x", 10).expect("batch")[0].id, "c");
+        assert_eq!(
+            o.next_batch(2, Some("x"), (10, 1 << 20)).expect("batch")[0].id,
+            "c"
+        );
         assert_eq!(o.bytes(), b"{\"id\":\"c\"}".len() as u64);
     }
 
@@ -549,20 +582,36 @@ mod tests {
             o.append(vec![ev("b", "eventgrid")]).await,
             Err(RelayError::Full(_))
         ));
-        let a = o.next_batch(0, "t", 10).expect("batch");
+        let a = o.next_batch(0, Some("t"), (10, 1 << 20)).expect("batch");
         o.dead_letter("t", &a, "400: bad").await.expect("dead");
         o.advance("t", a[0].seq, 0, &["t".to_string()])
             .await
             .expect("advance");
-        assert_eq!(o.bytes(), 0);
+        // The dead letter is still held.
+        assert_eq!(o.bytes(), a[0].body.len() as u64);
         assert_eq!(o.dead_letters(10).expect("list").0, 1);
         assert_eq!(o.replay(true).await.expect("replay"), 1);
         assert_eq!(o.dead_letters(10).expect("list").0, 0);
         // Back in the outbox for that target only.
-        assert_eq!(o.next_batch(a[0].seq, "t", 10).expect("batch")[0].id, "a");
+        assert_eq!(
+            o.next_batch(a[0].seq, Some("t"), (10, 1 << 20))
+                .expect("batch")[0]
+                .id,
+            "a"
+        );
         assert!(o
-            .next_batch(a[0].seq, "other", 10)
+            .next_batch(a[0].seq, Some("other"), (10, 1 << 20))
             .expect("batch")
             .is_empty());
+        // A failover stream takes it whatever it was addressed to.
+        assert_eq!(
+            o.next_batch(a[0].seq, None, (10, 1 << 20))
+                .expect("batch")
+                .len(),
+            1
+        );
+        assert_eq!(o.bytes(), a[0].body.len() as u64);
+        // Batches stop at a byte size, but always hold one event.
+        assert_eq!(o.next_batch(0, None, (10, 1)).expect("batch").len(), 1);
     }
 }

@@ -26,6 +26,17 @@ use crate::outbox::{now_ms, Failover, Outbox, Stored};
 /// The stream of `failover` mode (one cursor, whichever target is current).
 const ACTIVE: &str = "active";
 
+/// Events a target may refuse as bad data in a row before it counts as failing.
+const REFUSED_IN_A_ROW: u32 = 10;
+
+/// Why a delivery did not go through.
+enum Fail {
+    /// The target's fault: retried with backoff, counted towards a failover.
+    Target(String),
+    /// The relay's own outbox: retried, never a failover.
+    Local(String),
+}
+
 /// What is known of a target now.
 #[derive(Debug, Clone, Default)]
 struct Health {
@@ -50,6 +61,8 @@ pub(crate) struct Running {
     routing: Mutex<Routing>,
     /// Woken when events are appended.
     arrived: Notify,
+    /// The outbox's last failure, shown in status until a restart.
+    local_error: Mutex<Option<String>>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -85,6 +98,7 @@ impl Running {
                 health: vec![Health::default(); n],
             }),
             arrived: Notify::new(),
+            local_error: Mutex::new(None),
         }))
     }
 
@@ -120,7 +134,13 @@ impl Running {
         listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
         let app = axum::Router::new()
-            .route("/api/events", axum::routing::post(publish))
+            .route(
+                "/api/events",
+                axum::routing::post(publish).route_layer(axum::middleware::from_fn_with_state(
+                    self.clone(),
+                    check_key,
+                )),
+            )
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .layer(axum::extract::DefaultBodyLimit::max(
                 events::MAX_REQUEST + 64 * 1024,
@@ -167,22 +187,28 @@ impl Running {
     async fn deliver(self: Arc<Self>, fixed: Option<usize>, mut stop: watch::Receiver<bool>) {
         let stream = fixed.map_or_else(|| ACTIVE.to_string(), |i| self.cfg.targets[i].name.clone());
         let streams = self.streams();
-        let mut attempt = 0u32;
+        let n = self.cfg.targets.len();
+        // Failures in a row (whatever the target), failovers since the last delivery,
+        // and events refused as bad data in a row.
+        let (mut attempt, mut hops, mut refused) = (0u32, 0usize, 0u32);
         loop {
             if *stop.borrow() {
                 return;
             }
             let idx = fixed.unwrap_or_else(|| self.routing().current);
             let target = self.cfg.targets[idx].clone();
-            let batch = self
-                .outbox
-                .cursor(&stream)
-                .and_then(|(at, _)| self.outbox.next_batch(at, &target.name, self.cfg.batch));
+            // A failover stream delivers everything to the current target; a
+            // replicate stream skips what a replay addressed to another target.
+            let only = fixed.map(|_| target.name.as_str());
+            let batch = self.outbox.cursor(&stream).and_then(|(at, _)| {
+                self.outbox
+                    .next_batch(at, only, (self.cfg.batch, events::MAX_REQUEST - 2))
+            });
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::error!(relay = %self.cfg.name, error = %e, "cannot read the outbox");
-                    Vec::new()
+                    self.local_failure(&e.to_string(), &mut stop).await;
+                    continue;
                 }
             };
             if batch.is_empty() {
@@ -193,81 +219,144 @@ impl Running {
                 }
                 continue;
             }
-            match self.send(&stream, &streams, &target, batch).await {
+            match self
+                .send(&stream, &streams, &target, batch, &mut refused)
+                .await
+            {
                 Ok(()) => {
-                    attempt = 0;
+                    (attempt, hops) = (0, 0);
                     self.routing().health[idx] = Health::default();
                 }
-                Err(reason) => {
+                Err(Fail::Local(e)) => self.local_failure(&e, &mut stop).await,
+                Err(Fail::Target(reason)) => {
                     attempt += 1;
-                    let failed_over = self.failed(idx, fixed.is_none(), &reason).await;
-                    if !failed_over {
-                        // Backoff with jitter: 100 ms doubling to 5 s.
-                        let base = 100u64 << attempt.min(6);
-                        let wait =
-                            base.min(5000) / 2 + rand::rng().random_range(0..=base.min(5000) / 2);
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                            _ = stop.changed() => {}
+                    if self.failed(idx, fixed.is_none(), &reason).await {
+                        hops += 1;
+                        // The first visit to each other target is immediate; once every
+                        // target has failed, the backoff applies to the round.
+                        if hops < n {
+                            continue;
                         }
-                    } else {
-                        attempt = 0;
+                    }
+                    // Backoff with jitter: 100 ms doubling to 5 s.
+                    let base = (100u64 << attempt.min(6)).min(5000);
+                    let wait = base / 2 + rand::rng().random_range(0..=base / 2);
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = stop.changed() => {}
                     }
                 }
             }
         }
     }
 
+    /// The outbox itself failed (disk full, I/O error): not the target's fault, so not
+    /// counted towards a failover; logged and tried again in a second.
+    async fn local_failure(&self, e: &str, stop: &mut watch::Receiver<bool>) {
+        tracing::error!(relay = %self.cfg.name, error = %e, "the relay's outbox failed; deliveries wait");
+        if let Ok(mut last) = self.local_error.lock() {
+            *last = Some(e.to_string());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+
     /// Delivers one batch: moved past it when delivered; events refused as bad data
-    /// (found one by one when a batch is refused) go to the dead letters. `Err`: a
-    /// failure to retry.
+    /// (found one by one when a batch is refused) go to the dead letters. A target that
+    /// refuses every event of a batch, or `REFUSED_IN_A_ROW` events in a row, is
+    /// failing (misconfigured: wrong api-version or input schema), not the data.
     async fn send(
         &self,
         stream: &str,
         streams: &[String],
         target: &RelayTarget,
         batch: Vec<Stored>,
-    ) -> std::result::Result<(), String> {
-        let count = |r: Result<()>| r.map_err(|e| e.to_string());
+        refused: &mut u32,
+    ) -> std::result::Result<(), Fail> {
+        let local = |e: RelayError| Fail::Local(e.to_string());
+        let misconfigured = |reason: &str| {
+            Fail::Target(format!(
+                "it refuses every event as bad data ({reason}); check its URL's api-version and its input schema"
+            ))
+        };
         match self.sender.send(target, &batch).await {
             Outcome::Delivered => {
+                *refused = 0;
                 let last = batch.last().map_or(0, |e| e.seq);
-                count(
-                    self.advance(stream, streams, &target.name, last, batch.len() as u64)
-                        .await,
-                )
+                self.advance(stream, streams, &target.name, last, batch.len() as u64)
+                    .await
+                    .map_err(local)
             }
-            Outcome::Failed(reason) => Err(reason),
+            Outcome::Failed(reason) => Err(Fail::Target(reason)),
             Outcome::BadData(reason) if batch.len() == 1 => {
-                tracing::warn!(relay = %self.cfg.name, target = %target.name, event = %batch[0].id, %reason, "dead letter");
-                count(self.outbox.dead_letter(&target.name, &batch, &reason).await)?;
-                count(
-                    self.advance(stream, streams, &target.name, batch[0].seq, 0)
-                        .await,
-                )
+                *refused += 1;
+                if *refused >= REFUSED_IN_A_ROW {
+                    return Err(misconfigured(&reason));
+                }
+                self.dead(stream, streams, target, &batch, &reason).await
             }
-            Outcome::BadData(_) => {
-                // One bad event refuses the whole batch: find it, deliver the rest.
+            Outcome::BadData(batch_reason) => {
+                // One bad event refuses the whole batch: find it, deliver the rest. The
+                // refused ones wait until something after them is delivered.
+                let mut held: Vec<(Stored, String)> = Vec::new();
+                let mut delivered = false;
                 for e in batch {
                     match self.sender.send(target, std::slice::from_ref(&e)).await {
                         Outcome::Delivered => {
-                            count(self.advance(stream, streams, &target.name, e.seq, 1).await)?;
+                            for (bad, why) in std::mem::take(&mut held) {
+                                self.dead(
+                                    stream,
+                                    streams,
+                                    target,
+                                    std::slice::from_ref(&bad),
+                                    &why,
+                                )
+                                .await?;
+                            }
+                            self.advance(stream, streams, &target.name, e.seq, 1)
+                                .await
+                                .map_err(local)?;
+                            delivered = true;
+                            *refused = 0;
                         }
-                        Outcome::BadData(reason) => {
-                            tracing::warn!(relay = %self.cfg.name, target = %target.name, event = %e.id, %reason, "dead letter");
-                            count(
-                                self.outbox
-                                    .dead_letter(&target.name, std::slice::from_ref(&e), &reason)
-                                    .await,
-                            )?;
-                            count(self.advance(stream, streams, &target.name, e.seq, 0).await)?;
-                        }
-                        Outcome::Failed(reason) => return Err(reason),
+                        Outcome::BadData(why) => held.push((e, why)),
+                        Outcome::Failed(reason) => return Err(Fail::Target(reason)),
                     }
+                }
+                if !delivered {
+                    return Err(misconfigured(&batch_reason));
+                }
+                for (bad, why) in held {
+                    self.dead(stream, streams, target, std::slice::from_ref(&bad), &why)
+                        .await?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Keeps refused events as dead letters and moves past them.
+    async fn dead(
+        &self,
+        stream: &str,
+        streams: &[String],
+        target: &RelayTarget,
+        events: &[Stored],
+        reason: &str,
+    ) -> std::result::Result<(), Fail> {
+        for e in events {
+            tracing::warn!(relay = %self.cfg.name, target = %target.name, event = %e.id, %reason, "dead letter");
+        }
+        let last = events.last().map_or(0, |e| e.seq);
+        let r = async {
+            self.outbox
+                .dead_letter(&target.name, events, reason)
+                .await?;
+            self.advance(stream, streams, &target.name, last, 0).await
+        };
+        r.await.map_err(|e| Fail::Local(e.to_string()))
     }
 
     async fn advance(
@@ -376,6 +465,7 @@ impl Running {
                     let h = &mut r.health[i];
                     match probe {
                         Ok(()) => {
+                            h.failures = 0;
                             let since = *h.healthy_since.get_or_insert_with(Instant::now);
                             since.elapsed() >= self.cfg.failback_after
                         }
@@ -460,7 +550,8 @@ impl Running {
             let (delivered_here, pending) = if self.cfg.mode == RelayMode::Replicate || i == current
             {
                 let (at, _) = o.cursor(&stream)?;
-                (true, o.pending(at, &t.name)?)
+                let only = (self.cfg.mode == RelayMode::Replicate).then_some(t.name.as_str());
+                (true, o.pending(at, only)?)
             } else {
                 (false, (0, 0, None))
             };
@@ -524,6 +615,7 @@ impl Running {
                 })
                 .collect(),
             outbox_bytes: o.bytes(),
+            outbox_error: self.local_error.lock().ok().and_then(|e| e.clone()),
             max_outbox: self.cfg.max_outbox,
             oldest_pending_seconds: oldest,
             rpo_seconds: rpo,
@@ -532,14 +624,14 @@ impl Running {
     }
 }
 
-/// `POST /api/events`: authenticated by `aeg-sas-key` or a bearer token, checked, made
-/// durable, then answered 200 (Event Grid's answer). A full outbox answers 503 with
-/// `Retry-After`.
-async fn publish(
+/// Refuses a publish without the relay's key (`aeg-sas-key` or `Authorization:
+/// Bearer`) before its body is read.
+async fn check_key(
     AxState(relay): AxState<Arc<Running>>,
-    headers: HeaderMap,
-    body: bytes::Bytes,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
+    let headers = req.headers();
     let given = headers
         .get("aeg-sas-key")
         .and_then(|v| v.to_str().ok())
@@ -556,6 +648,16 @@ async fn publish(
         )
             .into_response();
     }
+    next.run(req).await
+}
+
+/// `POST /api/events` (the key checked by [`check_key`]): checked, made durable, then
+/// answered 200 (Event Grid's answer). A full outbox answers 503 with `Retry-After`.
+async fn publish(
+    AxState(relay): AxState<Arc<Running>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

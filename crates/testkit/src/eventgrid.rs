@@ -69,11 +69,14 @@ async fn publish(
             "aeg-sas-key missing or wrong".into(),
         );
     }
-    if !q.contains_key("api-version") {
+    if q.get("api-version").map(String::as_str) != Some("2018-01-01") {
         return (
             StatusCode::BAD_REQUEST,
-            "the api-version query parameter is required".into(),
+            "the api-version query parameter must be 2018-01-01".into(),
         );
+    }
+    if body.len() > 1024 * 1024 {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "more than 1 MB".into());
     }
     let ct = headers
         .get("content-type")

@@ -54,8 +54,37 @@ fn publish(port: u16, key: &str, body: &serde_json::Value) -> (u16, Option<Strin
     (r.status().as_u16(), retry)
 }
 
+/// A raw publish: its status.
+fn post(port: u16, headers: &[(&str, &str)], content_type: &str, body: &str) -> u16 {
+    let mut r = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/events"))
+        .header("content-type", content_type);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(body.to_string())
+        .send()
+        .expect("publish")
+        .status()
+        .as_u16()
+}
+
+/// The ids in the order `topic` first received them.
+fn first_seen(topic: &EventGridTopic) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    topic
+        .ids()
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .collect()
+}
+
 fn relay(d: &Serve, name: &str) -> RelayStatus {
     d.typed(&format!("/api/v1/relays/{name}"))
+}
+
+fn ids_in_order(n: std::ops::Range<usize>) -> Vec<String> {
+    n.map(|i| format!("e{i}")).collect()
 }
 
 fn ids(n: std::ops::Range<usize>) -> BTreeSet<String> {
@@ -81,7 +110,7 @@ fn relay_topology(
         .region("qc")
         .region("we")
         .raw(&format!(
-            "[[relays]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\n{settings}\ntargets = [\n  {{ name = \"qc\", region = \"qc\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_QC}}\", timeout = \"2s\" }},\n  {{ name = \"we\", region = \"we\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_WE}}\", timeout = \"2s\" }},\n]",
+            "[[relays]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\n{settings}\ntargets = [\n  {{ name = \"qc\", region = \"qc\", kind = \"eventgrid\", url = \"{}?sig=topsecret-sig\", key = \"${{EG_QC}}\", timeout = \"2s\" }},\n  {{ name = \"we\", region = \"we\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_WE}}\", timeout = \"2s\" }},\n]",
             qc.url(),
             we.url()
         ))
@@ -100,6 +129,10 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
     let mut d = Serve::start(BIN, &cfg, &env());
 
     // Refused: no key, a wrong key, a body that is not the Event Grid schema.
+    assert_eq!(
+        post(port, &[], "application/json", &events(0, 1).to_string()),
+        401
+    );
     assert_eq!(publish(port, "wrong", &events(0, 1)).0, 401);
     assert_eq!(publish(port, KEY, &json!([{"id": "x"}])).0, 400);
     assert_eq!(publish(port, KEY, &json!({"id": "x"})).0, 400);
@@ -114,6 +147,30 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         qc.ids().len()
     );
     assert_eq!(relay(&d, "orders").current_target.as_deref(), Some("qc"));
+    // In the order published, once each.
+    assert_eq!(first_seen(&qc), ids_in_order(0..200));
+    assert_eq!(qc.ids().len(), 200);
+    // A bearer token works as well, and CloudEvents travel as CloudEvents.
+    let bearer = format!("Bearer {KEY}");
+    let ce = json!({"specversion": "1.0", "id": "ce-1", "source": "/orders", "type": "Orders.Created", "data": {"n": 1}});
+    assert_eq!(
+        post(
+            port,
+            &[("authorization", bearer.as_str())],
+            "application/cloudevents+json",
+            &ce.to_string()
+        ),
+        200
+    );
+    assert!(wait_until(Duration::from_secs(30), || qc
+        .ids()
+        .contains(&"ce-1".to_string())));
+    let got = qc
+        .events()
+        .into_iter()
+        .find(|e| e["id"] == "ce-1")
+        .expect("ce-1");
+    assert_eq!(got["specversion"], "1.0");
 
     // 2. qc goes down: the relay fails over to we; nothing accepted is lost.
     qc.down();
@@ -126,6 +183,12 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         we.ids().len(),
         relay(&d, "orders")
     );
+    // In order there too (after any the failing target took before the switch).
+    let on_we: Vec<usize> = first_seen(&we)
+        .iter()
+        .filter_map(|i| i.strip_prefix('e')?.parse().ok())
+        .collect();
+    assert!(on_we.windows(2).all(|w| w[0] < w[1]), "{on_we:?}");
     let st0 = relay(&d, "orders");
     assert_eq!(st0.current_target.as_deref(), Some("we"), "{st0:?}");
     assert!(
@@ -163,8 +226,9 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         assert_eq!(publish(port, KEY, &events(1000 + b * 100, 100)).0, 200);
     }
     let held = relay(&d, "orders");
-    assert!(
-        held.targets.iter().map(|t| t.pending).sum::<u64>() > 0,
+    assert_eq!(
+        held.targets.iter().map(|t| t.pending).sum::<u64>(),
+        2000,
         "{held:?}"
     );
     d.kill9();
@@ -232,9 +296,104 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
     );
     assert_eq!(st.code(), 0, "{} {}", st.stdout(), st.stderr());
     assert!(st.stdout().contains("current target qc"), "{}", st.stdout());
-    // The keys never show.
-    let all = format!("{}{}{}", st.stdout(), st.stderr(), d.log_text());
-    for secret in [KEY, "topic-key-qc", "topic-key-we"] {
+    // Manual switchover pins the relay on we (no failback while pinned); switchback
+    // returns to qc.
+    let out = run(
+        &[
+            "relay",
+            "switchover",
+            "orders",
+            "-c",
+            s(&cfg),
+            "--api",
+            &d.base,
+        ],
+        &env(),
+    )
+    .ok();
+    assert!(
+        out.stdout().contains("events go to 'we'"),
+        "{}",
+        out.stdout()
+    );
+    assert_eq!(publish(port, KEY, &events(6000, 3)).0, 200);
+    assert!(wait_until(Duration::from_secs(30), || has_all(
+        &we,
+        &ids(6000..6003)
+    )));
+    assert!(
+        !wait_until(Duration::from_millis(1500), || relay(&d, "orders")
+            .current_target
+            .as_deref()
+            == Some("qc")),
+        "a pinned relay failed back"
+    );
+    assert!(relay(&d, "orders").pinned);
+    let out = run(
+        &[
+            "relay",
+            "switchback",
+            "orders",
+            "-c",
+            s(&cfg),
+            "--api",
+            &d.base,
+        ],
+        &env(),
+    )
+    .ok();
+    assert!(
+        out.stdout().contains("events go to 'qc'"),
+        "{}",
+        out.stdout()
+    );
+    let back = relay(&d, "orders");
+    assert!(
+        !back.pinned && back.recent_failovers[0].reason == "manual switchback",
+        "{back:?}"
+    );
+
+    // A target that refuses everything as bad data is misconfigured, not the data:
+    // the relay fails over and keeps no dead letter.
+    qc.fail_with(Some(400));
+    assert_eq!(publish(port, KEY, &events(7000, 5)).0, 200);
+    assert!(
+        wait_until(Duration::from_secs(30), || has_all(&we, &ids(7000..7005))),
+        "{:?}",
+        relay(&d, "orders")
+    );
+    let mis = relay(&d, "orders");
+    assert_eq!(mis.dead_letters, 0, "{mis:?}");
+    assert!(
+        mis.recent_failovers[0]
+            .reason
+            .contains("refuses every event"),
+        "{mis:?}"
+    );
+    qc.fail_with(None);
+
+    // The keys and the URL's signature never show: CLI, log, API, metrics, plan.
+    let (_, api) = d.req(reqwest::Method::GET, "/api/v1/relays", None);
+    let metrics = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", d.base))
+        .bearer_auth(d.token().unwrap_or_default())
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("georep_relay_delivered_events"),
+        "{metrics}"
+    );
+    let plan = run(&["plan", "-c", s(&cfg), "--output", "json"], &env());
+    let all = format!(
+        "{}{}{}{api}{metrics}{}{}",
+        st.stdout(),
+        st.stderr(),
+        d.log_text(),
+        plan.stdout(),
+        plan.stderr()
+    );
+    for secret in [KEY, "topic-key-qc", "topic-key-we", "topsecret-sig"] {
         assert!(!all.contains(secret), "{secret} shown");
     }
 }

@@ -84,15 +84,41 @@ pub struct RelayTarget {
     pub name: String,
     pub region: String,
     pub kind: TargetKind,
+    /// Serialized without its query, which may hold a signature.
+    #[serde(serialize_with = "without_query")]
     pub url: String,
     /// The target's key or token, after `${NAME}` expansion. Never serialized.
     #[serde(skip)]
     pub key: Option<String>,
     /// Probed for health while the relay has failed over from this target (a GET that
-    /// must answer 2xx); without it, a delivery is the probe.
+    /// must answer 2xx); without it, a GET on `url`.
+    #[serde(serialize_with = "option_without_query")]
     pub health: Option<String>,
     #[serde(serialize_with = "super::duration")]
     pub timeout: Duration,
+}
+
+/// `url` without its query string (`?…` stands for it): a webhook's or a SAS URL's
+/// query may hold a signature.
+pub fn url_without_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
+fn without_query<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&url_without_query(url))
+}
+
+fn option_without_query<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&url_without_query(u)),
+        None => s.serialize_none(),
+    }
 }
 
 impl std::fmt::Debug for RelayTarget {
@@ -101,9 +127,9 @@ impl std::fmt::Debug for RelayTarget {
             .field("name", &self.name)
             .field("region", &self.region)
             .field("kind", &self.kind)
-            .field("url", &self.url)
+            .field("url", &url_without_query(&self.url))
             .field("key", &self.key.as_ref().map(|_| "***"))
-            .field("health", &self.health)
+            .field("health", &self.health.as_deref().map(url_without_query))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -412,7 +438,17 @@ fn relay(
         "accept",
         "add accept = \"eventgrid\" (the API publishers speak: Event Grid schema or CloudEvents 1.0)",
     );
-    let key = secret(ctx, sec, "key", env);
+    let key = secret(ctx, sec, "key", env).filter(|k| {
+        let long = k.len() >= 16;
+        if !long {
+            ctx.error(
+                Some(sec.span.clone()),
+                &what,
+                "the key is shorter than 16 characters once expanded; publishers authenticate with it: use a long random value (e.g. openssl rand -hex 32)",
+            );
+        }
+        long
+    });
     missing(ctx, sec, "key", "add key = \"${NAME}\" and export NAME: publishers send it as aeg-sas-key or a bearer token, and nothing is accepted without it");
     let mode = word(
         ctx,
@@ -473,7 +509,7 @@ fn relay(
         ctx,
         "failback_after",
         "\"60s\"",
-        Duration::ZERO,
+        Duration::from_secs(1),
         Relay::DEFAULT_FAILBACK_AFTER,
     );
     let probe_interval = dur(
