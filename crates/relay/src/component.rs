@@ -173,7 +173,27 @@ impl Relays {
         })
     }
 
-    fn start(&self, cfg: &Relay) -> Result<Started, RelayError> {
+    fn start(&self, cfg: &Relay, topo: &Topology) -> Result<Started, RelayError> {
+        let dead_store = match &cfg.dead_letters {
+            None => None,
+            Some(name) => {
+                let def = topo.store(name).ok_or_else(|| {
+                    RelayError::Refused(format!(
+                        "relay '{}': dead_letters '{name}' is not a store",
+                        cfg.name
+                    ))
+                })?;
+                Some(
+                    georep_storage::Store::open(&def.url, &georep_storage::StoreOptions::default())
+                        .map_err(|e| {
+                            RelayError::Refused(format!(
+                                "relay '{}': dead_letters store '{name}': {e}",
+                                cfg.name
+                            ))
+                        })?,
+                )
+            }
+        };
         let path = self.dir.join(format!("{}.db", cfg.name));
         let outbox = Outbox::open(&cfg.name, &path, cfg.max_outbox)?;
         let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| RelayError::Listen {
@@ -181,7 +201,7 @@ impl Relays {
             addr: cfg.listen.to_string(),
             detail: e.to_string(),
         })?;
-        let relay = Running::open(cfg.clone(), outbox)?;
+        let relay = Running::open(cfg.clone(), outbox, dead_store)?;
         let (stop, rx) = watch::channel(false);
         let tasks = relay.start(listener, rx)?;
         Ok(Started { relay, stop, tasks })
@@ -264,7 +284,7 @@ impl Component for Relays {
                     let Some(cfg) = topo.relay(&c.name) else {
                         continue;
                     };
-                    match self.start(cfg) {
+                    match self.start(cfg, topo) {
                         Ok(s) => {
                             self.running
                                 .write()

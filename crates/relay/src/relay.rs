@@ -63,6 +63,8 @@ pub(crate) struct Running {
     arrived: Notify,
     /// The outbox's last failure, shown in status until a restart.
     local_error: Mutex<Option<String>>,
+    /// `dead_letters`: where a copy of each dead letter is written, in another region.
+    dead_store: Option<georep_storage::Store>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -81,7 +83,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl Running {
     /// Opens the outbox and restores the routing it recorded.
-    pub(crate) fn open(cfg: Relay, outbox: Outbox) -> Result<Arc<Self>> {
+    pub(crate) fn open(
+        cfg: Relay,
+        outbox: Outbox,
+        dead_store: Option<georep_storage::Store>,
+    ) -> Result<Arc<Self>> {
         let n = cfg.targets.len();
         let current = outbox
             .meta("current")?
@@ -99,6 +105,7 @@ impl Running {
             }),
             arrived: Notify::new(),
             local_error: Mutex::new(None),
+            dead_store,
         }))
     }
 
@@ -356,7 +363,46 @@ impl Running {
                 .await?;
             self.advance(stream, streams, &target.name, last, 0).await
         };
-        r.await.map_err(|e| Fail::Local(e.to_string()))
+        r.await.map_err(|e| Fail::Local(e.to_string()))?;
+        self.copy_dead(target, events, reason).await;
+        Ok(())
+    }
+
+    /// Writes a copy of dead letters to the `dead_letters` store, one object per
+    /// refusal: `relays/RELAY/dead-letters/TIME-SEQ.json` with the target, the reason
+    /// and the events as published. The outbox keeps them for replay either way; a
+    /// failed write is logged.
+    async fn copy_dead(&self, target: &RelayTarget, events: &[Stored], reason: &str) {
+        let (Some(store), Some(first)) = (&self.dead_store, events.first()) else {
+            return;
+        };
+        let mut body = serde_json::to_vec(&serde_json::json!({
+            "relay": self.cfg.name,
+            "target": target.name,
+            "reason": reason,
+            "at": rfc3339(now_ms()),
+        }))
+        .unwrap_or_default();
+        // The events go in as published, byte for byte.
+        body.pop();
+        body.extend_from_slice(b",\"events\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&e.body);
+        }
+        body.extend_from_slice(b"]}");
+        let key = format!(
+            "relays/{}/dead-letters/{}-{}.json",
+            self.cfg.name,
+            now_ms(),
+            first.seq
+        );
+        let reader = georep_storage::ObjectReader::from_bytes(body.into(), Default::default());
+        if let Err(e) = store.put(&key, reader, 8 << 20, 1).await {
+            tracing::error!(relay = %self.cfg.name, key = %key, error = %e, "cannot write a dead letter to the dead_letters store; it stays in the outbox");
+        }
     }
 
     async fn advance(

@@ -105,10 +105,12 @@ fn relay_topology(
     (qc, we): (&EventGridTopic, &EventGridTopic),
 ) -> (std::path::PathBuf, u16) {
     let port = free_port();
+    std::fs::create_dir_all(dir.join("dead")).expect("dead-letter folder");
     let cfg = TopologyFile::new()
         .raw("[state]\nurl = \"sqlite://state/georep.db\"")
         .region("qc")
         .region("we")
+        .store("dead", "we", s(&dir.join("dead")))
         .raw(&format!(
             "[[relays]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\n{settings}\ntargets = [\n  {{ name = \"qc\", region = \"qc\", kind = \"eventgrid\", url = \"{}?sig=topsecret-sig\", key = \"${{EG_QC}}\", timeout = \"2s\" }},\n  {{ name = \"we\", region = \"we\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_WE}}\", timeout = \"2s\" }},\n]",
             qc.url(),
@@ -125,7 +127,7 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         EventGridTopic::start("topic-key-qc"),
         EventGridTopic::start("topic-key-we"),
     );
-    let (cfg, port) = relay_topology(dir.path(), "orders", "mode = \"failover\"\nfailover_after = 2\nfailback_after = \"1s\"\nprobe_interval = \"200ms\"\nrpo = \"1m\"", (&qc, &we));
+    let (cfg, port) = relay_topology(dir.path(), "orders", "mode = \"failover\"\nfailover_after = 2\nfailback_after = \"1s\"\nprobe_interval = \"200ms\"\nrpo = \"1m\"\ndead_letters = \"dead\"", (&qc, &we));
     let mut d = Serve::start(BIN, &cfg, &env());
 
     // Refused: no key, a wrong key, a body that is not the Event Grid schema.
@@ -267,6 +269,17 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         st.recent_dead_letters[0].reason.contains("HTTP 400"),
         "{st:?}"
     );
+    // A copy went to the dead_letters store, with the reason and the event as published.
+    let copies = tree(&dir.path().join("dead"));
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let (key, body) = copies.iter().next().expect("one copy");
+    assert!(key.starts_with("relays/orders/dead-letters/"), "{key}");
+    let copy: serde_json::Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(copy["events"][0]["id"], "e5002");
+    assert!(copy["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("HTTP 400"));
     assert!(!everywhere(&ids(5002..5003)));
     qc.refuse_ids(&[]);
     we.refuse_ids(&[]);
