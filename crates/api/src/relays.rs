@@ -47,7 +47,7 @@ pub struct RelayTargetStatus {
     pub name: String,
     pub region: String,
     pub kind: String,
-    /// Without its query string (which may hold a signature).
+    /// Redacted (a query may hold a signature).
     pub url: String,
     pub healthy: bool,
     pub consecutive_failures: u32,

@@ -17,12 +17,12 @@ pub mod topology;
 
 pub use filter::{Filter, FilterError};
 pub use pg_url::{pg_connect_url, pg_endpoint, PgEndpoint, PgUrlError};
-pub use redact::redact_url;
+pub use redact::{constant_time_eq, redact_url};
 pub use schedule::Schedule;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
-    url_without_query, Accept, Backup, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine,
-    DbMember, DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Relay, RelayMode,
-    RelayTarget, Retention, ServerConfig, StateConfig, StoreDef, TargetKind, Topology,
+    Accept, Backup, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember,
+    DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Relay, RelayMode, RelayTarget,
+    Retention, ServerConfig, StateConfig, StoreDef, TargetKind, Topology,
 };

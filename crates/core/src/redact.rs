@@ -1,6 +1,12 @@
 //! The one place URLs are made safe to show: every URL georep prints, logs, serializes
 //! or puts in an error goes through [`redact_url`].
 
+/// Compares two secrets without an early exit, so response time does not leak how much
+/// of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What a secret is replaced with.
 const MASK: &str = "***";
 

@@ -23,10 +23,7 @@ pub(crate) struct Sender {
     http: reqwest::Client,
 }
 
-/// The URL without its query (which may hold a SAS signature), for messages.
-pub(crate) fn shown(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or_default().to_string()
-}
+use georep_core::redact_url as shown;
 
 /// At most 300 bytes of a response, for a reason.
 fn excerpt(body: &[u8]) -> String {

@@ -323,13 +323,28 @@ impl Outbox {
         count: u64,
         streams: &[String],
     ) -> Result<()> {
+        self.advance_counted(stream, seq, (None, count), streams)
+            .await
+    }
+
+    /// [`Self::advance`], also adding `count` to the `count:TARGET` counter of
+    /// `target` when one is given, in the same commit (one fsync per delivery).
+    pub async fn advance_counted(
+        &self,
+        stream: &str,
+        seq: i64,
+        (target, count): (Option<&str>, u64),
+        streams: &[String],
+    ) -> Result<()> {
         let (stream, streams) = (stream.to_string(), streams.to_vec());
+        let counter = target.map(|t| format!("count:{t}"));
         let freed = self
             .write(Box::new(move |c| {
-                c.execute(
-                    "INSERT INTO cursors (stream, seq, delivered) VALUES (?1, ?2, ?3) ON CONFLICT (stream) DO UPDATE SET seq = MAX(seq, excluded.seq), delivered = delivered + excluded.delivered",
-                    params![stream, seq, count as i64],
-                )?;
+                const UPSERT: &str = "INSERT INTO cursors (stream, seq, delivered) VALUES (?1, ?2, ?3) ON CONFLICT (stream) DO UPDATE SET seq = MAX(seq, excluded.seq), delivered = delivered + excluded.delivered";
+                c.execute(UPSERT, params![stream, seq, count as i64])?;
+                if let Some(counter) = counter.filter(|_| count > 0) {
+                    c.execute(UPSERT, params![counter, 0, count as i64])?;
+                }
                 let mut low = i64::MAX;
                 for s in &streams {
                     let at: i64 = c

@@ -18,7 +18,7 @@ use georep_core::{Relay, RelayMode, RelayTarget};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
-use crate::deliver::{shown, Outcome, Sender};
+use crate::deliver::{Outcome, Sender};
 use crate::error::{RelayError, Result};
 use crate::events;
 use crate::outbox::{now_ms, Failover, Outbox, Stored};
@@ -71,14 +71,6 @@ fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-/// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Running {
@@ -413,14 +405,10 @@ impl Running {
         seq: i64,
         n: u64,
     ) -> Result<()> {
-        self.outbox.advance(stream, seq, 0, streams).await?;
-        if n > 0 {
-            // Per-target delivery counts, whatever the stream.
-            self.outbox
-                .advance(&format!("count:{target}"), 0, n, &[])
-                .await?;
-        }
-        Ok(())
+        // The per-target delivery count moves with the cursor, in one commit.
+        self.outbox
+            .advance_counted(stream, seq, (Some(target), n), streams)
+            .await
     }
 
     /// Counts a failure of target `idx`; in failover mode, fails over after
@@ -613,7 +601,7 @@ impl Running {
                 name: t.name.clone(),
                 region: t.region.clone(),
                 kind: t.kind.as_str().into(),
-                url: shown(&t.url),
+                url: georep_core::redact_url(&t.url),
                 healthy: h.failures == 0,
                 consecutive_failures: h.failures,
                 last_error: h.last_error.clone(),
@@ -687,7 +675,8 @@ async fn check_key(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
         });
-    if !given.is_some_and(|k| same(k.as_bytes(), relay.cfg.key.as_bytes())) {
+    if !given.is_some_and(|k| georep_core::constant_time_eq(k.as_bytes(), relay.cfg.key.as_bytes()))
+    {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(serde_json::json!({"error": {"code": "Unauthorized", "message": "send the relay's key as the aeg-sas-key header or as Authorization: Bearer KEY"}})),
@@ -751,6 +740,5 @@ mod tests {
     fn times_print_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_000_000_000_123), "2001-09-09T01:46:40.123Z");
-        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
     }
 }

@@ -198,7 +198,10 @@ async fn guard_event(State(app): State<Arc<App>>, req: Request, next: Next) -> R
                 percent_encoding::percent_decode_str(t)
                     .decode_utf8()
                     .is_ok_and(|t| {
-                        constant_time_eq(t.as_bytes(), app.access.events_token.as_bytes())
+                        georep_core::constant_time_eq(
+                            t.as_bytes(),
+                            app.access.events_token.as_bytes(),
+                        )
                     })
             })
         })
@@ -307,7 +310,7 @@ fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+        .is_some_and(|g| georep_core::constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -315,11 +318,6 @@ fn unauthorized(message: &str) -> Response {
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
-}
-
-/// Compares without an early exit, so response time does not leak the token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn policies(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
@@ -610,7 +608,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use georep_core::constant_time_eq;
 
     #[test]
     fn token_compare() {

@@ -237,6 +237,12 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
     qc.fail_with(None);
     we.fail_with(None);
     let d = Serve::start(BIN, &cfg, &env());
+    let cli = |command: &str| {
+        run(
+            &["relay", command, "orders", "-c", s(&cfg), "--api", &d.base],
+            &env(),
+        )
+    };
     let everywhere = |want: &BTreeSet<String>| {
         let mut got: BTreeSet<String> = qc.ids().into_iter().collect();
         got.extend(we.ids());
@@ -283,11 +289,7 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
     assert!(!everywhere(&ids(5002..5003)));
     qc.refuse_ids(&[]);
     we.refuse_ids(&[]);
-    let out = run(
-        &["relay", "replay", "orders", "-c", s(&cfg), "--api", &d.base],
-        &env(),
-    )
-    .ok();
+    let out = cli("replay").ok();
     assert!(
         out.stdout().contains("1 dead letters sent again"),
         "{}",
@@ -303,27 +305,12 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         .current_target
         .as_deref()
         == Some("qc")));
-    let st = run(
-        &["relay", "status", "orders", "-c", s(&cfg), "--api", &d.base],
-        &env(),
-    );
+    let st = cli("status");
     assert_eq!(st.code(), 0, "{} {}", st.stdout(), st.stderr());
     assert!(st.stdout().contains("current target qc"), "{}", st.stdout());
     // Manual switchover pins the relay on we (no failback while pinned); switchback
     // returns to qc.
-    let out = run(
-        &[
-            "relay",
-            "switchover",
-            "orders",
-            "-c",
-            s(&cfg),
-            "--api",
-            &d.base,
-        ],
-        &env(),
-    )
-    .ok();
+    let out = cli("switchover").ok();
     assert!(
         out.stdout().contains("events go to 'we'"),
         "{}",
@@ -342,19 +329,7 @@ fn a_failover_relay_fails_over_fails_back_survives_kill_9_and_dead_letters_bad_e
         "a pinned relay failed back"
     );
     assert!(relay(&d, "orders").pinned);
-    let out = run(
-        &[
-            "relay",
-            "switchback",
-            "orders",
-            "-c",
-            s(&cfg),
-            "--api",
-            &d.base,
-        ],
-        &env(),
-    )
-    .ok();
+    let out = cli("switchback").ok();
     assert!(
         out.stdout().contains("events go to 'qc'"),
         "{}",

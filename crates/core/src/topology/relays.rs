@@ -84,39 +84,27 @@ pub struct RelayTarget {
     pub name: String,
     pub region: String,
     pub kind: TargetKind,
-    /// Serialized without its query, which may hold a signature.
-    #[serde(serialize_with = "without_query")]
+    /// Serialized redacted (a query may hold a signature).
+    #[serde(serialize_with = "redacted")]
     pub url: String,
     /// The target's key or token, after `${NAME}` expansion. Never serialized.
     #[serde(skip)]
     pub key: Option<String>,
     /// Probed for health while the relay has failed over from this target (a GET that
     /// must answer 2xx); without it, a GET on `url`.
-    #[serde(serialize_with = "option_without_query")]
+    #[serde(serialize_with = "option_redacted")]
     pub health: Option<String>,
     #[serde(serialize_with = "super::duration")]
     pub timeout: Duration,
 }
 
-/// `url` without its query string (`?…` stands for it): a webhook's or a SAS URL's
-/// query may hold a signature.
-pub fn url_without_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
-    }
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::redact_url(url))
 }
 
-fn without_query<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&url_without_query(url))
-}
-
-fn option_without_query<S: serde::Serializer>(
-    url: &Option<String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn option_redacted<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match url {
-        Some(u) => s.serialize_some(&url_without_query(u)),
+        Some(u) => s.serialize_some(&crate::redact_url(u)),
         None => s.serialize_none(),
     }
 }
@@ -127,9 +115,9 @@ impl std::fmt::Debug for RelayTarget {
             .field("name", &self.name)
             .field("region", &self.region)
             .field("kind", &self.kind)
-            .field("url", &url_without_query(&self.url))
+            .field("url", &crate::redact_url(&self.url))
             .field("key", &self.key.as_ref().map(|_| "***"))
-            .field("health", &self.health.as_deref().map(url_without_query))
+            .field("health", &self.health.as_deref().map(crate::redact_url))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -195,10 +183,6 @@ impl Relay {
     pub const DEFAULT_BATCH: u32 = 100;
     pub const DEFAULT_RPO: Duration = Duration::from_secs(300);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-    pub fn target(&self, name: &str) -> Option<&RelayTarget> {
-        self.targets.iter().find(|t| t.name == name)
-    }
 }
 
 pub(super) struct DraftRelay {
@@ -401,6 +385,35 @@ fn http_url(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, example: &str) 
     }
 }
 
+/// A whole number within `range` (`default` when absent or out of range, which is
+/// reported with `unit`).
+fn bounded(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+    (key, example, unit): (&str, &str, &str),
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> u32 {
+    let Some(n) = sec.integer(ctx, key, example) else {
+        return default;
+    };
+    match u32::try_from(*n.get_ref()) {
+        Ok(v) if range.contains(&v) => v,
+        _ => {
+            ctx.error(
+                Some(n.span()),
+                &sec.what,
+                format!(
+                    "{key} must be between {} and {} ({unit})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            default
+        }
+    }
+}
+
 fn relay(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
@@ -473,35 +486,21 @@ fn relay(
             "mode = \"failover\" needs at least two targets (the primary first, then where to fail over to)",
         );
     }
-    let failover_after = match sec.integer(ctx, "failover_after", "3") {
-        None => Relay::DEFAULT_FAILOVER_AFTER,
-        Some(n) => match u32::try_from(*n.get_ref()) {
-            Ok(v) if (1..=100).contains(&v) => v,
-            _ => {
-                ctx.error(
-                    Some(n.span()),
-                    &what,
-                    "failover_after must be between 1 and 100 (consecutive failures)",
-                );
-                Relay::DEFAULT_FAILOVER_AFTER
-            }
-        },
-    };
-    let batch = match sec.integer(ctx, "batch", "100") {
-        None => Relay::DEFAULT_BATCH,
-        Some(n) => match u32::try_from(*n.get_ref()) {
-            // Event Grid takes at most 1 MB per request (5,000 events for EventBridge's 10).
-            Ok(v) if (1..=5000).contains(&v) => v,
-            _ => {
-                ctx.error(
-                    Some(n.span()),
-                    &what,
-                    "batch must be between 1 and 5000 (events per delivery)",
-                );
-                Relay::DEFAULT_BATCH
-            }
-        },
-    };
+    let failover_after = bounded(
+        ctx,
+        sec,
+        ("failover_after", "3", "consecutive failures"),
+        1..=100,
+        Relay::DEFAULT_FAILOVER_AFTER,
+    );
+    // Event Grid takes at most 1 MB per request.
+    let batch = bounded(
+        ctx,
+        sec,
+        ("batch", "100", "events per delivery"),
+        1..=5000,
+        Relay::DEFAULT_BATCH,
+    );
     let dur = |ctx: &mut Ctx<'_>, key: &str, example: &str, min: Duration, default: Duration| {
         super::policies::duration(ctx, sec, key, example, min).unwrap_or(default)
     };

@@ -107,7 +107,7 @@ pub async fn setup(
         report.tables = copied.tables;
         report.rows += copied.rows;
         report.gtid = copied.gtid.to_string();
-        start_replication(d, &mut rc, &r.name, &pu, &copied.gtid).await?;
+        start_replication((d, &copied.version), &mut rc, &r.name, &pu, &copied.gtid).await?;
         let _ = rc.disconnect().await;
         report.replicas.push((r.name.clone(), "copied"));
     }
@@ -142,6 +142,8 @@ struct Copied {
     tables: u64,
     rows: u64,
     gtid: Gtids,
+    /// The replica's `VERSION()` (MySQL's reset statement depends on it).
+    version: String,
 }
 
 /// One piece of the copy: a table, or a key range of a large one.
@@ -430,6 +432,7 @@ async fn copy(primary: &Member, r: &Member, rc: &mut Conn, opts: &SetupOptions) 
         tables,
         rows,
         gtid,
+        version,
     })
 }
 
@@ -912,16 +915,15 @@ async fn not_copied(tx: &mut Conn, p: &str, system: &str) -> Result<Vec<String>>
 
 /// Points the replica at the primary from `gtid` on and starts it.
 async fn start_replication(
-    d: Dialect,
+    (d, version): (Dialect, &str),
     rc: &mut Conn,
     member: &str,
     primary: &conn::MyUrl,
     gtid: &Gtids,
 ) -> Result<()> {
     let err = |e| DbError::mysql(member, e);
-    let (_, version) = Dialect::of_server(rc, member).await?;
     rc.query_drop(d.stop_replica()).await.map_err(err)?;
-    for sql in d.start_after(&version, &gtid.to_string()) {
+    for sql in d.start_after(version, &gtid.to_string()) {
         rc.query_drop(sql).await.map_err(err)?;
     }
     change_master(d, rc, member, primary).await?;
