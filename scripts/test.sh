@@ -4,6 +4,7 @@
 #   moto[server] (pip, in ./.venv)    -> S3 endpoints
 #   restic (apt)                      -> reads georep's backup repositories
 #   mariadb-server (apt)              -> MariaDB members (the tests start their own mariadbd)
+#   nats-server (apt)                 -> NATS JetStream relay targets (the tests start their own)
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,24 +25,25 @@ else
   export GEOREP_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 fi
 
-if ! command -v restic >/dev/null 2>&1; then
-  echo "== installing restic (apt-get install restic)"
+# apt_need PACKAGE WHAT TEST...: installs PACKAGE (as root) unless TEST succeeds.
+apt_need() {
+  local pkg=$1 what=$2
+  shift 2
+  if "$@"; then return 0; fi
+  echo "== installing $what (apt-get install $pkg)"
   if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q restic >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q restic >/dev/null; }
+    apt-get install -y -q "$pkg" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "$pkg" >/dev/null; }
   else
-    echo "restic is missing: run apt-get install restic as root" >&2
+    echo "$what is missing: run apt-get install $pkg as root" >&2
     exit 2
   fi
-fi
+}
+has() { command -v "$1" >/dev/null 2>&1; }
+has_mariadb() { [ -x /usr/sbin/mariadbd ] && has mariadb-install-db; }
+has_nats() { [ -x /usr/sbin/nats-server ] || has nats-server; }
 
-if ! [ -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null 2>&1; then
-  echo "== installing MariaDB (apt-get install mariadb-server)"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q mariadb-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q mariadb-server >/dev/null; }
-  else
-    echo "MariaDB is missing: run apt-get install mariadb-server as root" >&2
-    exit 2
-  fi
-fi
+apt_need restic restic has restic
+apt_need mariadb-server MariaDB has_mariadb
+apt_need nats-server NATS has_nats
 
 cargo test --workspace --locked "$@"

@@ -174,26 +174,29 @@ impl Relays {
     }
 
     fn start(&self, cfg: &Relay, topo: &Topology) -> Result<Started, RelayError> {
+        let open = |what: &str, name: &str| -> Result<georep_storage::Store, RelayError> {
+            let def = topo.store(name).ok_or_else(|| {
+                RelayError::Refused(format!(
+                    "relay '{}': {what} '{name}' is not a store",
+                    cfg.name
+                ))
+            })?;
+            georep_storage::Store::open(&def.url, &georep_storage::StoreOptions::default()).map_err(
+                |e| {
+                    RelayError::Refused(format!("relay '{}': {what} store '{name}': {e}", cfg.name))
+                },
+            )
+        };
         let dead_store = match &cfg.dead_letters {
             None => None,
-            Some(name) => {
-                let def = topo.store(name).ok_or_else(|| {
-                    RelayError::Refused(format!(
-                        "relay '{}': dead_letters '{name}' is not a store",
-                        cfg.name
-                    ))
-                })?;
-                Some(
-                    georep_storage::Store::open(&def.url, &georep_storage::StoreOptions::default())
-                        .map_err(|e| {
-                            RelayError::Refused(format!(
-                                "relay '{}': dead_letters store '{name}': {e}",
-                                cfg.name
-                            ))
-                        })?,
-                )
-            }
+            Some(name) => Some(open("dead_letters", name)?),
         };
+        let mut archives = std::collections::HashMap::new();
+        for t in &cfg.targets {
+            if let Some(name) = &t.store {
+                archives.insert(t.name.clone(), open(&format!("target '{}'", t.name), name)?);
+            }
+        }
         let path = self.dir.join(format!("{}.db", cfg.name));
         let outbox = Outbox::open(&cfg.name, &path, cfg.max_outbox)?;
         let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| RelayError::Listen {
@@ -201,7 +204,7 @@ impl Relays {
             addr: cfg.listen.to_string(),
             detail: e.to_string(),
         })?;
-        let relay = Running::open(cfg.clone(), outbox, dead_store)?;
+        let relay = Running::open(cfg.clone(), outbox, dead_store, archives)?;
         let (stop, rx) = watch::channel(false);
         let tasks = relay.start(listener, rx)?;
         Ok(Started { relay, stop, tasks })

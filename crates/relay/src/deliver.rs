@@ -1,10 +1,17 @@
 //! Sending a batch to a target and reading the answer: delivered, refused as bad data
 //! (not retried, not a reason to fail over: the batch goes to the dead letters), or
-//! failed (retried with backoff, and counted towards a failover).
+//! failed (retried with backoff, and counted towards a failover). One `Sender` serves
+//! every target of a relay: HTTP APIs through one client, EventBridge signed with
+//! SigV4 (object_store's signer), NATS JetStream through `async-nats` (one connection
+//! per target, kept), archives through georep's stores.
 
-use georep_core::{RelayTarget, TargetKind};
+use std::collections::HashMap;
+use std::time::Duration;
 
-use crate::events;
+use georep_core::{redact_url as shown, RelayTarget, TargetKind};
+use georep_storage::Store;
+
+use crate::encode;
 use crate::outbox::Stored;
 
 /// What a delivery attempt came to.
@@ -17,13 +24,38 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// An HTTP client for every target of a relay.
-#[derive(Clone)]
-pub(crate) struct Sender {
-    http: reqwest::Client,
+/// Most events and bytes in one delivery to a target of `kind` (`batch`: the relay's).
+pub(crate) fn limits(kind: TargetKind, batch: u32) -> (u32, usize) {
+    match kind {
+        // PutEvents: at most 10 entries and 256 KB per call.
+        TargetKind::EventBridge => (batch.min(10), 200 * 1024),
+        // Fewer, bigger objects.
+        TargetKind::Archive => (batch.max(5000), 16 << 20),
+        TargetKind::Loki | TargetKind::Elasticsearch => (batch, 4 << 20),
+        // Event Grid and Logs Ingestion take at most 1 MB per request.
+        _ => (batch, crate::events::MAX_REQUEST - 2),
+    }
 }
 
-use georep_core::redact_url as shown;
+/// AWS credentials from the standard environment, for EventBridge targets.
+#[derive(Clone)]
+struct Aws {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+/// Delivers to every target of one relay.
+pub(crate) struct Sender {
+    relay: String,
+    http: reqwest::Client,
+    /// `archive` targets' stores, by target name.
+    archives: HashMap<String, Store>,
+    aws: Option<Aws>,
+    /// NATS connections, by target name; made on first use and kept (the client
+    /// reconnects by itself).
+    nats: tokio::sync::Mutex<HashMap<String, async_nats::jetstream::Context>>,
+}
 
 /// At most 300 bytes of a response, for a reason.
 fn excerpt(body: &[u8]) -> String {
@@ -31,92 +63,380 @@ fn excerpt(body: &[u8]) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+fn with_query(url: &str, pair: &str) -> String {
+    let key = pair.split('=').next().unwrap_or(pair);
+    if url.contains(&format!("{key}=")) {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{pair}")
+}
+
+/// `base` with `path` appended to its path (query kept).
+fn join(base: &str, path: &str) -> String {
+    match base.split_once('?') {
+        Some((b, q)) => format!("{}{path}?{q}", b.trim_end_matches('/')),
+        None => format!("{}{path}", base.trim_end_matches('/')),
+    }
+}
+
 impl Sender {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(relay: &str, archives: HashMap<String, Store>) -> Self {
+        let aws = match (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(key_id), Ok(secret)) if !key_id.is_empty() => Some(Aws {
+                key_id,
+                secret,
+                token: std::env::var("AWS_SESSION_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            }),
+            _ => None,
+        };
         Self {
+            relay: relay.to_string(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            archives,
+            aws,
+            nats: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Where a batch is posted: Event Grid wants its `api-version`.
+    /// Where a batch is posted.
     fn endpoint(t: &RelayTarget) -> String {
-        if t.kind == TargetKind::EventGrid && !t.url.contains("api-version=") {
-            let sep = if t.url.contains('?') { '&' } else { '?' };
-            format!("{}{sep}api-version=2018-01-01", t.url)
-        } else {
-            t.url.clone()
+        match t.kind {
+            TargetKind::EventGrid => with_query(&t.url, "api-version=2018-01-01"),
+            TargetKind::Logs => with_query(&t.url, "api-version=2023-01-01"),
+            TargetKind::Elasticsearch => join(&t.url, "/_bulk"),
+            _ => t.url.clone(),
+        }
+    }
+
+    /// The target's key, sent as its API expects.
+    fn authorize(t: &RelayTarget, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&t.key, t.kind) {
+            (None, _) => req,
+            (Some(key), TargetKind::EventGrid) => req.header("aeg-sas-key", key),
+            (Some(key), TargetKind::Elasticsearch) => {
+                req.header(reqwest::header::AUTHORIZATION, format!("ApiKey {key}"))
+            }
+            (Some(key), _) => req.bearer_auth(key),
         }
     }
 
     /// Posts `batch` (one schema) to `t`.
     pub(crate) async fn send(&self, t: &RelayTarget, batch: &[Stored]) -> Outcome {
-        let Some(first) = batch.first() else {
+        if batch.is_empty() {
             return Outcome::Delivered;
+        }
+        let r = &self.relay;
+        let (body, ct) = match t.kind {
+            TargetKind::EventGrid | TargetKind::Webhook => encode::events_body(batch),
+            TargetKind::Logs => (encode::monitor_body(r, batch), "application/json"),
+            TargetKind::Loki => (encode::loki_body(r, batch), "application/json"),
+            TargetKind::Elasticsearch => (encode::bulk_body(r, batch), "application/x-ndjson"),
+            TargetKind::EventBridge => return self.eventbridge(t, batch).await,
+            TargetKind::Nats => return self.nats(t, batch).await,
+            TargetKind::Archive => return self.archive(t, batch).await,
         };
-        let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_slice()).collect();
-        let (body, ct) = events::batch(&first.schema, &bodies);
-        let mut req = self
+        let req = self
             .http
             .post(Self::endpoint(t))
             .timeout(t.timeout)
             .header(reqwest::header::CONTENT_TYPE, ct)
             .body(body);
-        if let Some(key) = &t.key {
-            req = match t.kind {
-                TargetKind::EventGrid => req.header("aeg-sas-key", key),
-                TargetKind::Webhook => req.bearer_auth(key),
+        let (status, text) = match Self::authorize(t, req).send().await {
+            Ok(resp) => (
+                resp.status().as_u16(),
+                resp.bytes().await.unwrap_or_default(),
+            ),
+            Err(e) => return Outcome::Failed(Self::unreachable(t, e)),
+        };
+        if (200..300).contains(&status) {
+            return match t.kind {
+                TargetKind::Elasticsearch => bulk_outcome(&text),
+                _ => Outcome::Delivered,
             };
         }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if resp.status().is_success() {
-                    return Outcome::Delivered;
-                }
-                let text = resp.bytes().await.map(|b| excerpt(&b)).unwrap_or_default();
-                let reason = format!("HTTP {status} from {}: {text}", shown(&t.url));
-                if matches!(status, 400 | 413 | 422) {
-                    Outcome::BadData(reason)
-                } else {
-                    Outcome::Failed(reason)
-                }
-            }
-            Err(e) => Outcome::Failed(format!(
-                "{} {}: {}",
-                if e.is_timeout() {
-                    "timed out after"
-                } else {
-                    "cannot reach"
-                },
-                if e.is_timeout() {
-                    format!("{:?}", t.timeout)
-                } else {
-                    shown(&t.url)
-                },
-                e.without_url()
-            )),
+        let reason = format!("HTTP {status} from {}: {}", shown(&t.url), excerpt(&text));
+        if matches!(status, 400 | 413 | 422) {
+            Outcome::BadData(reason)
+        } else {
+            Outcome::Failed(reason)
         }
     }
 
-    /// Whether `t` answers: its health URL with 2xx, or without one, a GET on its
-    /// endpoint with its key, answered by anything but a server error, throttling, or
-    /// a refused key (a GET on a publish endpoint is refused, by a server that is up).
-    pub(crate) async fn probe(&self, t: &RelayTarget) -> Result<(), String> {
-        let url = t.health.clone().unwrap_or_else(|| Self::endpoint(t));
-        let mut req = self.http.get(&url).timeout(t.timeout);
-        if let (None, Some(key)) = (&t.health, &t.key) {
-            req = match t.kind {
-                TargetKind::EventGrid => req.header("aeg-sas-key", key),
-                TargetKind::Webhook => req.bearer_auth(key),
+    /// Why a request got no answer (reqwest's message names the URL with its query:
+    /// the URL is shown redacted instead).
+    fn unreachable(t: &RelayTarget, e: reqwest::Error) -> String {
+        if e.is_timeout() {
+            format!("timed out after {:?}: {}", t.timeout, shown(&t.url))
+        } else {
+            format!("cannot reach {}: {}", shown(&t.url), e.without_url())
+        }
+    }
+
+    /// EventBridge `PutEvents` (JSON 1.1, SigV4). Throttling, internal failures and
+    /// refused credentials are failures; entries refused as malformed are bad data.
+    async fn eventbridge(&self, t: &RelayTarget, batch: &[Stored]) -> Outcome {
+        let bus = t.bus.as_deref().unwrap_or("default");
+        let body = encode::eventbridge_body(&self.relay, bus, batch);
+        let (status, text) = match self.aws_call(t, "AWSEvents.PutEvents", body).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+        if status == 200 {
+            let failed = v["FailedEntryCount"].as_u64().unwrap_or(0);
+            if failed == 0 {
+                return Outcome::Delivered;
+            }
+            let codes: Vec<String> = v["Entries"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e["ErrorCode"].as_str())
+                        .map(|c| c.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let reason = format!(
+                "EventBridge refused {failed} of {} entries: {}",
+                batch.len(),
+                codes.join(", ")
+            );
+            let retry = codes.iter().any(|c| {
+                c.contains("Throttl") || c.contains("InternalFailure") || c.contains("Unavailable")
+            });
+            return if retry {
+                Outcome::Failed(reason)
+            } else {
+                Outcome::BadData(reason)
             };
+        }
+        let kind = v["__type"].as_str().unwrap_or_default();
+        let reason = format!(
+            "HTTP {status} from EventBridge {}: {} {}",
+            shown(&t.url),
+            kind.rsplit('#').next().unwrap_or(kind),
+            v["message"]
+                .as_str()
+                .or(v["Message"].as_str())
+                .unwrap_or_default()
+        );
+        if status == 400 && kind.ends_with("ValidationException") {
+            Outcome::BadData(reason)
+        } else {
+            Outcome::Failed(reason)
+        }
+    }
+
+    /// One signed AWS JSON 1.1 call: the status and the body.
+    async fn aws_call(
+        &self,
+        t: &RelayTarget,
+        target: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, bytes::Bytes), String> {
+        use object_store::aws::{AwsAuthorizer, AwsCredential};
+        let Some(aws) = &self.aws else {
+            return Err(
+                "no AWS credentials: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) for georep"
+                    .into(),
+            );
+        };
+        let cred = AwsCredential {
+            key_id: aws.key_id.clone(),
+            secret_key: aws.secret.clone(),
+            token: aws.token.clone(),
+        };
+        let region = t.aws_region.as_deref().unwrap_or("us-east-1");
+        let mut req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(&t.url)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", target)
+            .body(object_store::client::HttpRequestBody::from(
+                bytes::Bytes::from(body.clone()),
+            ))
+            .map_err(|e| format!("cannot build a request to {}: {e}", shown(&t.url)))?;
+        AwsAuthorizer::new(&cred, "events", region)
+            .try_authorize(&mut req, None)
+            .map_err(|e| format!("cannot sign a request to {}: {e}", shown(&t.url)))?;
+        let mut out = self.http.post(&t.url).timeout(t.timeout).body(body);
+        for (k, v) in req.headers() {
+            out = out.header(k, v);
+        }
+        match out.send().await {
+            Ok(resp) => Ok((
+                resp.status().as_u16(),
+                resp.bytes().await.unwrap_or_default(),
+            )),
+            Err(e) => Err(Self::unreachable(t, e)),
+        }
+    }
+
+    /// The JetStream context of a NATS target, connecting on first use.
+    async fn jetstream(&self, t: &RelayTarget) -> Result<async_nats::jetstream::Context, String> {
+        let mut conns = self.nats.lock().await;
+        if let Some(js) = conns.get(&t.name) {
+            return Ok(js.clone());
+        }
+        let mut opts = async_nats::ConnectOptions::new()
+            .connection_timeout(t.timeout)
+            .name(format!("georep relay {}", self.relay));
+        if let Some(token) = &t.key {
+            opts = opts.token(token.clone());
+        }
+        let client = tokio::time::timeout(t.timeout, opts.connect(t.url.as_str()))
+            .await
+            .map_err(|_| {
+                format!(
+                    "timed out after {:?} connecting to {}",
+                    t.timeout,
+                    shown(&t.url)
+                )
+            })?
+            .map_err(|e| format!("cannot connect to NATS at {}: {e}", shown(&t.url)))?;
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(t.timeout);
+        conns.insert(t.name.clone(), js.clone());
+        Ok(js)
+    }
+
+    /// Publishes each event to the subject with its id as `Nats-Msg-Id` (the stream
+    /// drops a redelivered one within its duplicate window), then waits for every
+    /// acknowledgement.
+    async fn nats(&self, t: &RelayTarget, batch: &[Stored]) -> Outcome {
+        let js = match self.jetstream(t).await {
+            Ok(js) => js,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let subject = t.subject.clone().unwrap_or_default();
+        let mut acks = Vec::with_capacity(batch.len());
+        for e in batch {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", encode::id_of(&self.relay, e).as_str());
+            h.insert("Content-Type", "application/json");
+            match js
+                .publish_with_headers(subject.clone(), h, e.body.clone().into())
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(err) => return Outcome::Failed(nats_reason(t, &subject, &err.to_string())),
+            }
+        }
+        for ack in acks {
+            if let Err(err) = ack.await {
+                if err.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                {
+                    return Outcome::BadData(format!(
+                        "larger than the NATS server's max_payload ({})",
+                        shown(&t.url)
+                    ));
+                }
+                return Outcome::Failed(nats_reason(t, &subject, &err.to_string()));
+            }
+        }
+        Outcome::Delivered
+    }
+
+    /// Writes the batch as one gzip-compressed NDJSON object; a redelivery writes the
+    /// same key again (objects appear whole or not at all).
+    async fn archive(&self, t: &RelayTarget, batch: &[Stored]) -> Outcome {
+        let Some(store) = self.archives.get(&t.name) else {
+            return Outcome::Failed(format!("archive target '{}' has no store open", t.name));
+        };
+        let body = match encode::archive_body(batch) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Failed(format!("cannot compress a batch: {e}")),
+        };
+        let key = encode::archive_key(&self.relay, &t.name, batch);
+        let reader = georep_storage::ObjectReader::from_bytes(body.into(), Default::default());
+        match tokio::time::timeout(
+            t.timeout.max(Duration::from_secs(30)),
+            store.put(&key, reader, 8 << 20, 2),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Outcome::Delivered,
+            Ok(Err(e)) => Outcome::Failed(format!("cannot write {key}: {e}")),
+            Err(_) => Outcome::Failed(format!("timed out writing {key}")),
+        }
+    }
+
+    /// Whether `t` answers: its health URL with 2xx; without one, what its kind
+    /// allows cheaply (a GET on the endpoint answered by anything but a server error,
+    /// throttling or a refused key; Loki's `/ready`; Elasticsearch's cluster health;
+    /// EventBridge `DescribeEventBus`; a NATS round trip; an archive store's HEAD).
+    pub(crate) async fn probe(&self, t: &RelayTarget) -> Result<(), String> {
+        if t.health.is_none() {
+            match t.kind {
+                TargetKind::EventBridge => {
+                    let body = serde_json::json!({"Name": t.bus.as_deref().unwrap_or("default")});
+                    let (status, text) = self
+                        .aws_call(
+                            t,
+                            "AWSEvents.DescribeEventBus",
+                            body.to_string().into_bytes(),
+                        )
+                        .await?;
+                    return if status == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "HTTP {status} from EventBridge {}: {}",
+                            shown(&t.url),
+                            excerpt(&text)
+                        ))
+                    };
+                }
+                TargetKind::Nats => {
+                    let js = self.jetstream(t).await?;
+                    return match tokio::time::timeout(t.timeout, js.query_account()).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("JetStream at {}: {e}", shown(&t.url))),
+                        Err(_) => Err(format!(
+                            "JetStream at {} did not answer in {:?}",
+                            shown(&t.url),
+                            t.timeout
+                        )),
+                    };
+                }
+                TargetKind::Archive => {
+                    let Some(store) = self.archives.get(&t.name) else {
+                        return Err("no store open".into());
+                    };
+                    let key = format!("relays/{}/{}/.probe", self.relay, t.name);
+                    return match tokio::time::timeout(t.timeout, store.head(&key)).await {
+                        Ok(Ok(_) | Err(georep_storage::StorageError::NotFound { .. })) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("the store did not answer in {:?}", t.timeout)),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let (url, strict) = match (&t.health, t.kind) {
+            (Some(h), _) => (h.clone(), true),
+            (None, TargetKind::Loki) => (t.url.replace("/loki/api/v1/push", "/ready"), true),
+            (None, TargetKind::Elasticsearch) => (join(&t.url, "/_cluster/health"), true),
+            (None, _) => (Self::endpoint(t), false),
+        };
+        let mut req = self.http.get(&url).timeout(t.timeout);
+        if t.health.is_none() {
+            req = Self::authorize(t, req);
         }
         match req.send().await {
             Ok(r) => {
                 let s = r.status();
-                let ok = if t.health.is_some() {
+                let ok = if strict {
                     s.is_success()
                 } else {
                     !s.is_server_error() && !matches!(s.as_u16(), 401 | 403 | 429)
@@ -132,8 +452,84 @@ impl Sender {
     }
 }
 
-impl Default for Sender {
-    fn default() -> Self {
-        Self::new()
+fn nats_reason(t: &RelayTarget, subject: &str, e: &str) -> String {
+    if e.contains("no stream") || e.contains("no responders") {
+        format!("no JetStream stream takes subject '{subject}' at {}: create one (nats stream add --subjects {subject})", shown(&t.url))
+    } else {
+        format!("NATS at {}: {e}", shown(&t.url))
+    }
+}
+
+/// A bulk answer: every item created, or already there (409 on `create`: a
+/// redelivery); throttled or failing items are a failure (the batch is sent again, and
+/// what went in answers 409); refused items are bad data.
+fn bulk_outcome(text: &[u8]) -> Outcome {
+    let v: serde_json::Value = match serde_json::from_slice(text) {
+        Ok(v) => v,
+        Err(_) => return Outcome::Failed(format!("not a bulk answer: {}", excerpt(text))),
+    };
+    if v["errors"] != serde_json::Value::Bool(true) {
+        return Outcome::Delivered;
+    }
+    let (mut retry, mut bad) = (Vec::new(), Vec::new());
+    for item in v["items"].as_array().into_iter().flatten() {
+        let Some((_, r)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let status = r["status"].as_u64().unwrap_or(0);
+        let why = || {
+            format!(
+                "{} {}: {}",
+                status,
+                r["error"]["type"].as_str().unwrap_or_default(),
+                r["error"]["reason"].as_str().unwrap_or_default()
+            )
+        };
+        match status {
+            200..=299 | 409 => {}
+            429 | 500..=599 => retry.push(why()),
+            _ => bad.push(why()),
+        }
+    }
+    if let Some(first) = retry.first() {
+        Outcome::Failed(format!(
+            "Elasticsearch failed {} items: {first}",
+            retry.len()
+        ))
+    } else if let Some(first) = bad.first() {
+        Outcome::BadData(format!(
+            "Elasticsearch refused {} items: {first}",
+            bad.len()
+        ))
+    } else {
+        Outcome::Delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_answers_separate_duplicates_retries_and_bad_data() {
+        let ok = br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":409,"error":{"type":"version_conflict_engine_exception"}}}]}"#;
+        assert_eq!(bulk_outcome(ok), Outcome::Delivered);
+        let retry = br#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"x"}}},{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#;
+        assert!(matches!(bulk_outcome(retry), Outcome::Failed(r) if r.contains("es_rejected")));
+        let bad = br#"{"errors":true,"items":[{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse"}}}]}"#;
+        assert!(matches!(bulk_outcome(bad), Outcome::BadData(r) if r.contains("mapper_parsing")));
+        assert!(matches!(bulk_outcome(b"<html>"), Outcome::Failed(_)));
+        assert_eq!(
+            join("http://es:9200/logs/?x=1", "/_bulk"),
+            "http://es:9200/logs/_bulk?x=1"
+        );
+        assert_eq!(
+            with_query("http://h/p?api-version=1", "api-version=2"),
+            "http://h/p?api-version=1"
+        );
+        assert_eq!(
+            with_query("http://h/p", "api-version=2"),
+            "http://h/p?api-version=2"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! georep-relay: `[[relays]]`. A relay accepts events over HTTP (Event Grid's publish
-//! API: Event Grid schema or CloudEvents 1.0), makes them durable in an outbox of its
+//! API: Event Grid schema or CloudEvents 1.0) or log records (Azure Monitor Logs
+//! Ingestion, Loki push, Elasticsearch bulk: `logs`), makes them durable in an outbox of its
 //! own before it answers (`outbox`), and delivers them at least once, in order, with
-//! the publisher's ids, to its targets (`deliver`): to the first healthy one with
+//! the publisher's ids, to its targets (`deliver`, each target's format in `encode`): to the first healthy one with
 //! failover and failback (`mode = "failover"`, client-side failover for publishers in
 //! regions without a pair), or to every one at its own pace (`mode = "replicate"`).
 //! Targets that refuse data as bad send it to the dead letters, to be replayed.
@@ -10,8 +11,10 @@
 
 mod component;
 mod deliver;
+mod encode;
 mod error;
 pub mod events;
+pub mod logs;
 pub mod outbox;
 mod relay;
 

@@ -20,6 +20,9 @@ pub struct Stored {
     pub seq: i64,
     /// `eventgrid` or `cloudevents`: a delivery never mixes the two.
     pub schema: String,
+    /// The partition key: a subject or source (events), a data collection rule's
+    /// stream, a Loki label set, an Elasticsearch index.
+    pub partition: String,
     pub id: String,
     pub body: Vec<u8>,
     pub accepted_ms: i64,
@@ -257,7 +260,7 @@ impl Outbox {
     ) -> Result<Vec<Stored>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, schema, id, body, accepted_ms FROM events WHERE seq > ?1 AND (?2 IS NULL OR only_target IS NULL OR only_target = ?2) ORDER BY seq LIMIT ?3",
+                "SELECT seq, schema, id, body, accepted_ms, part FROM events WHERE seq > ?1 AND (?2 IS NULL OR only_target IS NULL OR only_target = ?2) ORDER BY seq LIMIT ?3",
             )?;
             let rows = st.query_map(params![after, target, limit], |r| {
                 Ok(Stored {
@@ -266,6 +269,7 @@ impl Outbox {
                     id: r.get(2)?,
                     body: r.get(3)?,
                     accepted_ms: r.get(4)?,
+                    partition: r.get(5)?,
                 })
             })?;
             let mut out: Vec<Stored> = Vec::new();

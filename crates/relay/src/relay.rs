@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use georep_api::{
     RelayActionReport, RelayDeadLetter, RelayFailover, RelayStatus, RelayTargetStatus,
 };
-use georep_core::{Relay, RelayMode, RelayTarget};
+use georep_core::{Accept, Relay, RelayMode, RelayTarget};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 
@@ -79,6 +79,7 @@ impl Running {
         cfg: Relay,
         outbox: Outbox,
         dead_store: Option<georep_storage::Store>,
+        archives: std::collections::HashMap<String, georep_storage::Store>,
     ) -> Result<Arc<Self>> {
         let n = cfg.targets.len();
         let current = outbox
@@ -86,10 +87,11 @@ impl Running {
             .and_then(|name| cfg.targets.iter().position(|t| t.name == name))
             .unwrap_or(0);
         let pinned = outbox.meta("pinned")?.as_deref() == Some("1");
+        let sender = Sender::new(&cfg.name, archives);
         Ok(Arc::new(Self {
             cfg,
             outbox: Arc::new(outbox),
-            sender: Sender::new(),
+            sender,
             routing: Mutex::new(Routing {
                 current,
                 pinned,
@@ -132,18 +134,35 @@ impl Running {
         };
         listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
-        let app = axum::Router::new()
-            .route(
-                "/api/events",
-                axum::routing::post(publish).route_layer(axum::middleware::from_fn_with_state(
-                    self.clone(),
-                    check_key,
-                )),
-            )
+        let key = axum::middleware::from_fn_with_state(self.clone(), check_key);
+        let app = match self.cfg.accept {
+            Accept::EventGrid => axum::Router::new()
+                .route("/api/events", axum::routing::post(publish))
+                .route_layer(key),
+            Accept::Logs => axum::Router::new()
+                .route(
+                    "/dataCollectionRules/{dcr}/streams/{stream}",
+                    axum::routing::post(publish_monitor),
+                )
+                .route_layer(key),
+            Accept::Loki => axum::Router::new()
+                .route("/loki/api/v1/push", axum::routing::post(publish_loki))
+                .route_layer(key)
+                .route("/ready", axum::routing::get(|| async { "ready" })),
+            Accept::Elasticsearch => axum::Router::new()
+                .route("/_bulk", axum::routing::post(publish_bulk))
+                .route("/{index}/_bulk", axum::routing::post(publish_bulk_to))
+                .route("/", axum::routing::get(es_info))
+                .route_layer(key),
+        };
+        let limit = if self.cfg.accept.is_logs() {
+            crate::logs::MAX_DECODED
+        } else {
+            events::MAX_REQUEST + 64 * 1024
+        };
+        let app = app
             .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .layer(axum::extract::DefaultBodyLimit::max(
-                events::MAX_REQUEST + 64 * 1024,
-            ))
+            .layer(axum::extract::DefaultBodyLimit::max(limit))
             .with_state(self.clone());
         let mut tasks = Vec::new();
         let mut s = stop.clone();
@@ -199,10 +218,11 @@ impl Running {
             // A failover stream delivers everything to the current target; a
             // replicate stream skips what a replay addressed to another target.
             let only = fixed.map(|_| target.name.as_str());
-            let batch = self.outbox.cursor(&stream).and_then(|(at, _)| {
-                self.outbox
-                    .next_batch(at, only, (self.cfg.batch, events::MAX_REQUEST - 2))
-            });
+            let limits = crate::deliver::limits(target.kind, self.cfg.batch);
+            let batch = self
+                .outbox
+                .cursor(&stream)
+                .and_then(|(at, _)| self.outbox.next_batch(at, only, limits));
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -658,36 +678,157 @@ impl Running {
     }
 }
 
-/// Refuses a publish without the relay's key (`aeg-sas-key` or `Authorization:
-/// Bearer`) before its body is read.
+/// The key a request carries: `aeg-sas-key`, `Authorization: Bearer KEY`, `ApiKey
+/// KEY` (Elasticsearch clients) or `Basic` with the key as the password (Loki and
+/// Elasticsearch clients; any user name).
+fn given_key(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(k) = headers.get("aeg-sas-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.to_string());
+    }
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, value) = auth.split_once(' ')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" | "apikey" => Some(value.trim().to_string()),
+        "basic" => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            text.split_once(':').map(|(_, p)| p.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Refuses a publish without the relay's key before its body is read.
 async fn check_key(
     AxState(relay): AxState<Arc<Running>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let headers = req.headers();
-    let given = headers
-        .get("aeg-sas-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
+    let given = given_key(req.headers());
     if !given.is_some_and(|k| georep_core::constant_time_eq(k.as_bytes(), relay.cfg.key.as_bytes()))
     {
         return (
             StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({"error": {"code": "Unauthorized", "message": "send the relay's key as the aeg-sas-key header or as Authorization: Bearer KEY"}})),
+            axum::Json(serde_json::json!({"error": {"code": "Unauthorized", "message": "send the relay's key as Authorization: Bearer KEY (or the aeg-sas-key header, ApiKey KEY, or Basic auth with the key as the password)"}})),
         )
             .into_response();
     }
     next.run(req).await
 }
 
+fn refused(r: events::Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": "BadRequest", "message": r.message}})),
+    )
+        .into_response()
+}
+
+fn decoded(headers: &HeaderMap, body: &[u8]) -> std::result::Result<Vec<u8>, events::Refusal> {
+    let enc = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    crate::logs::decode(enc, body)
+}
+
+/// `POST /dataCollectionRules/{dcr}/streams/{stream}` (Logs Ingestion): 204 once
+/// durable.
+async fn publish_monitor(
+    AxState(relay): AxState<Arc<Running>>,
+    axum::extract::Path((dcr, stream)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let parsed = decoded(&headers, &body).and_then(|b| crate::logs::monitor(&dcr, &stream, &b));
+    answer(
+        &relay,
+        parsed.map(|p| (p, StatusCode::NO_CONTENT.into_response())),
+    )
+    .await
+}
+
+/// `POST /loki/api/v1/push` (JSON): 204 once durable.
+async fn publish_loki(
+    AxState(relay): AxState<Arc<Running>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if ct.starts_with("application/x-protobuf") {
+        return refused(events::Refusal {
+            status: 415,
+            message: "this relay takes Loki's JSON push format; configure the client to send JSON (Content-Type: application/json)".into(),
+        });
+    }
+    let parsed = decoded(&headers, &body).and_then(|b| crate::logs::loki(&b));
+    answer(
+        &relay,
+        parsed.map(|p| (p, StatusCode::NO_CONTENT.into_response())),
+    )
+    .await
+}
+
+async fn publish_bulk(
+    AxState(relay): AxState<Arc<Running>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    bulk(relay, None, headers, body).await
+}
+
+async fn publish_bulk_to(
+    AxState(relay): AxState<Arc<Running>>,
+    axum::extract::Path(index): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    bulk(relay, Some(index), headers, body).await
+}
+
+/// `POST /_bulk`, `POST /{index}/_bulk`: the bulk answer once every item is durable.
+async fn bulk(
+    relay: Arc<Running>,
+    index: Option<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let parsed = decoded(&headers, &body).and_then(|b| crate::logs::bulk(index.as_deref(), &b));
+    let parsed = parsed.map(|(p, items)| {
+        let ok = (
+            [("x-elastic-product", "Elasticsearch")],
+            axum::Json(crate::logs::bulk_answer(&items)),
+        );
+        (p, ok.into_response())
+    });
+    answer(&relay, parsed).await
+}
+
+/// `GET /`: what Elasticsearch clients check before they send (a version and the
+/// product header).
+async fn es_info(AxState(relay): AxState<Arc<Running>>) -> Response {
+    (
+        [("x-elastic-product", "Elasticsearch")],
+        axum::Json(serde_json::json!({
+            "name": relay.cfg.name, "cluster_name": "georep-relay",
+            "version": {"number": "8.11.0", "build_flavor": "default", "lucene_version": "9.8.0", "minimum_wire_compatibility_version": "7.17.0", "minimum_index_compatibility_version": "7.0.0"},
+            "tagline": "You Know, for Search"
+        })),
+    )
+        .into_response()
+}
+
 /// `POST /api/events` (the key checked by [`check_key`]): checked, made durable, then
-/// answered 200 (Event Grid's answer). A full outbox answers 503 with `Retry-After`.
+/// answered 200 (Event Grid's answer).
 async fn publish(
     AxState(relay): AxState<Arc<Running>>,
     headers: HeaderMap,
@@ -697,23 +838,28 @@ async fn publish(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let parsed = match events::parse(ct, &body) {
-        Ok(e) => e,
-        Err(r) => {
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
-            return (
-                status,
-                axum::Json(
-                    serde_json::json!({"error": {"code": "BadRequest", "message": r.message}}),
-                ),
-            )
-                .into_response();
-        }
-    };
+    let parsed = events::parse(ct, &body).map(|p| (p, StatusCode::OK.into_response()));
+    answer(&relay, parsed).await
+}
+
+/// A checked request kept and answered `ok`, or refused.
+async fn answer(
+    relay: &Running,
+    parsed: std::result::Result<(Vec<crate::outbox::NewEvent>, Response), events::Refusal>,
+) -> Response {
+    match parsed {
+        Ok((p, ok)) => keep(relay, p, ok).await,
+        Err(r) => refused(r),
+    }
+}
+
+/// Appends accepted events to the outbox (durable when it returns) and answers `ok`;
+/// a full outbox answers 503 with `Retry-After`.
+async fn keep(relay: &Running, parsed: Vec<crate::outbox::NewEvent>, ok: Response) -> Response {
     match relay.outbox.append(parsed).await {
         Ok(()) => {
             relay.arrived.notify_waiters();
-            StatusCode::OK.into_response()
+            ok
         }
         Err(RelayError::Full(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,

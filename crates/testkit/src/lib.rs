@@ -13,22 +13,22 @@
 
 pub mod conformance;
 pub mod data;
-mod eventgrid;
 pub mod faults;
 mod mariadb;
 mod partition;
 mod postgres;
 mod proxy;
+mod receivers;
 mod serve;
 mod services;
 
-pub use eventgrid::EventGridTopic;
 pub use mariadb::{mariadb_as, MariaDb};
 pub use partition::Partition;
 pub use postgres::{psql_at, Postgres};
 pub use proxy::FlakyProxy;
+pub use receivers::{Api, EventGridTopic, Receiver};
 pub use serve::Serve;
-pub use services::{free_port, wait_until, Azurite, Moto, AZURITE_ACCOUNT, AZURITE_KEY};
+pub use services::{free_port, wait_until, Azurite, Moto, Nats, AZURITE_ACCOUNT, AZURITE_KEY};
 
 /// Environment variables a test's child process must not inherit from the developer's
 /// shell (credentials, endpoints, georep settings).

@@ -301,6 +301,32 @@ impl Moto {
         );
     }
 
+    /// One call to an AWS JSON API on moto (`service` as in a SigV4 scope, e.g.
+    /// `events`, `sqs`; `target` the `X-Amz-Target`): the status and the answer. Moto
+    /// routes by the Authorization header's scope and does not check the signature.
+    pub fn aws_json(
+        &self,
+        service: &str,
+        target: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let version = if service == "sqs" { "1.0" } else { "1.1" };
+        let r = reqwest::blocking::Client::new()
+            .post(self.endpoint())
+            .header("x-amz-target", target)
+            .header("content-type", format!("application/x-amz-json-{version}"))
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=test/20261202/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"),
+            )
+            .body(body.to_string())
+            .send()
+            .unwrap_or_else(|e| panic!("moto {target}: {e}"));
+        let status = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// Environment for a `georep` child process (or `StoreOptions::env`).
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -309,5 +335,124 @@ impl Moto {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ENDPOINT_URL".into(), self.endpoint()),
         ]
+    }
+}
+
+/// A NATS server with JetStream (Debian's `nats-server`), on a free loopback port with
+/// its store in a temporary folder; it can be killed and started again on the same port
+/// and store (what it had acknowledged is still there).
+pub struct Nats {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: std::sync::Mutex<Option<Guard>>,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let me = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a folder for JetStream"),
+            child: std::sync::Mutex::new(None),
+        };
+        me.up();
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again).
+    pub fn up(&self) {
+        let bin = find_binary("nats-server", &[PathBuf::from("/usr/sbin/nats-server")])
+            .unwrap_or_else(|| panic!("nats-server is not installed: run apt-get install nats-server (or `bash .ci/run`, which installs it)"));
+        let child = Command::new(bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        let mut guard = Guard(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(20), || {
+            if let Ok(Some(_)) = guard.0.try_wait() {
+                return true;
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up && matches!(guard.0.try_wait(), Ok(None)),
+            "nats-server did not start on port {port}"
+        );
+        *self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+    }
+
+    /// Kills the server (kill -9): connections drop until [`Self::up`].
+    pub fn down(&self) {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    fn run<T>(&self, f: impl AsyncFnOnce(async_nats::jetstream::Context) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let client = async_nats::connect(self.url())
+                .await
+                .expect("connect to NATS");
+            f(async_nats::jetstream::new(client)).await
+        })
+    }
+
+    /// Creates a stream taking `subjects`, with a duplicate window of two minutes.
+    pub fn create_stream(&self, name: &str, subjects: &[&str]) {
+        self.run(async |js| {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.to_string(),
+                subjects: subjects.iter().map(|s| s.to_string()).collect(),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .expect("create a JetStream stream");
+        })
+    }
+
+    /// Every message the stream holds, in order: its `Nats-Msg-Id` and payload.
+    pub fn messages(&self, stream: &str) -> Vec<(String, Vec<u8>)> {
+        self.run(async |js| {
+            let mut s = js.get_stream(stream).await.expect("stream");
+            let state = s.info().await.expect("stream info").state.clone();
+            let mut out = Vec::new();
+            for seq in state.first_sequence..=state.last_sequence {
+                if state.messages == 0 {
+                    break;
+                }
+                if let Ok(m) = s.get_raw_message(seq).await {
+                    let id = m
+                        .headers
+                        .get("Nats-Msg-Id")
+                        .map(|v| v.as_str().to_string())
+                        .unwrap_or_default();
+                    out.push((id, m.payload.to_vec()));
+                }
+            }
+            out
+        })
     }
 }

@@ -12,4 +12,5 @@ mod hardening;
 mod mariadb;
 mod mariadb_failover;
 mod relay;
+mod relay_kinds;
 mod serve;

@@ -135,3 +135,84 @@ mode = "both"
         "{text}"
     );
 }
+
+#[test]
+fn log_relays_and_every_target_kind_parse_and_each_misuse_is_reported() {
+    let t = parse_env(&format!(
+        r#"{REGIONS}
+[[relays]]
+name = "app-logs"
+listen = "127.0.0.1:7444"
+accept = "loki"
+key = "${{RELAY_KEY}}"
+mode = "replicate"
+targets = [
+  {{ name = "law", region = "qatar-central", kind = "logs", url = "https://dce.qatarcentral-1.ingest.monitor.azure.com/dataCollectionRules/dcr-1/streams/Custom-App_CL", key = "${{EG_QC}}" }},
+  {{ name = "loki", region = "west-europe", kind = "loki", url = "http://loki:3100/loki/api/v1/push" }},
+  {{ name = "es", region = "west-europe", kind = "elasticsearch", url = "http://es:9200/logs" }},
+  {{ name = "nats", region = "west-europe", kind = "nats", url = "nats://10.0.0.5:4222", subject = "logs.app" }},
+  {{ name = "keep", region = "west-europe", kind = "archive", store = "dead-we" }},
+]
+
+[[relays]]
+name = "orders"
+listen = "127.0.0.1:7445"
+accept = "eventgrid"
+key = "${{RELAY_KEY}}"
+mode = "failover"
+targets = [
+  {{ name = "eb", region = "qatar-central", kind = "eventbridge", url = "https://events.me-central-1.amazonaws.com", bus = "orders" }},
+  {{ name = "moto", region = "west-europe", kind = "eventbridge", url = "http://127.0.0.1:5000", aws_region = "eu-west-1" }},
+]
+"#
+    ))
+    .expect("log relays parse");
+    let r = t.relay("app-logs").expect("relay");
+    assert_eq!(r.accept, Accept::Loki);
+    let kinds: Vec<&str> = r.targets.iter().map(|t| t.kind.as_str()).collect();
+    assert_eq!(kinds, ["logs", "loki", "elasticsearch", "nats", "archive"]);
+    assert_eq!(r.targets[3].subject.as_deref(), Some("logs.app"));
+    assert_eq!(r.targets[4].store.as_deref(), Some("dead-we"));
+    let o = t.relay("orders").expect("relay");
+    assert_eq!(o.targets[0].aws_region.as_deref(), Some("me-central-1"));
+    assert_eq!(o.targets[0].bus.as_deref(), Some("orders"));
+    assert_eq!(o.targets[1].aws_region.as_deref(), Some("eu-west-1"));
+
+    refused(
+        "misused targets",
+        &format!(
+            r#"{REGIONS}
+[[relays]]
+name = "l"
+listen = "127.0.0.1:7446"
+accept = "elasticsearch"
+key = "${{RELAY_KEY}}"
+mode = "replicate"
+targets = [
+  {{ name = "eg", region = "qatar-central", kind = "eventgrid", url = "https://t/api/events", key = "${{EG_QC}}" }},
+  {{ name = "law", region = "qatar-central", kind = "logs", url = "https://dce/wrong" }},
+  {{ name = "loki", region = "west-europe", kind = "loki", url = "http://loki:3100/", subject = "x" }},
+  {{ name = "n", region = "west-europe", kind = "nats", url = "http://nats:4222" }},
+  {{ name = "n2", region = "west-europe", kind = "nats", url = "nats://h:4222", subject = "logs.>" }},
+  {{ name = "a", region = "west-europe", kind = "archive", url = "http://x", store = "nowhere" }},
+  {{ name = "eb", region = "west-europe", kind = "eventbridge", url = "http://127.0.0.1:5000", key = "${{EG_WE}}" }},
+]
+"#
+        ),
+        &[
+        "a target of kind \"eventgrid\" cannot take what accept = \"elasticsearch\" brings (log records)",
+        "the url's path '/wrong' is not a logs endpoint",
+        "missing `key`; the Logs Ingestion API takes records only with a Microsoft Entra bearer token",
+        "the url's path '/' is not a loki endpoint",
+        "`subject` applies only to kind = \"nats\"",
+        "url is not a nats:// or tls:// URL",
+        "missing `subject`",
+        "subject 'logs.>' is not a NATS subject",
+        "an archive target writes to a store: remove `url`",
+        "store 'nowhere' is not declared",
+        "a target of kind \"eventbridge\" cannot take what accept",
+        "signs with the AWS_ACCESS_KEY_ID",
+        "the AWS region cannot be read from the url",
+        ],
+    );
+}

@@ -28,7 +28,19 @@ const RELAY_FIELDS: &[&str] = &[
     "rpo",
     "dead_letters",
 ];
-const TARGET_FIELDS: &[&str] = &["name", "region", "kind", "url", "key", "health", "timeout"];
+const TARGET_FIELDS: &[&str] = &[
+    "name",
+    "region",
+    "kind",
+    "url",
+    "key",
+    "health",
+    "timeout",
+    "store",
+    "subject",
+    "bus",
+    "aws_region",
+];
 
 /// The API publishers speak to a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,13 +50,29 @@ pub enum Accept {
     /// 1.0 (structured, single or batch), authenticated by `aeg-sas-key` or a bearer
     /// token.
     EventGrid,
+    /// Azure Monitor's Logs Ingestion API (`POST /dataCollectionRules/{id}/streams/
+    /// {stream}`): a JSON array of records, gzip or not, with a bearer token.
+    Logs,
+    /// Loki's push API (`POST /loki/api/v1/push`), JSON.
+    Loki,
+    /// Elasticsearch's bulk API (`POST /_bulk`, `POST /{index}/_bulk`), `index` and
+    /// `create` actions.
+    Elasticsearch,
 }
 
 impl Accept {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EventGrid => "eventgrid",
+            Self::Logs => "logs",
+            Self::Loki => "loki",
+            Self::Elasticsearch => "elasticsearch",
         }
+    }
+
+    /// Whether it takes log records (rather than events).
+    pub fn is_logs(self) -> bool {
+        !matches!(self, Self::EventGrid)
     }
 }
 
@@ -67,13 +95,49 @@ pub enum TargetKind {
     /// Any HTTP endpoint, sent CloudEvents in structured batch mode (or the events as
     /// they were published), with an optional bearer token.
     Webhook,
+    /// AWS EventBridge `PutEvents` on a bus (SigV4 with the `AWS_*` environment).
+    EventBridge,
+    /// A NATS JetStream subject (each event acknowledged by the stream, with its id as
+    /// `Nats-Msg-Id` so the stream drops duplicates).
+    Nats,
+    /// Azure Monitor's Logs Ingestion API (a data collection rule's stream; bearer).
+    Logs,
+    /// Loki's push API.
+    Loki,
+    /// Elasticsearch's bulk API (`create` with the event's id, so a redelivery is a
+    /// no-op).
+    Elasticsearch,
+    /// Gzip-compressed NDJSON objects in a georep store.
+    Archive,
 }
 
 impl TargetKind {
+    pub const ALL: &[(&str, TargetKind)] = &[
+        ("eventgrid", Self::EventGrid),
+        ("webhook", Self::Webhook),
+        ("eventbridge", Self::EventBridge),
+        ("nats", Self::Nats),
+        ("logs", Self::Logs),
+        ("loki", Self::Loki),
+        ("elasticsearch", Self::Elasticsearch),
+        ("archive", Self::Archive),
+    ];
+
     pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("", |(w, _)| w)
+    }
+
+    /// Whether it can take what `accept` brings: events (Event Grid, EventBridge) or
+    /// log records (Logs Ingestion, Loki, Elasticsearch); webhooks, NATS and archives
+    /// take either.
+    pub fn takes(self, accept: Accept) -> bool {
         match self {
-            Self::EventGrid => "eventgrid",
-            Self::Webhook => "webhook",
+            Self::EventGrid | Self::EventBridge => !accept.is_logs(),
+            Self::Logs | Self::Loki | Self::Elasticsearch => accept.is_logs(),
+            Self::Webhook | Self::Nats | Self::Archive => true,
         }
     }
 }
@@ -96,6 +160,15 @@ pub struct RelayTarget {
     pub health: Option<String>,
     #[serde(serialize_with = "super::duration")]
     pub timeout: Duration,
+    /// `archive`: the store the objects go to.
+    pub store: Option<String>,
+    /// `nats`: the subject published to.
+    pub subject: Option<String>,
+    /// `eventbridge`: the event bus (`default` when not given).
+    pub bus: Option<String>,
+    /// `eventbridge`: the AWS region signed for (from the URL's host when it is
+    /// `events.REGION.amazonaws.com`).
+    pub aws_region: Option<String>,
 }
 
 fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -119,6 +192,10 @@ impl std::fmt::Debug for RelayTarget {
             .field("key", &self.key.as_ref().map(|_| "***"))
             .field("health", &self.health.as_deref().map(crate::redact_url))
             .field("timeout", &self.timeout)
+            .field("store", &self.store)
+            .field("subject", &self.subject)
+            .field("bus", &self.bus)
+            .field("aws_region", &self.aws_region)
             .finish()
     }
 }
@@ -213,6 +290,10 @@ struct DraftTarget {
     key: Option<String>,
     health: Option<String>,
     timeout: Duration,
+    store: Option<Spanned<String>>,
+    subject: Option<String>,
+    bus: Option<String>,
+    aws_region: Option<String>,
 }
 
 impl DraftRelay {
@@ -229,10 +310,14 @@ impl DraftRelay {
                     name: t.name?.into_inner(),
                     region: t.region?.into_inner(),
                     kind: t.kind?,
-                    url: t.url?,
+                    url: t.url.unwrap_or_default(),
                     key: t.key,
                     health: t.health,
                     timeout: t.timeout,
+                    store: t.store.map(Spanned::into_inner),
+                    subject: t.subject,
+                    bus: t.bus,
+                    aws_region: t.aws_region,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -444,12 +529,22 @@ fn relay(
         "listen",
         "add listen = \"IP:PORT\", where publishers send their events",
     );
-    let accept = word(ctx, sec, "accept", &[("eventgrid", Accept::EventGrid)]);
+    let accept = word(
+        ctx,
+        sec,
+        "accept",
+        &[
+            ("eventgrid", Accept::EventGrid),
+            ("logs", Accept::Logs),
+            ("loki", Accept::Loki),
+            ("elasticsearch", Accept::Elasticsearch),
+        ],
+    );
     missing(
         ctx,
         sec,
         "accept",
-        "add accept = \"eventgrid\" (the API publishers speak: Event Grid schema or CloudEvents 1.0)",
+        "add accept = \"eventgrid\" (Event Grid schema or CloudEvents 1.0), \"logs\" (Azure Monitor Logs Ingestion), \"loki\" or \"elasticsearch\": the API publishers speak",
     );
     let key = secret(ctx, sec, "key", env).filter(|k| {
         let long = k.len() >= 16;
@@ -478,7 +573,7 @@ fn relay(
         "mode",
         "add mode = \"failover\" (the first healthy target) or mode = \"replicate\" (every target)",
     );
-    let (targets, targets_ok) = targets(ctx, sec, env);
+    let (targets, targets_ok) = targets(ctx, sec, env, accept);
     if let (Some(RelayMode::Failover), true, 1) = (mode, targets_ok, targets.len()) {
         ctx.error(
             Some(sec.span.clone()),
@@ -568,6 +663,7 @@ fn targets(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     env: &dyn Fn(&str) -> Option<String>,
+    accept: Option<Accept>,
 ) -> (Vec<DraftTarget>, bool) {
     let example = "targets = [{ name = \"qc\", region = \"qatar-central\", kind = \"eventgrid\", url = \"https://TOPIC.REGION-1.eventgrid.azure.net/api/events\", key = \"${EG_KEY_QC}\" }]";
     let Some(value) = sec.get("targets") else {
@@ -635,40 +731,182 @@ fn targets(
             "region",
             "add region = \"REGION\", where the target is",
         );
-        let kind = word(
-            ctx,
-            &t,
-            "kind",
-            &[
-                ("eventgrid", TargetKind::EventGrid),
-                ("webhook", TargetKind::Webhook),
-            ],
-        );
-        missing(ctx, &t, "kind", "add kind = \"eventgrid\" or \"webhook\"");
-        let url = http_url(
-            ctx,
-            &t,
-            "url",
-            "\"https://TOPIC.REGION-1.eventgrid.azure.net/api/events\"",
-        );
+        let kind = word(ctx, &t, "kind", TargetKind::ALL);
+        let kinds: Vec<String> = TargetKind::ALL
+            .iter()
+            .map(|(w, _)| format!("\"{w}\""))
+            .collect();
         missing(
             ctx,
             &t,
-            "url",
-            "add url = \"https://...\", where events are delivered",
+            "kind",
+            &format!("add kind = one of {}", kinds.join(", ")),
         );
-        let key = if t.get("key").is_some() {
-            secret(ctx, &t, "key", env)
-        } else {
-            if kind == Some(TargetKind::EventGrid) {
+        if let (Some(k), Some(a)) = (kind, accept) {
+            if !k.takes(a) {
                 ctx.error(
                     Some(t.span.clone()),
                     &t.what,
-                    "missing `key`; an Event Grid topic takes events only with its access key: add key = \"${NAME}\" and export NAME",
+                    format!(
+                        "a target of kind \"{}\" cannot take what accept = \"{}\" brings ({}); use {}",
+                        k.as_str(),
+                        a.as_str(),
+                        if a.is_logs() { "log records" } else { "events" },
+                        if a.is_logs() {
+                            "kind = \"logs\", \"loki\", \"elasticsearch\", \"webhook\", \"nats\" or \"archive\""
+                        } else {
+                            "kind = \"eventgrid\", \"eventbridge\", \"webhook\", \"nats\" or \"archive\""
+                        }
+                    ),
+                );
+            }
+        }
+        let only = |ctx: &mut Ctx<'_>, field: &str, for_kind: TargetKind| {
+            if t.get(field).is_some() && kind.is_some_and(|k| k != for_kind) {
+                ctx.error(
+                    Some(t.span.clone()),
+                    &t.what,
+                    format!(
+                        "`{field}` applies only to kind = \"{}\"; remove it",
+                        for_kind.as_str()
+                    ),
+                );
+            }
+        };
+        only(ctx, "store", TargetKind::Archive);
+        only(ctx, "subject", TargetKind::Nats);
+        only(ctx, "bus", TargetKind::EventBridge);
+        only(ctx, "aws_region", TargetKind::EventBridge);
+        let url = match kind {
+            Some(TargetKind::Archive) => {
+                if t.get("url").is_some() {
+                    ctx.error(
+                        Some(t.span.clone()),
+                        &t.what,
+                        "an archive target writes to a store: remove `url` and name the store with store = \"NAME\"",
+                    );
+                }
+                None
+            }
+            Some(TargetKind::Nats) => nats_url(ctx, &t),
+            _ => http_url(ctx, &t, "url", url_example(kind)),
+        };
+        if kind != Some(TargetKind::Archive) {
+            missing(
+                ctx,
+                &t,
+                "url",
+                &format!(
+                    "add url = {}, where events are delivered",
+                    url_example(kind)
+                ),
+            );
+        }
+        if let (Some(k), Some(u)) = (kind, url.as_deref()) {
+            let path = url::Url::parse(u)
+                .map(|u| u.path().to_string())
+                .unwrap_or_default();
+            let wrong = match k {
+                TargetKind::Logs => {
+                    !(path.contains("/dataCollectionRules/") && path.contains("/streams/"))
+                }
+                TargetKind::Loki => !path.ends_with("/loki/api/v1/push"),
+                _ => false,
+            };
+            if wrong {
+                ctx.error(
+                    Some(t.span.clone()),
+                    &t.what,
+                    format!(
+                        "the url's path '{path}' is not a {} endpoint; write e.g. url = {}",
+                        k.as_str(),
+                        url_example(kind)
+                    ),
+                );
+            }
+        }
+        let key = if t.get("key").is_some() {
+            if kind == Some(TargetKind::EventBridge) {
+                ctx.error(
+                    Some(t.span.clone()),
+                    &t.what,
+                    "an eventbridge target signs with the AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) environment; remove `key`",
+                );
+            }
+            secret(ctx, &t, "key", env)
+        } else {
+            let need = match kind {
+                Some(TargetKind::EventGrid) => {
+                    Some("an Event Grid topic takes events only with its access key")
+                }
+                Some(TargetKind::Logs) => Some(
+                    "the Logs Ingestion API takes records only with a Microsoft Entra bearer token",
+                ),
+                _ => None,
+            };
+            if let Some(why) = need {
+                ctx.error(
+                    Some(t.span.clone()),
+                    &t.what,
+                    format!("missing `key`; {why}: add key = \"${{NAME}}\" and export NAME"),
                 );
             }
             None
         };
+        let store = t.string(ctx, "store", "\"archive-qc\"");
+        if kind == Some(TargetKind::Archive) {
+            missing(
+                ctx,
+                &t,
+                "store",
+                "add store = \"NAME\", a store declared under [stores.NAME] (in another region)",
+            );
+        }
+        let subject = t.string(ctx, "subject", "\"orders.events\"").and_then(|s| {
+            let v = s.get_ref().trim();
+            let ok = !v.is_empty()
+                && !v.contains(['*', '>', ' '])
+                && !v.starts_with('.')
+                && !v.ends_with('.')
+                && !v.contains("..");
+            if !ok {
+                ctx.error(
+                    Some(s.span()),
+                    &t.what,
+                    format!("subject '{v}' is not a NATS subject to publish to (tokens separated by dots, no wildcards or spaces); write e.g. subject = \"orders.events\""),
+                );
+            }
+            ok.then(|| v.to_string())
+        });
+        if kind == Some(TargetKind::Nats) {
+            missing(
+                ctx,
+                &t,
+                "subject",
+                "add subject = \"SUBJECT\", a subject a JetStream stream takes",
+            );
+        }
+        let bus = t.string(ctx, "bus", "\"orders\"").map(|b| b.into_inner());
+        let aws_region = t
+            .string(ctx, "aws_region", "\"eu-west-1\"")
+            .map(|r| r.into_inner())
+            .or_else(|| {
+                let host = url::Url::parse(url.as_deref()?)
+                    .ok()?
+                    .host_str()?
+                    .to_string();
+                let r = host
+                    .strip_prefix("events.")?
+                    .strip_suffix(".amazonaws.com")?;
+                Some(r.to_string())
+            });
+        if kind == Some(TargetKind::EventBridge) && url.is_some() && aws_region.is_none() {
+            ctx.error(
+                Some(t.span.clone()),
+                &t.what,
+                "the AWS region cannot be read from the url (not events.REGION.amazonaws.com); add aws_region = \"REGION\"",
+            );
+        }
         let health = if t.get("health").is_some() {
             http_url(ctx, &t, "health", "\"https://HOST/healthz\"")
         } else {
@@ -686,9 +924,53 @@ fn targets(
             key,
             health,
             timeout,
+            store,
+            subject,
+            bus,
+            aws_region,
         });
     }
     (out, ok)
+}
+
+/// An example `url` for a target kind.
+fn url_example(kind: Option<TargetKind>) -> &'static str {
+    match kind {
+        Some(TargetKind::EventBridge) => "\"https://events.eu-west-1.amazonaws.com\"",
+        Some(TargetKind::Nats) => "\"nats://10.0.0.5:4222\"",
+        Some(TargetKind::Logs) => "\"https://DCE.REGION-1.ingest.monitor.azure.com/dataCollectionRules/dcr-ID/streams/Custom-Table_CL\"",
+        Some(TargetKind::Loki) => "\"https://LOKI:3100/loki/api/v1/push\"",
+        Some(TargetKind::Elasticsearch) => "\"https://ES:9200/logs-georep\"",
+        Some(TargetKind::Webhook) => "\"https://HOST/events\"",
+        _ => "\"https://TOPIC.REGION-1.eventgrid.azure.net/api/events\"",
+    }
+}
+
+/// A `nats://` or `tls://` URL of a NATS server (credentials go in `key`, a token).
+fn nats_url(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<String> {
+    let raw = sec.string(ctx, "url", "\"nats://10.0.0.5:4222\"")?;
+    let text = raw.get_ref().trim();
+    match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                ctx.error(
+                    Some(raw.span()),
+                    &sec.what,
+                    "url holds credentials; put the token in `key = \"${NAME}\"` instead",
+                );
+                return None;
+            }
+            Some(text.to_string())
+        }
+        _ => {
+            ctx.error(
+                Some(raw.span()),
+                &sec.what,
+                "url is not a nats:// or tls:// URL; write e.g. url = \"nats://10.0.0.5:4222\"",
+            );
+            None
+        }
+    }
 }
 
 /// Checks across sections: relay names are unique, target names unique within a relay,
@@ -736,6 +1018,21 @@ pub(super) fn check(ctx: &mut Ctx<'_>, draft: &super::sections::Draft) {
                             "region '{}' is not declared; add [regions.{}] or fix the name",
                             region.get_ref(),
                             region.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+        for t in &r.targets {
+            if let Some(store) = &t.store {
+                if !draft.stores.contains_key(store.get_ref()) {
+                    ctx.error(
+                        Some(store.span()),
+                        &t.what,
+                        format!(
+                            "store '{}' is not declared; declare it under [stores.{}] or fix the name",
+                            store.get_ref(),
+                            store.get_ref()
                         ),
                     );
                 }

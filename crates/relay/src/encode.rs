@@ -1,0 +1,381 @@
+//! What a batch looks like to each kind of target. Events go out as published; log
+//! records go to a log target of another kind mapped field by field (documented in
+//! docs/config.md): a Loki line becomes `TimeGenerated`/`RawData`/`Labels` for Azure
+//! Monitor and `@timestamp`/`message`/`labels` for Elasticsearch; a record or document
+//! becomes a Loki line (its JSON) under the labels `relay` and `stream` or `index`.
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+
+use crate::events::{self, CLOUDEVENTS, EVENTGRID};
+use crate::logs::{ES, LOKI, MONITOR};
+use crate::outbox::Stored;
+
+/// The id a receiver drops duplicates by: the publisher's, else one of the relay's own
+/// that a redelivery repeats (the relay's name and the event's place in the outbox).
+pub(crate) fn id_of(relay: &str, e: &Stored) -> String {
+    if e.id.is_empty() {
+        format!("{relay}-{}", e.seq)
+    } else {
+        e.id.clone()
+    }
+}
+
+/// One stored event on one line: raw newlines can only be whitespace between JSON
+/// tokens (a string holds them escaped), so they become spaces.
+pub(crate) fn one_line(body: &[u8]) -> Vec<u8> {
+    body.iter()
+        .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+        .collect()
+}
+
+fn object(e: &Stored) -> Map<String, Value> {
+    serde_json::from_slice(&e.body).unwrap_or_default()
+}
+
+fn rfc3339_ns(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000) as i64;
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+fn parse_time_ns(v: Option<&Value>) -> Option<i128> {
+    let t = chrono::DateTime::parse_from_rfc3339(v?.as_str()?).ok()?;
+    t.timestamp_nanos_opt().map(i128::from)
+}
+
+/// A Loki entry: labels, nanoseconds, line (and metadata).
+struct Entry {
+    labels: Map<String, Value>,
+    ns: i128,
+    line: String,
+    meta: Option<Value>,
+}
+
+fn loki_entry(relay: &str, e: &Stored) -> Entry {
+    let accepted = i128::from(e.accepted_ms) * 1_000_000;
+    if e.schema == LOKI {
+        let mut o = object(e);
+        let labels = match o.remove("stream") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let value = o
+            .remove("values")
+            .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+            .unwrap_or(Value::Null);
+        return Entry {
+            labels,
+            ns: value[0]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(accepted),
+            line: value[1].as_str().unwrap_or_default().to_string(),
+            meta: value.get(2).cloned(),
+        };
+    }
+    let o = object(e);
+    let (label, time) = if e.schema == ES {
+        ("index", "@timestamp")
+    } else {
+        ("stream", "TimeGenerated")
+    };
+    let mut labels = Map::new();
+    labels.insert("relay".into(), relay.into());
+    labels.insert(label.into(), e.partition.clone().into());
+    Entry {
+        labels,
+        ns: parse_time_ns(o.get(time)).unwrap_or(accepted),
+        line: String::from_utf8_lossy(&one_line(&e.body)).into_owned(),
+        meta: None,
+    }
+}
+
+/// A record for Azure Monitor (`TimeGenerated` added when it lacks one).
+fn monitor_record(relay: &str, e: &Stored) -> Value {
+    if e.schema == LOKI {
+        let en = loki_entry(relay, e);
+        let mut m = Map::new();
+        m.insert("TimeGenerated".into(), rfc3339_ns(en.ns).into());
+        m.insert("RawData".into(), en.line.into());
+        m.insert("Labels".into(), Value::Object(en.labels));
+        if let Some(meta) = en.meta {
+            m.insert("Metadata".into(), meta);
+        }
+        return Value::Object(m);
+    }
+    let mut o = object(e);
+    if !o.contains_key("TimeGenerated") {
+        let ns =
+            parse_time_ns(o.get("@timestamp")).unwrap_or(i128::from(e.accepted_ms) * 1_000_000);
+        o.insert("TimeGenerated".into(), rfc3339_ns(ns).into());
+    }
+    Value::Object(o)
+}
+
+/// A document for Elasticsearch (`@timestamp` added when it lacks one).
+fn es_doc(relay: &str, e: &Stored) -> Vec<u8> {
+    if e.schema == ES {
+        return one_line(&e.body);
+    }
+    let v = if e.schema == LOKI {
+        let en = loki_entry(relay, e);
+        let mut m = Map::new();
+        m.insert("@timestamp".into(), rfc3339_ns(en.ns).into());
+        m.insert("message".into(), en.line.into());
+        m.insert("labels".into(), Value::Object(en.labels));
+        Value::Object(m)
+    } else {
+        let mut o = object(e);
+        if !o.contains_key("@timestamp") {
+            let ns = parse_time_ns(o.get("TimeGenerated"))
+                .unwrap_or(i128::from(e.accepted_ms) * 1_000_000);
+            o.insert("@timestamp".into(), rfc3339_ns(ns).into());
+        }
+        Value::Object(o)
+    };
+    v.to_string().into_bytes()
+}
+
+/// The events as one JSON array of their bodies.
+fn array(batch: &[Stored]) -> Vec<u8> {
+    let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_slice()).collect();
+    events::batch(EVENTGRID, &bodies).0
+}
+
+/// Event Grid and webhooks: the events as published (a CloudEvents batch, or an Event
+/// Grid array); log records as a JSON array.
+pub(crate) fn events_body(batch: &[Stored]) -> (Vec<u8>, &'static str) {
+    let schema = batch.first().map_or(EVENTGRID, |e| e.schema.as_str());
+    if schema == EVENTGRID || schema == CLOUDEVENTS {
+        let bodies: Vec<&[u8]> = batch.iter().map(|e| e.body.as_slice()).collect();
+        events::batch(schema, &bodies)
+    } else {
+        (array(batch), "application/json")
+    }
+}
+
+/// The Logs Ingestion API: a JSON array of records.
+pub(crate) fn monitor_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
+    if batch.iter().all(|e| e.schema == MONITOR) {
+        return array(batch);
+    }
+    let v: Vec<Value> = batch.iter().map(|e| monitor_record(relay, e)).collect();
+    Value::Array(v).to_string().into_bytes()
+}
+
+/// Loki's push API: entries grouped by label set, in order within each.
+pub(crate) fn loki_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
+    let mut streams: Vec<(Map<String, Value>, Vec<Value>)> = Vec::new();
+    for e in batch {
+        let en = loki_entry(relay, e);
+        let mut value = vec![Value::from(en.ns.to_string()), Value::from(en.line)];
+        if let Some(meta) = en.meta {
+            value.push(meta);
+        }
+        match streams.iter_mut().find(|(l, _)| *l == en.labels) {
+            Some((_, values)) => values.push(Value::Array(value)),
+            None => streams.push((en.labels, vec![Value::Array(value)])),
+        }
+    }
+    let streams: Vec<Value> = streams
+        .into_iter()
+        .map(|(l, v)| serde_json::json!({"stream": l, "values": v}))
+        .collect();
+    serde_json::json!({ "streams": streams })
+        .to_string()
+        .into_bytes()
+}
+
+/// Elasticsearch's bulk API: a `create` per event with its id, so a redelivered event
+/// is refused as a conflict (already there) instead of stored twice. Documents keep
+/// their index; others go to the URL's.
+pub(crate) fn bulk_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in batch {
+        let mut meta = Map::new();
+        if e.schema == ES && !e.partition.is_empty() {
+            meta.insert("_index".into(), e.partition.clone().into());
+        }
+        meta.insert("_id".into(), id_of(relay, e).into());
+        out.extend_from_slice(serde_json::json!({ "create": meta }).to_string().as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&es_doc(relay, e));
+        out.push(b'\n');
+    }
+    out
+}
+
+/// EventBridge `PutEvents` entries: `Source` from the CloudEvents `source` (else
+/// `georep.RELAY`), `DetailType` from the type, `Detail` the whole event as published
+/// (its id included), `Time` from its time.
+pub(crate) fn eventbridge_body(relay: &str, bus: &str, batch: &[Stored]) -> Vec<u8> {
+    let entries: Vec<Value> = batch
+        .iter()
+        .map(|e| {
+            let o = object(e);
+            let text = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+            let source = text("source")
+                .filter(|s| !s.starts_with("aws."))
+                .unwrap_or_else(|| format!("georep.{relay}"));
+            let kind = text("type")
+                .or_else(|| text("eventType"))
+                .unwrap_or_else(|| "georep.event".into());
+            let mut m = Map::new();
+            m.insert("Source".into(), source.into());
+            m.insert("DetailType".into(), kind.into());
+            m.insert(
+                "Detail".into(),
+                String::from_utf8_lossy(&one_line(&e.body))
+                    .into_owned()
+                    .into(),
+            );
+            m.insert("EventBusName".into(), bus.into());
+            let t = o.get("time").or_else(|| o.get("eventTime"));
+            if let Some(ns) = parse_time_ns(t) {
+                m.insert("Time".into(), ((ns / 1_000_000) as f64 / 1000.0).into());
+            }
+            Value::Object(m)
+        })
+        .collect();
+    serde_json::json!({ "Entries": entries })
+        .to_string()
+        .into_bytes()
+}
+
+/// An archive object: the events, one per line, gzip-compressed.
+pub(crate) fn archive_body(batch: &[Stored]) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for e in batch {
+        gz.write_all(&one_line(&e.body))?;
+        gz.write_all(b"\n")?;
+    }
+    gz.finish()
+}
+
+/// Where an archive object goes: by the first event's acceptance hour, named by the
+/// outbox places it holds, so a redelivered batch writes the same object again.
+pub(crate) fn archive_key(relay: &str, target: &str, batch: &[Stored]) -> String {
+    let (first, last) = (
+        batch.first().map_or(0, |e| e.seq),
+        batch.last().map_or(0, |e| e.seq),
+    );
+    let hour = chrono::DateTime::from_timestamp_millis(batch.first().map_or(0, |e| e.accepted_ms))
+        .map(|t| t.format("%Y/%m/%d/%H").to_string())
+        .unwrap_or_default();
+    format!("relays/{relay}/{target}/{hour}/{first:020}-{last:020}.ndjson.gz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(seq: i64, schema: &str, partition: &str, id: &str, body: &str) -> Stored {
+        Stored {
+            seq,
+            schema: schema.into(),
+            partition: partition.into(),
+            id: id.into(),
+            body: body.as_bytes().to_vec(),
+            accepted_ms: 1_764_669_600_000,
+        }
+    }
+
+    #[test]
+    fn log_records_map_between_the_three_apis() {
+        let loki = stored(
+            1,
+            LOKI,
+            r#"{"job":"api"}"#,
+            "",
+            r#"{"stream":{"job":"api"},"values":[["1764669600000000001","hello"]]}"#,
+        );
+        let mon = stored(
+            2,
+            MONITOR,
+            "dcr/Custom-T_CL",
+            "",
+            r#"{"TimeGenerated":"2026-12-02T10:00:00Z","Msg":"m"}"#,
+        );
+        let es = stored(3, ES, "logs", "d1", "{\"message\":\n\"e\"}");
+
+        let m: Value =
+            serde_json::from_slice(&monitor_body("r", std::slice::from_ref(&loki))).expect("json");
+        assert_eq!(m[0]["RawData"], "hello");
+        assert_eq!(m[0]["Labels"]["job"], "api");
+        assert_eq!(m[0]["TimeGenerated"], "2025-12-02T10:00:00.000000001Z");
+        let m: Value =
+            serde_json::from_slice(&monitor_body("r", std::slice::from_ref(&es))).expect("json");
+        assert_eq!(m[0]["TimeGenerated"], "2025-12-02T10:00:00Z");
+        assert_eq!(
+            monitor_body("r", std::slice::from_ref(&mon)),
+            format!("[{}]", String::from_utf8_lossy(&mon.body)).into_bytes()
+        );
+
+        let l: Value =
+            serde_json::from_slice(&loki_body("r", &[loki.clone(), mon.clone(), loki.clone()]))
+                .expect("json");
+        assert_eq!(l["streams"][0]["values"].as_array().map(Vec::len), Some(2));
+        assert_eq!(l["streams"][1]["stream"]["stream"], "dcr/Custom-T_CL");
+        assert_eq!(l["streams"][1]["values"][0][0], "1796205600000000000");
+
+        let b = String::from_utf8(bulk_body("r", &[es, mon])).expect("utf8");
+        let lines: Vec<&str> = b.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], r#"{"create":{"_id":"d1","_index":"logs"}}"#);
+        assert_eq!(lines[1], "{\"message\": \"e\"}");
+        assert_eq!(lines[2], r#"{"create":{"_id":"r-2"}}"#);
+        assert!(
+            lines[3].contains("\"@timestamp\":\"2026-12-02T10:00:00Z\""),
+            "{}",
+            lines[3]
+        );
+    }
+
+    #[test]
+    fn events_map_to_eventbridge_entries_and_archives() {
+        let ce = stored(
+            5,
+            CLOUDEVENTS,
+            "/orders",
+            "a",
+            r#"{"specversion":"1.0","id":"a","source":"/orders","type":"created","time":"2026-12-02T10:00:00.5Z"}"#,
+        );
+        let eg = stored(
+            6,
+            EVENTGRID,
+            "s",
+            "b",
+            r#"{"id":"b","eventType":"Made","subject":"s","eventTime":"x"}"#,
+        );
+        let v: Value = serde_json::from_slice(&eventbridge_body("r", "orders", &[ce, eg.clone()]))
+            .expect("json");
+        let e = &v["Entries"];
+        assert_eq!(
+            (e[0]["Source"].as_str(), e[0]["DetailType"].as_str()),
+            (Some("/orders"), Some("created"))
+        );
+        assert_eq!(e[0]["Time"], 1796205600.5);
+        assert_eq!(
+            (e[1]["Source"].as_str(), e[1]["EventBusName"].as_str()),
+            (Some("georep.r"), Some("orders"))
+        );
+        let detail: Value =
+            serde_json::from_str(e[1]["Detail"].as_str().expect("detail")).expect("json");
+        assert_eq!(detail["id"], "b");
+
+        let gz = archive_body(&[eg.clone(), eg.clone()]).expect("gzip");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+            .expect("gunzip");
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(
+            archive_key("r", "t", &[eg]),
+            "relays/r/t/2025/12/02/10/00000000000000000006-00000000000000000006.ndjson.gz"
+        );
+        assert_eq!(id_of("r", &stored(9, MONITOR, "", "", "{}")), "r-9");
+    }
+}
