@@ -24,5 +24,5 @@ pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
     Accept, Backup, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember,
     DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Relay, RelayMode, RelayTarget,
-    Retention, ServerConfig, StateConfig, StoreDef, TargetKind, Topology,
+    RelayTls, Retention, ServerConfig, StateConfig, StoreDef, TargetKind, Topology,
 };

@@ -204,9 +204,16 @@ impl Relays {
             addr: cfg.listen.to_string(),
             detail: e.to_string(),
         })?;
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => Some(
+                crate::listen::tls_config(&t.cert, &t.key)
+                    .map_err(|e| RelayError::Refused(format!("relay '{}': {e}", cfg.name)))?,
+            ),
+        };
         let relay = Running::open(cfg.clone(), outbox, dead_store, archives)?;
         let (stop, rx) = watch::channel(false);
-        let tasks = relay.start(listener, rx)?;
+        let tasks = relay.start(listener, tls, rx)?;
         Ok(Started { relay, stop, tasks })
     }
 

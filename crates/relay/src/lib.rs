@@ -14,6 +14,7 @@ mod deliver;
 mod encode;
 mod error;
 pub mod events;
+mod listen;
 pub mod logs;
 pub mod outbox;
 mod relay;

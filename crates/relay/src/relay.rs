@@ -4,7 +4,6 @@
 //! switchover and switchback). The choice is kept in the outbox, so a restarted relay
 //! goes on where it was.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,6 +120,7 @@ impl Running {
     pub(crate) fn start(
         self: &Arc<Self>,
         listener: std::net::TcpListener,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
         stop: watch::Receiver<bool>,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
         let addr = listener
@@ -134,6 +134,8 @@ impl Running {
         };
         listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+        let listener =
+            crate::listen::Guarded::new(listener, tls, stop.clone()).map_err(listen_err)?;
         let key = axum::middleware::from_fn_with_state(self.clone(), check_key);
         let app = match self.cfg.accept {
             Accept::EventGrid => axum::Router::new()
@@ -162,6 +164,7 @@ impl Running {
         };
         let app = app
             .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(deadline))
             .layer(axum::extract::DefaultBodyLimit::max(limit))
             .with_state(self.clone());
         let mut tasks = Vec::new();
@@ -174,12 +177,9 @@ impl Running {
                     }
                 }
             };
-            if let Err(e) = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
             {
                 tracing::error!(error = %e, "relay listener ended");
             }
@@ -675,6 +675,21 @@ impl Running {
             rpo_seconds: rpo,
             rpo_breached: oldest.is_some_and(|a| a > rpo),
         })
+    }
+}
+
+/// How long a request may take, its body read and made durable included.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Answers 408 to a request not done within [`REQUEST_DEADLINE`] (a body trickling in).
+async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({"error": {"code": "RequestTimeout", "message": "the request took more than 30 s; nothing of it was kept unless a retry is answered 2xx"}})),
+        )
+            .into_response(),
     }
 }
 

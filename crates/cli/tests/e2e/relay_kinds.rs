@@ -515,3 +515,98 @@ fn an_event_relay_delivers_to_eventbridge_nats_jetstream_and_an_s3_archive_each_
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 }
+
+#[test]
+fn a_relay_serves_https_with_its_certificate_and_never_plaintext_off_loopback() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make a test certificate (apt-get install openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let topic = Receiver::start("topic-key-qc");
+    let relay_toml = |listen: &str, tls: &str| {
+        format!(
+            "[[relays]]\nname = \"orders\"\nlisten = \"{listen}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\nmode = \"replicate\"\n{tls}targets = [{{ name = \"qc\", region = \"qc\", kind = \"eventgrid\", url = \"{}\", key = \"${{EG_QC}}\" }}]\n",
+            topic.url()
+        )
+    };
+    let env = vec![
+        ("RELAY_KEY".to_string(), KEY.to_string()),
+        ("EG_QC".into(), "topic-key-qc".into()),
+    ];
+    // Off loopback without TLS: refused by validation, with the fix.
+    let open = dir.path().join("open");
+    std::fs::create_dir_all(&open).expect("mkdir");
+    let cfg = TopologyFile::new()
+        .region("qc")
+        .raw(&relay_toml("0.0.0.0:7999", ""))
+        .write(&open);
+    let out = run(&["validate", "-c", s(&cfg)], &env);
+    assert_eq!(out.code(), 2, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("is not a loopback address") && out.stderr().contains("tls_cert"),
+        "{}",
+        out.stderr()
+    );
+
+    let port = free_port();
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("qc")
+        .raw(&relay_toml(
+            &format!("127.0.0.1:{port}"),
+            "tls_cert = \"relay.crt\"\ntls_key = \"relay.key\"\n",
+        ))
+        .write(dir.path());
+    let d = Serve::start(BIN, &cfg, &env);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem");
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let body = json!([{"id": "t1", "subject": "s", "eventType": "t", "eventTime": "2026-12-02T10:00:00Z", "data": {}}]);
+    let r = https
+        .post(format!("https://localhost:{port}/api/events"))
+        .header("aeg-sas-key", KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("publish over https");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(wait_until(Duration::from_secs(20), || topic.ids() == ["t1"]));
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/events"))
+        .header("aeg-sas-key", KEY)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(5))
+        .send();
+    assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+    drop(d);
+}

@@ -41,7 +41,7 @@ pub use backups::{Backup, CalendarSpan, Retention};
 pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
-pub use relays::{Accept, Relay, RelayMode, RelayTarget, TargetKind};
+pub use relays::{Accept, Relay, RelayMode, RelayTarget, RelayTls, TargetKind};
 
 /// The state database when `[state] url` is not given: an embedded SQLite file beside
 /// the topology file.

@@ -27,6 +27,8 @@ const RELAY_FIELDS: &[&str] = &[
     "batch",
     "rpo",
     "dead_letters",
+    "tls_cert",
+    "tls_key",
 ];
 const TARGET_FIELDS: &[&str] = &[
     "name",
@@ -230,6 +232,17 @@ pub struct Relay {
     /// A store that receives batches a target refused as bad data; without it they
     /// are kept in the outbox (`georep relay replay` sends them again either way).
     pub dead_letters: Option<String>,
+    /// The certificate chain and private key (PEM files) publishers are served HTTPS
+    /// with; required when `listen` is not a loopback address, so keys and data never
+    /// cross a network in clear.
+    pub tls: Option<RelayTls>,
+}
+
+/// PEM files for a relay's HTTPS endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelayTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Relay {
@@ -248,6 +261,7 @@ impl std::fmt::Debug for Relay {
             .field("batch", &self.batch)
             .field("rpo", &self.rpo)
             .field("dead_letters", &self.dead_letters)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -279,6 +293,7 @@ pub(super) struct DraftRelay {
     batch: u32,
     rpo: Duration,
     pub(super) dead_letters: Option<Spanned<String>>,
+    tls: Option<RelayTls>,
 }
 
 struct DraftTarget {
@@ -335,6 +350,7 @@ impl DraftRelay {
             batch: self.batch,
             rpo: self.rpo,
             dead_letters: self.dead_letters.map(Spanned::into_inner),
+            tls: self.tls,
         })
     }
 }
@@ -342,6 +358,7 @@ impl DraftRelay {
 pub(super) fn read(
     ctx: &mut Ctx<'_>,
     top: &Section<'_, '_>,
+    base_dir: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<DraftRelay> {
     let Some(value) = top.get("relays") else {
@@ -366,7 +383,9 @@ pub(super) fn read(
             if let Some(name) = &name {
                 sec.what = format!("relay '{}'", name.get_ref());
             }
-            out.push(relay(ctx, &sec, name, env));
+            let mut r = relay(ctx, &sec, name, env);
+            r.tls = tls(ctx, &sec, base_dir, r.listen.as_ref());
+            out.push(r);
         }
     }
     out
@@ -656,7 +675,57 @@ fn relay(
         batch,
         rpo,
         dead_letters,
+        tls: None,
     }
+}
+
+/// `tls_cert` and `tls_key` (both or neither, relative to the config's folder);
+/// without them, `listen` must be a loopback address.
+fn tls(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+    base_dir: &std::path::Path,
+    listen: Option<&Spanned<SocketAddr>>,
+) -> Option<RelayTls> {
+    let what = sec.what.clone();
+    let cert = sec.string(ctx, "tls_cert", "\"/etc/georep/relay.crt\"");
+    let tls_key = sec.string(ctx, "tls_key", "\"/etc/georep/relay.key\"");
+    let tls = match (cert, tls_key) {
+        (Some(c), Some(k)) => Some(RelayTls {
+            cert: super::resolve(base_dir, std::path::Path::new(c.get_ref())),
+            key: super::resolve(base_dir, std::path::Path::new(k.get_ref())),
+        }),
+        (None, None) => None,
+        (c, _) => {
+            ctx.error(
+                Some(sec.span.clone()),
+                &what,
+                format!(
+                    "{} is set without {}; give both tls_cert and tls_key (PEM files), or neither",
+                    if c.is_some() { "tls_cert" } else { "tls_key" },
+                    if c.is_some() { "tls_key" } else { "tls_cert" }
+                ),
+            );
+            None
+        }
+    };
+    if let (Some(addr), None, false) = (
+        &listen,
+        &tls,
+        sec.get("tls_cert").is_some() || sec.get("tls_key").is_some(),
+    ) {
+        if !addr.get_ref().ip().is_loopback() {
+            ctx.error(
+                Some(addr.span()),
+                &what,
+                format!(
+                    "listen {} is not a loopback address, and publishers' keys and data would cross the network in clear; add tls_cert and tls_key (PEM files), or listen on 127.0.0.1 behind a TLS proxy",
+                    addr.get_ref()
+                ),
+            );
+        }
+    }
+    tls
 }
 
 fn targets(

@@ -149,7 +149,7 @@ pub(super) fn read(
         databases: super::databases::read(ctx, &top, env),
         failover_groups: super::failover::read(ctx, &top),
         backups: super::backups::read(ctx, &top, env),
-        relays: super::relays::read(ctx, &top, env),
+        relays: super::relays::read(ctx, &top, base_dir, env),
     }
 }
 
