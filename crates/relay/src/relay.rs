@@ -621,7 +621,14 @@ impl Running {
                 name: t.name.clone(),
                 region: t.region.clone(),
                 kind: t.kind.as_str().into(),
-                url: georep_core::redact_url(&t.url),
+                url: match (&t.store, &t.subject, &t.bus) {
+                    (Some(store), _, _) => format!("store {store}"),
+                    (_, Some(subject), _) => {
+                        format!("{} subject {subject}", georep_core::redact_url(&t.url))
+                    }
+                    (_, _, Some(bus)) => format!("{} bus {bus}", georep_core::redact_url(&t.url)),
+                    _ => georep_core::redact_url(&t.url),
+                },
                 healthy: h.failures == 0,
                 consecutive_failures: h.failures,
                 last_error: h.last_error.clone(),
