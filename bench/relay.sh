@@ -9,7 +9,11 @@
 #   (3) failover: the primary receiver is killed while events flow; time from the kill
 #       to the first event at the secondary, and events lost;
 #   (4) catch-up: the receiver down for OUTAGE seconds at RATE events/s, then back;
-#       delivery rate while the relay drains.
+#       delivery rate while the relay drains;
+#   (5) logs: Logs Ingestion batches (100 records x 1 KiB) as fast as answered, straight
+#       to one receiver, then through a `replicate` relay to two receivers and a gzip
+#       NDJSON archive in a folder: records/s accepted, and how long until all three
+#       hold every record.
 # The receiver is a small Python server speaking a topic's publish contract (no Event
 # Grid server can be installed here), the same for both paths. Run as any user.
 set -euo pipefail
@@ -43,10 +47,12 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self): self.reply(200 if self.path == "/healthz" else 405)
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.headers.get("aeg-sas-key") != key: return self.reply(401)
+        logs = self.path.startswith("/dataCollectionRules/")
+        given = self.headers.get("Authorization", "")[7:] if logs else self.headers.get("aeg-sas-key")
+        if given != key: return self.reply(401)
         now = time.time()
-        for e in json.loads(body): out.write(f"{e['id']} {now}\n")
-        self.reply(200)
+        out.write("".join(f"{e['id']} {now}\n" for e in json.loads(body)))
+        self.reply(204 if logs else 200)
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 PY
@@ -56,14 +62,17 @@ cat > "$B/load.py" <<'PY'
 # answered and prints events/s. Ids are PREFIX-N.
 import http.client, json, sys, threading, time
 mode, port, key, rate, secs, conns, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-path = "/api/events?api-version=2018-01-01"
+logs = mode == "logs"
+path = "/dataCollectionRules/dcr-b/streams/Custom-Bench_CL?api-version=2023-01-01" if logs else "/api/events?api-version=2018-01-01"
 pad = "x" * 900
+def rec(i): return {"TimeGenerated": "2026-12-02T10:00:00Z", "id": f"{prefix}-{i}", "Msg": pad}
 def ev(i): return {"id": f"{prefix}-{i}", "subject": f"orders/{i % 16}", "eventType": "Bench", "eventTime": "2026-12-02T10:00:00Z", "dataVersion": "1", "data": {"pad": pad}}
 lat, errors, sent = [], [0], [0]
 lock = threading.Lock()
 def worker(w):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    h = {"aeg-sas-key": key, "Content-Type": "application/json"}
+    h = {"Authorization": "Bearer " + key} if logs else {"aeg-sas-key": key}
+    h["Content-Type"] = "application/json"
     i = w; start = time.time(); n = 0
     while time.time() - start < secs:
         if mode == "rate":
@@ -71,18 +80,20 @@ def worker(w):
             d = due - time.time()
             if d > 0: time.sleep(d)
             body = json.dumps([ev(i)])
+        elif logs:
+            body = json.dumps([rec(i + k * conns) for k in range(100)])
         else:
             body = json.dumps([ev(i + k * conns) for k in range(10)])
         t = time.time()
         try:
-            c.request("POST", path, body, h); r = c.getresponse(); r.read(); ok = r.status == 200
+            c.request("POST", path, body, h); r = c.getresponse(); r.read(); ok = r.status in (200, 204)
         except Exception:
             ok = False; c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         el = time.time() - t
         with lock:
-            if ok: lat.append(el); sent[0] += 1 if mode == "rate" else 10
+            if ok: lat.append(el); sent[0] += 1 if mode == "rate" else 100 if logs else 10
             else: errors[0] += 1
-        n += 1; i += conns if mode == "rate" else 10 * conns
+        n += 1; i += conns if mode == "rate" else (100 if logs else 10) * conns
 ts = [threading.Thread(target=worker, args=(w,)) for w in range(conns)]
 t0 = time.time()
 [t.start() for t in ts]; [t.join() for t in ts]
@@ -110,7 +121,7 @@ listen = "127.0.0.1:$API"
 [[relays]]
 name = "bench"
 listen = "127.0.0.1:$RP"
-accept = "eventgrid"
+accept = "${ACCEPT:-eventgrid}"
 key = "\${RELAY_KEY}"
 mode = "$1"
 $2
@@ -198,5 +209,34 @@ sent, up = int(sys.argv[1]), float(sys.argv[2])
 t = sorted(float(l.split()[1]) for l in open(sys.argv[3]) if l.startswith("cu-"))
 n = len({l.split()[0] for l in open(sys.argv[3]) if l.startswith("cu-")})
 print(f"   {sent} events held through the outage; {n} delivered; first {t[0]-up:.1f} s after the receiver came back (the retry backoff), then drained at {len(t)/max(t[-1]-t[0],1e-3):.0f} events/s")
+PY
+stop_serve
+
+echo "== (5) logs: Logs Ingestion batches (100 x 1 KiB records, $CONNS connections, ${SECS}s), straight to one receiver vs a replicate relay to two receivers and an archive"
+: > "$B/r1.txt"; : > "$B/r2.txt"
+R1=$(start_receiver "$P1" "$B/r1.txt")
+D=$(python3 "$B/load.py" logs "$P1" topic-key 0 "$SECS" "$CONNS" ldirect)
+mkdir -p "$B/archive"
+logs_target() { echo "{ name = \"$1\", region = \"$2\", kind = \"logs\", url = \"http://127.0.0.1:$3/dataCollectionRules/dcr-b/streams/Custom-Bench_CL\", key = \"\${EG_KEY}\", timeout = \"5s\" },"; }
+ACCEPT=logs topo replicate 'batch = 500' "$(logs_target qc qc "$P1")
+$(logs_target we we "$P2")
+{ name = \"keep\", region = \"we\", kind = \"archive\", store = \"archive\" },"
+printf '[stores.archive]\nregion = "we"\nurl = "%s"\n' "$B/archive" >> "$B/georep.toml"
+serve
+T0=$(date +%s.%N)
+G=$(python3 "$B/load.py" logs "$RP" "$RK" 0 "$SECS" "$CONNS" lrelay)
+SENT=$(echo "$G" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sent"])')
+archived() { find "$B/archive" -name '*.ndjson.gz' -exec zcat {} + 2>/dev/null | grep -c '"lrelay-' || true; }
+for _ in $(seq 1200); do
+  [ "$(count "$B/r1.txt" lrelay)" -ge "$SENT" ] && [ "$(count "$B/r2.txt" lrelay)" -ge "$SENT" ] && [ "$(archived)" -ge "$SENT" ] && break
+  sleep 0.1
+done
+DONE=$(date +%s.%N)
+python3 - "$D" "$G" "$T0" "$DONE" "$(count "$B/r1.txt" lrelay)" "$(count "$B/r2.txt" lrelay)" "$(archived)" <<'PY'
+import json, sys
+d, g = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+t0, done, a, b, c = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+print(f"   straight to one receiver: {d['per_s']:.0f} records/s; relay accepted {g['per_s']:.0f} records/s durable: {g['per_s']/d['per_s']:.2f}x")
+print(f"   {g['sent']} records: {a} and {b} at the two receivers, {c} archived, all {done - t0:.1f} s after the load began ({g['sent']/(done - t0):.0f} records/s to each of three targets)")
 PY
 stop_serve

@@ -191,6 +191,19 @@ impl Relays {
             None => None,
             Some(name) => Some(open("dead_letters", name)?),
         };
+        if let Some(t) = cfg
+            .targets
+            .iter()
+            .find(|t| t.kind == georep_core::TargetKind::EventBridge)
+        {
+            let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+            if !set("AWS_ACCESS_KEY_ID") || !set("AWS_SECRET_ACCESS_KEY") {
+                return Err(RelayError::Refused(format!(
+                    "relay '{}': target '{}' (eventbridge) signs with AWS credentials: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) for georep serve",
+                    cfg.name, t.name
+                )));
+            }
+        }
         let mut archives = std::collections::HashMap::new();
         for t in &cfg.targets {
             if let Some(name) = &t.store {

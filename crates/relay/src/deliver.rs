@@ -18,6 +18,9 @@ use crate::outbox::Stored;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Delivered,
+    /// Some records (by place in the batch) refused as bad data, one by one, with why;
+    /// the others delivered.
+    Partial(Vec<(usize, String)>),
     /// The target says the data is bad (400, 413, 422): retrying cannot help.
     BadData(String),
     /// Unreachable, timed out, throttled, a server error, or credentials refused.
@@ -48,6 +51,8 @@ struct Aws {
 /// Delivers to every target of one relay.
 pub(crate) struct Sender {
     relay: String,
+    /// The prefix of ids the relay makes: `RELAY-INSTANCE`.
+    ids: String,
     http: reqwest::Client,
     /// `archive` targets' stores, by target name.
     archives: HashMap<String, Store>,
@@ -81,7 +86,7 @@ fn join(base: &str, path: &str) -> String {
 }
 
 impl Sender {
-    pub(crate) fn new(relay: &str, archives: HashMap<String, Store>) -> Self {
+    pub(crate) fn new(relay: &str, ids: &str, archives: HashMap<String, Store>) -> Self {
         let aws = match (
             std::env::var("AWS_ACCESS_KEY_ID"),
             std::env::var("AWS_SECRET_ACCESS_KEY"),
@@ -97,6 +102,7 @@ impl Sender {
         };
         Self {
             relay: relay.to_string(),
+            ids: ids.to_string(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -139,7 +145,10 @@ impl Sender {
             TargetKind::EventGrid | TargetKind::Webhook => encode::events_body(batch),
             TargetKind::Logs => (encode::monitor_body(r, batch), "application/json"),
             TargetKind::Loki => (encode::loki_body(r, batch), "application/json"),
-            TargetKind::Elasticsearch => (encode::bulk_body(r, batch), "application/x-ndjson"),
+            TargetKind::Elasticsearch => (
+                encode::bulk_body(r, &self.ids, batch),
+                "application/x-ndjson",
+            ),
             TargetKind::EventBridge => return self.eventbridge(t, batch).await,
             TargetKind::Nats => return self.nats(t, batch).await,
             TargetKind::Archive => return self.archive(t, batch).await,
@@ -159,7 +168,7 @@ impl Sender {
         };
         if (200..300).contains(&status) {
             return match t.kind {
-                TargetKind::Elasticsearch => bulk_outcome(&text),
+                TargetKind::Elasticsearch => bulk_outcome(&text, batch.len()),
                 _ => Outcome::Delivered,
             };
         }
@@ -190,34 +199,46 @@ impl Sender {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e),
         };
-        let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(&text).ok();
+        let v = parsed.clone().unwrap_or_default();
         if status == 200 {
-            let failed = v["FailedEntryCount"].as_u64().unwrap_or(0);
-            if failed == 0 {
+            let Some(entries) = parsed.as_ref().and_then(|v| v["Entries"].as_array()) else {
+                return Outcome::Failed(format!(
+                    "not a PutEvents answer from {}: {}",
+                    shown(&t.url),
+                    excerpt(&text)
+                ));
+            };
+            if v["FailedEntryCount"].as_u64().unwrap_or(0) == 0 {
                 return Outcome::Delivered;
             }
-            let codes: Vec<String> = v["Entries"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|e| e["ErrorCode"].as_str())
-                        .map(|c| c.to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let reason = format!(
-                "EventBridge refused {failed} of {} entries: {}",
-                batch.len(),
-                codes.join(", ")
-            );
-            let retry = codes.iter().any(|c| {
-                c.contains("Throttl") || c.contains("InternalFailure") || c.contains("Unavailable")
-            });
-            return if retry {
-                Outcome::Failed(reason)
-            } else {
-                Outcome::BadData(reason)
-            };
+            let mut bad = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let Some(code) = e["ErrorCode"].as_str() else {
+                    continue;
+                };
+                let why = format!(
+                    "EventBridge refused the entry: {code} {}",
+                    e["ErrorMessage"].as_str().unwrap_or_default()
+                );
+                // Throttling, internal failures and refused credentials pass: the
+                // whole batch is sent again (EventBridge keeps no ids, so the entries
+                // that went in are sent twice).
+                let transient = [
+                    "Throttl",
+                    "InternalFailure",
+                    "Unavailable",
+                    "AccessDenied",
+                    "NotAuthorized",
+                    "Unrecognized",
+                    "ExpiredToken",
+                ];
+                if transient.iter().any(|c| code.contains(c)) {
+                    return Outcome::Failed(why);
+                }
+                bad.push((i, why));
+            }
+            return Outcome::Partial(bad);
         }
         let kind = v["__type"].as_str().unwrap_or_default();
         let reason = format!(
@@ -319,32 +340,46 @@ impl Sender {
         };
         let subject = t.subject.clone().unwrap_or_default();
         let mut acks = Vec::with_capacity(batch.len());
-        for e in batch {
+        let mut bad = Vec::new();
+        use async_nats::jetstream::context::PublishErrorKind;
+        for (i, e) in batch.iter().enumerate() {
             let mut h = async_nats::HeaderMap::new();
-            h.insert("Nats-Msg-Id", encode::id_of(&self.relay, e).as_str());
+            h.insert("Nats-Msg-Id", encode::msg_id(&self.ids, e).as_str());
             h.insert("Content-Type", "application/json");
             match js
                 .publish_with_headers(subject.clone(), h, e.body.clone().into())
                 .await
             {
-                Ok(ack) => acks.push(ack),
+                Ok(ack) => acks.push((i, ack)),
+                Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    bad.push((
+                        i,
+                        format!(
+                            "larger than the NATS server's max_payload ({})",
+                            shown(&t.url)
+                        ),
+                    ));
+                }
                 Err(err) => return Outcome::Failed(nats_reason(t, &subject, &err.to_string())),
             }
         }
-        for ack in acks {
+        for (i, ack) in acks {
             if let Err(err) = ack.await {
-                if err.kind()
-                    == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
-                {
-                    return Outcome::BadData(format!(
-                        "larger than the NATS server's max_payload ({})",
-                        shown(&t.url)
-                    ));
+                let text = err.to_string();
+                // The stream's own limit (max_msg_size): the record, not the server.
+                if text.contains("maximum") && text.contains("size") {
+                    bad.push((i, format!("refused by the stream: {text}")));
+                    continue;
                 }
-                return Outcome::Failed(nats_reason(t, &subject, &err.to_string()));
+                return Outcome::Failed(nats_reason(t, &subject, &text));
             }
         }
-        Outcome::Delivered
+        if bad.is_empty() {
+            Outcome::Delivered
+        } else {
+            bad.sort();
+            Outcome::Partial(bad)
+        }
     }
 
     /// Writes the batch as one gzip-compressed NDJSON object; a redelivery writes the
@@ -462,47 +497,44 @@ fn nats_reason(t: &RelayTarget, subject: &str, e: &str) -> String {
 
 /// A bulk answer: every item created, or already there (409 on `create`: a
 /// redelivery); throttled or failing items are a failure (the batch is sent again, and
-/// what went in answers 409); refused items are bad data.
-fn bulk_outcome(text: &[u8]) -> Outcome {
+/// what went in answers 409 or is rewritten); items refused otherwise are bad data,
+/// each on its own. An answer that does not account for every item is a failure.
+fn bulk_outcome(text: &[u8], n: usize) -> Outcome {
     let v: serde_json::Value = match serde_json::from_slice(text) {
         Ok(v) => v,
         Err(_) => return Outcome::Failed(format!("not a bulk answer: {}", excerpt(text))),
     };
-    if v["errors"] != serde_json::Value::Bool(true) {
-        return Outcome::Delivered;
-    }
+    let Some(items) = v["items"].as_array().filter(|i| i.len() == n) else {
+        return Outcome::Failed(format!(
+            "the bulk answer does not list the {n} items sent (is the URL an Elasticsearch endpoint?): {}",
+            excerpt(text)
+        ));
+    };
     let (mut retry, mut bad) = (Vec::new(), Vec::new());
-    for item in v["items"].as_array().into_iter().flatten() {
+    for (i, item) in items.iter().enumerate() {
         let Some((_, r)) = item.as_object().and_then(|o| o.iter().next()) else {
+            retry.push("an item without an answer".to_string());
             continue;
         };
         let status = r["status"].as_u64().unwrap_or(0);
-        let why = || {
-            format!(
-                "{} {}: {}",
-                status,
-                r["error"]["type"].as_str().unwrap_or_default(),
-                r["error"]["reason"].as_str().unwrap_or_default()
-            )
-        };
+        let why = format!(
+            "Elasticsearch refused the item: {} {}: {}",
+            status,
+            r["error"]["type"].as_str().unwrap_or_default(),
+            r["error"]["reason"].as_str().unwrap_or_default()
+        );
         match status {
             200..=299 | 409 => {}
-            429 | 500..=599 => retry.push(why()),
-            _ => bad.push(why()),
+            400..=499 if status != 429 && status != 401 && status != 403 => bad.push((i, why)),
+            _ => retry.push(why),
         }
     }
     if let Some(first) = retry.first() {
-        Outcome::Failed(format!(
-            "Elasticsearch failed {} items: {first}",
-            retry.len()
-        ))
-    } else if let Some(first) = bad.first() {
-        Outcome::BadData(format!(
-            "Elasticsearch refused {} items: {first}",
-            bad.len()
-        ))
-    } else {
+        Outcome::Failed(format!("{} items failed: {first}", retry.len()))
+    } else if bad.is_empty() {
         Outcome::Delivered
+    } else {
+        Outcome::Partial(bad)
     }
 }
 
@@ -513,12 +545,17 @@ mod tests {
     #[test]
     fn bulk_answers_separate_duplicates_retries_and_bad_data() {
         let ok = br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":409,"error":{"type":"version_conflict_engine_exception"}}}]}"#;
-        assert_eq!(bulk_outcome(ok), Outcome::Delivered);
+        assert_eq!(bulk_outcome(ok, 2), Outcome::Delivered);
         let retry = br#"{"errors":true,"items":[{"create":{"status":400,"error":{"type":"x"}}},{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#;
-        assert!(matches!(bulk_outcome(retry), Outcome::Failed(r) if r.contains("es_rejected")));
-        let bad = br#"{"errors":true,"items":[{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse"}}}]}"#;
-        assert!(matches!(bulk_outcome(bad), Outcome::BadData(r) if r.contains("mapper_parsing")));
-        assert!(matches!(bulk_outcome(b"<html>"), Outcome::Failed(_)));
+        assert!(matches!(bulk_outcome(retry, 2), Outcome::Failed(r) if r.contains("es_rejected")));
+        let bad = br#"{"errors":true,"items":[{"index":{"status":201}},{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse"}}}]}"#;
+        assert!(
+            matches!(bulk_outcome(bad, 2), Outcome::Partial(b) if b.len() == 1 && b[0].0 == 1 && b[0].1.contains("mapper_parsing"))
+        );
+        assert!(matches!(bulk_outcome(b"<html>", 1), Outcome::Failed(_)));
+        // An answer that does not account for every item (a proxy's `{}`) is no delivery.
+        assert!(matches!(bulk_outcome(b"{}", 1), Outcome::Failed(_)));
+        assert!(matches!(bulk_outcome(ok, 3), Outcome::Failed(_)));
         assert_eq!(
             join("http://es:9200/logs/?x=1", "/_bulk"),
             "http://es:9200/logs/_bulk?x=1"

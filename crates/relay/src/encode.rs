@@ -9,17 +9,34 @@ use std::io::Write;
 use serde_json::{Map, Value};
 
 use crate::events::{self, CLOUDEVENTS, EVENTGRID};
-use crate::logs::{ES, LOKI, MONITOR};
+use crate::logs::{ES, ES_CREATE, LOKI, MONITOR};
 use crate::outbox::Stored;
 
 /// The id a receiver drops duplicates by: the publisher's, else one of the relay's own
-/// that a redelivery repeats (the relay's name and the event's place in the outbox).
-pub(crate) fn id_of(relay: &str, e: &Stored) -> String {
+/// that a redelivery repeats: `ids` (`RELAY-INSTANCE`, the instance drawn when the
+/// outbox file was made, so a remade outbox never repeats an earlier one's ids) and the
+/// record's place in the outbox.
+pub(crate) fn id_of(ids: &str, e: &Stored) -> String {
     if e.id.is_empty() {
-        format!("{relay}-{}", e.seq)
+        format!("{ids}-{}", e.seq)
     } else {
         e.id.clone()
     }
+}
+
+/// A NATS message id: [`id_of`], qualified by the partition where the publisher's ids
+/// are unique only within it (CloudEvents: per source; Elasticsearch: per index).
+pub(crate) fn msg_id(ids: &str, e: &Stored) -> String {
+    if !e.id.is_empty() && (e.schema == CLOUDEVENTS || is_es(&e.schema)) {
+        format!("{}/{}", e.partition, e.id)
+    } else {
+        id_of(ids, e)
+    }
+}
+
+/// Whether `schema` is an Elasticsearch document (`index` or `create`).
+pub(crate) fn is_es(schema: &str) -> bool {
+    schema == ES || schema == ES_CREATE
 }
 
 /// One stored event on one line: raw newlines can only be whitespace between JSON
@@ -34,9 +51,10 @@ fn object(e: &Stored) -> Map<String, Value> {
     serde_json::from_slice(&e.body).unwrap_or_default()
 }
 
+/// A time with at most 7 fractional digits (Azure Monitor keeps 100 ns ticks).
 fn rfc3339_ns(ns: i128) -> String {
     let secs = ns.div_euclid(1_000_000_000) as i64;
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    let nanos = (ns.rem_euclid(1_000_000_000) / 100 * 100) as u32;
     chrono::DateTime::from_timestamp(secs, nanos)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_default()
@@ -78,7 +96,7 @@ fn loki_entry(relay: &str, e: &Stored) -> Entry {
         };
     }
     let o = object(e);
-    let (label, time) = if e.schema == ES {
+    let (label, time) = if is_es(&e.schema) {
         ("index", "@timestamp")
     } else {
         ("stream", "TimeGenerated")
@@ -118,7 +136,7 @@ fn monitor_record(relay: &str, e: &Stored) -> Value {
 
 /// A document for Elasticsearch (`@timestamp` added when it lacks one).
 fn es_doc(relay: &str, e: &Stored) -> Vec<u8> {
-    if e.schema == ES {
+    if is_es(&e.schema) {
         return one_line(&e.body);
     }
     let v = if e.schema == LOKI {
@@ -190,18 +208,26 @@ pub(crate) fn loki_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Elasticsearch's bulk API: a `create` per event with its id, so a redelivered event
-/// is refused as a conflict (already there) instead of stored twice. Documents keep
-/// their index; others go to the URL's.
-pub(crate) fn bulk_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
+/// Elasticsearch's bulk API, every record with an id so a redelivery stores nothing
+/// twice: a document sent with `index` and its own `_id` is indexed again (it may be a
+/// new version); every other record is a `create` (a redelivered one answers 409,
+/// already there). Documents keep their index; others go to the URL's.
+pub(crate) fn bulk_body(relay: &str, ids: &str, batch: &[Stored]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in batch {
         let mut meta = Map::new();
-        if e.schema == ES && !e.partition.is_empty() {
+        if is_es(&e.schema) && !e.partition.is_empty() {
             meta.insert("_index".into(), e.partition.clone().into());
         }
-        meta.insert("_id".into(), id_of(relay, e).into());
-        out.extend_from_slice(serde_json::json!({ "create": meta }).to_string().as_bytes());
+        meta.insert("_id".into(), id_of(ids, e).into());
+        let verb = if e.schema == ES && !e.id.is_empty() {
+            "index"
+        } else {
+            "create"
+        };
+        let mut action = Map::new();
+        action.insert(verb.into(), Value::Object(meta));
+        out.extend_from_slice(Value::Object(action).to_string().as_bytes());
         out.push(b'\n');
         out.extend_from_slice(&es_doc(relay, e));
         out.push(b'\n');
@@ -257,16 +283,14 @@ pub(crate) fn archive_body(batch: &[Stored]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Where an archive object goes: by the first event's acceptance hour, named by the
-/// outbox places it holds, so a redelivered batch writes the same object again.
+/// outbox place of its first record, so a batch sent again (grown by events that came
+/// meanwhile) overwrites the object instead of adding one that repeats it.
 pub(crate) fn archive_key(relay: &str, target: &str, batch: &[Stored]) -> String {
-    let (first, last) = (
-        batch.first().map_or(0, |e| e.seq),
-        batch.last().map_or(0, |e| e.seq),
-    );
+    let first = batch.first().map_or(0, |e| e.seq);
     let hour = chrono::DateTime::from_timestamp_millis(batch.first().map_or(0, |e| e.accepted_ms))
         .map(|t| t.format("%Y/%m/%d/%H").to_string())
         .unwrap_or_default();
-    format!("relays/{relay}/{target}/{hour}/{first:020}-{last:020}.ndjson.gz")
+    format!("relays/{relay}/{target}/{hour}/{first:020}.ndjson.gz")
 }
 
 #[cfg(test)]
@@ -306,7 +330,7 @@ mod tests {
             serde_json::from_slice(&monitor_body("r", std::slice::from_ref(&loki))).expect("json");
         assert_eq!(m[0]["RawData"], "hello");
         assert_eq!(m[0]["Labels"]["job"], "api");
-        assert_eq!(m[0]["TimeGenerated"], "2025-12-02T10:00:00.000000001Z");
+        assert_eq!(m[0]["TimeGenerated"], "2025-12-02T10:00:00Z");
         let m: Value =
             serde_json::from_slice(&monitor_body("r", std::slice::from_ref(&es))).expect("json");
         assert_eq!(m[0]["TimeGenerated"], "2025-12-02T10:00:00Z");
@@ -322,12 +346,14 @@ mod tests {
         assert_eq!(l["streams"][1]["stream"]["stream"], "dcr/Custom-T_CL");
         assert_eq!(l["streams"][1]["values"][0][0], "1796205600000000000");
 
-        let b = String::from_utf8(bulk_body("r", &[es, mon])).expect("utf8");
+        let created = stored(4, ES_CREATE, "logs", "d2", "{}");
+        let b = String::from_utf8(bulk_body("r", "r-0a", &[es, mon, created])).expect("utf8");
         let lines: Vec<&str> = b.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], r#"{"create":{"_id":"d1","_index":"logs"}}"#);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0], r#"{"index":{"_id":"d1","_index":"logs"}}"#);
+        assert_eq!(lines[4], r#"{"create":{"_id":"d2","_index":"logs"}}"#);
         assert_eq!(lines[1], "{\"message\": \"e\"}");
-        assert_eq!(lines[2], r#"{"create":{"_id":"r-2"}}"#);
+        assert_eq!(lines[2], r#"{"create":{"_id":"r-0a-2"}}"#);
         assert!(
             lines[3].contains("\"@timestamp\":\"2026-12-02T10:00:00Z\""),
             "{}",
@@ -374,8 +400,13 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert_eq!(
             archive_key("r", "t", &[eg]),
-            "relays/r/t/2025/12/02/10/00000000000000000006-00000000000000000006.ndjson.gz"
+            "relays/r/t/2025/12/02/10/00000000000000000006.ndjson.gz"
         );
-        assert_eq!(id_of("r", &stored(9, MONITOR, "", "", "{}")), "r-9");
+        assert_eq!(id_of("r-0a", &stored(9, MONITOR, "", "", "{}")), "r-0a-9");
+        assert_eq!(
+            msg_id("r-0a", &stored(9, CLOUDEVENTS, "/src", "a", "{}")),
+            "/src/a"
+        );
+        assert_eq!(msg_id("r-0a", &stored(9, EVENTGRID, "s", "a", "{}")), "a");
     }
 }

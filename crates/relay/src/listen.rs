@@ -1,7 +1,8 @@
 //! The publish endpoint's connections, guarded: at most [`MAX_CONNECTIONS`] open at
 //! once (more wait in the kernel's backlog), TLS handshakes done off the accept loop
-//! with a deadline (a slow client cannot stall others), and a connection that sends
-//! nothing for [`IDLE`] closed (slow headers or bodies cannot hold a slot forever).
+//! with a deadline (a slow client cannot stall others), headers read within
+//! [`HEADERS`], and a connection that moves no byte either way for [`IDLE`] closed, so
+//! neither slow headers, slow bodies nor unread answers hold a slot forever.
 
 use std::future::Future;
 use std::io;
@@ -21,6 +22,8 @@ pub(crate) const MAX_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing this long is closed.
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// A request's headers must arrive within this.
+pub(crate) const HEADERS: Duration = Duration::from_secs(10);
 
 /// Loads the certificate chain and key publishers are served with.
 pub(crate) fn tls_config(
@@ -86,17 +89,24 @@ impl AsyncRead for Conn {
             Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         };
+        me.timed(cx, r)
+    }
+}
+
+impl Conn {
+    /// A pending read or write fails once the connection has been idle too long; any
+    /// progress resets the clock.
+    fn timed<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
-                me.idle
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + me.idle_after);
+                let at = tokio::time::Instant::now() + self.idle_after;
+                self.idle.as_mut().reset(at);
                 Poll::Ready(r)
             }
-            Poll::Pending => match me.idle.as_mut().poll(cx) {
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the client sent nothing for too long",
+                    "the connection moved no byte for too long",
                 ))),
                 Poll::Pending => Poll::Pending,
             },
@@ -110,17 +120,21 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.inner {
+        let me = &mut *self;
+        let r = match &mut me.inner {
             Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        };
+        me.timed(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
+        let me = &mut *self;
+        let r = match &mut me.inner {
             Inner::Plain(s) => Pin::new(s).poll_flush(cx),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        };
+        me.timed(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -134,7 +148,6 @@ impl AsyncWrite for Conn {
 /// Connections ready to serve, for `axum::serve`.
 pub(crate) struct Guarded {
     ready: mpsc::Receiver<(Conn, SocketAddr)>,
-    local: SocketAddr,
 }
 
 impl Guarded {
@@ -153,7 +166,6 @@ impl Guarded {
         mut stop: watch::Receiver<bool>,
         (max, idle_after): (usize, Duration),
     ) -> io::Result<Self> {
-        let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let slots = Arc::new(Semaphore::new(max));
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -212,31 +224,55 @@ impl Guarded {
                 }
             }
         });
-        Ok(Self { ready, local })
+        Ok(Self { ready })
     }
 }
 
-impl axum::serve::Listener for Guarded {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // Stopped: never yield another connection.
-            None => std::future::pending().await,
-        }
+impl Guarded {
+    /// The next connection; `None` once stopped.
+    pub(crate) async fn accept(&mut self) -> Option<(Conn, SocketAddr)> {
+        self.ready.recv().await
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
+    /// Serves `app` on every connection (HTTP/1.1; headers within [`HEADERS`]) until
+    /// `stop`; then lets requests in flight finish.
+    pub(crate) async fn serve(mut self, app: axum::Router, mut stop: watch::Receiver<bool>) {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let next = tokio::select! {
+                c = self.accept() => c,
+                _ = stop.changed() => None,
+            };
+            let Some((io, peer)) = next else { break };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let mut stop = stop.clone();
+            conns.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADERS)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let r = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "relay connection ended");
+                }
+            });
+            // Reap finished connections as we go.
+            while conns.try_join_next().is_some() {}
+        }
+        while conns.join_next().await.is_some() {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::serve::Listener as _;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -249,8 +285,8 @@ mod tests {
         let _c1 = TcpStream::connect(addr).await.expect("c1");
         let _c2 = TcpStream::connect(addr).await.expect("c2");
         let _c3 = TcpStream::connect(addr).await.expect("c3");
-        let (mut a, _) = g.accept().await;
-        let (b, _) = g.accept().await;
+        let (mut a, _) = g.accept().await.expect("a");
+        let (b, _) = g.accept().await.expect("b");
         // The third waits for a slot.
         assert!(tokio::time::timeout(Duration::from_millis(200), g.accept())
             .await

@@ -17,8 +17,23 @@ use crate::outbox::NewEvent;
 pub const MONITOR: &str = "monitor";
 /// One Loki entry, stored as a stream of one value: `{"stream":{..},"values":[[..]]}`.
 pub const LOKI: &str = "loki";
-/// One Elasticsearch document.
+/// One Elasticsearch document sent with `index`.
 pub const ES: &str = "es";
+/// One Elasticsearch document sent with `create`.
+pub const ES_CREATE: &str = "es.create";
+
+/// The most a request may come to once stored (a Loki label set is kept with each
+/// line: a request of many short lines under many labels grows).
+pub const MAX_STORED: usize = 2 * MAX_DECODED;
+/// Bulk actions per request.
+pub const MAX_BULK_ITEMS: usize = 10_000;
+
+fn too_big(what: &str) -> Refusal {
+    Refusal {
+        status: 413,
+        message: format!("the request holds {what}; send smaller requests"),
+    }
+}
 
 /// The most a log request may hold once decompressed (Loki and Elasticsearch clients
 /// send bigger batches than Event Grid's 1 MB).
@@ -47,7 +62,8 @@ pub fn decode(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Refusal> {
         }
         Some("gzip") => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
+            // Every member of a multi-member stream (what concatenated gzip files are).
+            flate2::read::MultiGzDecoder::new(body)
                 .take(MAX_DECODED as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(format!("the body is not valid gzip: {e}")))?;
@@ -107,10 +123,30 @@ pub fn loki(body: &[u8]) -> Result<Vec<NewEvent>, Refusal> {
         ))
     })?;
     let mut out = Vec::new();
+    let mut stored = 0usize;
     for (i, s) in push.streams.into_iter().enumerate() {
         if s.stream.is_empty() || s.stream.values().any(|v| !v.is_string()) {
             return Err(bad(format!(
                 "stream #{}: labels must be a non-empty object of strings",
+                i + 1
+            )));
+        }
+        // Loki's own limits: at most 15 labels, names as Prometheus names them.
+        let name_ok = |n: &str| {
+            n.len() <= 1024
+                && n.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if s.stream.len() > 15
+            || s.stream.keys().any(|k| !name_ok(k))
+            || s.stream
+                .values()
+                .any(|v| v.as_str().is_some_and(|v| v.len() > 2048))
+        {
+            return Err(bad(format!(
+                "stream #{}: at most 15 labels, each name [a-zA-Z_][a-zA-Z0-9_]* of at most 1024 bytes and each value at most 2048 bytes",
                 i + 1
             )));
         }
@@ -130,12 +166,20 @@ pub fn loki(body: &[u8]) -> Result<Vec<NewEvent>, Refusal> {
                     j + 1
                 )));
             }
-            let one = serde_json::json!({"stream": s.stream, "values": [v]});
+            let one = serde_json::json!({"stream": s.stream, "values": [v]})
+                .to_string()
+                .into_bytes();
+            stored += one.len();
+            if stored > MAX_STORED {
+                return Err(too_big(&format!(
+                    "more than {MAX_STORED} bytes once each line is kept with its labels"
+                )));
+            }
             out.push(NewEvent {
                 schema: LOKI,
                 partition: partition.clone(),
                 id: String::new(),
-                body: one.to_string().into_bytes(),
+                body: one,
                 only: None,
             });
         }
@@ -167,6 +211,9 @@ pub fn bulk(
     let mut n = 0;
     while let Some(action) = lines.next() {
         n += 1;
+        if n > MAX_BULK_ITEMS {
+            return Err(too_big(&format!("more than {MAX_BULK_ITEMS} actions")));
+        }
         let a: Map<String, Value> = serde_json::from_str(action)
             .map_err(|e| bad(format!("bulk action #{n} is not a JSON object: {e}")))?;
         let Some((verb, meta)) = a.iter().next().filter(|_| a.len() == 1) else {
@@ -210,7 +257,7 @@ pub fn bulk(
             )));
         }
         out.push(NewEvent {
-            schema: ES,
+            schema: if verb == "create" { ES_CREATE } else { ES },
             partition: index.clone(),
             id: id.clone().unwrap_or_default(),
             body: raw.get().trim().as_bytes().to_vec(),

@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   event_id TEXT NOT NULL,
   body BLOB NOT NULL,
   reason TEXT NOT NULL,
-  at_ms INTEGER NOT NULL
+  at_ms INTEGER NOT NULL,
+  part TEXT NOT NULL DEFAULT '',
+  accepted_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS failovers (id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, from_target TEXT NOT NULL, to_target TEXT NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +95,29 @@ pub struct Outbox {
     /// Bytes of event bodies held (undelivered by some stream).
     bytes: Arc<AtomicU64>,
     max_bytes: u64,
+}
+
+/// Brings an outbox made by an earlier georep up to date: dead letters keep their
+/// partition and acceptance time (a replayed record goes where it was going), and the
+/// outbox has an instance id (ids the relay makes stay unique if the file is remade).
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let mut cols = Vec::new();
+    {
+        let mut st = c.prepare("PRAGMA table_info(dead_letters)")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(1))?;
+        for r in rows {
+            cols.push(r?);
+        }
+    }
+    if !cols.iter().any(|c| c == "part") {
+        c.execute_batch("ALTER TABLE dead_letters ADD COLUMN part TEXT NOT NULL DEFAULT ''; ALTER TABLE dead_letters ADD COLUMN accepted_ms INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    let instance = format!("{:08x}", rand::random::<u32>());
+    c.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)",
+        [instance],
+    )?;
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {
@@ -141,6 +166,7 @@ impl Outbox {
             .map_err(|e| err(&format!("{e} (a symbolic link is refused: georep does not follow links it did not make)")))?;
         let w = connect(path).map_err(|e| err(&e))?;
         w.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        migrate(&w).map_err(|e| err(&e))?;
         // Held: undelivered events and dead letters, both on disk.
         let held: i64 = w
             .query_row(
@@ -383,8 +409,8 @@ impl Outbox {
             let at = now_ms();
             for e in &events {
                 c.execute(
-                    "INSERT INTO dead_letters (target, schema, event_id, body, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![target, e.schema, e.id, e.body, reason, at],
+                    "INSERT INTO dead_letters (target, schema, event_id, body, reason, at_ms, part, accepted_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![target, e.schema, e.id, e.body, reason, at, e.partition, e.accepted_ms],
                 )?;
             }
             Ok(0)
@@ -422,7 +448,7 @@ impl Outbox {
         self.write(Box::new(move |c| {
             let at = now_ms();
             let n = c.execute(
-                "INSERT INTO events (schema, part, id, body, accepted_ms, only_target) SELECT schema, '', event_id, body, ?1, CASE WHEN ?2 THEN target ELSE NULL END FROM dead_letters ORDER BY id",
+                "INSERT INTO events (schema, part, id, body, accepted_ms, only_target) SELECT schema, part, event_id, body, CASE WHEN accepted_ms > 0 THEN accepted_ms ELSE ?1 END, CASE WHEN ?2 THEN target ELSE NULL END FROM dead_letters ORDER BY id",
                 params![at, per_target],
             )?;
             c.execute("DELETE FROM dead_letters", [])?;

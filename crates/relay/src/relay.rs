@@ -28,10 +28,18 @@ const ACTIVE: &str = "active";
 /// Events a target may refuse as bad data in a row before it counts as failing.
 const REFUSED_IN_A_ROW: u32 = 10;
 
+/// Rounds a target may refuse the same batch whole before it goes to the dead letters
+/// (a target that refuses everything is taken to be misconfigured and retried, but no
+/// batch may hold a stream up forever: records too old for Loki, say).
+const GIVE_UP_ROUNDS: u32 = 5;
+
 /// Why a delivery did not go through.
 enum Fail {
     /// The target's fault: retried with backoff, counted towards a failover.
     Target(String),
+    /// The target refused the whole batch as bad data: a failure too, until the same
+    /// batch has been refused [`GIVE_UP_ROUNDS`] times; then dead letters.
+    Refused(String),
     /// The relay's own outbox: retried, never a failover.
     Local(String),
 }
@@ -86,7 +94,8 @@ impl Running {
             .and_then(|name| cfg.targets.iter().position(|t| t.name == name))
             .unwrap_or(0);
         let pinned = outbox.meta("pinned")?.as_deref() == Some("1");
-        let sender = Sender::new(&cfg.name, archives);
+        let instance = outbox.meta("instance")?.unwrap_or_default();
+        let sender = Sender::new(&cfg.name, &format!("{}-{instance}", cfg.name), archives);
         Ok(Arc::new(Self {
             cfg,
             outbox: Arc::new(outbox),
@@ -106,6 +115,15 @@ impl Running {
         self.routing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most a request body may hold on the wire.
+    fn body_limit(&self) -> usize {
+        if self.cfg.accept.is_logs() {
+            crate::logs::MAX_DECODED
+        } else {
+            events::MAX_REQUEST + 64 * 1024
+        }
     }
 
     fn streams(&self) -> Vec<String> {
@@ -157,33 +175,12 @@ impl Running {
                 .route("/", axum::routing::get(es_info))
                 .route_layer(key),
         };
-        let limit = if self.cfg.accept.is_logs() {
-            crate::logs::MAX_DECODED
-        } else {
-            events::MAX_REQUEST + 64 * 1024
-        };
         let app = app
             .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn(deadline))
-            .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .layer(axum::extract::DefaultBodyLimit::max(self.body_limit()))
             .with_state(self.clone());
         let mut tasks = Vec::new();
-        let mut s = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                while !*s.borrow() {
-                    if s.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "relay listener ended");
-            }
-        }));
+        tasks.push(tokio::spawn(listener.serve(app, stop.clone())));
         match self.cfg.mode {
             RelayMode::Failover => {
                 let me = self.clone();
@@ -209,6 +206,8 @@ impl Running {
         // Failures in a row (whatever the target), failovers since the last delivery,
         // and events refused as bad data in a row.
         let (mut attempt, mut hops, mut refused) = (0u32, 0usize, 0u32);
+        // The first record of a batch refused whole, and how many times in a row.
+        let mut stuck = (0i64, 0u32);
         loop {
             if *stop.borrow() {
                 return;
@@ -238,16 +237,30 @@ impl Running {
                 }
                 continue;
             }
-            match self
-                .send(&stream, &streams, &target, batch, &mut refused)
-                .await
-            {
+            let mut outcome = self
+                .send(&stream, &streams, &target, &batch, &mut refused)
+                .await;
+            if let Err(Fail::Refused(reason)) = &outcome {
+                let first = batch.first().map_or(0, |e| e.seq);
+                stuck = if stuck.0 == first {
+                    (first, stuck.1 + 1)
+                } else {
+                    (first, 1)
+                };
+                outcome = if stuck.1 >= GIVE_UP_ROUNDS {
+                    let why = format!("refused {GIVE_UP_ROUNDS} times in a row, whole: {reason}");
+                    self.dead(&stream, &streams, &target, &batch, &why).await
+                } else {
+                    Err(Fail::Target(reason.clone()))
+                };
+            }
+            match outcome {
                 Ok(()) => {
                     (attempt, hops) = (0, 0);
                     self.routing().health[idx] = Health::default();
                 }
                 Err(Fail::Local(e)) => self.local_failure(&e, &mut stop).await,
-                Err(Fail::Target(reason)) => {
+                Err(Fail::Target(reason) | Fail::Refused(reason)) => {
                     attempt += 1;
                     if self.failed(idx, fixed.is_none(), &reason).await {
                         hops += 1;
@@ -291,20 +304,35 @@ impl Running {
         stream: &str,
         streams: &[String],
         target: &RelayTarget,
-        batch: Vec<Stored>,
+        batch: &[Stored],
         refused: &mut u32,
     ) -> std::result::Result<(), Fail> {
         let local = |e: RelayError| Fail::Local(e.to_string());
         let misconfigured = |reason: &str| {
-            Fail::Target(format!(
+            Fail::Refused(format!(
                 "it refuses every event as bad data ({reason}); check its URL's api-version and its input schema"
             ))
         };
-        match self.sender.send(target, &batch).await {
+        match self.sender.send(target, batch).await {
             Outcome::Delivered => {
                 *refused = 0;
                 let last = batch.last().map_or(0, |e| e.seq);
                 self.advance(stream, streams, &target.name, last, batch.len() as u64)
+                    .await
+                    .map_err(local)
+            }
+            Outcome::Partial(bad) => {
+                // Refused one by one, for what they hold: dead letters; the rest went in.
+                *refused = 0;
+                for (i, why) in &bad {
+                    if let Some(e) = batch.get(*i) {
+                        self.dead(stream, streams, target, std::slice::from_ref(e), why)
+                            .await?;
+                    }
+                }
+                let last = batch.last().map_or(0, |e| e.seq);
+                let n = batch.len().saturating_sub(bad.len()) as u64;
+                self.advance(stream, streams, &target.name, last, n)
                     .await
                     .map_err(local)
             }
@@ -314,7 +342,7 @@ impl Running {
                 if *refused >= REFUSED_IN_A_ROW {
                     return Err(misconfigured(&reason));
                 }
-                self.dead(stream, streams, target, &batch, &reason).await
+                self.dead(stream, streams, target, batch, &reason).await
             }
             Outcome::BadData(batch_reason) => {
                 // One bad event refuses the whole batch: find it, deliver the rest. The
@@ -322,7 +350,7 @@ impl Running {
                 let mut held: Vec<(Stored, String)> = Vec::new();
                 let mut delivered = false;
                 for e in batch {
-                    match self.sender.send(target, std::slice::from_ref(&e)).await {
+                    match self.sender.send(target, std::slice::from_ref(e)).await {
                         Outcome::Delivered => {
                             for (bad, why) in std::mem::take(&mut held) {
                                 self.dead(
@@ -340,7 +368,12 @@ impl Running {
                             delivered = true;
                             *refused = 0;
                         }
-                        Outcome::BadData(why) => held.push((e, why)),
+                        Outcome::BadData(why) => held.push((e.clone(), why)),
+                        Outcome::Partial(mut bad) => {
+                            if let Some((_, why)) = bad.pop() {
+                                held.push((e.clone(), why));
+                            }
+                        }
                         Outcome::Failed(reason) => return Err(Fail::Target(reason)),
                     }
                 }
@@ -685,21 +718,9 @@ impl Running {
     }
 }
 
-/// How long a request may take, its body read and made durable included.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Answers 408 to a request not done within [`REQUEST_DEADLINE`] (a body trickling in).
-async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            axum::Json(serde_json::json!({"error": {"code": "RequestTimeout", "message": "the request took more than 30 s; nothing of it was kept unless a retry is answered 2xx"}})),
-        )
-            .into_response(),
-    }
-}
-
+/// How long a request's body may take to arrive (once it is in, keeping it is
+/// awaited to the end: an answer never says "not kept" for records that were).
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
 /// The key a request carries: `aeg-sas-key`, `Authorization: Bearer KEY`, `ApiKey
 /// KEY` (Elasticsearch clients) or `Basic` with the key as the password (Loki and
 /// Elasticsearch clients; any user name).
@@ -726,22 +747,48 @@ fn given_key(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// Refuses a publish without the relay's key before its body is read.
+/// Refuses a publish without the relay's key before its body is read; then reads the
+/// body (at most the relay's limit, within [`BODY_DEADLINE`]: 413, 408).
 async fn check_key(
     AxState(relay): AxState<Arc<Running>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let given = given_key(req.headers());
-    if !given.is_some_and(|k| georep_core::constant_time_eq(k.as_bytes(), relay.cfg.key.as_bytes()))
+    if given.is_some_and(|k| georep_core::constant_time_eq(k.as_bytes(), relay.cfg.key.as_bytes()))
     {
-        return (
+        let limit = relay.body_limit();
+        let (parts, body) = req.into_parts();
+        let read = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await;
+        let body = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return refused(events::Refusal {
+                    status: 413,
+                    message: format!("the request body is over {limit} bytes, or was cut off"),
+                })
+            }
+            Err(_) => {
+                return refused(events::Refusal {
+                    status: 408,
+                    message:
+                        "the request body took more than 30 s to arrive; nothing of it was kept"
+                            .into(),
+                })
+            }
+        };
+        next.run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(body),
+        ))
+        .await
+    } else {
+        (
             StatusCode::UNAUTHORIZED,
             axum::Json(serde_json::json!({"error": {"code": "Unauthorized", "message": "send the relay's key as Authorization: Bearer KEY (or the aeg-sas-key header, ApiKey KEY, or Basic auth with the key as the password)"}})),
         )
-            .into_response();
+            .into_response()
     }
-    next.run(req).await
 }
 
 fn refused(r: events::Refusal) -> Response {

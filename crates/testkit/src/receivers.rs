@@ -10,7 +10,8 @@
 //! - Loki: `POST /loki/api/v1/push` (JSON streams), bearer when a key is set, 204;
 //!   `GET /ready`;
 //! - Elasticsearch: `POST /_bulk` and `/{index}/_bulk` with `Authorization: ApiKey`,
-//!   NDJSON actions answered item by item (`create` of an existing `_id`: 409),
+//!   NDJSON actions answered item by item (`create` of an `_id` the index has: 409;
+//!   an action without an index refuses the whole request with 400),
 //!   `GET /_cluster/health`.
 //!
 //! Tests can make one fail with a status, go down (connections refused) and come back
@@ -257,7 +258,23 @@ async fn bulk_at(
             .into_response();
     }
     let text = String::from_utf8_lossy(&body).to_string();
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    // Elasticsearch refuses the whole request when an action names no index.
+    let pairs: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if index.is_none()
+        && pairs.iter().step_by(2).any(|a| {
+            serde_json::from_str::<Value>(a)
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()))
+                .is_none_or(|m| m["_index"].as_str().is_none())
+        })
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": {"type": "action_request_validation_exception", "reason": "Validation Failed: 1: index is missing;"}, "status": 400})),
+        )
+            .into_response();
+    }
+    let mut lines = pairs.into_iter();
     let mut items = Vec::new();
     let mut errors = false;
     let mut i = lock(&inner);
@@ -280,9 +297,18 @@ async fn bulk_at(
             .or(index.clone())
             .unwrap_or_default();
         let id = meta["_id"].as_str().map(str::to_string);
-        let status = if idx.is_empty() || id.as_ref().is_some_and(|id| i.refuse.contains(id)) {
+        let refused = id.as_ref().is_some_and(|id| i.refuse.contains(id))
+            || doc["id"].as_str().is_some_and(|d| i.refuse.contains(d));
+        let status = if refused {
             400
-        } else if verb == "create" && id.as_ref().is_some_and(|id| i.es_ids.contains(id)) {
+        } else if verb == "create"
+            && id.as_ref().is_some_and(|id| {
+                i.es_ids
+                    .iter()
+                    .zip(&i.tags)
+                    .any(|(have, at)| have == id && *at == idx)
+            })
+        {
             409
         } else {
             201

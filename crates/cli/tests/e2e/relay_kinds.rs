@@ -123,7 +123,7 @@ fn log_relays_take_logs_ingestion_loki_and_bulk_and_deliver_to_each_kind_and_arc
 
     // Logs Ingestion in: 300 records, gzip as the Azure SDKs send them; one refused
     // by Elasticsearch as bad data goes to the dead letters.
-    es.refuse_ids(&["monitor-in-7"]);
+    es.refuse_ids(&["m6"]);
     let mon =
         |path: &str| format!("http://127.0.0.1:{p_mon}/dataCollectionRules/dcr-a/streams/{path}");
     let records: Vec<Value> = (0..300)
@@ -609,4 +609,60 @@ fn a_relay_serves_https_with_its_certificate_and_never_plaintext_off_loopback() 
         .send();
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
     drop(d);
+}
+
+#[test]
+fn a_target_refusing_every_record_holds_its_stream_a_few_rounds_then_dead_letters_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let loki = Receiver::speaking(Api::Loki, "");
+    let port = free_port();
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("we")
+        .raw(&format!(
+            "[[relays]]\nname = \"stuck\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"loki\"\nkey = \"${{RELAY_KEY}}\"\nmode = \"replicate\"\ntargets = [{{ name = \"loki\", region = \"we\", kind = \"loki\", url = \"{}\", timeout = \"2s\" }}]\n",
+            loki.url()
+        ))
+        .write(dir.path());
+    let env = vec![("RELAY_KEY".to_string(), KEY.to_string())];
+    let d = Serve::start(BIN, &cfg, &env);
+    // Records Loki refuses whole (too old, say): 400 for every push.
+    loki.fail_with(Some(400));
+    let push = json!({"streams": [{"stream": {"job": "old"}, "values": [["1", "a"], ["2", "b"], ["3", "c"]]}]});
+    let (status, _, text) = post(
+        &format!("http://127.0.0.1:{port}/loki/api/v1/push"),
+        &[("authorization", &format!("Bearer {KEY}"))],
+        push.to_string().into_bytes(),
+    );
+    assert_eq!(status, 204, "{text}");
+    assert!(
+        wait_until(Duration::from_secs(60), || relay(&d, "stuck").dead_letters
+            == 3),
+        "{:?}",
+        relay(&d, "stuck")
+    );
+    let st = relay(&d, "stuck");
+    assert_eq!(st.targets[0].pending, 0, "{st:?}");
+    assert!(
+        st.recent_dead_letters[0]
+            .reason
+            .contains("refused 5 times in a row"),
+        "{st:?}"
+    );
+    // Fixed, replayed: delivered, with their labels (the partition is kept).
+    loki.fail_with(None);
+    run(
+        &["relay", "replay", "stuck", "-c", s(&cfg), "--api", &d.base],
+        &env,
+    )
+    .ok();
+    assert!(
+        wait_until(Duration::from_secs(30), || loki.ids().len() == 3),
+        "{:?}",
+        relay(&d, "stuck")
+    );
+    assert!(loki
+        .tagged()
+        .iter()
+        .all(|(labels, _)| labels.contains("\"job\":\"old\"")));
 }

@@ -215,4 +215,19 @@ targets = [
         "the AWS region cannot be read from the url",
         ],
     );
+    refused(
+        "an index-less elasticsearch target for Loki records",
+        &format!(
+            r#"{REGIONS}
+[[relays]]
+name = "l"
+listen = "127.0.0.1:7447"
+accept = "loki"
+key = "${{RELAY_KEY}}"
+mode = "replicate"
+targets = [{{ name = "es", region = "west-europe", kind = "elasticsearch", url = "http://es:9200/" }}]
+"#
+        ),
+        &["an elasticsearch url names the index records go to"],
+    );
 }

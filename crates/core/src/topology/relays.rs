@@ -880,6 +880,10 @@ fn targets(
                     !(path.contains("/dataCollectionRules/") && path.contains("/streams/"))
                 }
                 TargetKind::Loki => !path.ends_with("/loki/api/v1/push"),
+                // Records that are not Elasticsearch documents carry no index.
+                TargetKind::Elasticsearch => {
+                    accept != Some(Accept::Elasticsearch) && path.trim_matches('/').is_empty()
+                }
                 _ => false,
             };
             if wrong {
@@ -887,7 +891,7 @@ fn targets(
                     Some(t.span.clone()),
                     &t.what,
                     format!(
-                        "the url's path '{path}' is not a {} endpoint; write e.g. url = {}",
+                        "the url's path '{path}' is not a {} endpoint (an elasticsearch url names the index records go to); write e.g. url = {}",
                         k.as_str(),
                         url_example(kind)
                     ),
