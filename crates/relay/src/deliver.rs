@@ -141,6 +141,9 @@ impl Sender {
             return Outcome::Delivered;
         }
         let r = &self.relay;
+        if t.kind == TargetKind::Webhook && t.binary {
+            return self.binary(t, batch).await;
+        }
         let (body, ct) = match t.kind {
             TargetKind::EventGrid | TargetKind::Webhook => encode::events_body(batch),
             TargetKind::Logs => (encode::monitor_body(r, batch), "application/json"),
@@ -177,6 +180,46 @@ impl Sender {
             Outcome::BadData(reason)
         } else {
             Outcome::Failed(reason)
+        }
+    }
+
+    /// CloudEvents binary mode: one request per event, in order. A failure stops the
+    /// batch (the events before it are sent again with it: at least once); an event
+    /// refused as bad data is refused on its own.
+    async fn binary(&self, t: &RelayTarget, batch: &[Stored]) -> Outcome {
+        let mut bad = Vec::new();
+        for (i, e) in batch.iter().enumerate() {
+            let b = encode::binary(&self.relay, &self.ids, e);
+            let mut req = self
+                .http
+                .post(&t.url)
+                .timeout(t.timeout)
+                .header(reqwest::header::CONTENT_TYPE, b.content_type)
+                .body(b.body);
+            for (k, v) in b.headers {
+                req = req.header(k, v);
+            }
+            let (status, text) = match Self::authorize(t, req).send().await {
+                Ok(resp) => (
+                    resp.status().as_u16(),
+                    resp.bytes().await.unwrap_or_default(),
+                ),
+                Err(e) => return Outcome::Failed(Self::unreachable(t, e)),
+            };
+            if (200..300).contains(&status) {
+                continue;
+            }
+            let reason = format!("HTTP {status} from {}: {}", shown(&t.url), excerpt(&text));
+            if matches!(status, 400 | 413 | 422) {
+                bad.push((i, reason));
+            } else {
+                return Outcome::Failed(reason);
+            }
+        }
+        match bad.len() {
+            0 => Outcome::Delivered,
+            n if n == batch.len() => Outcome::BadData(bad.swap_remove(0).1),
+            _ => Outcome::Partial(bad),
         }
     }
 

@@ -176,6 +176,88 @@ pub(crate) fn events_body(batch: &[Stored]) -> (Vec<u8>, &'static str) {
     }
 }
 
+/// One event as a CloudEvents binary-mode request: its attributes as `ce-` headers
+/// (percent-encoded as the HTTP binding says), its data as the body. Event Grid events
+/// map as Event Grid maps them (`id`, `eventType` to `type`, `subject`, `eventTime` to
+/// `time`, `topic` or `/relays/RELAY` to `source`); log records become
+/// `georep.log` events from `/relays/RELAY/PARTITION`, the record as the data.
+pub(crate) struct Binary {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) content_type: String,
+    pub(crate) body: Vec<u8>,
+}
+
+pub(crate) fn binary(relay: &str, ids: &str, e: &Stored) -> Binary {
+    use base64::Engine as _;
+    let mut o = object(e);
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (data, ct) = if e.schema == CLOUDEVENTS {
+        let ct = o
+            .remove("datacontenttype")
+            .map(|v| text(&v))
+            .unwrap_or_else(|| "application/json".into());
+        let data = match (o.remove("data_base64"), o.remove("data")) {
+            (Some(Value::String(b64)), _) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .unwrap_or_default(),
+            (_, Some(Value::String(s))) if !ct.contains("json") => s.into_bytes(),
+            (_, Some(v)) => v.to_string().into_bytes(),
+            (_, None) => Vec::new(),
+        };
+        for (k, v) in &o {
+            attrs.push((k.clone(), text(v)));
+        }
+        (data, ct)
+    } else if e.schema == EVENTGRID {
+        let get = |k: &str| o.get(k).map(text);
+        attrs.push(("specversion".into(), "1.0".into()));
+        attrs.push(("id".into(), get("id").unwrap_or_default()));
+        attrs.push((
+            "source".into(),
+            get("topic").unwrap_or_else(|| format!("/relays/{relay}")),
+        ));
+        attrs.push(("type".into(), get("eventType").unwrap_or_default()));
+        for (from, to) in [
+            ("subject", "subject"),
+            ("eventTime", "time"),
+            ("dataVersion", "dataversion"),
+        ] {
+            if let Some(v) = get(from) {
+                attrs.push((to.into(), v));
+            }
+        }
+        let data = o.get("data").map(|v| v.to_string()).unwrap_or_default();
+        (data.into_bytes(), "application/json".into())
+    } else {
+        attrs.push(("specversion".into(), "1.0".into()));
+        attrs.push(("id".into(), id_of(ids, e)));
+        attrs.push(("source".into(), format!("/relays/{relay}/{}", e.partition)));
+        attrs.push(("type".into(), "georep.log".into()));
+        (one_line(&e.body), "application/json".into())
+    };
+    // Printable ASCII but '%' goes as is; the rest percent-encoded, as UTF-8.
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b'"');
+    let headers = attrs
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|(k, v)| {
+            (
+                format!("ce-{}", k.to_ascii_lowercase()),
+                percent_encoding::utf8_percent_encode(&v, KEEP).to_string(),
+            )
+        })
+        .collect();
+    Binary {
+        headers,
+        content_type: ct,
+        body: data,
+    }
+}
+
 /// The Logs Ingestion API: a JSON array of records.
 pub(crate) fn monitor_body(relay: &str, batch: &[Stored]) -> Vec<u8> {
     if batch.iter().all(|e| e.schema == MONITOR) {
@@ -359,6 +441,61 @@ mod tests {
             "{}",
             lines[3]
         );
+    }
+
+    #[test]
+    fn events_map_to_cloudevents_binary_mode() {
+        let ce = stored(
+            1,
+            CLOUDEVENTS,
+            "/orders",
+            "a",
+            r#"{"specversion":"1.0","id":"a","source":"/orders","type":"created","subject":"café 7","datacontenttype":"text/plain","data":"hello"}"#,
+        );
+        let b = binary("r", "r-0a", &ce);
+        let h = |k: &str| {
+            b.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!((h("ce-id"), h("ce-type")), (Some("a"), Some("created")));
+        assert_eq!(h("ce-subject"), Some("caf%C3%A9 7"));
+        assert_eq!(
+            (b.content_type.as_str(), b.body.as_slice()),
+            ("text/plain", &b"hello"[..])
+        );
+        let eg = stored(
+            2,
+            EVENTGRID,
+            "s",
+            "b",
+            r#"{"id":"b","eventType":"Made","subject":"s","eventTime":"2026-12-02T10:00:00Z","data":{"n":1},"dataVersion":"1"}"#,
+        );
+        let b = binary("r", "r-0a", &eg);
+        let h = |k: &str| {
+            b.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            (h("ce-source"), h("ce-type"), h("ce-time")),
+            (
+                Some("/relays/r"),
+                Some("Made"),
+                Some("2026-12-02T10:00:00Z")
+            )
+        );
+        assert_eq!(b.body, br#"{"n":1}"#);
+        let b64 = stored(
+            3,
+            CLOUDEVENTS,
+            "/x",
+            "c",
+            r#"{"specversion":"1.0","id":"c","source":"/x","type":"t","datacontenttype":"application/octet-stream","data_base64":"AAEC"}"#,
+        );
+        assert_eq!(binary("r", "r-0a", &b64).body, vec![0u8, 1, 2]);
     }
 
     #[test]

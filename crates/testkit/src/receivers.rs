@@ -35,6 +35,8 @@ pub enum Api {
     Logs,
     Loki,
     Elasticsearch,
+    /// CloudEvents over HTTP, binary mode: `POST /hook`, attributes as `ce-` headers.
+    Webhook,
 }
 
 #[derive(Default)]
@@ -219,6 +221,60 @@ async fn loki(
         i.tags.push(labels);
     }
     (StatusCode::NO_CONTENT, String::new())
+}
+
+/// `POST /hook`: one CloudEvent in binary mode, kept as `{attributes..., "data": body}`
+/// (the body as JSON when it parses, else as text); 400 without `ce-id`,
+/// `ce-specversion`, `ce-source` and `ce-type`.
+async fn hook(
+    State((inner, key)): State<Shared>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> (StatusCode, String) {
+    if let Some(r) = common(&inner).await {
+        return r;
+    }
+    if !bearer_ok(&headers, &key) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "bearer token missing or wrong".into(),
+        );
+    }
+    let mut e = serde_json::Map::new();
+    for (k, v) in &headers {
+        if let (Some(name), Ok(v)) = (k.as_str().strip_prefix("ce-"), v.to_str()) {
+            let v = percent_decode(v);
+            e.insert(name.to_string(), Value::String(v));
+        }
+    }
+    if ["id", "specversion", "source", "type"]
+        .iter()
+        .any(|k| !e.contains_key(*k))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "not a binary-mode CloudEvent".into(),
+        );
+    }
+    let data = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    e.insert("data".into(), data);
+    if let Some(ct) = headers.get("content-type").and_then(|v| v.to_str().ok()) {
+        e.insert("datacontenttype".into(), Value::String(ct.to_string()));
+    }
+    let mut i = lock(&inner);
+    if e["id"].as_str().is_some_and(|id| i.refuse.contains(id)) {
+        return (StatusCode::BAD_REQUEST, "refused on purpose".into());
+    }
+    i.events.push(Value::Object(e));
+    i.tags.push(String::new());
+    (StatusCode::ACCEPTED, String::new())
+}
+
+fn percent_decode(v: &str) -> String {
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 async fn bulk_to(
@@ -447,6 +503,7 @@ impl EventGridTopic {
             ),
             Api::Loki => format!("http://{}/loki/api/v1/push", self.addr),
             Api::Elasticsearch => format!("http://{}/logs-georep", self.addr),
+            Api::Webhook => format!("http://{}/hook", self.addr),
         }
     }
 
@@ -498,6 +555,7 @@ impl EventGridTopic {
                         axum::routing::post(logs),
                     )
                     .route("/loki/api/v1/push", axum::routing::post(loki))
+                    .route("/hook", axum::routing::post(hook))
                     .route("/_bulk", axum::routing::post(bulk))
                     .route("/{index}/_bulk", axum::routing::post(bulk_to))
                     .route("/healthz", axum::routing::get(|| async { "ok" }))

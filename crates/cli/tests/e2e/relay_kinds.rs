@@ -361,6 +361,7 @@ fn an_event_relay_delivers_to_eventbridge_nats_jetstream_and_an_s3_archive_each_
     moto.create_bucket("events-archive");
     let nats = Nats::start();
     nats.create_stream("ORDERS", &["orders.>"]);
+    let hook = Receiver::speaking(Api::Webhook, "");
     // EventBridge: a bus, and a rule sending everything on it to an SQS queue.
     let (st, q) = moto.aws_json(
         "sqs",
@@ -414,9 +415,10 @@ fn an_event_relay_delivers_to_eventbridge_nats_jetstream_and_an_s3_archive_each_
         .region("we")
         .store("archive", "we", "s3://events-archive/relay")
         .raw(&format!(
-            "[[relays]]\nname = \"orders\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\nmode = \"replicate\"\ntargets = [\n  {{ name = \"eb\", region = \"qc\", kind = \"eventbridge\", url = \"{}\", aws_region = \"us-east-1\", bus = \"orders\", timeout = \"5s\" }},\n  {{ name = \"nats\", region = \"we\", kind = \"nats\", url = \"{}\", subject = \"orders.created\", timeout = \"2s\" }},\n  {{ name = \"keep\", region = \"we\", kind = \"archive\", store = \"archive\" }},\n]\n",
+            "[[relays]]\nname = \"orders\"\nlisten = \"127.0.0.1:{port}\"\naccept = \"eventgrid\"\nkey = \"${{RELAY_KEY}}\"\nmode = \"replicate\"\ntargets = [\n  {{ name = \"eb\", region = \"qc\", kind = \"eventbridge\", url = \"{}\", aws_region = \"us-east-1\", bus = \"orders\", timeout = \"5s\" }},\n  {{ name = \"nats\", region = \"we\", kind = \"nats\", url = \"{}\", subject = \"orders.created\", timeout = \"2s\" }},\n  {{ name = \"keep\", region = \"we\", kind = \"archive\", store = \"archive\" }},\n  {{ name = \"hook\", region = \"we\", kind = \"webhook\", cloudevents = \"binary\", url = \"{}\" }},\n]\n",
             moto.endpoint(),
-            nats.url()
+            nats.url(),
+            hook.url()
         ))
         .write(dir.path());
     let mut env = vec![("RELAY_KEY".to_string(), KEY.to_string())];
@@ -486,6 +488,18 @@ fn an_event_relay_delivers_to_eventbridge_nats_jetstream_and_an_s3_archive_each_
         "{:?}",
         relay(&d, "orders")
     );
+    // CloudEvents binary mode: one request per event, Event Grid fields as attributes.
+    assert!(
+        wait_until(Duration::from_secs(30), || distinct(hook.ids()) == want),
+        "{:?}",
+        relay(&d, "orders")
+    );
+    let first = hook.events()[0].clone();
+    assert_eq!(
+        (first["type"].as_str(), first["subject"].as_str()),
+        (Some("Orders.Created"), Some("orders/0"))
+    );
+    assert_eq!(first["data"], json!({"n": 0}));
     let s = relay(&d, "orders");
     let n = s.targets.iter().find(|t| t.name == "nats").expect("nats");
     assert!(n.pending > 0 && n.last_error.is_some(), "{s:?}");

@@ -42,6 +42,7 @@ const TARGET_FIELDS: &[&str] = &[
     "subject",
     "bus",
     "aws_region",
+    "cloudevents",
 ];
 
 /// The API publishers speak to a relay.
@@ -171,6 +172,9 @@ pub struct RelayTarget {
     /// `eventbridge`: the AWS region signed for (from the URL's host when it is
     /// `events.REGION.amazonaws.com`).
     pub aws_region: Option<String>,
+    /// `webhook`: CloudEvents in binary mode (one request per event, attributes as
+    /// `ce-` headers, the data as the body) rather than structured batches.
+    pub binary: bool,
 }
 
 fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -198,6 +202,7 @@ impl std::fmt::Debug for RelayTarget {
             .field("subject", &self.subject)
             .field("bus", &self.bus)
             .field("aws_region", &self.aws_region)
+            .field("binary", &self.binary)
             .finish()
     }
 }
@@ -309,6 +314,7 @@ struct DraftTarget {
     subject: Option<String>,
     bus: Option<String>,
     aws_region: Option<String>,
+    binary: bool,
 }
 
 impl DraftRelay {
@@ -333,6 +339,7 @@ impl DraftRelay {
                     subject: t.subject,
                     bus: t.bus,
                     aws_region: t.aws_region,
+                    binary: t.binary,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -846,6 +853,14 @@ fn targets(
         only(ctx, "subject", TargetKind::Nats);
         only(ctx, "bus", TargetKind::EventBridge);
         only(ctx, "aws_region", TargetKind::EventBridge);
+        only(ctx, "cloudevents", TargetKind::Webhook);
+        let binary = word(
+            ctx,
+            &t,
+            "cloudevents",
+            &[("structured", false), ("binary", true)],
+        )
+        .unwrap_or(false);
         let url = match kind {
             Some(TargetKind::Archive) => {
                 if t.get("url").is_some() {
@@ -1001,6 +1016,7 @@ fn targets(
             subject,
             bus,
             aws_region,
+            binary,
         });
     }
     (out, ok)
