@@ -127,15 +127,26 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
             }
         }
     }
-    let unhealthy = all.iter().any(|s| {
-        s.rpo_breached
-            || s.paused.is_some()
-            || s.held.is_some()
-            || s.last_scan.as_ref().is_some_and(|l| l.error.is_some())
-            || s.destinations.iter().any(|d| d.failed > 0)
-    }) || groups
-        .iter()
-        .any(|(r, _)| r.state != georep_api::GroupState::Stable || !r.fenced.is_empty());
+    // Relays as their outbox files hold them (the daemon need not run).
+    let mut relays = Vec::new();
+    if let (None, Some(db)) = (&a.policy, t.state.sqlite_path()) {
+        for r in &t.relays {
+            if let Some(p) = georep_relay::peek(r, &db)? {
+                relays.push(p);
+            }
+        }
+    }
+    let unhealthy = relays.iter().any(|r| r.rpo_breached)
+        || all.iter().any(|s| {
+            s.rpo_breached
+                || s.paused.is_some()
+                || s.held.is_some()
+                || s.last_scan.as_ref().is_some_and(|l| l.error.is_some())
+                || s.destinations.iter().any(|d| d.failed > 0)
+        })
+        || groups
+            .iter()
+            .any(|(r, _)| r.state != georep_api::GroupState::Stable || !r.fenced.is_empty());
     if a.output == Output::Json {
         let groups: Vec<_> = groups
             .iter()
@@ -144,7 +155,7 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "policies": all, "failover_groups": groups })
+                &serde_json::json!({ "policies": all, "failover_groups": groups, "relays": relays })
             )?
         );
     } else {
@@ -178,6 +189,18 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8> {
                         .unwrap_or_default()
                 );
             }
+        }
+        for r in &relays {
+            println!(
+                "relay {}  pending {}  oldest {}  rpo target {}s  dead letters {}{}",
+                r.name,
+                r.pending,
+                r.oldest_pending_seconds
+                    .map_or_else(|| "-".to_string(), |a| format!("{a:.1}s")),
+                r.rpo_seconds,
+                r.dead_letters,
+                if r.rpo_breached { "  RPO BREACHED" } else { "" }
+            );
         }
         for s in &all {
             println!(

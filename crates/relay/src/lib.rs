@@ -21,3 +21,4 @@ mod relay;
 
 pub use component::Relays;
 pub use error::{RelayError, Result};
+pub use relay::{peek, RelayPeek};

@@ -192,6 +192,32 @@ impl Outbox {
         })
     }
 
+    /// Opens an existing outbox to read only (`georep status` beside a running daemon);
+    /// `None` when the relay has never run. Writes fail.
+    pub fn open_read_only(relay: &str, path: &Path) -> Result<Option<Self>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let err = |e: &dyn std::fmt::Display| RelayError::outbox(relay, path, e);
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err(&e))?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| err(&e))?;
+        let (tx, _) = mpsc::channel();
+        Ok(Some(Self {
+            relay: relay.to_string(),
+            path: path.to_path_buf(),
+            jobs: Mutex::new(tx),
+            reader: Mutex::new(reader),
+            bytes: Arc::new(AtomicU64::new(0)),
+            max_bytes: 0,
+        }))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> RelayError {
         RelayError::outbox(&self.relay, &self.path, e)
     }

@@ -747,6 +747,58 @@ fn given_key(headers: &HeaderMap) -> Option<String> {
     }
 }
 
+/// A relay's backlog as its outbox file holds it, read without the daemon.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelayPeek {
+    pub name: String,
+    /// Undelivered records, summed over the streams (failover: one; replicate: one
+    /// per target).
+    pub pending: u64,
+    pub oldest_pending_seconds: Option<f64>,
+    pub rpo_seconds: f64,
+    pub rpo_breached: bool,
+    pub dead_letters: u64,
+}
+
+/// Reads relay `cfg`'s outbox (`relays/NAME.db` beside `state_db`); `None` when it has
+/// never run.
+pub fn peek(cfg: &Relay, state_db: &std::path::Path) -> Result<Option<RelayPeek>> {
+    let dir = state_db
+        .parent()
+        .map_or_else(|| std::path::PathBuf::from("relays"), |p| p.join("relays"));
+    let Some(o) = Outbox::open_read_only(&cfg.name, &dir.join(format!("{}.db", cfg.name)))? else {
+        return Ok(None);
+    };
+    let streams: Vec<(String, Option<&str>)> = match cfg.mode {
+        RelayMode::Failover => vec![(ACTIVE.to_string(), None)],
+        RelayMode::Replicate => cfg
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), Some(t.name.as_str())))
+            .collect(),
+    };
+    let (mut pending, mut oldest) = (0u64, None::<i64>);
+    for (stream, only) in streams {
+        let (at, _) = o.cursor(&stream)?;
+        let (n, _, first) = o.pending(at, only)?;
+        pending += n;
+        oldest = match (oldest, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let age = oldest.map(|m| (now_ms() - m).max(0) as f64 / 1000.0);
+    let rpo = cfg.rpo.as_secs_f64();
+    Ok(Some(RelayPeek {
+        name: cfg.name.clone(),
+        pending,
+        oldest_pending_seconds: age,
+        rpo_seconds: rpo,
+        rpo_breached: age.is_some_and(|a| a > rpo),
+        dead_letters: o.dead_letters(0)?.0,
+    }))
+}
+
 /// Refuses a publish without the relay's key before its body is read; then reads the
 /// body (at most the relay's limit, within [`BODY_DEADLINE`]: 413, 408).
 async fn check_key(

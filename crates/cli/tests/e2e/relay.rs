@@ -417,6 +417,14 @@ fn a_replicate_relay_keeps_each_target_at_its_own_pace_and_pushes_back_when_full
         "{s:?}"
     );
     assert!(wait_until(Duration::from_secs(10), || relay(&d, "logs").rpo_breached));
+    // `georep status` reads the outbox itself: the breach is exit 1.
+    let st = run(&["status", "-c", crate::common::s(&cfg)], &env());
+    assert_eq!(st.code(), 1, "{}", st.stderr());
+    let text = st.stdout();
+    assert!(
+        text.contains("relay logs  pending 500") && text.contains("RPO BREACHED"),
+        "{text}"
+    );
 
     // Full: big events until the outbox refuses, with Retry-After.
     let big = |i: usize| json!([{"id": format!("big{i}"), "subject": "s", "eventType": "t", "eventTime": "2026-12-02T10:00:00Z", "data": "x".repeat(200_000)}]);
@@ -453,6 +461,10 @@ fn a_replicate_relay_keeps_each_target_at_its_own_pace_and_pushes_back_when_full
         relay(&d, "logs")
     );
     assert!(wait_until(Duration::from_secs(10), || !relay(&d, "logs").rpo_breached));
+    assert_eq!(
+        run(&["status", "-c", crate::common::s(&cfg)], &env()).code(),
+        0
+    );
     // Room again.
     assert_eq!(publish(port, KEY, &events(900, 1)).0, 200);
 }
