@@ -75,6 +75,8 @@ pub(crate) struct Conn {
     inner: Inner,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_after: Duration,
+    /// When the idle timer was last moved.
+    moved: tokio::time::Instant,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -99,8 +101,13 @@ impl Conn {
     fn timed<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
-                let at = tokio::time::Instant::now() + self.idle_after;
-                self.idle.as_mut().reset(at);
+                // Moving the timer costs a lock on the timer wheel: at most once a
+                // second, which the idle limit does not notice.
+                let now = tokio::time::Instant::now();
+                if now >= self.moved + Duration::from_secs(1) {
+                    self.moved = now;
+                    self.idle.as_mut().reset(now + self.idle_after);
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => match self.idle.as_mut().poll(cx) {
@@ -195,6 +202,7 @@ impl Guarded {
                             inner: Inner::Plain(tcp),
                             idle,
                             idle_after,
+                            moved: tokio::time::Instant::now(),
                             _slot: slot,
                         };
                         if tx.send((conn, peer)).await.is_err() {
@@ -210,6 +218,7 @@ impl Guarded {
                                         inner: Inner::Tls(Box::new(s)),
                                         idle,
                                         idle_after,
+                                        moved: tokio::time::Instant::now(),
                                         _slot: slot,
                                     };
                                     let _ = tx.send((conn, peer)).await;
