@@ -204,6 +204,18 @@ impl Relays {
                 )));
             }
         }
+        if let Some(t) = cfg
+            .targets
+            .iter()
+            .find(|t| t.kind == georep_core::TargetKind::Logs && t.key.is_none())
+        {
+            crate::entra::Credentials::from_env().map_err(|e| {
+                RelayError::Refused(format!(
+                    "relay '{}': target '{}' (logs, no key) gets Microsoft Entra tokens: {e}",
+                    cfg.name, t.name
+                ))
+            })?;
+        }
         let mut archives = std::collections::HashMap::new();
         for t in &cfg.targets {
             if let Some(name) = &t.store {

@@ -60,6 +60,10 @@ pub(crate) struct Sender {
     /// NATS connections, by target name; made on first use and kept (the client
     /// reconnects by itself).
     nats: tokio::sync::Mutex<HashMap<String, async_nats::jetstream::Context>>,
+    /// Microsoft Entra credentials, for `logs` targets without a key.
+    entra: Option<crate::entra::Credentials>,
+    /// Their tokens, by target name.
+    tokens: tokio::sync::Mutex<HashMap<String, crate::entra::Cache>>,
 }
 
 /// At most 300 bytes of a response, for a reason.
@@ -110,6 +114,46 @@ impl Sender {
             archives,
             aws,
             nats: tokio::sync::Mutex::new(HashMap::new()),
+            entra: crate::entra::Credentials::from_env().ok(),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `t` authenticates with tokens georep gets from Microsoft Entra.
+    fn uses_entra(t: &RelayTarget) -> bool {
+        t.kind == TargetKind::Logs && t.key.is_none()
+    }
+
+    /// `req` with the target's credentials: its key as its kind expects, or an Entra
+    /// token.
+    async fn auth(
+        &self,
+        t: &RelayTarget,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        if !Self::uses_entra(t) {
+            return Ok(Self::authorize(t, req));
+        }
+        let Some(c) = &self.entra else {
+            return Err(crate::entra::Credentials::from_env()
+                .err()
+                .unwrap_or_default());
+        };
+        let mut tokens = self.tokens.lock().await;
+        let token = tokens
+            .entry(t.name.clone())
+            .or_default()
+            .token(&self.http, c, t.timeout)
+            .await?;
+        Ok(req.bearer_auth(token))
+    }
+
+    /// The target refused its credentials: a cached Entra token is fetched anew.
+    async fn refused_credentials(&self, t: &RelayTarget) {
+        if Self::uses_entra(t) {
+            if let Some(c) = self.tokens.lock().await.get_mut(&t.name) {
+                c.drop_token();
+            }
         }
     }
 
@@ -162,13 +206,20 @@ impl Sender {
             .timeout(t.timeout)
             .header(reqwest::header::CONTENT_TYPE, ct)
             .body(body);
-        let (status, text) = match Self::authorize(t, req).send().await {
+        let req = match self.auth(t, req).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let (status, text) = match req.send().await {
             Ok(resp) => (
                 resp.status().as_u16(),
                 resp.bytes().await.unwrap_or_default(),
             ),
             Err(e) => return Outcome::Failed(Self::unreachable(t, e)),
         };
+        if status == 401 {
+            self.refused_credentials(t).await;
+        }
         if (200..300).contains(&status) {
             return match t.kind {
                 TargetKind::Elasticsearch => bulk_outcome(&text, batch.len()),
@@ -199,7 +250,8 @@ impl Sender {
             for (k, v) in b.headers {
                 req = req.header(k, v);
             }
-            let (status, text) = match Self::authorize(t, req).send().await {
+            let req = Self::authorize(t, req);
+            let (status, text) = match req.send().await {
                 Ok(resp) => (
                     resp.status().as_u16(),
                     resp.bytes().await.unwrap_or_default(),
@@ -509,7 +561,7 @@ impl Sender {
         };
         let mut req = self.http.get(&url).timeout(t.timeout);
         if t.health.is_none() {
-            req = Self::authorize(t, req);
+            req = self.auth(t, req).await?;
         }
         match req.send().await {
             Ok(r) => {

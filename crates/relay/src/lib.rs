@@ -12,6 +12,7 @@
 mod component;
 mod deliver;
 mod encode;
+mod entra;
 mod error;
 pub mod events;
 mod listen;

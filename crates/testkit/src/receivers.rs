@@ -46,6 +46,12 @@ struct Inner {
     tags: Vec<String>,
     /// Elasticsearch `_id`s stored.
     es_ids: Vec<String>,
+    /// Logs: the app registration tokens are issued to (client id, secret).
+    client: Option<(String, String)>,
+    /// Logs: tokens issued and still good.
+    tokens: Vec<String>,
+    /// Logs: every token issued.
+    issued: u64,
     /// Answer every publish with this status.
     fail: Option<u16>,
     refuse: HashSet<String>,
@@ -129,7 +135,15 @@ async fn logs(
     if let Some(r) = common(&inner).await {
         return r;
     }
-    if !bearer_ok(&headers, &key) {
+    let token_ok = {
+        let i = lock(&inner);
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| i.tokens.iter().any(|k| k == t))
+    };
+    if !token_ok && !bearer_ok(&headers, &key) {
         return (
             StatusCode::UNAUTHORIZED,
             "bearer token missing or wrong".into(),
@@ -176,6 +190,36 @@ async fn logs(
         i.tags.push(tag.clone());
     }
     (StatusCode::NO_CONTENT, String::new())
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`: Microsoft Entra's client credentials flow for
+/// the app registration set by [`EventGridTopic::issue_tokens`].
+async fn token(
+    State((inner, _)): State<Shared>,
+    axum::extract::Path(_tenant): axum::extract::Path<String>,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut i = lock(&inner);
+    let ok = i.client.as_ref().is_some_and(|(id, secret)| {
+        form.get("client_id") == Some(id)
+            && form.get("client_secret") == Some(secret)
+            && form.get("grant_type").map(String::as_str) == Some("client_credentials")
+            && form.get("scope").map(String::as_str) == Some("https://monitor.azure.com//.default")
+    });
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})),
+        )
+            .into_response();
+    }
+    i.issued += 1;
+    let t = format!("entra-token-{}", i.issued);
+    i.tokens.push(t.clone());
+    axum::Json(serde_json::json!({"token_type": "Bearer", "expires_in": 3599, "access_token": t}))
+        .into_response()
 }
 
 async fn loki(
@@ -556,6 +600,7 @@ impl EventGridTopic {
                     )
                     .route("/loki/api/v1/push", axum::routing::post(loki))
                     .route("/hook", axum::routing::post(hook))
+                    .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
                     .route("/_bulk", axum::routing::post(bulk))
                     .route("/{index}/_bulk", axum::routing::post(bulk_to))
                     .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -598,6 +643,27 @@ impl EventGridTopic {
     /// A batch holding one of these ids is refused with 400.
     pub fn refuse_ids(&self, ids: &[&str]) {
         self.lock().refuse = ids.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Logs: issues Entra tokens to this app registration (at `url_base()/TENANT/
+    /// oauth2/v2.0/token`), which the ingestion endpoint then takes.
+    pub fn issue_tokens(&self, client_id: &str, secret: &str) {
+        self.lock().client = Some((client_id.to_string(), secret.to_string()));
+    }
+
+    /// Logs: every token issued so far stops being accepted (401).
+    pub fn expire_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// Logs: how many tokens were issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.lock().issued
+    }
+
+    /// `http://ADDR`, what `AZURE_AUTHORITY_HOST` points at for its tokens.
+    pub fn url_base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn delay(&self, d: Duration) {

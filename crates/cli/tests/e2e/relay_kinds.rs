@@ -108,7 +108,8 @@ fn log_relays_take_logs_ingestion_loki_and_bulk_and_deliver_to_each_kind_and_arc
         ))
         .raw(&format!(
             "[[relays]]\nname = \"es-in\"\nlisten = \"127.0.0.1:{p_es}\"\naccept = \"elasticsearch\"\nkey = \"${{RELAY_KEY}}\"\nmode = \"replicate\"\ntargets = [\n  {},\n  {},\n]\n",
-            target("law", &law, "logs", ", key = \"${LAW_TOKEN}\""),
+            // No key: georep gets Microsoft Entra tokens itself.
+            target("law", &law, "logs", ""),
             target("loki", &loki, "loki", ""),
         ))
         .write(dir.path());
@@ -116,7 +117,12 @@ fn log_relays_take_logs_ingestion_loki_and_bulk_and_deliver_to_each_kind_and_arc
         ("RELAY_KEY".to_string(), KEY.to_string()),
         ("LAW_TOKEN".into(), "law-token-0123".into()),
         ("ES_KEY".into(), "es-api-key-0123".into()),
+        ("AZURE_TENANT_ID".into(), "tenant-1".into()),
+        ("AZURE_CLIENT_ID".into(), "georep-app".into()),
+        ("AZURE_CLIENT_SECRET".into(), "app-secret-0123".into()),
+        ("AZURE_AUTHORITY_HOST".into(), law.url_base()),
     ];
+    law.issue_tokens("georep-app", "app-secret-0123");
     env.extend(azurite.env());
     let d = Serve::start(BIN, &cfg, &env);
     let bearer = format!("Bearer {KEY}");
@@ -339,12 +345,42 @@ fn log_relays_take_logs_ingestion_loki_and_bulk_and_deliver_to_each_kind_and_arc
         "{:?}",
         relay(&d, "es-in")
     );
+    // The Entra token is revoked: the target answers 401, the relay fetches a new
+    // one, and the documents still arrive.
+    let issued = law.tokens_issued();
+    assert!(issued >= 1);
+    law.expire_tokens();
+    let mut nd = String::new();
+    for i in 50..60 {
+        nd.push_str(&format!("{{\"create\":{{\"_id\":\"d{i}\"}}}}\n{{\"@timestamp\":\"2026-12-02T11:00:00Z\",\"id\":\"d{i}\"}}\n"));
+    }
+    let (status, _, text) = post(
+        &format!("http://127.0.0.1:{p_es}/app/_bulk"),
+        &[("authorization", &apikey)],
+        nd.into_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        wait_until(Duration::from_secs(30), || law
+            .events()
+            .iter()
+            .any(|r| r["id"] == "d59")),
+        "{:?}",
+        relay(&d, "es-in")
+    );
+    assert!(law.tokens_issued() > issued);
     let all = format!(
         "{} {}",
         d.log_text(),
         serde_json::to_string(&relay(&d, "es-in")).expect("json")
     );
-    for secret in [KEY, "law-token-0123", "es-api-key-0123"] {
+    for secret in [
+        KEY,
+        "law-token-0123",
+        "es-api-key-0123",
+        "app-secret-0123",
+        "entra-token-",
+    ] {
         assert!(!all.contains(secret), "{secret} shown");
     }
 }

@@ -202,7 +202,6 @@ targets = [
         &[
         "a target of kind \"eventgrid\" cannot take what accept = \"elasticsearch\" brings (log records)",
         "the url's path '/wrong' is not a logs endpoint",
-        "missing `key`; the Logs Ingestion API takes records only with a Microsoft Entra bearer token",
         "the url's path '/' is not a loki endpoint",
         "`subject` applies only to kind = \"nats\"",
         "url is not a nats:// or tls:// URL",

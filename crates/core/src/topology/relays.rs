@@ -927,9 +927,8 @@ fn targets(
                 Some(TargetKind::EventGrid) => {
                     Some("an Event Grid topic takes events only with its access key")
                 }
-                Some(TargetKind::Logs) => Some(
-                    "the Logs Ingestion API takes records only with a Microsoft Entra bearer token",
-                ),
+                // Without a key, georep gets Microsoft Entra tokens itself (client
+                // credentials from the AZURE_* environment, checked at start).
                 _ => None,
             };
             if let Some(why) = need {
