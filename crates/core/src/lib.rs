@@ -22,7 +22,8 @@ pub use schedule::Schedule;
 pub use size::{parse_duration, parse_size, MaxDelete, SizeError, MAX_DURATION};
 pub use store_url::{StoreUrl, StoreUrlError};
 pub use topology::{
-    Accept, Backup, CalendarSpan, ConfigError, ConfigErrors, Database, DbEngine, DbMember,
-    DeleteMode, FailoverGroup, FailoverPolicy, Policy, Region, Relay, RelayMode, RelayTarget,
-    RelayTls, Retention, ServerConfig, StateConfig, StoreDef, TargetKind, Topology,
+    Accept, Backup, CalendarSpan, Concierge, ConfigError, ConfigErrors, Database, DbEngine,
+    DbMember, DeleteMode, FailoverGroup, FailoverPolicy, Hub, IdentitySource, Policy, Region,
+    Relay, RelayMode, RelayTarget, RelayTls, Retention, ServerConfig, StateConfig, StoreDef,
+    TargetKind, Topology,
 };

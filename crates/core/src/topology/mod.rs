@@ -8,6 +8,7 @@
 //! thing it concerns and the fix. `docs/config.md` documents every field.
 
 mod backups;
+mod concierges;
 mod databases;
 mod error;
 mod failover;
@@ -19,6 +20,8 @@ mod validate;
 
 #[cfg(test)]
 mod backup_tests;
+#[cfg(test)]
+mod concierge_tests;
 #[cfg(test)]
 mod database_tests;
 #[cfg(test)]
@@ -38,6 +41,7 @@ use serde::{Serialize, Serializer};
 use crate::{Filter, MaxDelete, StoreUrl};
 
 pub use backups::{Backup, CalendarSpan, Retention};
+pub use concierges::{Concierge, Hub, IdentitySource};
 pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
@@ -69,6 +73,8 @@ pub struct Topology {
     pub backups: Vec<Backup>,
     /// `[[relays]]`, in file order.
     pub relays: Vec<Relay>,
+    /// `[[concierges]]`, in file order.
+    pub concierges: Vec<Concierge>,
 }
 
 /// Where georep keeps its durable state.
@@ -276,6 +282,10 @@ impl Topology {
 
     pub fn relay(&self, name: &str) -> Option<&Relay> {
         self.relays.iter().find(|r| r.name == name)
+    }
+
+    pub fn concierge(&self, name: &str) -> Option<&Concierge> {
+        self.concierges.iter().find(|c| c.name == name)
     }
 
     pub fn failover_group(&self, name: &str) -> Option<&FailoverGroup> {

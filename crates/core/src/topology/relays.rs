@@ -398,7 +398,7 @@ pub(super) fn read(
     out
 }
 
-fn missing(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, fix: &str) {
+pub(super) fn missing(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, fix: &str) {
     if sec.get(key).is_none() {
         ctx.error(
             Some(sec.span.clone()),
@@ -409,7 +409,7 @@ fn missing(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, fix: &str) {
 }
 
 /// A secret field: it must come from the environment (`${NAME}`), never the file.
-fn secret(
+pub(super) fn secret(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     key: &str,
@@ -437,7 +437,7 @@ fn secret(
 }
 
 /// One of `words` (lower case), or an error listing them.
-fn word<T: Copy>(
+pub(super) fn word<T: Copy>(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     key: &str,
@@ -498,7 +498,7 @@ fn http_url(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, example: &str) 
 
 /// A whole number within `range` (`default` when absent or out of range, which is
 /// reported with `unit`).
-fn bounded(
+pub(super) fn bounded(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     (key, example, unit): (&str, &str, &str),
@@ -688,7 +688,7 @@ fn relay(
 
 /// `tls_cert` and `tls_key` (both or neither, relative to the config's folder);
 /// without them, `listen` must be a loopback address.
-fn tls(
+pub(super) fn tls(
     ctx: &mut Ctx<'_>,
     sec: &Section<'_, '_>,
     base_dir: &std::path::Path,
@@ -726,7 +726,7 @@ fn tls(
                 Some(addr.span()),
                 &what,
                 format!(
-                    "listen {} is not a loopback address, and publishers' keys and data would cross the network in clear; add tls_cert and tls_key (PEM files), or listen on 127.0.0.1 behind a TLS proxy",
+                    "listen {} is not a loopback address, and keys and data would cross the network in clear; add tls_cert and tls_key (PEM files), or listen on 127.0.0.1 behind a TLS proxy",
                     addr.get_ref()
                 ),
             );

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "failover_groups",
     "backups",
     "relays",
+    "concierges",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token", "events_token"];
@@ -45,6 +46,7 @@ pub(super) struct Draft {
     pub(super) failover_groups: Vec<DraftGroup>,
     pub(super) backups: Vec<super::backups::DraftBackup>,
     pub(super) relays: Vec<super::relays::DraftRelay>,
+    pub(super) concierges: Vec<super::concierges::DraftConcierge>,
 }
 
 pub(super) struct DraftStore {
@@ -113,6 +115,11 @@ impl Draft {
             .into_iter()
             .map(super::relays::DraftRelay::finish)
             .collect::<Option<Vec<_>>>()?;
+        let concierges = self
+            .concierges
+            .into_iter()
+            .map(super::concierges::DraftConcierge::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
@@ -123,6 +130,7 @@ impl Draft {
             failover_groups,
             backups,
             relays,
+            concierges,
         })
     }
 }
@@ -150,6 +158,7 @@ pub(super) fn read(
         failover_groups: super::failover::read(ctx, &top),
         backups: super::backups::read(ctx, &top, env),
         relays: super::relays::read(ctx, &top, base_dir, env),
+        concierges: super::concierges::read(ctx, &top, base_dir, env),
     }
 }
 
