@@ -11,7 +11,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::read::{kind, valid_name, Ctx, Section, NAME_RULE};
-use super::relays::{bounded, missing, secret, RelayTls};
+use super::relays::{missing, secret, RelayTls};
 
 const FIELDS: &[&str] = &[
     "name",
@@ -261,30 +261,18 @@ fn concierge(
     missing(ctx, sec, "signing_key", "add signing_key = \"${NAME}\" and export NAME = $(openssl rand -base64 32): assignments are signed with it, and devices check the signature");
     let (hubs, hubs_ok) = hubs(ctx, sec, env);
     let identities = identities(ctx, sec);
-    let failover_after = bounded(
+    let (failover_after, failback_after, probe_interval) = super::relays::hysteresis(
         ctx,
         sec,
-        ("failover_after", "3", "failed probes in a row"),
-        1..=100,
-        Concierge::DEFAULT_FAILOVER_AFTER,
+        (
+            Concierge::DEFAULT_FAILOVER_AFTER,
+            Concierge::DEFAULT_FAILBACK_AFTER,
+            Concierge::DEFAULT_PROBE_INTERVAL,
+        ),
     );
     let dur = |ctx: &mut Ctx<'_>, key: &str, example: &str, min: Duration, default: Duration| {
         super::policies::duration(ctx, sec, key, example, min).unwrap_or(default)
     };
-    let failback_after = dur(
-        ctx,
-        "failback_after",
-        "\"60s\"",
-        Duration::from_secs(1),
-        Concierge::DEFAULT_FAILBACK_AFTER,
-    );
-    let probe_interval = dur(
-        ctx,
-        "probe_interval",
-        "\"5s\"",
-        Duration::from_millis(100),
-        Concierge::DEFAULT_PROBE_INTERVAL,
-    );
     let probe_timeout = dur(
         ctx,
         "probe_timeout",
@@ -524,25 +512,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, draft: &super::sections::Draft) {
             }
         }
         if let Some(addr) = &c.listen {
-            let a = *addr.get_ref();
-            if super::failover::clash(a, server) {
-                ctx.error(
-                    Some(addr.span()),
-                    &c.what,
-                    format!("listen {a} clashes with the API's [server] listen address {server}; give it another port"),
-                );
-            } else if let Some((b, other, line)) =
-                taken.iter().find(|(b, _, _)| super::failover::clash(a, *b))
-            {
-                ctx.error(
-                    Some(addr.span()),
-                    &c.what,
-                    format!("listen {a} clashes with {other} {b} (line {line}); every listener needs its own address"),
-                );
-            } else {
-                let line = ctx.line_of(&addr.span());
-                taken.push((a, format!("the listen address of {}", c.what), line));
-            }
+            super::relays::claim_listen(ctx, &c.what, addr, server, &mut taken);
         }
     }
 }

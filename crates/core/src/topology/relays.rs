@@ -496,6 +496,39 @@ fn http_url(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, example: &str) 
     }
 }
 
+/// `failover_after`, `failback_after` and `probe_interval`: the hysteresis relays and
+/// concierges share (`defaults` in that order).
+pub(super) fn hysteresis(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+    (after, back, every): (u32, Duration, Duration),
+) -> (u32, Duration, Duration) {
+    let failover_after = bounded(
+        ctx,
+        sec,
+        ("failover_after", "3", "failures in a row"),
+        1..=100,
+        after,
+    );
+    let failback_after = super::policies::duration(
+        ctx,
+        sec,
+        "failback_after",
+        "\"60s\"",
+        Duration::from_secs(1),
+    )
+    .unwrap_or(back);
+    let probe_interval = super::policies::duration(
+        ctx,
+        sec,
+        "probe_interval",
+        "\"5s\"",
+        Duration::from_millis(100),
+    )
+    .unwrap_or(every);
+    (failover_after, failback_after, probe_interval)
+}
+
 /// A whole number within `range` (`default` when absent or out of range, which is
 /// reported with `unit`).
 pub(super) fn bounded(
@@ -607,12 +640,14 @@ fn relay(
             "mode = \"failover\" needs at least two targets (the primary first, then where to fail over to)",
         );
     }
-    let failover_after = bounded(
+    let (failover_after, failback_after, probe_interval) = hysteresis(
         ctx,
         sec,
-        ("failover_after", "3", "consecutive failures"),
-        1..=100,
-        Relay::DEFAULT_FAILOVER_AFTER,
+        (
+            Relay::DEFAULT_FAILOVER_AFTER,
+            Relay::DEFAULT_FAILBACK_AFTER,
+            Relay::DEFAULT_PROBE_INTERVAL,
+        ),
     );
     // Event Grid takes at most 1 MB per request.
     let batch = bounded(
@@ -625,20 +660,6 @@ fn relay(
     let dur = |ctx: &mut Ctx<'_>, key: &str, example: &str, min: Duration, default: Duration| {
         super::policies::duration(ctx, sec, key, example, min).unwrap_or(default)
     };
-    let failback_after = dur(
-        ctx,
-        "failback_after",
-        "\"60s\"",
-        Duration::from_secs(1),
-        Relay::DEFAULT_FAILBACK_AFTER,
-    );
-    let probe_interval = dur(
-        ctx,
-        "probe_interval",
-        "\"5s\"",
-        Duration::from_millis(100),
-        Relay::DEFAULT_PROBE_INTERVAL,
-    );
     let rpo = dur(
         ctx,
         "rpo",
@@ -1140,25 +1161,37 @@ pub(super) fn check(ctx: &mut Ctx<'_>, draft: &super::sections::Draft) {
             }
         }
         if let Some(addr) = &r.listen {
-            let a = *addr.get_ref();
-            if super::failover::clash(a, server) {
-                ctx.error(
-                    Some(addr.span()),
-                    &r.what,
-                    format!("listen {a} clashes with the API's [server] listen address {server}; give it another port"),
-                );
-            } else if let Some((b, other, line)) =
-                taken.iter().find(|(b, _, _)| super::failover::clash(a, *b))
-            {
-                ctx.error(
-                    Some(addr.span()),
-                    &r.what,
-                    format!("listen {a} clashes with {other} {b} (line {line}); every listener needs its own address"),
-                );
-            } else {
-                let line = ctx.line_of(&addr.span());
-                taken.push((a, format!("the listen address of {}", r.what), line));
-            }
+            claim_listen(ctx, &r.what, addr, server, &mut taken);
         }
+    }
+}
+
+/// Takes `addr` for `what`, or reports whom it clashes with: the API's address or one
+/// already `taken` (a failover group's listeners, a relay's, a concierge's).
+pub(super) fn claim_listen(
+    ctx: &mut Ctx<'_>,
+    what: &str,
+    addr: &Spanned<SocketAddr>,
+    server: SocketAddr,
+    taken: &mut Vec<(SocketAddr, String, usize)>,
+) {
+    let a = *addr.get_ref();
+    if super::failover::clash(a, server) {
+        ctx.error(
+            Some(addr.span()),
+            what,
+            format!("listen {a} clashes with the API's [server] listen address {server}; give it another port"),
+        );
+    } else if let Some((b, other, line)) =
+        taken.iter().find(|(b, _, _)| super::failover::clash(a, *b))
+    {
+        ctx.error(
+            Some(addr.span()),
+            what,
+            format!("listen {a} clashes with {other} {b} (line {line}); every listener needs its own address"),
+        );
+    } else {
+        let line = ctx.line_of(&addr.span());
+        taken.push((a, format!("the listen address of {what}"), line));
     }
 }
