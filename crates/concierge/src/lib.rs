@@ -3,8 +3,12 @@
 //! of cryptography the rest builds on: device authentication by IoT Hub-style shared
 //! access signatures (`sas`), and assignments signed with Ed25519 as JWS compact
 //! tokens that any JOSE library verifies against the concierge's published key
-//! (`assign`). Boundaries: depends on nothing of georep's yet; the HTTP API, hub
-//! probes and identity replication come next and will depend on core and component.
+//! (`assign`); the device identities file (`identities`); and the HTTP API devices
+//! ask, with the choice of hub (current, pinned, fallbacks) (`api`). Boundaries:
+//! depends on nothing of georep's yet; hub probes, identity replication and the
+//! daemon component come next and will depend on core and component.
 
+pub mod api;
 pub mod assign;
+pub mod identities;
 pub mod sas;

@@ -1,0 +1,357 @@
+//! The concierge's HTTP API, for devices:
+//! - `GET /v1/devices/{id}/assignment` with the device's shared access signature:
+//!   the hub to use, its fallbacks, how long the answer holds, and the same as a
+//!   signed JWS (`token`). No token: 401. An unknown or disabled device, a bad
+//!   signature: 403, the same answer each time, saying nothing about the hubs.
+//! - `GET /.well-known/jwks.json`: the key assignments are signed with.
+//! - `GET /healthz`.
+//!
+//! Which hub: the one pinned for the device or its group (drills), else the current
+//! one of the concierge (moved by failover and failback); fallbacks are the other hubs,
+//! healthy ones first, in the order of preference.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::assign::Signer;
+use crate::identities::Device;
+
+/// Shared access signatures may be made for at most this long ahead.
+const MAX_SAS_TTL: u64 = 24 * 3600;
+
+/// A hub as devices are told of it, and whether probes find it healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HubView {
+    pub name: String,
+    pub region: String,
+    pub url: String,
+    #[serde(skip)]
+    pub healthy: bool,
+}
+
+/// What a device is told.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assignment {
+    pub device: String,
+    pub hub: HubView,
+    pub fallbacks: Vec<HubView>,
+    /// `preferred`, `failover` or `pinned`.
+    pub reason: &'static str,
+    pub ttl_seconds: u64,
+    /// Issued at and expires at, Unix seconds (JWT's `iat` and `exp`).
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// One concierge's state, shared by its API, its probes and the daemon.
+pub struct Shared {
+    signer: Signer,
+    devices: RwLock<BTreeMap<String, Device>>,
+    hubs: RwLock<Vec<HubView>>,
+    current: AtomicUsize,
+    /// `device:ID` or `group:NAME` → hub name.
+    pins: RwLock<BTreeMap<String, String>>,
+    ttl: Duration,
+    /// Assignments given, and requests refused.
+    pub served: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl Shared {
+    pub fn new(signer: Signer, hubs: Vec<HubView>, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            signer,
+            devices: RwLock::new(BTreeMap::new()),
+            hubs: RwLock::new(hubs),
+            current: AtomicUsize::new(0),
+            pins: RwLock::new(BTreeMap::new()),
+            ttl,
+            served: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the fleet.
+    pub fn set_devices(&self, devices: BTreeMap<String, Device>) {
+        *write(&self.devices) = devices;
+    }
+
+    pub fn set_healthy(&self, hub: usize, healthy: bool) {
+        if let Some(h) = write(&self.hubs).get_mut(hub) {
+            h.healthy = healthy;
+        }
+    }
+
+    /// Sends devices to hub `hub` (by place) from now on.
+    pub fn set_current(&self, hub: usize) {
+        self.current.store(hub, Ordering::SeqCst);
+    }
+
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// Pins `who` (`device:ID` or `group:NAME`) to hub `hub`, or unpins it (`None`).
+    pub fn pin(&self, who: &str, hub: Option<&str>) {
+        let mut pins = write(&self.pins);
+        match hub {
+            Some(h) => pins.insert(who.to_string(), h.to_string()),
+            None => pins.remove(who),
+        };
+    }
+
+    /// What `device` is told at `at` (Unix seconds).
+    pub fn assignment(&self, device: &Device, at: u64) -> Option<Assignment> {
+        let hubs = read(&self.hubs).clone();
+        let pins = read(&self.pins);
+        let pinned = pins
+            .get(&format!("device:{}", device.id))
+            .or_else(|| {
+                device
+                    .group
+                    .as_ref()
+                    .and_then(|g| pins.get(&format!("group:{g}")))
+            })
+            .and_then(|name| hubs.iter().position(|h| &h.name == name));
+        let current = self.current().min(hubs.len().checked_sub(1)?);
+        let (chosen, reason) = match pinned {
+            Some(p) => (p, "pinned"),
+            None if current == 0 => (0, "preferred"),
+            None => (current, "failover"),
+        };
+        let mut fallbacks: Vec<HubView> = hubs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != chosen)
+            .map(|(_, h)| h.clone())
+            .collect();
+        // Healthy ones first, each group in the order of preference.
+        fallbacks.sort_by_key(|h| !h.healthy);
+        let ttl = self.ttl.as_secs();
+        Some(Assignment {
+            device: device.id.clone(),
+            hub: hubs[chosen].clone(),
+            fallbacks,
+            reason,
+            ttl_seconds: ttl,
+            iat: at,
+            exp: at + ttl,
+        })
+    }
+}
+
+/// The API's routes over `shared`.
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/v1/devices/{id}/assignment",
+            axum::routing::get(assignment),
+        )
+        .route("/.well-known/jwks.json", axum::routing::get(jwks))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+async fn jwks(State(s): State<Arc<Shared>>) -> Response {
+    axum::Json(s.signer.jwks()).into_response()
+}
+
+fn forbidden(s: &Shared) -> Response {
+    s.refused.fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({"error": "forbidden"})),
+    )
+        .into_response()
+}
+
+async fn assignment(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(auth) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        s.refused.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "SharedAccessSignature")],
+            axum::Json(serde_json::json!({"error": "send Authorization: SharedAccessSignature sr=HOST%2Fdevices%2FID&sig=...&se=..."})),
+        )
+            .into_response();
+    };
+    let device = read(&s.devices).get(&id).cloned();
+    let at = now();
+    // Unknown, disabled or a bad signature: one answer, so nothing is learnt from it.
+    let Some(device) = device.filter(|d| d.enabled) else {
+        return forbidden(&s);
+    };
+    if crate::sas::verify(auth, &device.id, &device.key, at, MAX_SAS_TTL).is_err() {
+        return forbidden(&s);
+    }
+    let Some(a) = s.assignment(&device, at) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no hub").into_response();
+    };
+    s.served.fetch_add(1, Ordering::Relaxed);
+    let token = s.signer.sign(&a);
+    axum::Json(serde_json::json!({"assignment": a, "token": token})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn hub(name: &str) -> HubView {
+        HubView {
+            name: name.into(),
+            region: format!("r-{name}"),
+            url: format!("mqtt://{name}:1883"),
+            healthy: true,
+        }
+    }
+
+    async fn get(url: &str, auth: Option<&str>) -> (u16, serde_json::Value) {
+        let mut r = reqwest::Client::new().get(url);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let resp = r.send().await.expect("get");
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn devices_get_signed_assignments_and_strangers_learn_nothing() {
+        let key = vec![3u8; 32];
+        let devices = crate::identities::parse(
+            format!(
+                r#"{{"devices": [
+                    {{"id": "dev-1", "key": "{k}", "group": "plant-a"}},
+                    {{"id": "dev-2", "key": "{k}", "enabled": false}}
+                ]}}"#,
+                k = base64::engine::general_purpose::STANDARD.encode(&key)
+            )
+            .as_bytes(),
+        )
+        .expect("identities");
+        let s = Shared::new(
+            Signer::from_seed(&[9u8; 32]).expect("seed"),
+            vec![hub("qc"), hub("we"), hub("ne")],
+            Duration::from_secs(300),
+        );
+        s.set_devices(devices);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            l,
+            router(s.clone()),
+        )));
+        let at = now() + 600;
+        let tok =
+            |id: &str, k: &[u8]| crate::sas::token(&format!("hub.example/devices/{id}"), k, at);
+
+        let (status, body) = get(
+            &format!("{base}/v1/devices/dev-1/assignment"),
+            Some(&tok("dev-1", &key)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["assignment"]["hub"]["name"], "qc");
+        assert_eq!(body["assignment"]["reason"], "preferred");
+        assert_eq!(body["assignment"]["fallbacks"][0]["name"], "we");
+        // The token verifies with the published key and says the same.
+        let (_, jwks) = get(&format!("{base}/.well-known/jwks.json"), None).await;
+        let x = jwks["keys"][0]["x"].as_str().expect("x");
+        let public = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(x)
+            .expect("b64");
+        let claims = crate::assign::verify(body["token"].as_str().expect("token"), &public)
+            .expect("verifies");
+        assert_eq!(claims, body["assignment"]);
+
+        // Failover: qc unhealthy, devices sent to we; ne first among fallbacks? no: the
+        // healthy ones first (ne), then qc.
+        s.set_healthy(0, false);
+        s.set_current(1);
+        let (_, body) = get(
+            &format!("{base}/v1/devices/dev-1/assignment"),
+            Some(&tok("dev-1", &key)),
+        )
+        .await;
+        assert_eq!(
+            (
+                body["assignment"]["hub"]["name"].as_str(),
+                body["assignment"]["reason"].as_str()
+            ),
+            (Some("we"), Some("failover"))
+        );
+        let order: Vec<&str> = body["assignment"]["fallbacks"]
+            .as_array()
+            .expect("fallbacks")
+            .iter()
+            .filter_map(|h| h["name"].as_str())
+            .collect();
+        assert_eq!(order, ["ne", "qc"]);
+        // A group pinned for a drill.
+        s.pin("group:plant-a", Some("ne"));
+        let (_, body) = get(
+            &format!("{base}/v1/devices/dev-1/assignment"),
+            Some(&tok("dev-1", &key)),
+        )
+        .await;
+        assert_eq!(
+            (
+                body["assignment"]["hub"]["name"].as_str(),
+                body["assignment"]["reason"].as_str()
+            ),
+            (Some("ne"), Some("pinned"))
+        );
+
+        // Strangers: the same 403, nothing about hubs.
+        let (no_auth, _) = get(&format!("{base}/v1/devices/dev-1/assignment"), None).await;
+        assert_eq!(no_auth, 401);
+        let mut answers = Vec::new();
+        for (id, token) in [
+            ("dev-1", tok("dev-1", b"a wrong key for dev-1 ....")),
+            ("dev-2", tok("dev-2", &key)),
+            ("nobody", tok("nobody", &key)),
+            ("dev-1", tok("dev-2", &key)),
+        ] {
+            let (status, body) =
+                get(&format!("{base}/v1/devices/{id}/assignment"), Some(&token)).await;
+            assert_eq!(status, 403, "{id}");
+            assert!(!body.to_string().contains("mqtt"), "{body}");
+            answers.push(body);
+        }
+        assert!(answers.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(s.served.load(Ordering::Relaxed), 3);
+    }
+}
