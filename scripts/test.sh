@@ -5,6 +5,7 @@
 #   restic (apt)                      -> reads georep's backup repositories
 #   mariadb-server (apt)              -> MariaDB members (the tests start their own mariadbd)
 #   nats-server (apt)                 -> NATS JetStream relay targets (the tests start their own)
+#   mosquitto (apt)                   -> MQTT hubs with dynamic security (the tests start their own)
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,9 +42,11 @@ apt_need() {
 has() { command -v "$1" >/dev/null 2>&1; }
 has_mariadb() { [ -x /usr/sbin/mariadbd ] && has mariadb-install-db; }
 has_nats() { [ -x /usr/sbin/nats-server ] || has nats-server; }
+has_mosquitto() { [ -x /usr/sbin/mosquitto ] && has mosquitto_ctrl; }
 
 apt_need restic restic has restic
 apt_need mariadb-server MariaDB has_mariadb
 apt_need nats-server NATS has_nats
+apt_need mosquitto Mosquitto has_mosquitto
 
 cargo test --workspace --locked "$@"

@@ -28,7 +28,9 @@ pub use postgres::{psql_at, Postgres};
 pub use proxy::FlakyProxy;
 pub use receivers::{Api, EventGridTopic, Receiver};
 pub use serve::Serve;
-pub use services::{free_port, wait_until, Azurite, Moto, Nats, AZURITE_ACCOUNT, AZURITE_KEY};
+pub use services::{
+    free_port, wait_until, Azurite, Mosquitto, Moto, Nats, AZURITE_ACCOUNT, AZURITE_KEY,
+};
 
 /// Environment variables a test's child process must not inherit from the developer's
 /// shell (credentials, endpoints, georep settings).

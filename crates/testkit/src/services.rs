@@ -456,3 +456,134 @@ impl Nats {
         })
     }
 }
+
+/// A Mosquitto 2 broker with dynamic security (Debian's `mosquitto`), on a free loopback
+/// port with its identities in a temporary folder, anonymous clients refused; an
+/// `admin` account manages identities. It can be killed and started again on the same
+/// port and folder.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    admin_password: String,
+    child: std::sync::Mutex<Option<Guard>>,
+}
+
+const DYNSEC: &str = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so";
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let missing = || {
+            panic!("mosquitto 2 with dynamic security is not installed: run apt-get install mosquitto (or `bash .ci/run`, which installs it)")
+        };
+        if !Path::new(DYNSEC).is_file() {
+            missing();
+        }
+        let dir = tempfile::tempdir().expect("a folder for mosquitto");
+        let admin_password = format!("admin-{}", rand::random::<u64>());
+        let dynsec = dir.path().join("dynsec.json");
+        let init = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec)
+            .args(["admin", &admin_password])
+            .output()
+            .unwrap_or_else(|_| missing());
+        assert!(
+            init.status.success(),
+            "mosquitto_ctrl dynsec init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\nper_listener_settings false\npersistence false\nplugin {DYNSEC}\nplugin_opt_config_file {}\n",
+                dynsec.display()
+            ),
+        )
+        .expect("mosquitto.conf");
+        if is_root() {
+            // Mosquitto drops to its own user and saves identities in the folder.
+            let _ = Command::new("chown")
+                .arg("-R")
+                .arg("mosquitto:")
+                .arg(dir.path())
+                .status();
+        }
+        let me = Self {
+            port,
+            dir,
+            admin_password,
+            child: std::sync::Mutex::new(None),
+        };
+        me.up();
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The dynamic security admin account: (user, password).
+    pub fn admin(&self) -> (String, String) {
+        ("admin".into(), self.admin_password.clone())
+    }
+
+    /// Starts the broker (again).
+    pub fn up(&self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+        let mut guard = Guard(child);
+        let port = self.port;
+        let up = wait_until(Duration::from_secs(20), || {
+            if let Ok(Some(_)) = guard.0.try_wait() {
+                return true;
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up && matches!(guard.0.try_wait(), Ok(None)),
+            "mosquitto did not start on port {port}"
+        );
+        *self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+    }
+
+    /// Kills the broker (kill -9) until [`Self::up`].
+    pub fn down(&self) {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// `mosquitto_ctrl dynsec ARGS` as the admin: its output.
+    pub fn dynsec(&self, args: &[&str]) -> String {
+        let out = Command::new("mosquitto_ctrl")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-u",
+                "admin",
+                "-P",
+                &self.admin_password,
+                "dynsec",
+            ])
+            .args(args)
+            .output()
+            .expect("mosquitto_ctrl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
