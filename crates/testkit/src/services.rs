@@ -338,6 +338,27 @@ impl Moto {
     }
 }
 
+/// Starts `cmd` (its output discarded) and waits until it listens on `port`.
+fn listening(mut cmd: Command, port: u16, what: &str) -> Guard {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut guard = Guard(child);
+    let up = wait_until(Duration::from_secs(20), || {
+        if let Ok(Some(_)) = guard.0.try_wait() {
+            return true;
+        }
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(
+        up && matches!(guard.0.try_wait(), Ok(None)),
+        "{what} did not start on port {port}"
+    );
+    guard
+}
+
 /// A NATS server with JetStream (Debian's `nats-server`), on a free loopback port with
 /// its store in a temporary folder; it can be killed and started again on the same port
 /// and store (what it had acknowledged is still there).
@@ -366,7 +387,8 @@ impl Nats {
     pub fn up(&self) {
         let bin = find_binary("nats-server", &[PathBuf::from("/usr/sbin/nats-server")])
             .unwrap_or_else(|| panic!("nats-server is not installed: run apt-get install nats-server (or `bash .ci/run`, which installs it)"));
-        let child = Command::new(bin)
+        let mut child = Command::new(bin);
+        child
             .args([
                 "-js",
                 "-a",
@@ -375,27 +397,12 @@ impl Nats {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
-        let mut guard = Guard(child);
-        let port = self.port;
-        let up = wait_until(Duration::from_secs(20), || {
-            if let Ok(Some(_)) = guard.0.try_wait() {
-                return true;
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            up && matches!(guard.0.try_wait(), Ok(None)),
-            "nats-server did not start on port {port}"
-        );
+            .arg(self.dir.path());
         *self
             .child
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(listening(child, self.port, "nats-server"));
     }
 
     /// Kills the server (kill -9): connections drop until [`Self::up`].
@@ -530,29 +537,13 @@ impl Mosquitto {
 
     /// Starts the broker (again).
     pub fn up(&self) {
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
-        let mut guard = Guard(child);
-        let port = self.port;
-        let up = wait_until(Duration::from_secs(20), || {
-            if let Ok(Some(_)) = guard.0.try_wait() {
-                return true;
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            up && matches!(guard.0.try_wait(), Ok(None)),
-            "mosquitto did not start on port {port}"
-        );
+        let mut child = Command::new("mosquitto");
+        child.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
         *self
             .child
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(listening(child, self.port, "mosquitto"));
     }
 
     /// Kills the broker (kill -9) until [`Self::up`].
