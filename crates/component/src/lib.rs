@@ -180,6 +180,27 @@ pub trait Component: Any + Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
+/// Why `wanted` listen addresses (item name, address) cannot be bound now, as
+/// preflight reports it; addresses in `held` are already ours (a running item keeps
+/// its listener) and are left out.
+pub fn unbindable(
+    kind: &str,
+    wanted: impl IntoIterator<Item = (String, std::net::SocketAddr)>,
+    held: &[std::net::SocketAddr],
+) -> Vec<String> {
+    wanted
+        .into_iter()
+        .filter(|(_, a)| !held.contains(a))
+        .filter_map(|(name, a)| {
+            std::net::TcpListener::bind(a).err().map(|e| {
+                format!(
+                    "{kind} '{name}': cannot listen on {a}: {e}; free the address or change listen"
+                )
+            })
+        })
+        .collect()
+}
+
 /// The names of `old` and `new` items compared by a key: added, changed (with the
 /// fields `fields` reports) and removed, in that order.
 pub fn diff<T>(

@@ -4,13 +4,17 @@
 //! access signatures (`sas`), and assignments signed with Ed25519 as JWS compact
 //! tokens that any JOSE library verifies against the concierge's published key
 //! (`assign`); the device identities file (`identities`); hub health as an MQTT
-//! round trip (`probe`); and the HTTP API devices
+//! round trip (`probe`); the daemon component that runs each concierge (`component`);
+//! and the HTTP API devices
 //! ask, with the choice of hub (current, pinned, fallbacks) (`api`). Boundaries:
-//! depends on nothing of georep's yet; hub probes, identity replication and the
-//! daemon component come next and will depend on core and component.
+//! depends on core (the topology), component (the daemon's contract) and storage
+//! (the identities object); knows nothing of other capabilities.
 
 pub mod api;
 pub mod assign;
+mod component;
 pub mod identities;
 pub mod probe;
 pub mod sas;
+
+pub use component::Concierges;

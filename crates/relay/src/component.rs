@@ -292,19 +292,13 @@ impl Component for Relays {
     }
 
     fn preflight(&self, topo: &Topology) -> Vec<String> {
-        let started = self.started();
-        topo.relays
-            .iter()
-            .filter(|r| !started.iter().any(|(_, s)| s.listen == r.listen))
-            .filter_map(|r| {
-                std::net::TcpListener::bind(r.listen).err().map(|e| {
-                    format!(
-                        "relay '{}': cannot listen on {}: {e}; free the address or change listen",
-                        r.name, r.listen
-                    )
-                })
-            })
-            .collect()
+        let held: Vec<std::net::SocketAddr> =
+            self.started().iter().map(|(_, s)| s.listen).collect();
+        georep_component::unbindable(
+            "relay",
+            topo.relays.iter().map(|x| (x.name.clone(), x.listen)),
+            &held,
+        )
     }
 
     fn apply<'a>(&'a self, topo: &'a Topology) -> BoxFuture<'a, Vec<Change>> {

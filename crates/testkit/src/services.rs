@@ -554,6 +554,39 @@ impl Mosquitto {
             .take();
     }
 
+    /// Lets the admin account publish and subscribe to `georep/probe/#` (what georep's
+    /// hub probes use).
+    pub fn allow_probes(&self) {
+        for args in [
+            &["createRole", "georep-probe"][..],
+            &[
+                "addRoleACL",
+                "georep-probe",
+                "publishClientSend",
+                "georep/probe/#",
+                "allow",
+            ],
+            &[
+                "addRoleACL",
+                "georep-probe",
+                "subscribePattern",
+                "georep/probe/#",
+                "allow",
+            ],
+            &[
+                "addRoleACL",
+                "georep-probe",
+                "publishClientReceive",
+                "georep/probe/#",
+                "allow",
+            ],
+            &["addClientRole", "admin", "georep-probe"],
+        ] {
+            let out = self.dynsec(args);
+            assert!(!out.to_lowercase().contains("error"), "{args:?}: {out}");
+        }
+    }
+
     /// `mosquitto_ctrl dynsec ARGS` as the admin: its output.
     pub fn dynsec(&self, args: &[&str]) -> String {
         let out = Command::new("mosquitto_ctrl")

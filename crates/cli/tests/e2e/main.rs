@@ -4,6 +4,8 @@
 
 mod common;
 
+mod concierge;
+
 mod backup;
 mod cli;
 mod db;

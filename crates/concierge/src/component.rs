@@ -1,0 +1,296 @@
+//! [`Concierges`], the daemon component: per `[[concierges]]` entry, the device API on
+//! its listener, the fleet read from its identities object (and read again every
+//! 30 s; a bad file keeps the previous fleet and is logged), and hub probes that move
+//! devices: to the next healthy hub after `failover_after` failed probes of the current
+//! one, back to a preferred hub once it has been healthy for `failback_after`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use georep_component::{changed_fields, BoxFuture, Change, ChangeAction, Component, Context};
+use georep_core::{Concierge, Topology};
+use tokio::sync::watch;
+
+use crate::api::{HubView, Shared};
+use crate::assign::Signer;
+
+const SECTION: &str = "concierges";
+const RELOAD: Duration = Duration::from_secs(30);
+
+struct Started {
+    cfg: Concierge,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Every concierge of the topology.
+pub struct Concierges {
+    running: RwLock<BTreeMap<String, Started>>,
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Concierges {
+    pub fn new(_ctx: &Context) -> Self {
+        Self {
+            running: RwLock::new(BTreeMap::new()),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn started(&self) -> Vec<(String, Concierge)> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.cfg.clone()))
+            .collect()
+    }
+
+    async fn start(&self, cfg: &Concierge, topo: &Topology) -> Result<Started, String> {
+        let name = &cfg.name;
+        if cfg.tls.is_some() {
+            return Err(format!(
+                "concierge '{name}': tls_cert/tls_key are not served yet; listen on loopback behind a TLS proxy for now"
+            ));
+        }
+        let def = topo.store(&cfg.identities.store).ok_or_else(|| {
+            format!(
+                "concierge '{name}': identities store '{}' is not declared",
+                cfg.identities.store
+            )
+        })?;
+        let store = georep_storage::Store::open(&def.url, &georep_storage::StoreOptions::default())
+            .map_err(|e| {
+                format!(
+                    "concierge '{name}': identities store '{}': {e}",
+                    cfg.identities.store
+                )
+            })?;
+        let fleet = load(&store, &cfg.identities.object)
+            .await
+            .map_err(|e| format!("concierge '{name}': {e}"))?;
+        let signer =
+            Signer::from_seed(&cfg.signing_key).map_err(|e| format!("concierge '{name}': {e}"))?;
+        let hubs = cfg
+            .hubs
+            .iter()
+            .map(|h| HubView {
+                name: h.name.clone(),
+                region: h.region.clone(),
+                url: h.url.clone(),
+                healthy: true,
+            })
+            .collect();
+        let shared = Shared::new(signer, hubs, cfg.ttl);
+        shared.set_devices(fleet);
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("concierge '{name}': cannot listen on {}: {e}", cfg.listen))?;
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let app = crate::api::router(shared.clone());
+        let mut s = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                while !*s.borrow() {
+                    if s.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "concierge listener ended");
+            }
+        }));
+        tasks.push(tokio::spawn(probes(
+            cfg.clone(),
+            shared.clone(),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(reload(cfg.clone(), store, shared, rx)));
+        Ok(Started {
+            cfg: cfg.clone(),
+            stop,
+            tasks,
+        })
+    }
+
+    async fn stop_one(&self, name: &str) {
+        let started = self
+            .running
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        if let Some(s) = started {
+            let _ = s.stop.send(true);
+            for t in s.tasks {
+                let abort = t.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(10), t)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+            }
+        }
+    }
+}
+
+/// The fleet in `object` of `store`.
+async fn load(
+    store: &georep_storage::Store,
+    object: &str,
+) -> Result<BTreeMap<String, crate::identities::Device>, String> {
+    let bytes = store
+        .get(object, 1 << 20)
+        .await
+        .map_err(|e| format!("identities object '{object}': {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("identities object '{object}': {e}"))?;
+    crate::identities::parse(&bytes).map_err(|e| format!("{object}: {e}"))
+}
+
+/// Reads the fleet again every [`RELOAD`]; a bad file keeps the previous one.
+async fn reload(
+    cfg: Concierge,
+    store: georep_storage::Store,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RELOAD) => {}
+            _ = stop.changed() => return,
+        }
+        match load(&store, &cfg.identities.object).await {
+            Ok(fleet) => shared.set_devices(fleet),
+            Err(e) => {
+                tracing::error!(concierge = %cfg.name, error = %e, "cannot read the identities; devices keep the previous ones")
+            }
+        }
+    }
+}
+
+/// Probes every hub each `probe_interval` and moves devices by the rules.
+async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let n = cfg.hubs.len();
+    let mut failures = vec![0u32; n];
+    let mut healthy_since: Vec<Option<Instant>> = vec![Some(Instant::now()); n];
+    loop {
+        let rounds = cfg.hubs.iter().map(|h| {
+            let account = h.username.as_deref().zip(h.password.as_deref());
+            crate::probe::round_trip(&h.url, account, cfg.probe_timeout)
+        });
+        let results = futures::future::join_all(rounds).await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(_) => {
+                    failures[i] = 0;
+                    healthy_since[i].get_or_insert_with(Instant::now);
+                    shared.set_healthy(i, true);
+                }
+                Err(e) => {
+                    failures[i] += 1;
+                    healthy_since[i] = None;
+                    if failures[i] >= cfg.failover_after {
+                        shared.set_healthy(i, false);
+                    }
+                    tracing::warn!(concierge = %cfg.name, hub = %cfg.hubs[i].name, error = %e, "hub probe failed");
+                }
+            }
+        }
+        let current = shared.current();
+        // Failback: the first hub before the current one healthy long enough.
+        let back = (0..current)
+            .find(|&i| healthy_since[i].is_some_and(|t| t.elapsed() >= cfg.failback_after));
+        let next = if let Some(b) = back {
+            Some((b, "failback"))
+        } else if failures[current] >= cfg.failover_after {
+            (1..n)
+                .map(|k| (current + k) % n)
+                .find(|&i| failures[i] == 0)
+                .map(|i| (i, "failover"))
+        } else {
+            None
+        };
+        if let Some((to, why)) = next {
+            tracing::warn!(concierge = %cfg.name, from = %cfg.hubs[current].name, to = %cfg.hubs[to].name, "{why}: devices are sent to another hub");
+            shared.set_current(to);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(cfg.probe_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn differences(a: &Concierge, b: &Concierge) -> Vec<String> {
+    changed_fields!(a, b; listen, tls, signing_key, hubs, identities, failover_after,
+        failback_after, probe_interval, probe_timeout, ttl)
+}
+
+impl Component for Concierges {
+    fn section(&self) -> &'static str {
+        SECTION
+    }
+
+    fn plan(&self, topo: &Topology) -> Vec<Change> {
+        let new: Vec<(String, Concierge)> = topo
+            .concierges
+            .iter()
+            .map(|c| (c.name.clone(), c.clone()))
+            .collect();
+        georep_component::diff(SECTION, &self.started(), &new, differences)
+    }
+
+    fn preflight(&self, topo: &Topology) -> Vec<String> {
+        let held: Vec<std::net::SocketAddr> =
+            self.started().iter().map(|(_, s)| s.listen).collect();
+        georep_component::unbindable(
+            "concierge",
+            topo.concierges.iter().map(|x| (x.name.clone(), x.listen)),
+            &held,
+        )
+    }
+
+    fn apply<'a>(&'a self, topo: &'a Topology) -> BoxFuture<'a, Vec<Change>> {
+        Box::pin(async move {
+            let _one = self.applying.lock().await;
+            let mut changes = self.plan(topo);
+            for c in &mut changes {
+                if matches!(c.action, ChangeAction::Change | ChangeAction::Remove) {
+                    self.stop_one(&c.name).await;
+                }
+                if matches!(c.action, ChangeAction::Add | ChangeAction::Change) {
+                    let Some(cfg) = topo.concierge(&c.name) else {
+                        continue;
+                    };
+                    match self.start(cfg, topo).await {
+                        Ok(s) => {
+                            self.running
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(c.name.clone(), s);
+                        }
+                        Err(e) => c.error = Some(e),
+                    }
+                }
+            }
+            changes
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for (name, _) in self.started() {
+                self.stop_one(&name).await;
+            }
+        })
+    }
+}
