@@ -49,11 +49,13 @@ impl Concierges {
 
     async fn start(&self, cfg: &Concierge, topo: &Topology) -> Result<Started, String> {
         let name = &cfg.name;
-        if cfg.tls.is_some() {
-            return Err(format!(
-                "concierge '{name}': tls_cert/tls_key are not served yet; listen on loopback behind a TLS proxy for now"
-            ));
-        }
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => Some(
+                georep_http::tls_config(&t.cert, &t.key)
+                    .map_err(|e| format!("concierge '{name}': {e}"))?,
+            ),
+        };
         let def = topo.store(&cfg.identities.store).ok_or_else(|| {
             format!(
                 "concierge '{name}': identities store '{}' is not declared",
@@ -91,22 +93,9 @@ impl Concierges {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let app = crate::api::router(shared.clone());
-        let mut s = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                while !*s.borrow() {
-                    if s.changed().await.is_err() {
-                        break;
-                    }
-                }
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "concierge listener ended");
-            }
-        }));
+        let guarded = georep_http::Guarded::new(listener, tls, rx.clone())
+            .map_err(|e| format!("concierge '{name}': {e}"))?;
+        tasks.push(tokio::spawn(guarded.serve(app, rx.clone())));
         tasks.push(tokio::spawn(probes(
             cfg.clone(),
             shared.clone(),

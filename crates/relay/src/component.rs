@@ -232,7 +232,7 @@ impl Relays {
         let tls = match &cfg.tls {
             None => None,
             Some(t) => Some(
-                crate::listen::tls_config(&t.cert, &t.key)
+                georep_http::tls_config(&t.cert, &t.key)
                     .map_err(|e| RelayError::Refused(format!("relay '{}': {e}", cfg.name)))?,
             ),
         };

@@ -15,7 +15,6 @@ mod encode;
 mod entra;
 mod error;
 pub mod events;
-mod listen;
 pub mod logs;
 pub mod outbox;
 mod relay;

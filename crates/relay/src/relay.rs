@@ -153,7 +153,7 @@ impl Running {
         listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
         let listener =
-            crate::listen::Guarded::new(listener, tls, stop.clone()).map_err(listen_err)?;
+            georep_http::Guarded::new(listener, tls, stop.clone()).map_err(listen_err)?;
         let key = axum::middleware::from_fn_with_state(self.clone(), check_key);
         let app = match self.cfg.accept {
             Accept::EventGrid => axum::Router::new()

@@ -140,3 +140,41 @@ fn devices_are_sent_to_a_healthy_hub_and_back_by_the_rules() {
         assert!(!logs.contains(secret), "a secret in the logs");
     }
 }
+
+#[test]
+fn a_concierge_with_a_certificate_speaks_https_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, _) = self_signed(dir.path(), "concierge");
+    let (qc, we) = (Mosquitto::start(), Mosquitto::start());
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).expect("fleet");
+    std::fs::write(fleet.join("devices.json"), r#"{"devices": []}"#).expect("devices");
+    let port = free_port();
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("qc")
+        .region("we")
+        .store("fleet", "we", s(&fleet))
+        .raw(&format!(
+            "[[concierges]]\nname = \"devices\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"concierge.crt\"\ntls_key = \"concierge.key\"\nsigning_key = \"${{SIGNING_KEY}}\"\nidentities = {{ store = \"fleet\", object = \"devices.json\" }}\nhubs = [\n  {{ name = \"qc\", region = \"qc\", url = \"{}\" }},\n  {{ name = \"we\", region = \"we\", url = \"{}\" }},\n]\n",
+            qc.url(),
+            we.url()
+        ))
+        .write(dir.path());
+    let env = vec![("SIGNING_KEY".to_string(), SEED.to_string())];
+    let _d = Serve::start(BIN, &cfg, &env);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem");
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    assert!(wait_until(Duration::from_secs(20), || https
+        .get(format!("https://localhost:{port}/.well-known/jwks.json"))
+        .send()
+        .is_ok_and(|r| r.status().as_u16() == 200)));
+    let plain = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
+        .timeout(Duration::from_secs(5))
+        .send();
+    assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+}

@@ -569,36 +569,7 @@ fn an_event_relay_delivers_to_eventbridge_nats_jetstream_and_an_s3_archive_each_
 #[test]
 fn a_relay_serves_https_with_its_certificate_and_never_plaintext_off_loopback() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is needed to make a test certificate (apt-get install openssl)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, _key) = self_signed(dir.path(), "relay");
     let topic = Receiver::start("topic-key-qc");
     let relay_toml = |listen: &str, tls: &str| {
         format!(

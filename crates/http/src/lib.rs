@@ -1,4 +1,5 @@
-//! The publish endpoint's connections, guarded: at most [`MAX_CONNECTIONS`] open at
+//! georep-http: the HTTP(S) endpoints georep serves to clients outside it (relay
+//! publishers, concierge devices), their connections guarded: at most [`MAX_CONNECTIONS`] open at
 //! once (more wait in the kernel's backlog), TLS handshakes done off the accept loop
 //! with a deadline (a slow client cannot stall others), headers read within
 //! [`HEADERS`], and a connection that moves no byte either way for [`IDLE`] closed, so
@@ -18,15 +19,15 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::rustls;
 
 /// Connections served at once per relay.
-pub(crate) const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing this long is closed.
-pub(crate) const IDLE: Duration = Duration::from_secs(60);
+pub const IDLE: Duration = Duration::from_secs(60);
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// A request's headers must arrive within this.
-pub(crate) const HEADERS: Duration = Duration::from_secs(10);
+pub const HEADERS: Duration = Duration::from_secs(10);
 
 /// Loads the certificate chain and key publishers are served with.
-pub(crate) fn tls_config(
+pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -71,7 +72,7 @@ enum Inner {
 }
 
 /// One accepted connection: holds its slot until dropped, and closes when idle.
-pub(crate) struct Conn {
+pub struct Conn {
     inner: Inner,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_after: Duration,
@@ -153,13 +154,13 @@ impl AsyncWrite for Conn {
 }
 
 /// Connections ready to serve, for `axum::serve`.
-pub(crate) struct Guarded {
+pub struct Guarded {
     ready: mpsc::Receiver<(Conn, SocketAddr)>,
 }
 
 impl Guarded {
     /// Accepts on `listener` until `stop`, `tls` handshakes done in tasks of their own.
-    pub(crate) fn new(
+    pub fn new(
         listener: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         stop: watch::Receiver<bool>,
@@ -187,7 +188,7 @@ impl Guarded {
                         Ok(a) => a,
                         Err(e) => {
                             // Out of descriptors and the like: wait, do not spin.
-                            tracing::warn!(error = %e, "relay accept failed");
+                            tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
@@ -239,13 +240,13 @@ impl Guarded {
 
 impl Guarded {
     /// The next connection; `None` once stopped.
-    pub(crate) async fn accept(&mut self) -> Option<(Conn, SocketAddr)> {
+    pub async fn accept(&mut self) -> Option<(Conn, SocketAddr)> {
         self.ready.recv().await
     }
 
     /// Serves `app` on every connection (HTTP/1.1; headers within [`HEADERS`]) until
     /// `stop`; then lets requests in flight finish.
-    pub(crate) async fn serve(mut self, app: axum::Router, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(mut self, app: axum::Router, mut stop: watch::Receiver<bool>) {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             let next = tokio::select! {
@@ -269,7 +270,7 @@ impl Guarded {
                     }
                 };
                 if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "relay connection ended");
+                    tracing::debug!(%peer, error = %e, "connection ended");
                 }
             });
             // Reap finished connections as we go.
