@@ -1,6 +1,7 @@
 //! [`Concierges`], the daemon component: per `[[concierges]]` entry, the device API on
-//! its listener, the fleet read from its identities object (and read again every
-//! 30 s; a bad file keeps the previous fleet and is logged), and hub probes that move
+//! its listener, the fleet read from its identities object every 5 s (a bad file
+//! keeps the previous fleet and is logged) and kept on every hub with an admin
+//! account (`dynsec`), and hub probes that move
 //! devices: to the next healthy hub after `failover_after` failed probes of the current
 //! one, back to a preferred hub once it has been healthy for `failback_after`.
 
@@ -16,7 +17,8 @@ use crate::api::{HubView, Shared};
 use crate::assign::Signer;
 
 const SECTION: &str = "concierges";
-const RELOAD: Duration = Duration::from_secs(30);
+/// How often the identities are read and kept on every hub.
+const RELOAD: Duration = Duration::from_secs(5);
 
 struct Started {
     cfg: Concierge,
@@ -145,25 +147,119 @@ async fn load(
     crate::identities::parse(&bytes).map_err(|e| format!("{object}: {e}"))
 }
 
-/// Reads the fleet again every [`RELOAD`]; a bad file keeps the previous one.
+/// Reads the fleet every [`RELOAD`] (a bad file keeps the previous one) and keeps it
+/// on every hub that has an admin account.
 async fn reload(
     cfg: Concierge,
     store: georep_storage::Store,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let tag = format!("georep:{}", cfg.name);
+    // Per hub: the key each managed device's password was last set from.
+    let mut set: Vec<BTreeMap<String, Vec<u8>>> = vec![BTreeMap::new(); cfg.hubs.len()];
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(RELOAD) => {}
-            _ = stop.changed() => return,
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(RELOAD) => {}
+                _ = stop.changed() => return,
+            }
         }
-        match load(&store, &cfg.identities.object).await {
-            Ok(fleet) => shared.set_devices(fleet),
+        first = false;
+        let fleet = match load(&store, &cfg.identities.object).await {
+            Ok(fleet) => {
+                shared.set_devices(fleet.clone());
+                fleet
+            }
             Err(e) => {
-                tracing::error!(concierge = %cfg.name, error = %e, "cannot read the identities; devices keep the previous ones")
+                tracing::error!(concierge = %cfg.name, error = %e, "cannot read the identities; devices keep the previous ones");
+                continue;
+            }
+        };
+        for (i, hub) in cfg.hubs.iter().enumerate() {
+            let (Some(user), Some(pw)) = (hub.username.as_deref(), hub.password.as_deref()) else {
+                continue;
+            };
+            if let Err(e) = keep(
+                &tag,
+                &fleet,
+                hub,
+                (user, pw),
+                cfg.probe_timeout,
+                &mut set[i],
+            )
+            .await
+            {
+                tracing::warn!(concierge = %cfg.name, hub = %hub.name, error = %e, "cannot keep identities on the hub");
             }
         }
     }
+}
+
+/// One pass of keeping `fleet` on `hub`.
+async fn keep(
+    tag: &str,
+    fleet: &BTreeMap<String, crate::identities::Device>,
+    hub: &georep_core::Hub,
+    admin: (&str, &str),
+    timeout: Duration,
+    set: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), String> {
+    use serde_json::json;
+    let mut asks = vec![json!({"command": "listClients", "verbose": true})];
+    if set.is_empty() {
+        // The probe role, once per start (an existing one answers an error, ignored).
+        asks.extend([
+            json!({"command": "createRole", "rolename": "georep-probe"}),
+            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "publishClientSend", "topic": "georep/probe/#", "allow": true}),
+            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "subscribePattern", "topic": "georep/probe/#", "allow": true}),
+            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "publishClientReceive", "topic": "georep/probe/#", "allow": true}),
+            json!({"command": "addClientRole", "username": admin.0, "rolename": "georep-probe"}),
+        ]);
+    }
+    let answers = crate::dynsec::call(&hub.url, admin, asks, timeout).await?;
+    let clients = answers
+        .first()
+        .and_then(|a| a["data"]["clients"].as_array().cloned())
+        .ok_or("listClients gave no clients")?;
+    let disabled: Vec<String> = clients
+        .iter()
+        .filter(|c| c["disabled"] == json!(true))
+        .filter_map(|c| c["username"].as_str().map(str::to_string))
+        .collect();
+    let (cmds, drift) = crate::dynsec::plan(tag, fleet, &clients, &disabled, &|id| {
+        fleet.get(id).is_some_and(|d| set.get(id) != Some(&d.key))
+    });
+    for d in &drift {
+        tracing::warn!(hub = %hub.name, "identity drift: {d}");
+    }
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    let n = cmds.len();
+    let answers = crate::dynsec::call(&hub.url, admin, cmds, timeout).await?;
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| {
+            a["error"]
+                .as_str()
+                .map(|e| format!("{}: {e}", a["command"].as_str().unwrap_or("?")))
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} of {n} commands failed: {}",
+            failed.len(),
+            failed.join("; ")
+        ));
+    }
+    *set = fleet
+        .iter()
+        .map(|(id, d)| (id.clone(), d.key.clone()))
+        .collect();
+    tracing::info!(hub = %hub.name, commands = n, "identities kept on the hub");
+    Ok(())
 }
 
 /// Probes every hub each `probe_interval` and moves devices by the rules.

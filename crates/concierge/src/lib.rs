@@ -13,6 +13,7 @@
 pub mod api;
 pub mod assign;
 mod component;
+pub mod dynsec;
 pub mod identities;
 pub mod probe;
 pub mod sas;

@@ -37,6 +37,11 @@ fn host_port(url: &str) -> Result<(bool, String, u16), ProbeError> {
     Ok((tls, host, port))
 }
 
+/// The host and port of an `mqtt://` or `mqtts://` URL.
+pub(crate) fn host_port_of(url: &str) -> Result<(String, u16), String> {
+    host_port(url).map(|(_, h, p)| (h, p)).map_err(|e| e.0)
+}
+
 /// One round trip to the hub at `url` as `account` (user, password); how long it took.
 pub async fn round_trip(
     url: &str,
@@ -52,7 +57,7 @@ pub async fn round_trip(
         opts.set_credentials(user, password);
     }
     if tls {
-        opts.set_transport(Transport::tls_with_config(tls_config().into()));
+        opts.set_transport(Transport::tls_with_config(tls_client().into()));
     }
     let topic = format!("georep/probe/{nonce}");
     let started = Instant::now();
@@ -118,7 +123,7 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
     }
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -131,7 +136,7 @@ fn rand_u64() -> u64 {
 }
 
 /// TLS to `mqtts://` hubs with the system's roots.
-fn tls_config() -> tokio_rustls::rustls::ClientConfig {
+pub(crate) fn tls_client() -> tokio_rustls::rustls::ClientConfig {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     for c in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(c);
