@@ -113,6 +113,16 @@ impl Shared {
         self.current.load(Ordering::SeqCst)
     }
 
+    /// The hubs as they stand (health included).
+    pub fn hubs(&self) -> Vec<HubView> {
+        read(&self.hubs).clone()
+    }
+
+    /// Devices in the fleet.
+    pub fn devices(&self) -> usize {
+        read(&self.devices).len()
+    }
+
     /// Pins `who` (`device:ID` or `group:NAME`) to hub `hub`, or unpins it (`None`).
     pub fn pin(&self, who: &str, hub: Option<&str>) {
         let mut pins = write(&self.pins);

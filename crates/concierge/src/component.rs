@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use georep_component::{changed_fields, BoxFuture, Change, ChangeAction, Component, Context};
 use georep_core::{Concierge, Topology};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::api::{HubView, Shared};
@@ -22,21 +25,71 @@ const RELOAD: Duration = Duration::from_secs(5);
 
 struct Started {
     cfg: Concierge,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConciergeLabel {
+    concierge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubLabel {
+    concierge: String,
+    hub: String,
+}
+
+#[derive(Default)]
+struct Metrics {
+    devices: Family<ConciergeLabel, Gauge>,
+    served: Family<ConciergeLabel, Gauge>,
+    refused: Family<ConciergeLabel, Gauge>,
+    healthy: Family<HubLabel, Gauge>,
+    current: Family<HubLabel, Gauge>,
 }
 
 /// Every concierge of the topology.
 pub struct Concierges {
     running: RwLock<BTreeMap<String, Started>>,
     applying: tokio::sync::Mutex<()>,
+    metrics: Metrics,
 }
 
 impl Concierges {
-    pub fn new(_ctx: &Context) -> Self {
+    pub fn new(ctx: &Context) -> Self {
+        let m = Metrics::default();
+        let r = &ctx.metrics;
+        r.register(
+            "concierge_devices",
+            "Devices in a concierge's fleet",
+            m.devices.clone(),
+        );
+        r.register(
+            "concierge_assignments",
+            "Assignments a concierge gave since it started",
+            m.served.clone(),
+        );
+        r.register(
+            "concierge_refused_requests",
+            "Assignment requests refused (no token, unknown or disabled device, bad signature) since start",
+            m.refused.clone(),
+        );
+        r.register(
+            "concierge_hub_healthy",
+            "1 while probes find a hub healthy (an MQTT round trip)",
+            m.healthy.clone(),
+        );
+        r.register(
+            "concierge_current_hub",
+            "1 for the hub a concierge sends devices to",
+            m.current.clone(),
+        );
         Self {
             running: RwLock::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
+            metrics: m,
         }
     }
 
@@ -103,9 +156,10 @@ impl Concierges {
             shared.clone(),
             rx.clone(),
         )));
-        tasks.push(tokio::spawn(reload(cfg.clone(), store, shared, rx)));
+        tasks.push(tokio::spawn(reload(cfg.clone(), store, shared.clone(), rx)));
         Ok(Started {
             cfg: cfg.clone(),
+            shared,
             stop,
             tasks,
         })
@@ -369,6 +423,40 @@ impl Component for Concierges {
             }
             changes
         })
+    }
+
+    fn refresh(&self) {
+        let running = self
+            .running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = &self.metrics;
+        for (name, s) in running.iter() {
+            let l = ConciergeLabel {
+                concierge: name.clone(),
+            };
+            let g = |n: u64| n.min(i64::MAX as u64) as i64;
+            m.devices
+                .get_or_create(&l)
+                .set(g(s.shared.devices() as u64));
+            m.served.get_or_create(&l).set(g(s
+                .shared
+                .served
+                .load(std::sync::atomic::Ordering::Relaxed)));
+            m.refused.get_or_create(&l).set(g(s
+                .shared
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed)));
+            let current = s.shared.current();
+            for (i, h) in s.shared.hubs().into_iter().enumerate() {
+                let hl = HubLabel {
+                    concierge: name.clone(),
+                    hub: h.name,
+                };
+                m.healthy.get_or_create(&hl).set(i64::from(h.healthy));
+                m.current.get_or_create(&hl).set(i64::from(i == current));
+            }
+        }
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -180,6 +180,25 @@ fn devices_are_sent_to_a_healthy_hub_and_back_by_the_rules() {
         assignment(port, "dev-1", &key).1["assignment"]["reason"],
         "failover"
     );
+    // Metrics: the hub's health, where devices are sent, the fleet.
+    let metrics = || {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", d.base))
+            .bearer_auth(d.token().unwrap_or_default())
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = metrics();
+            m.contains(r#"georep_concierge_hub_healthy{concierge="devices",hub="qc"} 0"#)
+                && m.contains(r#"georep_concierge_current_hub{concierge="devices",hub="we"} 1"#)
+                && m.contains(r#"georep_concierge_devices{concierge="devices"} 3"#)
+        }),
+        "{}",
+        metrics()
+    );
     // It comes back: after failback_after of health, devices go back.
     qc.up();
     assert!(
