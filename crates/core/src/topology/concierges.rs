@@ -184,32 +184,10 @@ pub(super) fn read(
     base_dir: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<DraftConcierge> {
-    let Some(value) = top.get("concierges") else {
-        return Vec::new();
-    };
-    let DeValue::Array(items) = value.get_ref() else {
-        ctx.error(
-            Some(value.span()),
-            "[[concierges]]",
-            format!(
-                "expected a list of concierges, found {}; write each as a [[concierges]] table (double brackets)",
-                kind(value.get_ref())
-            ),
-        );
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let what = format!("concierge #{}", i + 1);
-        if let Some(mut sec) = Section::new(ctx, item, what, "[[concierges]]") {
-            let name = sec.string(ctx, "name", "\"devices\"");
-            if let Some(n) = &name {
-                sec.what = format!("concierge '{}'", n.get_ref());
-            }
-            out.push(concierge(ctx, &sec, name, base_dir, env));
-        }
-    }
-    out
+    super::read::named_tables(ctx, top, "concierges", "concierge", "\"devices\"")
+        .into_iter()
+        .map(|(sec, name)| concierge(ctx, &sec, name, base_dir, env))
+        .collect()
 }
 
 fn concierge(

@@ -333,3 +333,41 @@ pub(super) fn expand_field(
         }
     }
 }
+
+/// The tables of a `[[key]]` list, each as a section named for errors (`NOUN #N`,
+/// then `NOUN 'NAME'` once its name is read) with that name; anything but a list of
+/// tables is reported.
+pub(super) fn named_tables<'a, 'i>(
+    ctx: &mut Ctx<'_>,
+    top: &Section<'a, 'i>,
+    key: &str,
+    noun: &str,
+    name_example: &str,
+) -> Vec<(Section<'a, 'i>, Option<Spanned<String>>)> {
+    let Some(value) = top.get(key) else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        ctx.error(
+            Some(value.span()),
+            &format!("[[{key}]]"),
+            format!(
+                "expected a list of {noun}s, found {}; write each {noun} as a [[{key}]] table (double brackets)",
+                kind(value.get_ref())
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("{noun} #{}", i + 1);
+        if let Some(mut sec) = Section::new(ctx, item, what, &format!("[[{key}]]")) {
+            let name = sec.string(ctx, "name", name_example);
+            if let Some(n) = &name {
+                sec.what = format!("{noun} '{}'", n.get_ref());
+            }
+            out.push((sec, name));
+        }
+    }
+    out
+}

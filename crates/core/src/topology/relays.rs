@@ -368,34 +368,14 @@ pub(super) fn read(
     base_dir: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<DraftRelay> {
-    let Some(value) = top.get("relays") else {
-        return Vec::new();
-    };
-    let DeValue::Array(items) = value.get_ref() else {
-        ctx.error(
-            Some(value.span()),
-            "[[relays]]",
-            format!(
-                "expected a list of relays, found {}; write each relay as a [[relays]] table (double brackets)",
-                kind(value.get_ref())
-            ),
-        );
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let what = format!("relay #{}", i + 1);
-        if let Some(mut sec) = Section::new(ctx, item, what, "[[relays]]") {
-            let name = sec.string(ctx, "name", "\"orders-events\"");
-            if let Some(name) = &name {
-                sec.what = format!("relay '{}'", name.get_ref());
-            }
+    super::read::named_tables(ctx, top, "relays", "relay", "\"orders-events\"")
+        .into_iter()
+        .map(|(sec, name)| {
             let mut r = relay(ctx, &sec, name, env);
             r.tls = tls(ctx, &sec, base_dir, r.listen.as_ref());
-            out.push(r);
-        }
-    }
-    out
+            r
+        })
+        .collect()
 }
 
 pub(super) fn missing(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, key: &str, fix: &str) {
