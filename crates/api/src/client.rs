@@ -142,6 +142,32 @@ impl Client {
             .await
     }
 
+    pub async fn concierges(&self) -> Result<ConciergeList, ClientError> {
+        self.call(reqwest::Method::GET, paths::CONCIERGES, NONE)
+            .await
+    }
+
+    pub async fn concierge(&self, name: &str) -> Result<ConciergeStatus, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &paths::fill(paths::CONCIERGE, name),
+            NONE,
+        )
+        .await
+    }
+
+    /// `route` is [`paths::CONCIERGE_FAILOVER`] (with a [`ConciergeFailoverRequest`]),
+    /// `CONCIERGE_FAILBACK` or `CONCIERGE_PIN` (with a [`ConciergePinRequest`]).
+    pub async fn concierge_action<B: serde::Serialize>(
+        &self,
+        route: &str,
+        name: &str,
+        body: &B,
+    ) -> Result<ConciergeActionReport, ClientError> {
+        let path = paths::fill(route, name);
+        self.call(reqwest::Method::POST, &path, Some(body)).await
+    }
+
     pub async fn group(&self, name: &str) -> Result<GroupStatus, ClientError> {
         self.call(reqwest::Method::GET, &paths::fill(paths::GROUP, name), NONE)
             .await

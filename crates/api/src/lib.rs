@@ -8,6 +8,7 @@
 
 mod backups;
 mod client;
+mod concierges;
 mod databases;
 mod failover;
 pub mod paths;
@@ -17,6 +18,7 @@ mod reload;
 
 pub use backups::*;
 pub use client::*;
+pub use concierges::*;
 pub use databases::*;
 pub use failover::*;
 pub use policies::*;

@@ -24,6 +24,14 @@ pub const RELAY: &str = "/api/v1/relays/{name}";
 pub const RELAY_SWITCHOVER: &str = "/api/v1/relays/{name}/switchover";
 pub const RELAY_SWITCHBACK: &str = "/api/v1/relays/{name}/switchback";
 pub const RELAY_REPLAY: &str = "/api/v1/relays/{name}/replay";
+pub const CONCIERGES: &str = "/api/v1/concierges";
+pub const CONCIERGE: &str = "/api/v1/concierges/{name}";
+/// `POST` [`crate::ConciergeFailoverRequest`]: send devices to another hub and hold them there.
+pub const CONCIERGE_FAILOVER: &str = "/api/v1/concierges/{name}/failover";
+/// `POST`: send devices back to the preferred hub; automatic failover and failback again.
+pub const CONCIERGE_FAILBACK: &str = "/api/v1/concierges/{name}/failback";
+/// `POST` [`crate::ConciergePinRequest`]: pin (or unpin) a device or a group to a hub.
+pub const CONCIERGE_PIN: &str = "/api/v1/concierges/{name}/pins";
 /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
 pub const RELOAD: &str = "/api/v1/reload";
 

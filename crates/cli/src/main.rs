@@ -3,6 +3,7 @@
 
 mod api_token;
 mod backup;
+mod concierge;
 mod db;
 mod db_mysql;
 mod drill;
@@ -84,6 +85,10 @@ enum Command {
     /// switchback, replay of dead letters.
     #[command(subcommand)]
     Relay(relay::RelayCommand),
+    /// Device concierges ([[concierges]] in the topology) in the running daemon: status,
+    /// failover, failback, pins.
+    #[command(subcommand)]
+    Concierge(concierge::ConciergeCommand),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
             Command::Db(c) => db::run(c).await,
             Command::Backup(c) => backup::run(c).await,
             Command::Relay(c) => relay::run(c).await,
+            Command::Concierge(c) => concierge::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
             Command::Pause(a) => policy_cmd::run(a.policy, policy_cmd::Action::Pause(a.note)).await,

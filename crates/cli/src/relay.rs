@@ -53,7 +53,7 @@ pub(crate) struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    fn client(&self) -> Result<georep_api::Client> {
+    pub(crate) fn client(&self) -> Result<georep_api::Client> {
         crate::api_token::client(&load(&self.config.config)?, self.api.as_deref())
     }
 }

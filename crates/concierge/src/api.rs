@@ -10,167 +10,18 @@
 //! one of the concierge (moved by failover and failback); fallbacks are the other hubs,
 //! healthy ones first, in the order of preference.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
-use crate::assign::Signer;
-use crate::identities::Device;
+use crate::shared::now;
+pub use crate::shared::{Assignment, HubView, Shared};
 
 /// Shared access signatures may be made for at most this long ahead.
 const MAX_SAS_TTL: u64 = 24 * 3600;
-
-/// A hub as devices are told of it, and whether probes find it healthy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HubView {
-    pub name: String,
-    pub region: String,
-    pub url: String,
-    #[serde(skip)]
-    pub healthy: bool,
-}
-
-/// What a device is told.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Assignment {
-    pub device: String,
-    pub hub: HubView,
-    pub fallbacks: Vec<HubView>,
-    /// `preferred`, `failover` or `pinned`.
-    pub reason: &'static str,
-    pub ttl_seconds: u64,
-    /// Issued at and expires at, Unix seconds (JWT's `iat` and `exp`).
-    pub iat: u64,
-    pub exp: u64,
-}
-
-/// One concierge's state, shared by its API, its probes and the daemon.
-pub struct Shared {
-    signer: Signer,
-    devices: RwLock<BTreeMap<String, Device>>,
-    hubs: RwLock<Vec<HubView>>,
-    current: AtomicUsize,
-    /// `device:ID` or `group:NAME` → hub name.
-    pins: RwLock<BTreeMap<String, String>>,
-    ttl: Duration,
-    /// Assignments given, and requests refused.
-    pub served: AtomicU64,
-    pub refused: AtomicU64,
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-impl Shared {
-    pub fn new(signer: Signer, hubs: Vec<HubView>, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            signer,
-            devices: RwLock::new(BTreeMap::new()),
-            hubs: RwLock::new(hubs),
-            current: AtomicUsize::new(0),
-            pins: RwLock::new(BTreeMap::new()),
-            ttl,
-            served: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-        })
-    }
-
-    /// Replaces the fleet.
-    pub fn set_devices(&self, devices: BTreeMap<String, Device>) {
-        *write(&self.devices) = devices;
-    }
-
-    pub fn set_healthy(&self, hub: usize, healthy: bool) {
-        if let Some(h) = write(&self.hubs).get_mut(hub) {
-            h.healthy = healthy;
-        }
-    }
-
-    /// Sends devices to hub `hub` (by place) from now on.
-    pub fn set_current(&self, hub: usize) {
-        self.current.store(hub, Ordering::SeqCst);
-    }
-
-    pub fn current(&self) -> usize {
-        self.current.load(Ordering::SeqCst)
-    }
-
-    /// The hubs as they stand (health included).
-    pub fn hubs(&self) -> Vec<HubView> {
-        read(&self.hubs).clone()
-    }
-
-    /// Devices in the fleet.
-    pub fn devices(&self) -> usize {
-        read(&self.devices).len()
-    }
-
-    /// Pins `who` (`device:ID` or `group:NAME`) to hub `hub`, or unpins it (`None`).
-    pub fn pin(&self, who: &str, hub: Option<&str>) {
-        let mut pins = write(&self.pins);
-        match hub {
-            Some(h) => pins.insert(who.to_string(), h.to_string()),
-            None => pins.remove(who),
-        };
-    }
-
-    /// What `device` is told at `at` (Unix seconds).
-    pub fn assignment(&self, device: &Device, at: u64) -> Option<Assignment> {
-        let hubs = read(&self.hubs).clone();
-        let pins = read(&self.pins);
-        let pinned = pins
-            .get(&format!("device:{}", device.id))
-            .or_else(|| {
-                device
-                    .group
-                    .as_ref()
-                    .and_then(|g| pins.get(&format!("group:{g}")))
-            })
-            .and_then(|name| hubs.iter().position(|h| &h.name == name));
-        let current = self.current().min(hubs.len().checked_sub(1)?);
-        let (chosen, reason) = match pinned {
-            Some(p) => (p, "pinned"),
-            None if current == 0 => (0, "preferred"),
-            None => (current, "failover"),
-        };
-        let mut fallbacks: Vec<HubView> = hubs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != chosen)
-            .map(|(_, h)| h.clone())
-            .collect();
-        // Healthy ones first, each group in the order of preference.
-        fallbacks.sort_by_key(|h| !h.healthy);
-        let ttl = self.ttl.as_secs();
-        Some(Assignment {
-            device: device.id.clone(),
-            hub: hubs[chosen].clone(),
-            fallbacks,
-            reason,
-            ttl_seconds: ttl,
-            iat: at,
-            exp: at + ttl,
-        })
-    }
-}
 
 /// The API's routes over `shared`.
 pub fn router(shared: Arc<Shared>) -> axum::Router {
@@ -214,7 +65,7 @@ async fn assignment(
         )
             .into_response();
     };
-    let device = read(&s.devices).get(&id).cloned();
+    let device = s.device(&id);
     let at = now();
     // Unknown, disabled or a bad signature: one answer, so nothing is learnt from it.
     let Some(device) = device.filter(|d| d.enabled) else {
@@ -226,7 +77,7 @@ async fn assignment(
     let Some(a) = s.assignment(&device, at) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "no hub").into_response();
     };
-    s.served.fetch_add(1, Ordering::Relaxed);
+    s.given(&a);
     let token = s.signer.sign(&a);
     axum::Json(serde_json::json!({"assignment": a, "token": token})).into_response()
 }
@@ -234,7 +85,9 @@ async fn assignment(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assign::Signer;
     use base64::Engine as _;
+    use std::time::Duration;
 
     fn hub(name: &str) -> HubView {
         HubView {
@@ -273,9 +126,14 @@ mod tests {
         let s = Shared::new(
             Signer::from_seed(&[9u8; 32]).expect("seed"),
             vec![hub("qc"), hub("we"), hub("ne")],
-            Duration::from_secs(300),
+            crate::shared::About {
+                name: "devices".into(),
+                listen: "127.0.0.1:0".into(),
+                identities: "fleet/devices.json".into(),
+                ttl: Duration::from_secs(300),
+            },
         );
-        s.set_devices(devices);
+        s.set_devices(devices.devices);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -363,5 +221,14 @@ mod tests {
         }
         assert!(answers.windows(2).all(|w| w[0] == w[1]));
         assert_eq!(s.served.load(Ordering::Relaxed), 3);
+        // Devices per hub: dev-1's last assignment (pinned to ne).
+        let st = s.status();
+        let per: Vec<(String, u64)> = st
+            .hubs
+            .iter()
+            .map(|h| (h.name.clone(), h.assigned_devices))
+            .collect();
+        assert_eq!(per, [("qc".into(), 0), ("we".into(), 0), ("ne".into(), 1)]);
+        assert_eq!(st.refused_requests, 5);
     }
 }

@@ -57,26 +57,8 @@ impl Signer {
     }
 }
 
-/// Checks a token made by [`Signer::sign`] against a public key (32 bytes) and gives
-/// its claims: what the reference device client does.
-pub fn verify(token: &str, public_key: &[u8]) -> Option<serde_json::Value> {
-    use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
-    let (input, sig) = token.rsplit_once('.')?;
-    let (header, claims) = input.split_once('.')?;
-    let dec = |s: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()
-    };
-    let h: serde_json::Value = serde_json::from_slice(&dec(header)?).ok()?;
-    if h["alg"] != "EdDSA" {
-        return None;
-    }
-    UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(input.as_bytes(), &dec(sig)?)
-        .ok()?;
-    serde_json::from_slice(&dec(claims)?).ok()
-}
+/// Checks a token made by [`Signer::sign`]: the device side's check.
+pub use georep_device::claims::verify;
 
 #[cfg(test)]
 mod tests {

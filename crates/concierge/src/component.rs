@@ -1,14 +1,22 @@
 //! [`Concierges`], the daemon component: per `[[concierges]]` entry, the device API on
-//! its listener, the fleet read from its identities object every 5 s (a bad file
-//! keeps the previous fleet and is logged) and kept on every hub with an admin
-//! account (`dynsec`), and hub probes that move
-//! devices: to the next healthy hub after `failover_after` failed probes of the current
-//! one, back to a preferred hub once it has been healthy for `failback_after`.
+//! its listener; the identities object watched (its properties read every `poll`, the
+//! body only when they change, and every 30 s regardless; a bad file keeps the previous
+//! fleet and is reported); one keeper per hub with an admin account that keeps the
+//! fleet there (`dynsec`) on every change and every 30 s, so a hub that is down never
+//! holds the others back; and hub probes that move devices: to the next healthy hub
+//! after `failover_after` failed probes of the current one, back to a preferred hub
+//! once it has been healthy for `failback_after` (not while an operator holds them).
+//! The current hub, the hold, pins and failovers are saved in `concierges/NAME.json`
+//! beside the state file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use georep_api::{
+    ConciergeActionReport, ConciergeIdentities, ConciergeList, ConciergePinRequest, ConciergeStatus,
+};
 use georep_component::{changed_fields, BoxFuture, Change, ChangeAction, Component, Context};
 use georep_core::{Concierge, Topology};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,13 +24,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use crate::api::{HubView, Shared};
 use crate::assign::Signer;
+use crate::dynsec::Applied;
+use crate::shared::{About, HubView, Shared};
 
 const SECTION: &str = "concierges";
-/// How often the identities are read and kept on every hub.
-const RELOAD: Duration = Duration::from_secs(5);
+/// The identities are read, and kept on every hub, at least this often.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Drift listed in status, per hub.
+const DRIFT_SHOWN: usize = 20;
 
+type Fleet = Arc<crate::identities::Fleet>;
 struct Started {
     cfg: Concierge,
     shared: Arc<Shared>,
@@ -48,6 +60,9 @@ struct Metrics {
     refused: Family<ConciergeLabel, Gauge>,
     healthy: Family<HubLabel, Gauge>,
     current: Family<HubLabel, Gauge>,
+    failovers: Family<ConciergeLabel, Gauge>,
+    pending: Family<HubLabel, Gauge>,
+    drifted: Family<HubLabel, Gauge>,
 }
 
 /// Every concierge of the topology.
@@ -55,6 +70,8 @@ pub struct Concierges {
     running: RwLock<BTreeMap<String, Started>>,
     applying: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// `concierges/` beside the state file.
+    dir: PathBuf,
 }
 
 impl Concierges {
@@ -86,10 +103,31 @@ impl Concierges {
             "1 for the hub a concierge sends devices to",
             m.current.clone(),
         );
+        r.register(
+            "concierge_failovers",
+            "Changes of the hub devices are sent to (failovers and failbacks, automatic and manual)",
+            m.failovers.clone(),
+        );
+        r.register(
+            "concierge_identities_pending",
+            "Device identities not yet as the fleet says on a hub",
+            m.pending.clone(),
+        );
+        r.register(
+            "concierge_identities_drifted",
+            "Device identities changed on a hub by someone else (reported, left alone)",
+            m.drifted.clone(),
+        );
+        let dir = ctx
+            .state
+            .path()
+            .parent()
+            .map_or_else(|| PathBuf::from(SECTION), |p| p.join(SECTION));
         Self {
             running: RwLock::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
             metrics: m,
+            dir,
         }
     }
 
@@ -100,6 +138,146 @@ impl Concierges {
             .iter()
             .map(|(n, s)| (n.clone(), s.cfg.clone()))
             .collect()
+    }
+
+    fn get(&self, name: &str) -> georep_component::Result<(Concierge, Arc<Shared>)> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .map(|s| (s.cfg.clone(), s.shared.clone()))
+            .ok_or_else(|| {
+                georep_component::Error::not_found(format!(
+                    "no concierge '{name}' is running; see `georep concierge status`"
+                ))
+            })
+    }
+
+    /// Every running concierge.
+    pub fn statuses(&self) -> ConciergeList {
+        let all: Vec<Arc<Shared>> = self
+            .running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|s| s.shared.clone())
+            .collect();
+        ConciergeList {
+            concierges: all.iter().map(|s| s.status()).collect(),
+        }
+    }
+
+    pub fn status(&self, name: &str) -> georep_component::Result<ConciergeStatus> {
+        Ok(self.get(name)?.1.status())
+    }
+
+    fn report(name: &str, action: &str, s: &Shared) -> ConciergeActionReport {
+        let st = s.status();
+        ConciergeActionReport {
+            concierge: name.to_string(),
+            action: action.to_string(),
+            current_hub: st.current_hub,
+            held: st.held,
+            pins: st.pins,
+        }
+    }
+
+    /// Sends devices to hub `to` (else the next healthy one) and holds them there: no
+    /// automatic failback until [`Concierges::failback`].
+    pub fn failover(
+        &self,
+        name: &str,
+        to: Option<&str>,
+    ) -> georep_component::Result<ConciergeActionReport> {
+        let (_, s) = self.get(name)?;
+        let hubs = s.hubs();
+        let current = s.current();
+        let target = match to {
+            Some(t) => hubs.iter().position(|h| h.name == t).ok_or_else(|| {
+                georep_component::Error::not_found(format!(
+                    "concierge '{name}' has no hub '{t}'; its hubs: {}",
+                    names(&hubs)
+                ))
+            })?,
+            None => (1..hubs.len())
+                .map(|k| (current + k) % hubs.len())
+                .find(|&i| hubs[i].healthy)
+                .ok_or_else(|| {
+                    georep_component::Error::refused(format!(
+                        "concierge '{name}': no other hub is healthy; see `georep concierge status {name}`"
+                    ))
+                })?,
+        };
+        if !hubs[target].healthy {
+            return Err(georep_component::Error::refused(format!(
+                "concierge '{name}': hub '{}' fails its probes ({}); devices would be sent to a hub they cannot use",
+                hubs[target].name,
+                s.status().hubs[target].last_error.clone().unwrap_or_default()
+            )));
+        }
+        s.move_to(target, "manual failover", Some(true));
+        Ok(Self::report(name, "failover", &s))
+    }
+
+    /// Sends devices back to the preferred hub; automatic failover and failback apply
+    /// again.
+    pub fn failback(&self, name: &str) -> georep_component::Result<ConciergeActionReport> {
+        let (_, s) = self.get(name)?;
+        let hubs = s.hubs();
+        if let Some(first) = hubs.first().filter(|h| !h.healthy) {
+            return Err(georep_component::Error::refused(format!(
+                "concierge '{name}': the preferred hub '{}' fails its probes; fail back once it is healthy",
+                first.name
+            )));
+        }
+        s.move_to(0, "manual failback", Some(false));
+        Ok(Self::report(name, "failback", &s))
+    }
+
+    /// Pins (or, without a hub, unpins) a device or a group.
+    pub fn pin(
+        &self,
+        name: &str,
+        req: &ConciergePinRequest,
+    ) -> georep_component::Result<ConciergeActionReport> {
+        let (_, s) = self.get(name)?;
+        let fleet = s.fleet();
+        let who = match (&req.device, &req.group) {
+            (Some(d), None) => {
+                if !fleet.contains_key(d) {
+                    return Err(georep_component::Error::not_found(format!(
+                        "concierge '{name}': no device '{d}' in the fleet"
+                    )));
+                }
+                format!("device:{d}")
+            }
+            (None, Some(g)) => {
+                if !fleet.values().any(|d| d.group.as_deref() == Some(g)) {
+                    return Err(georep_component::Error::not_found(format!(
+                        "concierge '{name}': no device of the fleet is in group '{g}'"
+                    )));
+                }
+                format!("group:{g}")
+            }
+            _ => {
+                return Err(georep_component::Error::invalid(
+                    "name one device or one group: {\"device\": \"ID\"} or {\"group\": \"NAME\"}, with \"hub\" to pin or without to unpin",
+                ))
+            }
+        };
+        if let Some(h) = &req.hub {
+            let hubs = s.hubs();
+            if !hubs.iter().any(|x| &x.name == h) {
+                return Err(georep_component::Error::not_found(format!(
+                    "concierge '{name}' has no hub '{h}'; its hubs: {}",
+                    names(&hubs)
+                )));
+            }
+        }
+        s.pin(&who, req.hub.as_deref());
+        s.save().map_err(georep_component::Error::internal)?;
+        let action = if req.hub.is_some() { "pin" } else { "unpin" };
+        Ok(Self::report(name, action, &s))
     }
 
     async fn start(&self, cfg: &Concierge, topo: &Topology) -> Result<Started, String> {
@@ -139,8 +317,18 @@ impl Concierges {
                 healthy: true,
             })
             .collect();
-        let shared = Shared::new(signer, hubs, cfg.ttl);
-        shared.set_devices(fleet);
+        let path = self.dir.join(format!("{name}.json"));
+        let saved = crate::saved::read(&path).map_err(|e| format!("concierge '{name}': {e}"))?;
+        let about = About {
+            name: name.clone(),
+            listen: cfg.listen.to_string(),
+            identities: format!("{}/{}", cfg.identities.store, cfg.identities.object),
+            ttl: cfg.ttl,
+        };
+        let shared = Shared::with_saved(signer, hubs, about, Some(path));
+        shared.restore(saved);
+        shared.set_devices(fleet.devices.clone());
+        shared.identities_read(Ok(()));
         let listener = std::net::TcpListener::bind(cfg.listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
@@ -156,7 +344,31 @@ impl Concierges {
             shared.clone(),
             rx.clone(),
         )));
-        tasks.push(tokio::spawn(reload(cfg.clone(), store, shared.clone(), rx)));
+        let (fleet_tx, fleet_rx) = watch::channel(Arc::new(fleet));
+        for (i, hub) in cfg.hubs.iter().enumerate() {
+            if hub.username.is_none() || hub.password.is_none() {
+                continue;
+            }
+            tasks.push(tokio::spawn(keeper(
+                Keeper {
+                    tag: format!("georep:{name}"),
+                    concierge: name.clone(),
+                    place: i,
+                    hub: hub.clone(),
+                    timeout: cfg.probe_timeout,
+                    shared: shared.clone(),
+                },
+                fleet_rx.clone(),
+                rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(watch_identities(
+            cfg.clone(),
+            store,
+            shared.clone(),
+            fleet_tx,
+            rx,
+        )));
         Ok(Started {
             cfg: cfg.clone(),
             shared,
@@ -186,11 +398,18 @@ impl Concierges {
     }
 }
 
+fn names(hubs: &[HubView]) -> String {
+    hubs.iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The fleet in `object` of `store`.
 async fn load(
     store: &georep_storage::Store,
     object: &str,
-) -> Result<BTreeMap<String, crate::identities::Device>, String> {
+) -> Result<crate::identities::Fleet, String> {
     let bytes = store
         .get(object, 1 << 20)
         .await
@@ -201,118 +420,210 @@ async fn load(
     crate::identities::parse(&bytes).map_err(|e| format!("{object}: {e}"))
 }
 
-/// Reads the fleet every [`RELOAD`] (a bad file keeps the previous one) and keeps it
-/// on every hub that has an admin account.
-async fn reload(
+/// Watches the identities object: its properties every `poll`, its body when they
+/// change (and every [`RESYNC`]); a new fleet goes to the API and to every keeper. A
+/// bad or unreadable object keeps the previous fleet; the error is logged when it
+/// changes and shown in status.
+async fn watch_identities(
     cfg: Concierge,
     store: georep_storage::Store,
     shared: Arc<Shared>,
+    fleet: watch::Sender<Fleet>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let tag = format!("georep:{}", cfg.name);
-    // Per hub: the key each managed device's password was last set from.
-    let mut set: Vec<BTreeMap<String, Vec<u8>>> = vec![BTreeMap::new(); cfg.hubs.len()];
-    let mut first = true;
+    let object = &cfg.identities.object;
+    let mut seen = None;
+    let mut read_at = Instant::now();
+    let mut last_error: Option<String> = None;
     loop {
-        if !first {
-            tokio::select! {
-                () = tokio::time::sleep(RELOAD) => {}
-                _ = stop.changed() => return,
-            }
+        tokio::select! {
+            () = tokio::time::sleep(cfg.identities.poll) => {}
+            _ = stop.changed() => return,
         }
-        first = false;
-        let fleet = match load(&store, &cfg.identities.object).await {
-            Ok(fleet) => {
-                shared.set_devices(fleet.clone());
-                fleet
+        let r: Result<Option<crate::identities::Fleet>, String> = async {
+            let e = store
+                .head(object)
+                .await
+                .map_err(|e| format!("identities object '{object}': {e}"))?;
+            let sig = Some((e.size, e.last_modified, e.e_tag));
+            if sig == seen && read_at.elapsed() < RESYNC {
+                return Ok(None);
+            }
+            let got = load(&store, object).await?;
+            seen = sig;
+            read_at = Instant::now();
+            Ok(Some(got))
+        }
+        .await;
+        match r {
+            Ok(None) => {}
+            Ok(Some(got)) => {
+                shared.identities_read(Ok(()));
+                if last_error.take().is_some() {
+                    tracing::info!(concierge = %cfg.name, "the identities can be read again");
+                }
+                if **fleet.borrow() != got {
+                    shared.set_devices(got.devices.clone());
+                    fleet.send_replace(Arc::new(got));
+                }
             }
             Err(e) => {
-                tracing::error!(concierge = %cfg.name, error = %e, "cannot read the identities; devices keep the previous ones");
-                continue;
-            }
-        };
-        for (i, hub) in cfg.hubs.iter().enumerate() {
-            let (Some(user), Some(pw)) = (hub.username.as_deref(), hub.password.as_deref()) else {
-                continue;
-            };
-            if let Err(e) = keep(
-                &tag,
-                &fleet,
-                hub,
-                (user, pw),
-                cfg.probe_timeout,
-                &mut set[i],
-            )
-            .await
-            {
-                tracing::warn!(concierge = %cfg.name, hub = %hub.name, error = %e, "cannot keep identities on the hub");
+                shared.identities_read(Err(e.clone()));
+                if last_error.as_ref() != Some(&e) {
+                    tracing::error!(concierge = %cfg.name, error = %e, "cannot read the identities; devices keep the previous ones");
+                    last_error = Some(e);
+                }
             }
         }
     }
 }
 
-/// One pass of keeping `fleet` on `hub`.
-async fn keep(
-    tag: &str,
-    fleet: &BTreeMap<String, crate::identities::Device>,
-    hub: &georep_core::Hub,
-    admin: (&str, &str),
+/// One hub's identity keeper.
+struct Keeper {
+    tag: String,
+    concierge: String,
+    place: usize,
+    hub: georep_core::Hub,
     timeout: Duration,
-    set: &mut BTreeMap<String, Vec<u8>>,
+    shared: Arc<Shared>,
+}
+
+/// Keeps the fleet on one hub: at once on every change, every [`RESYNC`] otherwise,
+/// and after a failure again after 1 s, doubling to 30 s.
+async fn keeper(k: Keeper, mut fleet: watch::Receiver<Fleet>, mut stop: watch::Receiver<bool>) {
+    let mut applied = Applied::default();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let now = crate::dynsec::with_device_role(&fleet.borrow_and_update(), &k.concierge);
+        let wait = match keep(&k, &now, &mut applied).await {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                RESYNC
+            }
+            Err(e) => {
+                tracing::warn!(concierge = %k.concierge, hub = %k.hub.name, error = %e, "cannot keep identities on the hub");
+                let mut ids = k.shared.identities_of(k.place);
+                let in_sync = now.devices.values().filter(|d| applied.has(d)).count() as u64;
+                ids.managed = true;
+                ids.in_sync = in_sync.saturating_sub(ids.drifted);
+                ids.pending = (now.devices.len() as u64).saturating_sub(in_sync)
+                    + applied
+                        .devices
+                        .keys()
+                        .filter(|id| !now.devices.contains_key(*id))
+                        .count() as u64;
+                ids.last_error = Some(e);
+                k.shared.kept(k.place, ids);
+                let w = backoff;
+                backoff = (backoff * 2).min(RESYNC);
+                w
+            }
+        };
+        tokio::select! {
+            r = fleet.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One pass of keeping `fleet` on the keeper's hub.
+async fn keep(
+    k: &Keeper,
+    fleet: &crate::identities::Fleet,
+    applied: &mut Applied,
 ) -> Result<(), String> {
     use serde_json::json;
-    let mut asks = vec![json!({"command": "listClients", "verbose": true})];
-    if set.is_empty() {
-        // The probe role, once per start (an existing one answers an error, ignored).
-        asks.extend([
-            json!({"command": "createRole", "rolename": "georep-probe"}),
-            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "publishClientSend", "topic": "georep/probe/#", "allow": true}),
-            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "subscribePattern", "topic": "georep/probe/#", "allow": true}),
-            json!({"command": "addRoleACL", "rolename": "georep-probe", "acltype": "publishClientReceive", "topic": "georep/probe/#", "allow": true}),
-            json!({"command": "addClientRole", "username": admin.0, "rolename": "georep-probe"}),
-        ]);
-    }
-    let answers = crate::dynsec::call(&hub.url, admin, asks, timeout).await?;
-    let clients = answers
-        .first()
-        .and_then(|a| a["data"]["clients"].as_array().cloned())
-        .ok_or("listClients gave no clients")?;
-    let disabled: Vec<String> = clients
-        .iter()
-        .filter(|c| c["disabled"] == json!(true))
-        .filter_map(|c| c["username"].as_str().map(str::to_string))
-        .collect();
-    let (cmds, drift) = crate::dynsec::plan(tag, fleet, &clients, &disabled, &|id| {
-        fleet.get(id).is_some_and(|d| set.get(id) != Some(&d.key))
-    });
-    for d in &drift {
-        tracing::warn!(hub = %hub.name, "identity drift: {d}");
-    }
-    if cmds.is_empty() {
+    let (Some(user), Some(pw)) = (k.hub.username.as_deref(), k.hub.password.as_deref()) else {
         return Ok(());
+    };
+    let admin = (user, pw);
+    let mut asks = vec![
+        json!({"command": "listClients", "verbose": true}),
+        json!({"command": "listRoles", "verbose": true}),
+    ];
+    if applied.devices.is_empty() {
+        // georep's own role, once per start (an existing one answers an error,
+        // ignored): probes, the hub's count of connected clients, reassign notices out
+        // and devices' presence in.
+        let role = "georep-service";
+        asks.push(json!({"command": "createRole", "rolename": role}));
+        for (t, topic) in [
+            ("publishClientSend", "georep/probe/#"),
+            ("subscribePattern", "georep/probe/#"),
+            ("publishClientReceive", "georep/probe/#"),
+            ("subscribePattern", "$SYS/broker/clients/connected"),
+            ("publishClientSend", "georep/concierge/+/reassign"),
+            ("subscribePattern", "georep/concierge/+/presence/#"),
+            ("publishClientReceive", "georep/concierge/+/presence/#"),
+        ] {
+            asks.push(json!({"command": "addRoleACL", "rolename": role, "acltype": t, "topic": topic, "allow": true}));
+        }
+        asks.push(json!({"command": "addClientRole", "username": admin.0, "rolename": role}));
     }
-    let n = cmds.len();
-    let answers = crate::dynsec::call(&hub.url, admin, cmds, timeout).await?;
-    let failed: Vec<String> = answers
-        .iter()
-        .filter_map(|a| {
-            a["error"]
-                .as_str()
-                .map(|e| format!("{}: {e}", a["command"].as_str().unwrap_or("?")))
-        })
-        .collect();
-    if !failed.is_empty() {
-        return Err(format!(
-            "{} of {n} commands failed: {}",
-            failed.len(),
-            failed.join("; ")
-        ));
+    let answers = crate::dynsec::call(&k.hub.url, admin, asks, k.timeout).await?;
+    let list = |i: usize, what: &str| {
+        answers
+            .get(i)
+            .and_then(|a| a["data"][what].as_array().cloned())
+            .ok_or(format!("the hub's dynamic security gave no {what}"))
+    };
+    let (clients, roles) = (list(0, "clients")?, list(1, "roles")?);
+    let (cmds, drift) = crate::dynsec::plan(&k.tag, fleet, &clients, &roles, applied);
+    let before = k.shared.identities_of(k.place);
+    for d in &drift {
+        if !before.drift.contains(d) {
+            tracing::warn!(concierge = %k.concierge, hub = %k.hub.name, "identity drift: {d}");
+        }
     }
-    *set = fleet
+    let touched: std::collections::BTreeSet<&str> =
+        cmds.iter().filter_map(|c| c["username"].as_str()).collect();
+    let n_devices = fleet.devices.len() as u64;
+    let drifted_devices = drift.iter().filter(|d| d.starts_with("client '")).count() as u64;
+    let pending_in_fleet = touched
         .iter()
-        .map(|(id, d)| (id.clone(), d.key.clone()))
-        .collect();
-    tracing::info!(hub = %hub.name, commands = n, "identities kept on the hub");
+        .filter(|id| fleet.devices.contains_key(**id))
+        .count() as u64;
+    let mut ids = ConciergeIdentities {
+        managed: true,
+        in_sync: n_devices.saturating_sub(pending_in_fleet + drifted_devices),
+        pending: touched.len() as u64,
+        drifted: drift.len() as u64,
+        drift: drift.iter().take(DRIFT_SHOWN).cloned().collect(),
+        last_sync_at: before.last_sync_at.clone(),
+        last_error: None,
+    };
+    if !cmds.is_empty() {
+        let n = cmds.len();
+        let r = crate::dynsec::call(&k.hub.url, admin, cmds, k.timeout).await;
+        let failed: Vec<String> = match r {
+            Ok(answers) => answers
+                .iter()
+                .filter_map(|a| {
+                    a["error"]
+                        .as_str()
+                        .map(|e| format!("{}: {e}", a["command"].as_str().unwrap_or("?")))
+                })
+                .collect(),
+            Err(e) => vec![e],
+        };
+        if !failed.is_empty() {
+            let e = format!(
+                "{} of {n} commands failed: {}",
+                failed.len(),
+                failed.join("; ")
+            );
+            ids.last_error = Some(e.clone());
+            k.shared.kept(k.place, ids);
+            return Err(e);
+        }
+        tracing::info!(concierge = %k.concierge, hub = %k.hub.name, commands = n, "identities kept on the hub");
+    }
+    *applied = Applied::of(fleet);
+    ids.in_sync = n_devices.saturating_sub(drifted_devices);
+    ids.pending = 0;
+    ids.last_sync_at = Some(crate::shared::rfc3339_now());
+    k.shared.kept(k.place, ids);
     Ok(())
 }
 
@@ -328,6 +639,8 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
         });
         let results = futures::future::join_all(rounds).await;
         for (i, r) in results.into_iter().enumerate() {
+            let r = r.map_err(|e| e.0);
+            shared.probed(i, &r);
             match r {
                 Ok(_) => {
                     failures[i] = 0;
@@ -345,9 +658,11 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
             }
         }
         let current = shared.current();
-        // Failback: the first hub before the current one healthy long enough.
+        // Failback: the first hub before the current one healthy long enough, unless an
+        // operator holds the devices where they are.
         let back = (0..current)
-            .find(|&i| healthy_since[i].is_some_and(|t| t.elapsed() >= cfg.failback_after));
+            .find(|&i| healthy_since[i].is_some_and(|t| t.elapsed() >= cfg.failback_after))
+            .filter(|_| !shared.held());
         let next = if let Some(b) = back {
             Some((b, "failback"))
         } else if failures[current] >= cfg.failover_after {
@@ -360,7 +675,7 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
         };
         if let Some((to, why)) = next {
             tracing::warn!(concierge = %cfg.name, from = %cfg.hubs[current].name, to = %cfg.hubs[to].name, "{why}: devices are sent to another hub");
-            shared.set_current(to);
+            shared.move_to(to, why, None);
         }
         tokio::select! {
             () = tokio::time::sleep(cfg.probe_interval) => {}
@@ -439,22 +754,21 @@ impl Component for Concierges {
             m.devices
                 .get_or_create(&l)
                 .set(g(s.shared.devices() as u64));
-            m.served.get_or_create(&l).set(g(s
-                .shared
-                .served
-                .load(std::sync::atomic::Ordering::Relaxed)));
-            m.refused.get_or_create(&l).set(g(s
-                .shared
-                .refused
-                .load(std::sync::atomic::Ordering::Relaxed)));
-            let current = s.shared.current();
-            for (i, h) in s.shared.hubs().into_iter().enumerate() {
+            let st = s.shared.status();
+            m.served.get_or_create(&l).set(g(st.assignments));
+            m.refused.get_or_create(&l).set(g(st.refused_requests));
+            m.failovers.get_or_create(&l).set(g(st.failovers));
+            for h in st.hubs {
                 let hl = HubLabel {
                     concierge: name.clone(),
-                    hub: h.name,
+                    hub: h.name.clone(),
                 };
                 m.healthy.get_or_create(&hl).set(i64::from(h.healthy));
-                m.current.get_or_create(&hl).set(i64::from(i == current));
+                m.current
+                    .get_or_create(&hl)
+                    .set(i64::from(h.name == st.current_hub));
+                m.pending.get_or_create(&hl).set(g(h.identities.pending));
+                m.drifted.get_or_create(&hl).set(g(h.identities.drifted));
             }
         }
     }

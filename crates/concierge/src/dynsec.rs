@@ -8,19 +8,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 
-use crate::identities::Device;
+use crate::identities::{Acl, Device, Fleet};
 
 const CONTROL: &str = "$CONTROL/dynamic-security/v1";
 
-/// The MQTT password of a device with `key`: base64(HMAC-SHA256(key, "georep-mqtt")).
-pub fn mqtt_password(key: &[u8]) -> String {
-    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-    base64::engine::general_purpose::STANDARD.encode(aws_lc_rs::hmac::sign(&k, b"georep-mqtt"))
-}
+/// The MQTT password a device derives from its key.
+pub use georep_device::claims::mqtt_password;
 
 /// Sends `commands` as `admin` to the hub at `url` and gives the answers, in order.
 pub async fn call(
@@ -74,53 +70,222 @@ pub async fn call(
     r
 }
 
-/// What keeping `fleet` on a hub takes: the commands, and drift to report. `clients`
-/// is the hub's `listClients` (verbose) answer; `disabled` the names it has disabled;
-/// `set_passwords` the devices whose password must be set (new keys, or every one on
-/// the first pass after a start, since a hub never tells a password).
+/// What georep last set on a hub: per device its key, whether it was enabled and its
+/// roles; per role its ACLs. Empty after a start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub devices: BTreeMap<String, (Vec<u8>, bool, Vec<String>)>,
+    pub roles: BTreeMap<String, Vec<Acl>>,
+}
+
+impl Applied {
+    /// As `fleet` says.
+    pub fn of(fleet: &Fleet) -> Self {
+        Self {
+            devices: fleet
+                .devices
+                .iter()
+                .map(|(id, d)| (id.clone(), (d.key.clone(), d.enabled, d.roles.clone())))
+                .collect(),
+            roles: fleet.roles.clone(),
+        }
+    }
+
+    /// Whether `d` is on the hub as georep last set it.
+    pub fn has(&self, d: &Device) -> bool {
+        self.devices
+            .get(&d.id)
+            .is_some_and(|(k, e, r)| k == &d.key && *e == d.enabled && r == &d.roles)
+    }
+}
+
+/// The role georep gives every device of concierge `concierge`: it may receive the
+/// concierge's reassign notices and publish its (signed) presence.
+pub fn device_role(concierge: &str) -> (String, Vec<Acl>) {
+    let acl = |t: &str, topic: String| Acl {
+        acltype: t.into(),
+        topic,
+        allow: true,
+        priority: 0,
+    };
+    let base = format!("georep/concierge/{concierge}");
+    let mut acls = vec![
+        acl("subscribePattern", format!("{base}/reassign")),
+        acl("publishClientReceive", format!("{base}/reassign")),
+        acl("publishClientSend", format!("{base}/presence/#")),
+    ];
+    acls.sort();
+    (format!("georep-devices-{concierge}"), acls)
+}
+
+/// `fleet` as it is kept on hubs: every device also has georep's device role.
+pub fn with_device_role(fleet: &Fleet, concierge: &str) -> Fleet {
+    let (name, acls) = device_role(concierge);
+    let mut f = fleet.clone();
+    f.roles.insert(name.clone(), acls);
+    for d in f.devices.values_mut() {
+        d.roles.push(name.clone());
+        d.roles.sort();
+        d.roles.dedup();
+    }
+    f
+}
+
+fn acls_of(v: &Value) -> Vec<Acl> {
+    let mut acls: Vec<Acl> = v["acls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| Acl {
+                    acltype: x["acltype"].as_str().unwrap_or_default().to_string(),
+                    topic: x["topic"].as_str().unwrap_or_default().to_string(),
+                    allow: x["allow"].as_bool().unwrap_or(false),
+                    priority: x["priority"].as_i64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    acls.sort();
+    acls
+}
+
+fn acl_command(command: &str, role: &str, a: &Acl) -> Value {
+    json!({"command": command, "rolename": role, "acltype": a.acltype, "topic": a.topic, "priority": a.priority, "allow": a.allow})
+}
+
+/// What keeping `fleet` on a hub takes: the commands, in an order the hub accepts
+/// (roles made before clients use them, deleted last), and drift to report.
+/// `clients` and `roles` are the hub's `listClients` and `listRoles` (verbose)
+/// answers; `last` what georep set on this hub since it started (empty at first: every
+/// password is set, since a hub never tells one).
+///
+/// Drift is a client or role with a fleet name that georep did not make (it carries
+/// no `tag`), or one it made and someone changed by hand (enabled or disabled, roles,
+/// ACLs) while the fleet did not change: reported and left as it is. A missing client
+/// or role is made again: the fleet says it exists, and a hub rebuilt empty must be
+/// refilled.
 pub fn plan(
     tag: &str,
-    fleet: &BTreeMap<String, Device>,
+    fleet: &Fleet,
     clients: &[Value],
-    disabled: &[String],
-    set_passwords: &dyn Fn(&str) -> bool,
+    roles: &[Value],
+    last: &Applied,
 ) -> (Vec<Value>, Vec<String>) {
-    let mut on_hub: BTreeMap<String, bool> = BTreeMap::new();
-    for c in clients {
-        if let Some(name) = c["username"].as_str() {
-            on_hub.insert(name.to_string(), c["textdescription"].as_str() == Some(tag));
-        }
-    }
-    let (mut cmds, mut drift) = (Vec::new(), Vec::new());
-    for (id, d) in fleet {
-        match on_hub.get(id) {
+    let (mut cmds, mut drift, mut tail) = (Vec::new(), Vec::new(), Vec::new());
+    let ours = |v: &Value| v["textdescription"].as_str() == Some(tag);
+
+    let hub_roles: BTreeMap<&str, &Value> = roles
+        .iter()
+        .filter_map(|r| r["rolename"].as_str().map(|n| (n, r)))
+        .collect();
+    for (name, acls) in &fleet.roles {
+        match hub_roles.get(name.as_str()) {
             None => {
-                cmds.push(json!({"command": "createClient", "username": id, "password": mqtt_password(&d.key), "textdescription": tag}));
-                if !d.enabled {
-                    cmds.push(json!({"command": "disableClient", "username": id}));
-                }
+                cmds.push(json!({"command": "createRole", "rolename": name, "textdescription": tag}));
+                cmds.extend(acls.iter().map(|a| acl_command("addRoleACL", name, a)));
             }
-            Some(false) => drift.push(format!(
-                "client '{id}' exists on the hub but was not made by georep: left alone; delete it or give it the text description '{tag}' to have it managed"
+            Some(r) if !ours(r) => drift.push(format!(
+                "role '{name}' exists on the hub but was not made by georep: left alone; delete it or give it the text description '{tag}' to have it managed"
             )),
-            Some(true) => {
-                if set_passwords(id) {
-                    cmds.push(json!({"command": "setClientPassword", "username": id, "password": mqtt_password(&d.key)}));
-                }
-                let is_disabled = disabled.iter().any(|n| n == id);
-                if is_disabled && d.enabled {
-                    cmds.push(json!({"command": "enableClient", "username": id}));
-                } else if !is_disabled && !d.enabled {
-                    cmds.push(json!({"command": "disableClient", "username": id}));
+            Some(r) => {
+                let on_hub = acls_of(r);
+                if &on_hub == acls {
+                } else if last.roles.get(name) == Some(acls) {
+                    drift.push(format!(
+                        "role '{name}': its ACLs were changed on the hub by hand: left so; undo it on the hub, or change the role in the fleet"
+                    ));
+                } else {
+                    for a in on_hub.iter().filter(|a| !acls.contains(a)) {
+                        cmds.push(json!({"command": "removeRoleACL", "rolename": name, "acltype": a.acltype, "topic": a.topic}));
+                    }
+                    for a in acls.iter().filter(|a| !on_hub.contains(a)) {
+                        cmds.push(acl_command("addRoleACL", name, a));
+                    }
                 }
             }
         }
     }
-    for (name, ours) in &on_hub {
-        if *ours && !fleet.contains_key(name) {
+    for (name, r) in &hub_roles {
+        if ours(r) && !fleet.roles.contains_key(*name) {
+            tail.push(json!({"command": "deleteRole", "rolename": name}));
+        }
+    }
+
+    let hub_clients: BTreeMap<&str, &Value> = clients
+        .iter()
+        .filter_map(|c| c["username"].as_str().map(|n| (n, c)))
+        .collect();
+    for (id, d) in &fleet.devices {
+        let Some(c) = hub_clients.get(id.as_str()) else {
+            cmds.push(json!({"command": "createClient", "username": id, "password": mqtt_password(&d.key), "textdescription": tag}));
+            cmds.extend(
+                d.roles
+                    .iter()
+                    .map(|r| json!({"command": "addClientRole", "username": id, "rolename": r})),
+            );
+            if !d.enabled {
+                cmds.push(json!({"command": "disableClient", "username": id}));
+            }
+            continue;
+        };
+        if !ours(c) {
+            drift.push(format!(
+                "client '{id}' exists on the hub but was not made by georep: left alone; delete it or give it the text description '{tag}' to have it managed"
+            ));
+            continue;
+        }
+        let before = last.devices.get(id);
+        if before.map(|(k, _, _)| k) != Some(&d.key) {
+            cmds.push(json!({"command": "setClientPassword", "username": id, "password": mqtt_password(&d.key)}));
+        }
+        let disabled = c["disabled"] == json!(true);
+        if disabled == d.enabled {
+            if before.is_some_and(|(_, e, _)| *e == d.enabled) {
+                drift.push(format!(
+                    "client '{id}' was {} on the hub by hand while the fleet says {}: left so; undo it on the hub, or change the device in the fleet",
+                    if disabled { "disabled" } else { "enabled" },
+                    if d.enabled { "enabled" } else { "disabled" },
+                ));
+            } else if d.enabled {
+                cmds.push(json!({"command": "enableClient", "username": id}));
+            } else {
+                cmds.push(json!({"command": "disableClient", "username": id}));
+            }
+        }
+        let mut has: Vec<String> = c["roles"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["rolename"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        has.sort();
+        if has != d.roles {
+            if before.is_some_and(|(_, _, r)| r == &d.roles) {
+                drift.push(format!(
+                    "client '{id}': its roles were changed on the hub by hand ({} instead of {}): left so; undo it on the hub, or change the device in the fleet",
+                    has.join(", "),
+                    d.roles.join(", ")
+                ));
+            } else {
+                for r in has.iter().filter(|r| !d.roles.contains(r)) {
+                    cmds.push(
+                        json!({"command": "removeClientRole", "username": id, "rolename": r}),
+                    );
+                }
+                for r in d.roles.iter().filter(|r| !has.contains(r)) {
+                    cmds.push(json!({"command": "addClientRole", "username": id, "rolename": r}));
+                }
+            }
+        }
+    }
+    for (name, c) in &hub_clients {
+        if ours(c) && !fleet.devices.contains_key(*name) {
             cmds.push(json!({"command": "deleteClient", "username": name}));
         }
     }
+    cmds.extend(tail);
     (cmds, drift)
 }
 
@@ -136,54 +301,150 @@ mod tests {
                 key: vec![1; 16],
                 enabled,
                 group: None,
+                roles: vec!["sensor".into()],
             },
         )
+    }
+
+    fn acl(t: &str, topic: &str) -> Acl {
+        Acl {
+            acltype: t.into(),
+            topic: topic.into(),
+            allow: true,
+            priority: 0,
+        }
+    }
+
+    fn shown(cmds: &[Value]) -> Vec<String> {
+        cmds.iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    c["command"].as_str().unwrap_or_default(),
+                    c["username"]
+                        .as_str()
+                        .or(c["rolename"].as_str())
+                        .unwrap_or_default(),
+                    c["rolename"]
+                        .as_str()
+                        .filter(|_| c["username"].is_string())
+                        .map(|r| format!(" {r}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn the_plan_adds_disables_deletes_and_leaves_strangers_alone() {
         let tag = "georep:devices";
-        let fleet: BTreeMap<_, _> = [
-            dev("new", true),
-            dev("off", false),
-            dev("mine", true),
-            dev("theirs", true),
-        ]
-        .into_iter()
-        .collect();
+        let fleet = Fleet {
+            devices: [
+                dev("new", true),
+                dev("off", false),
+                dev("mine", true),
+                dev("theirs", true),
+            ]
+            .into_iter()
+            .collect(),
+            roles: [("sensor".to_string(), vec![acl("publishClientSend", "t/#")])].into(),
+        };
         let clients = vec![
-            json!({"username": "mine", "textdescription": tag}),
+            json!({"username": "mine", "textdescription": tag, "disabled": true, "roles": [{"rolename": "sensor"}]}),
             json!({"username": "theirs"}),
             json!({"username": "gone", "textdescription": tag}),
             json!({"username": "admin"}),
         ];
-        let (cmds, drift) = plan(tag, &fleet, &clients, &["mine".to_string()], &|_| false);
-        let text: Vec<String> = cmds
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {}",
-                    c["command"].as_str().unwrap_or_default(),
-                    c["username"].as_str().unwrap_or_default()
-                )
-            })
-            .collect();
+        let roles = vec![
+            json!({"rolename": "old", "textdescription": tag}),
+            json!({"rolename": "admin"}),
+        ];
+        // As if georep had disabled "mine" itself: the fleet now enables it.
+        let mut last = Applied::of(&fleet);
+        if let Some(m) = last.devices.get_mut("mine") {
+            m.1 = false;
+        }
+        let (cmds, drift) = plan(tag, &fleet, &clients, &roles, &last);
         assert_eq!(
-            text,
+            shown(&cmds),
             [
+                "createRole sensor",
+                "addRoleACL sensor",
                 "enableClient mine",
                 "createClient new",
+                "addClientRole new sensor",
                 "createClient off",
+                "addClientRole off sensor",
                 "disableClient off",
-                "deleteClient gone"
+                "deleteClient gone",
+                "deleteRole old"
             ]
         );
         assert_eq!(drift.len(), 1);
         assert!(drift[0].contains("'theirs'"));
-        assert_eq!(cmds[1]["password"], mqtt_password(&[1; 16]));
-        let (cmds, _) = plan(tag, &fleet, &clients, &[], &|id| id == "mine");
+        assert_eq!(cmds[3]["password"], mqtt_password(&[1; 16]));
+
+        // A new key for "mine": its password is set again.
+        let mut rekeyed = last.clone();
+        if let Some(m) = rekeyed.devices.get_mut("mine") {
+            m.0 = vec![2; 16];
+        }
+        let (cmds, _) = plan(tag, &fleet, &clients, &roles, &rekeyed);
         assert!(cmds
             .iter()
             .any(|c| c["command"] == "setClientPassword" && c["username"] == "mine"));
+
+        // Changed by hand while the fleet stayed as it was: drift, untouched.
+        let steady = Applied::of(&fleet);
+        let roles = vec![
+            json!({"rolename": "sensor", "textdescription": tag, "acls": [{"acltype": "publishClientSend", "topic": "everything/#", "allow": true, "priority": 0}]}),
+        ];
+        let clients = vec![
+            json!({"username": "mine", "textdescription": tag, "disabled": true, "roles": []}),
+        ];
+        let (cmds, drift) = plan(tag, &fleet, &clients, &roles, &steady);
+        assert!(
+            !cmds.iter().any(|c| c["username"] == "mine"
+                || (c["rolename"] == "sensor" && c["username"].is_null())),
+            "{cmds:?}"
+        );
+        for want in [
+            "'mine' was disabled on the hub by hand",
+            "'mine': its roles were changed",
+            "role 'sensor': its ACLs were changed",
+        ] {
+            assert!(drift.iter().any(|d| d.contains(want)), "{want}: {drift:?}");
+        }
+        // The fleet changes the role: the hub's ACLs are replaced.
+        let mut wider = fleet.clone();
+        wider
+            .roles
+            .insert("sensor".into(), vec![acl("publishClientSend", "t2/#")]);
+        let (cmds, _) = plan(tag, &wider, &clients, &roles, &steady);
+        let acl_cmds: Vec<(String, String)> = cmds
+            .iter()
+            .filter(|c| c["rolename"] == "sensor" && c["username"].is_null())
+            .map(|c| (c["command"].to_string(), c["topic"].to_string()))
+            .collect();
+        assert_eq!(
+            acl_cmds,
+            [
+                ("\"removeRoleACL\"".into(), "\"everything/#\"".into()),
+                ("\"addRoleACL\"".into(), "\"t2/#\"".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_device_gets_the_concierge_role() {
+        let fleet = Fleet {
+            devices: [dev("a", true)].into_iter().collect(),
+            roles: [("sensor".to_string(), vec![])].into(),
+        };
+        let f = with_device_role(&fleet, "devices");
+        assert_eq!(f.devices["a"].roles, ["georep-devices-devices", "sensor"]);
+        assert!(f.roles["georep-devices-devices"]
+            .iter()
+            .any(|a| a.topic == "georep/concierge/devices/reassign"));
     }
 }

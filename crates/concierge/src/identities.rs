@@ -2,11 +2,14 @@
 //! listing each device's id, key, whether it is enabled, and its group:
 //!
 //! ```json
-//! {"devices": [{"id": "sensor-0001", "key": "BASE64 (16+ bytes)", "enabled": true, "group": "plant-a"}]}
+//! {"roles": [{"name": "sensor", "acls": [{"type": "publishClientSend", "topic": "telemetry/#"}]}],
+//!  "devices": [{"id": "sensor-0001", "key": "BASE64 (16+ bytes)", "enabled": true,
+//!               "group": "plant-a", "roles": ["sensor"]}]}
 //! ```
 //!
-//! Checked whole before it replaces the previous set: a bad file never empties the
-//! fleet.
+//! Roles are the ACLs devices get on every hub (Mosquitto dynamic security's ACL
+//! types). Checked whole before it replaces the previous set: a bad file never empties
+//! the fleet.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,38 @@ pub struct Device {
     pub key: Vec<u8>,
     pub enabled: bool,
     pub group: Option<String>,
+    /// Names of roles of the fleet, sorted.
+    pub roles: Vec<String>,
+}
+
+/// The ACL types of Mosquitto's dynamic security.
+pub const ACL_TYPES: &[&str] = &[
+    "publishClientSend",
+    "publishClientReceive",
+    "subscribeLiteral",
+    "subscribePattern",
+    "unsubscribeLiteral",
+    "unsubscribePattern",
+];
+
+/// One ACL of a role.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    #[serde(rename = "type")]
+    pub acltype: String,
+    pub topic: String,
+    #[serde(default = "yes")]
+    pub allow: bool,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+/// Every device by id, and every role by name (its ACLs, sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fleet {
+    pub devices: BTreeMap<String, Device>,
+    pub roles: BTreeMap<String, Vec<Acl>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -29,6 +64,7 @@ impl std::fmt::Debug for Device {
             .field("key", &"***")
             .field("enabled", &self.enabled)
             .field("group", &self.group)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -41,7 +77,17 @@ pub struct IdentityError(pub String);
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    #[serde(default)]
+    roles: Vec<Role>,
     devices: Vec<Entry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Role {
+    name: String,
+    #[serde(default)]
+    acls: Vec<Acl>,
 }
 
 #[derive(serde::Deserialize)]
@@ -53,6 +99,8 @@ struct Entry {
     enabled: bool,
     #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -67,8 +115,8 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
-/// Every device, by id; every problem is reported at once.
-pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Device>, IdentityError> {
+/// Every device and role; every problem is reported at once.
+pub fn parse(bytes: &[u8]) -> Result<Fleet, IdentityError> {
     let file: File = serde_json::from_slice(bytes).map_err(|e| {
         IdentityError(format!(
             "not the expected JSON ({e}); write {{\"devices\": [{{\"id\": \"...\", \"key\": \"BASE64\", \"enabled\": true}}]}}"
@@ -76,6 +124,36 @@ pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Device>, IdentityError> {
     })?;
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut roles = BTreeMap::new();
+    for (i, r) in file.roles.into_iter().enumerate() {
+        let at = format!("role #{} ('{}')", i + 1, r.name);
+        if !valid_id(&r.name) || r.name.starts_with("georep") {
+            problems.push(format!(
+                "{at}: a role name is 1 to 128 of letters, digits, '.', '_', ':' and '-', and does not start with 'georep' (georep's own roles do)"
+            ));
+            continue;
+        }
+        for a in &r.acls {
+            if !ACL_TYPES.contains(&a.acltype.as_str()) {
+                problems.push(format!(
+                    "{at}: ACL type '{}' is not one of {}",
+                    a.acltype,
+                    ACL_TYPES.join(", ")
+                ));
+            }
+            if a.topic.is_empty() || a.topic.len() > 65_535 || a.topic.contains('\0') {
+                problems.push(format!(
+                    "{at}: an ACL topic is 1 to 65,535 bytes without NUL"
+                ));
+            }
+        }
+        let mut acls = r.acls;
+        acls.sort();
+        acls.dedup();
+        if roles.insert(r.name, acls).is_some() {
+            problems.push(format!("{at}: the role is listed twice"));
+        }
+    }
     for (i, e) in file.devices.into_iter().enumerate() {
         let at = format!("device #{} ('{}')", i + 1, e.id);
         if !valid_id(&e.id) {
@@ -97,6 +175,15 @@ pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Device>, IdentityError> {
             problems.push(format!("{at}: the id is listed twice"));
             continue;
         }
+        let mut device_roles = e.roles;
+        device_roles.sort();
+        device_roles.dedup();
+        if let Some(r) = device_roles.iter().find(|r| !roles.contains_key(*r)) {
+            problems.push(format!(
+                "{at}: role '{r}' is not in the file's \"roles\"; add {{\"name\": \"{r}\", \"acls\": [...]}}"
+            ));
+            continue;
+        }
         out.insert(
             e.id.clone(),
             Device {
@@ -104,11 +191,15 @@ pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Device>, IdentityError> {
                 key,
                 enabled: e.enabled,
                 group: e.group.filter(|g| !g.is_empty()),
+                roles: device_roles,
             },
         );
     }
     if problems.is_empty() {
-        Ok(out)
+        Ok(Fleet {
+            devices: out,
+            roles,
+        })
     } else {
         Err(IdentityError(problems.join("; ")))
     }
@@ -124,7 +215,7 @@ mod tests {
             {"id": "dev-1", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "group": "plant-a"},
             {"id": "dev-2", "key": "AAECAwQFBgcICQoLDA0ODw==", "enabled": false}
         ]}"#;
-        let d = parse(ok).expect("parses");
+        let d = parse(ok).expect("parses").devices;
         assert_eq!(d.len(), 2);
         assert!(d["dev-1"].enabled && !d["dev-2"].enabled);
         assert_eq!(d["dev-1"].group.as_deref(), Some("plant-a"));
@@ -144,5 +235,28 @@ mod tests {
             assert!(e.contains(want), "{want}: {e}");
         }
         assert!(parse(br#"{"devices": [], "extra": 1}"#).is_err());
+
+        let roles = br#"{"roles": [
+            {"name": "sensor", "acls": [{"type": "publishClientSend", "topic": "t/#"}, {"type": "subscribePattern", "topic": "c/#", "allow": false}]},
+            {"name": "georep-x"},
+            {"name": "odd", "acls": [{"type": "publish", "topic": ""}]}
+        ], "devices": [
+            {"id": "d1", "key": "AAECAwQFBgcICQoLDA0ODw==", "roles": ["sensor", "sensor"]},
+            {"id": "d2", "key": "AAECAwQFBgcICQoLDA0ODw==", "roles": ["nope"]}
+        ]}"#;
+        let e = parse(roles).expect_err("refused").0;
+        for want in [
+            "role #2 ('georep-x'): a role name",
+            "role #3 ('odd'): ACL type 'publish' is not one of",
+            "role #3 ('odd'): an ACL topic",
+            "device #2 ('d2'): role 'nope' is not in the file's",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let ok = br#"{"roles": [{"name": "sensor", "acls": [{"type": "publishClientSend", "topic": "t/#"}]}],
+            "devices": [{"id": "d1", "key": "AAECAwQFBgcICQoLDA0ODw==", "roles": ["sensor", "sensor"]}]}"#;
+        let f = parse(ok).expect("roles parse");
+        assert_eq!(f.devices["d1"].roles, ["sensor"]);
+        assert!(f.roles["sensor"][0].allow);
     }
 }

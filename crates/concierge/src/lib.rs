@@ -16,6 +16,9 @@ mod component;
 pub mod dynsec;
 pub mod identities;
 pub mod probe;
-pub mod sas;
+mod saved;
+pub mod shared;
 
 pub use component::Concierges;
+/// Device authentication (shared access signatures), shared with devices.
+pub use georep_device::sas;

@@ -42,12 +42,24 @@ pub(crate) fn host_port_of(url: &str) -> Result<(String, u16), String> {
     host_port(url).map(|(_, h, p)| (h, p)).map_err(|e| e.0)
 }
 
-/// One round trip to the hub at `url` as `account` (user, password); how long it took.
+/// The hub's count of connected clients, when the account may read it.
+const CONNECTED: &str = "$SYS/broker/clients/connected";
+
+/// What a successful probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// How long the round trip took, connect included.
+    pub took: Duration,
+    /// The hub's own count of connected clients (`$SYS`, retained), when it tells it.
+    pub connected: Option<u64>,
+}
+
+/// One round trip to the hub at `url` as `account` (user, password).
 pub async fn round_trip(
     url: &str,
     account: Option<(&str, &str)>,
     timeout: Duration,
-) -> Result<Duration, ProbeError> {
+) -> Result<Probed, ProbeError> {
     let (tls, host, port) = host_port(url)?;
     let nonce = format!("{:016x}", rand_u64());
     let mut opts = MqttOptions::new(format!("georep-probe-{nonce}"), host, port);
@@ -63,20 +75,25 @@ pub async fn round_trip(
     let started = Instant::now();
     let (client, mut events) = AsyncClient::new(opts, 10);
     let run = async {
+        let mut connected = None;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // The retained count arrives after the SUBACK, before the echo; a
+                    // hub that refuses `$SYS` to the account just does not tell it.
                     client
-                        .subscribe(&topic, QoS::AtLeastOnce)
+                        .subscribe_many([
+                            rumqttc::SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce),
+                            rumqttc::SubscribeFilter::new(CONNECTED.into(), QoS::AtMostOnce),
+                        ])
                         .await
                         .map_err(|e| ProbeError(format!("cannot subscribe: {e}")))?;
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
+                    if matches!(
+                        ack.return_codes.first(),
+                        Some(rumqttc::SubscribeReasonCode::Failure) | None
+                    ) {
                         return Err(ProbeError(format!(
                             "the hub refused the subscription to {topic}: give the account read and write access to georep/probe/#"
                         )));
@@ -86,8 +103,16 @@ pub async fn round_trip(
                         .await
                         .map_err(|e| ProbeError(format!("cannot publish: {e}")))?;
                 }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == CONNECTED => {
+                    connected = std::str::from_utf8(&p.payload)
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok());
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
-                    return Ok(started.elapsed());
+                    return Ok(Probed {
+                        took: started.elapsed(),
+                        connected,
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => return Err(ProbeError(describe(&e))),

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use georep_api::{paths, FailoverRequest, ReseedRequest};
 use georep_backup::Backups;
 use georep_component::Error;
+use georep_concierge::Concierges;
 use georep_daemon::Daemon;
 use georep_failover::{Databases, Groups};
 use georep_relay::Relays;
@@ -124,6 +125,9 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::RELAY_SWITCHOVER, post(relay_switchover))
         .route(paths::RELAY_SWITCHBACK, post(relay_switchback))
         .route(paths::RELAY_REPLAY, post(relay_replay))
+        .route(paths::CONCIERGE_FAILOVER, post(concierge_failover))
+        .route(paths::CONCIERGE_FAILBACK, post(concierge_failback))
+        .route(paths::CONCIERGE_PIN, post(concierge_pin))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard_change));
     let api = Router::new()
         .route(paths::POLICIES, get(policies))
@@ -136,6 +140,8 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::BACKUP, get(backup))
         .route(paths::RELAYS, get(relays))
         .route(paths::RELAY, get(relay))
+        .route(paths::CONCIERGES, get(concierges))
+        .route(paths::CONCIERGE, get(concierge))
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
@@ -535,6 +541,72 @@ async fn relay_replay(
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.get::<Relays>()?.act(&name, "replay").await?))
+}
+
+async fn concierges(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Concierges>()?.statuses()))
+}
+
+async fn concierge(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<Concierges>()?.status(&name)?))
+}
+
+/// A JSON body of type `T`, or `T::default()` when there is none.
+fn body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &Bytes,
+    shape: &str,
+) -> ApiResult<T> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {shape}: {e}"),
+        )
+    })
+}
+
+fn concierges_of(d: &Daemon) -> ApiResult<&Concierges> {
+    d.get::<Concierges>()
+        .ok_or_else(|| Error::internal("the concierges component is not running").into())
+}
+
+async fn concierge_failover(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: georep_api::ConciergeFailoverRequest = body_or_default(&body, "{\"to\": \"HUB\"}")?;
+    let r = blocking(&app, move |d| {
+        Ok(concierges_of(d)?.failover(&name, req.to.as_deref())?)
+    })
+    .await?;
+    Ok(Json(r))
+}
+
+async fn concierge_failback(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let r = blocking(&app, move |d| Ok(concierges_of(d)?.failback(&name)?)).await?;
+    Ok(Json(r))
+}
+
+async fn concierge_pin(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: georep_api::ConciergePinRequest = body_or_default(
+        &body,
+        "{\"device\": \"ID\"} or {\"group\": \"NAME\"}, with \"hub\": \"HUB\" to pin",
+    )?;
+    let r = blocking(&app, move |d| Ok(concierges_of(d)?.pin(&name, &req)?)).await?;
+    Ok(Json(r))
 }
 
 async fn groups(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {

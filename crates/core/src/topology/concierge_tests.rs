@@ -54,6 +54,7 @@ hubs = [
     assert_eq!(c.hubs[0].password.as_deref(), Some("hub-s3cret"));
     assert_eq!(c.hubs[1].username, None);
     assert_eq!(c.identities.object, "devices.json");
+    assert_eq!(c.identities.poll, Concierge::DEFAULT_POLL);
     assert_eq!(c.ttl, Duration::from_secs(120));
     assert_eq!(c.failover_after, Concierge::DEFAULT_FAILOVER_AFTER);
     assert_eq!(c.probe_timeout, Concierge::DEFAULT_PROBE_TIMEOUT);

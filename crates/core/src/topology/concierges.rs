@@ -28,7 +28,7 @@ const FIELDS: &[&str] = &[
     "ttl",
 ];
 const HUB_FIELDS: &[&str] = &["name", "region", "url", "username", "password"];
-const IDENTITY_FIELDS: &[&str] = &["store", "object"];
+const IDENTITY_FIELDS: &[&str] = &["store", "object", "poll"];
 
 /// One MQTT hub (broker) in a region.
 #[derive(Clone, PartialEq, Serialize)]
@@ -62,6 +62,9 @@ impl std::fmt::Debug for Hub {
 pub struct IdentitySource {
     pub store: String,
     pub object: String,
+    /// How often the object's properties are read to see whether it changed.
+    #[serde(serialize_with = "super::duration")]
+    pub poll: Duration,
 }
 
 /// A concierge.
@@ -113,6 +116,7 @@ impl Concierge {
     pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+    pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 }
 
 pub(super) struct DraftConcierge {
@@ -123,7 +127,7 @@ pub(super) struct DraftConcierge {
     signing_key: Option<Vec<u8>>,
     hubs: Vec<DraftHub>,
     hubs_ok: bool,
-    pub(super) identities: Option<(Spanned<String>, String)>,
+    pub(super) identities: Option<(Spanned<String>, String, Duration)>,
     failover_after: u32,
     failback_after: Duration,
     probe_interval: Duration,
@@ -158,7 +162,7 @@ impl DraftConcierge {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let (store, object) = self.identities?;
+        let (store, object, poll) = self.identities?;
         Some(Concierge {
             name: self.name?.into_inner(),
             listen: self.listen?.into_inner(),
@@ -168,6 +172,7 @@ impl DraftConcierge {
             identities: IdentitySource {
                 store: store.into_inner(),
                 object,
+                poll,
             },
             failover_after: self.failover_after,
             failback_after: self.failback_after,
@@ -283,7 +288,10 @@ fn concierge(
 }
 
 /// `identities = { store = "NAME", object = "devices.json" }`.
-fn identities(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<(Spanned<String>, String)> {
+fn identities(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+) -> Option<(Spanned<String>, String, Duration)> {
     let example = "identities = { store = \"fleet-we\", object = \"devices.json\" }";
     let Some(value) = sec.get("identities") else {
         ctx.error(
@@ -300,8 +308,14 @@ fn identities(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Option<(Spanned<Strin
     missing(ctx, &t, "store", &format!("add {example}"));
     let object = t.string(ctx, "object", "\"devices.json\"");
     missing(ctx, &t, "object", &format!("add {example}"));
+    let poll = super::policies::duration(ctx, &t, "poll", "\"1s\"", Duration::from_millis(100))
+        .unwrap_or(Concierge::DEFAULT_POLL);
     // The store is checked across sections even when `object` is missing.
-    Some((store?, object.map(Spanned::into_inner).unwrap_or_default()))
+    Some((
+        store?,
+        object.map(Spanned::into_inner).unwrap_or_default(),
+        poll,
+    ))
 }
 
 fn hubs(
@@ -480,7 +494,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, draft: &super::sections::Draft) {
                 }
             }
         }
-        if let Some((store, _)) = &c.identities {
+        if let Some((store, _, _)) = &c.identities {
             if !draft.stores.contains_key(store.get_ref()) {
                 ctx.error(
                     Some(store.span()),
