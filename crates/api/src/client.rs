@@ -156,6 +156,23 @@ impl Client {
         .await
     }
 
+    /// Where each device (of `group`) is assigned and connected.
+    pub async fn concierge_devices(
+        &self,
+        name: &str,
+        group: Option<&str>,
+    ) -> Result<ConciergeDevices, ClientError> {
+        let mut path = paths::fill(paths::CONCIERGE_DEVICES, name);
+        if let Some(g) = group {
+            path.push_str("?group=");
+            path.push_str(
+                &percent_encoding::utf8_percent_encode(g, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string(),
+            );
+        }
+        self.call(reqwest::Method::GET, &path, NONE).await
+    }
+
     /// `route` is [`paths::CONCIERGE_FAILOVER`] (with a [`ConciergeFailoverRequest`]),
     /// `CONCIERGE_FAILBACK` or `CONCIERGE_PIN` (with a [`ConciergePinRequest`]).
     pub async fn concierge_action<B: serde::Serialize>(

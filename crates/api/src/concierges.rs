@@ -50,6 +50,9 @@ pub struct ConciergeHubStatus {
     pub last_round_trip_ms: Option<f64>,
     /// Devices whose unexpired assignment names this hub.
     pub assigned_devices: u64,
+    /// Devices connected to it by their signed presence (none without an account to
+    /// watch the hub with).
+    pub connected_devices: Option<u64>,
     /// The hub's own count of connected clients (`$SYS/broker/clients/connected`, as
     /// of the last probe; georep's own connections included), when the hub tells it.
     pub connected_clients: Option<u64>,
@@ -72,6 +75,29 @@ pub struct ConciergeIdentities {
     /// RFC 3339 UTC of the last pass that left the hub in step.
     pub last_sync_at: Option<String>,
     pub last_error: Option<String>,
+}
+
+/// Devices of a concierge (of one group, when asked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConciergeDevices {
+    pub concierge: String,
+    /// The daemon's clock, Unix ms.
+    pub now_ms: u64,
+    pub devices: Vec<ConciergeDevice>,
+}
+
+/// Where one device is assigned and connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConciergeDevice {
+    pub id: String,
+    pub group: Option<String>,
+    pub enabled: bool,
+    /// The hub of its unexpired assignment.
+    pub assigned_hub: Option<String>,
+    /// The hub its newest signed presence names, and when the concierge heard of it
+    /// (Unix ms, the daemon's clock).
+    pub connected_hub: Option<String>,
+    pub connected_seen_ms: Option<u64>,
 }
 
 /// A device or group held on a hub.
@@ -117,6 +143,8 @@ pub struct ConciergePinRequest {
 pub struct ConciergeActionReport {
     pub concierge: String,
     pub action: String,
+    /// When it took effect, Unix ms (the daemon's clock).
+    pub at_ms: u64,
     pub current_hub: String,
     pub held: bool,
     pub pins: Vec<ConciergePin>,

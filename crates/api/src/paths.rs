@@ -30,6 +30,8 @@ pub const CONCIERGE: &str = "/api/v1/concierges/{name}";
 pub const CONCIERGE_FAILOVER: &str = "/api/v1/concierges/{name}/failover";
 /// `POST`: send devices back to the preferred hub; automatic failover and failback again.
 pub const CONCIERGE_FAILBACK: &str = "/api/v1/concierges/{name}/failback";
+/// `GET` (`?group=NAME`): where each device is assigned and connected.
+pub const CONCIERGE_DEVICES: &str = "/api/v1/concierges/{name}/devices";
 /// `POST` [`crate::ConciergePinRequest`]: pin (or unpin) a device or a group to a hub.
 pub const CONCIERGE_PIN: &str = "/api/v1/concierges/{name}/pins";
 /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.

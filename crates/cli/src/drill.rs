@@ -1,5 +1,6 @@
 //! `georep drill GROUP`: a DR drill against the running daemon (run by
-//! `georep_failover::drill`), written as a report in Markdown and JSON.
+//! `georep_failover::drill`), written as a report in Markdown and JSON; `georep drill
+//! concierge NAME` moves a group of devices (`drill_concierge`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,9 +12,13 @@ use georep_api::DrillReport;
 use crate::topology::{load, ConfigArg, ConfigFileError};
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct DrillArgs {
+    #[command(subcommand)]
+    pub(crate) kind: Option<DrillKind>,
     /// The failover group.
-    pub(crate) group: String,
+    #[arg(required = true)]
+    pub(crate) group: Option<String>,
     #[command(flatten)]
     pub(crate) config: ConfigArg,
     /// The daemon's API (default: http://[server] listen from the topology).
@@ -25,6 +30,13 @@ pub(crate) struct DrillArgs {
     /// Where to write drill-GROUP-TIME.md and .json.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) report_dir: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum DrillKind {
+    /// Move a group of a concierge's devices to another hub and back; report how long
+    /// each device took (from its signed presence); exit 1 when one did not move.
+    Concierge(crate::drill_concierge::ConciergeDrillArgs),
 }
 
 /// `1234 bytes, 0.012 s`, with `unknown` for what is not known.
@@ -63,10 +75,14 @@ fn markdown(r: &DrillReport) -> String {
 }
 
 pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
+    if let Some(DrillKind::Concierge(c)) = a.kind {
+        return crate::drill_concierge::run(c).await;
+    }
+    let name = a.group.clone().unwrap_or_default();
     let t = load(&a.config.config)?;
     let g = t
-        .failover_group(&a.group)
-        .ok_or_else(|| ConfigFileError(format!("no failover group named '{}'", a.group)))?
+        .failover_group(&name)
+        .ok_or_else(|| ConfigFileError(format!("no failover group named '{name}'")))?
         .clone();
     let db = t
         .database(&g.database)
@@ -78,7 +94,7 @@ pub(crate) async fn run(a: DrillArgs) -> Result<u8> {
         georep_failover::drill(&api, &g, &db, Duration::from_secs(a.settle), &progress).await?;
     std::fs::create_dir_all(&a.report_dir)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let base = a.report_dir.join(format!("drill-{}-{stamp}", a.group));
+    let base = a.report_dir.join(format!("drill-{name}-{stamp}"));
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(&report)?,

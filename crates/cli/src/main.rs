@@ -7,6 +7,7 @@ mod concierge;
 mod db;
 mod db_mysql;
 mod drill;
+mod drill_concierge;
 mod failover;
 mod ls;
 mod output;

@@ -171,11 +171,12 @@ impl Concierges {
         Ok(self.get(name)?.1.status())
     }
 
-    fn report(name: &str, action: &str, s: &Shared) -> ConciergeActionReport {
+    fn report(name: &str, action: &str, s: &Shared, at_ms: u64) -> ConciergeActionReport {
         let st = s.status();
         ConciergeActionReport {
             concierge: name.to_string(),
             action: action.to_string(),
+            at_ms,
             current_hub: st.current_hub,
             held: st.held,
             pins: st.pins,
@@ -215,8 +216,9 @@ impl Concierges {
                 s.status().hubs[target].last_error.clone().unwrap_or_default()
             )));
         }
+        let at = crate::shared::now_ms();
         s.move_to(target, "manual failover", Some(true));
-        Ok(Self::report(name, "failover", &s))
+        Ok(Self::report(name, "failover", &s, at))
     }
 
     /// Sends devices back to the preferred hub; automatic failover and failback apply
@@ -230,8 +232,9 @@ impl Concierges {
                 first.name
             )));
         }
+        let at = crate::shared::now_ms();
         s.move_to(0, "manual failback", Some(false));
-        Ok(Self::report(name, "failback", &s))
+        Ok(Self::report(name, "failback", &s, at))
     }
 
     /// Pins (or, without a hub, unpins) a device or a group.
@@ -274,10 +277,30 @@ impl Concierges {
                 )));
             }
         }
+        let at = crate::shared::now_ms();
         s.pin(&who, req.hub.as_deref());
         s.save().map_err(georep_component::Error::internal)?;
+        s.notify(georep_device::Reassign {
+            group: req.group.clone(),
+            devices: req.device.iter().cloned().collect(),
+            spread_ms: 0,
+        });
         let action = if req.hub.is_some() { "pin" } else { "unpin" };
-        Ok(Self::report(name, action, &s))
+        Ok(Self::report(name, action, &s, at))
+    }
+
+    /// Where each device (of `group`) is assigned and connected.
+    pub fn devices(
+        &self,
+        name: &str,
+        group: Option<&str>,
+    ) -> georep_component::Result<georep_api::ConciergeDevices> {
+        let (_, s) = self.get(name)?;
+        Ok(georep_api::ConciergeDevices {
+            concierge: name.to_string(),
+            now_ms: crate::shared::now_ms(),
+            devices: s.device_views(group),
+        })
     }
 
     async fn start(&self, cfg: &Concierge, topo: &Topology) -> Result<Started, String> {
@@ -349,8 +372,21 @@ impl Concierges {
             if hub.username.is_none() || hub.password.is_none() {
                 continue;
             }
+            tasks.push(tokio::spawn(crate::presence::watch(
+                name.clone(),
+                i,
+                hub.clone(),
+                shared.clone(),
+                rx.clone(),
+            )));
+            let salt = aws_lc_rs::hmac::sign(
+                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &cfg.signing_key),
+                b"georep-applied-digests",
+            );
             tasks.push(tokio::spawn(keeper(
                 Keeper {
+                    saved: self.dir.join(format!("{name}.hub-{}.json", hub.name)),
+                    salt: salt.as_ref().to_vec(),
                     tag: format!("georep:{name}"),
                     concierge: name.clone(),
                     place: i,
@@ -480,6 +516,10 @@ async fn watch_identities(
 
 /// One hub's identity keeper.
 struct Keeper {
+    /// Where what it set is saved.
+    saved: PathBuf,
+    /// Keys the digests of device keys in `saved`.
+    salt: Vec<u8>,
     tag: String,
     concierge: String,
     place: usize,
@@ -491,7 +531,13 @@ struct Keeper {
 /// Keeps the fleet on one hub: at once on every change, every [`RESYNC`] otherwise,
 /// and after a failure again after 1 s, doubling to 30 s.
 async fn keeper(k: Keeper, mut fleet: watch::Receiver<Fleet>, mut stop: watch::Receiver<bool>) {
-    let mut applied = Applied::default();
+    let mut applied = match crate::saved::read_json::<Applied>(&k.saved) {
+        Ok(a) => a.salted(&k.salt),
+        Err(e) => {
+            tracing::warn!(concierge = %k.concierge, hub = %k.hub.name, error = %e, "what was set on the hub is not known: every identity is set again");
+            Applied::new(&k.salt)
+        }
+    };
     let mut backoff = Duration::from_secs(1);
     loop {
         let now = crate::dynsec::with_device_role(&fleet.borrow_and_update(), &k.concierge);
@@ -538,29 +584,10 @@ async fn keep(
         return Ok(());
     };
     let admin = (user, pw);
-    let mut asks = vec![
+    let asks = vec![
         json!({"command": "listClients", "verbose": true}),
         json!({"command": "listRoles", "verbose": true}),
     ];
-    if applied.devices.is_empty() {
-        // georep's own role, once per start (an existing one answers an error,
-        // ignored): probes, the hub's count of connected clients, reassign notices out
-        // and devices' presence in.
-        let role = "georep-service";
-        asks.push(json!({"command": "createRole", "rolename": role}));
-        for (t, topic) in [
-            ("publishClientSend", "georep/probe/#"),
-            ("subscribePattern", "georep/probe/#"),
-            ("publishClientReceive", "georep/probe/#"),
-            ("subscribePattern", "$SYS/broker/clients/connected"),
-            ("publishClientSend", "georep/concierge/+/reassign"),
-            ("subscribePattern", "georep/concierge/+/presence/#"),
-            ("publishClientReceive", "georep/concierge/+/presence/#"),
-        ] {
-            asks.push(json!({"command": "addRoleACL", "rolename": role, "acltype": t, "topic": topic, "allow": true}));
-        }
-        asks.push(json!({"command": "addClientRole", "username": admin.0, "rolename": role}));
-    }
     let answers = crate::dynsec::call(&k.hub.url, admin, asks, k.timeout).await?;
     let list = |i: usize, what: &str| {
         answers
@@ -569,7 +596,7 @@ async fn keep(
             .ok_or(format!("the hub's dynamic security gave no {what}"))
     };
     let (clients, roles) = (list(0, "clients")?, list(1, "roles")?);
-    let (cmds, drift) = crate::dynsec::plan(&k.tag, fleet, &clients, &roles, applied);
+    let (mut cmds, drift) = crate::dynsec::plan(&k.tag, fleet, &clients, &roles, applied);
     let before = k.shared.identities_of(k.place);
     for d in &drift {
         if !before.drift.contains(d) {
@@ -593,6 +620,12 @@ async fn keep(
         last_sync_at: before.last_sync_at.clone(),
         last_error: None,
     };
+    let cmds_empty = cmds.is_empty();
+    // georep's own role for its admin account, made or mended first.
+    let service = crate::dynsec::service(admin.0, &clients, &roles);
+    if !service.is_empty() {
+        cmds.splice(0..0, service);
+    }
     if !cmds.is_empty() {
         let n = cmds.len();
         let r = crate::dynsec::call(&k.hub.url, admin, cmds, k.timeout).await;
@@ -619,7 +652,13 @@ async fn keep(
         }
         tracing::info!(concierge = %k.concierge, hub = %k.hub.name, commands = n, "identities kept on the hub");
     }
-    *applied = Applied::of(fleet);
+    let changed = !cmds_empty;
+    applied.set(fleet);
+    if changed || !k.saved.exists() {
+        if let Err(e) = crate::saved::write_json(&k.saved, &*applied) {
+            tracing::warn!(concierge = %k.concierge, hub = %k.hub.name, error = %e, "cannot save what was set on the hub: a restart sets every identity again");
+        }
+    }
     ids.in_sync = n_devices.saturating_sub(drifted_devices);
     ids.pending = 0;
     ids.last_sync_at = Some(crate::shared::rfc3339_now());

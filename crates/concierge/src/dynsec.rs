@@ -70,32 +70,62 @@ pub async fn call(
     r
 }
 
-/// What georep last set on a hub: per device its key, whether it was enabled and its
-/// roles; per role its ACLs. Empty after a start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What georep last set on a hub: per device a keyed digest of its key, whether it
+/// was enabled and its roles; per role its ACLs. Saved beside the state (the digest
+/// tells nothing of the key), so a restart does not set every password again: a hub
+/// disconnects a client whose password or roles are set, and a whole fleet would
+/// reconnect at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
-    pub devices: BTreeMap<String, (Vec<u8>, bool, Vec<String>)>,
+    pub devices: BTreeMap<String, (String, bool, Vec<String>)>,
     pub roles: BTreeMap<String, Vec<Acl>>,
+    /// The digest's key (from the concierge's signing key); never saved.
+    #[serde(skip)]
+    salt: Vec<u8>,
 }
 
 impl Applied {
-    /// As `fleet` says.
-    pub fn of(fleet: &Fleet) -> Self {
+    /// Nothing set yet; digests keyed with `salt`.
+    pub fn new(salt: &[u8]) -> Self {
         Self {
-            devices: fleet
-                .devices
-                .iter()
-                .map(|(id, d)| (id.clone(), (d.key.clone(), d.enabled, d.roles.clone())))
-                .collect(),
-            roles: fleet.roles.clone(),
+            salt: salt.to_vec(),
+            ..Self::default()
         }
+    }
+
+    /// With digests keyed with `salt` (after reading it back).
+    pub fn salted(mut self, salt: &[u8]) -> Self {
+        self.salt = salt.to_vec();
+        self
+    }
+
+    /// The keyed digest of a device key.
+    pub fn digest(&self, key: &[u8]) -> String {
+        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.salt);
+        let tag = aws_lc_rs::hmac::sign(&k, key);
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// As `fleet` says, keeping the salt.
+    pub fn set(&mut self, fleet: &Fleet) {
+        self.devices = fleet
+            .devices
+            .iter()
+            .map(|(id, d)| {
+                (
+                    id.clone(),
+                    (self.digest(&d.key), d.enabled, d.roles.clone()),
+                )
+            })
+            .collect();
+        self.roles = fleet.roles.clone();
     }
 
     /// Whether `d` is on the hub as georep last set it.
     pub fn has(&self, d: &Device) -> bool {
         self.devices
             .get(&d.id)
-            .is_some_and(|(k, e, r)| k == &d.key && *e == d.enabled && r == &d.roles)
+            .is_some_and(|(k, e, r)| *k == self.digest(&d.key) && *e == d.enabled && r == &d.roles)
     }
 }
 
@@ -129,6 +159,62 @@ pub fn with_device_role(fleet: &Fleet, concierge: &str) -> Fleet {
         d.roles.dedup();
     }
     f
+}
+
+/// georep's own role, given to the admin account: probes, the hub's count of connected
+/// clients, reassign notices out and devices' presence in.
+pub const SERVICE_ROLE: &str = "georep-service";
+
+/// The commands that make or mend [`SERVICE_ROLE`] and give it to `admin`; none when
+/// all is in place (giving a role disconnects the client, so it is done only when
+/// missing).
+pub fn service(admin: &str, clients: &[Value], roles: &[Value]) -> Vec<Value> {
+    let mut want: Vec<Acl> = [
+        ("publishClientSend", "georep/probe/#"),
+        ("subscribePattern", "georep/probe/#"),
+        ("publishClientReceive", "georep/probe/#"),
+        ("subscribePattern", "$SYS/broker/clients/connected"),
+        ("publishClientSend", "georep/concierge/+/reassign"),
+        ("subscribePattern", "georep/concierge/+/presence/#"),
+        ("publishClientReceive", "georep/concierge/+/presence/#"),
+    ]
+    .into_iter()
+    .map(|(t, topic)| Acl {
+        acltype: t.into(),
+        topic: topic.into(),
+        allow: true,
+        priority: 0,
+    })
+    .collect();
+    want.sort();
+    let mut cmds = Vec::new();
+    match roles.iter().find(|r| r["rolename"] == SERVICE_ROLE) {
+        None => {
+            cmds.push(json!({"command": "createRole", "rolename": SERVICE_ROLE}));
+            cmds.extend(
+                want.iter()
+                    .map(|a| acl_command("addRoleACL", SERVICE_ROLE, a)),
+            );
+        }
+        Some(r) => {
+            let has = acls_of(r);
+            cmds.extend(
+                want.iter()
+                    .filter(|a| !has.contains(a))
+                    .map(|a| acl_command("addRoleACL", SERVICE_ROLE, a)),
+            );
+        }
+    }
+    let given = clients.iter().any(|c| {
+        c["username"] == admin
+            && c["roles"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["rolename"] == SERVICE_ROLE))
+    });
+    if !given {
+        cmds.push(json!({"command": "addClientRole", "username": admin, "rolename": SERVICE_ROLE}));
+    }
+    cmds
 }
 
 fn acls_of(v: &Value) -> Vec<Acl> {
@@ -235,7 +321,7 @@ pub fn plan(
             continue;
         }
         let before = last.devices.get(id);
-        if before.map(|(k, _, _)| k) != Some(&d.key) {
+        if before.map(|(k, _, _)| k) != Some(&last.digest(&d.key)) {
             cmds.push(json!({"command": "setClientPassword", "username": id, "password": mqtt_password(&d.key)}));
         }
         let disabled = c["disabled"] == json!(true);
@@ -360,7 +446,8 @@ mod tests {
             json!({"rolename": "admin"}),
         ];
         // As if georep had disabled "mine" itself: the fleet now enables it.
-        let mut last = Applied::of(&fleet);
+        let mut last = Applied::new(b"salt");
+        last.set(&fleet);
         if let Some(m) = last.devices.get_mut("mine") {
             m.1 = false;
         }
@@ -387,7 +474,7 @@ mod tests {
         // A new key for "mine": its password is set again.
         let mut rekeyed = last.clone();
         if let Some(m) = rekeyed.devices.get_mut("mine") {
-            m.0 = vec![2; 16];
+            m.0 = "an older key's digest".into();
         }
         let (cmds, _) = plan(tag, &fleet, &clients, &roles, &rekeyed);
         assert!(cmds
@@ -395,7 +482,13 @@ mod tests {
             .any(|c| c["command"] == "setClientPassword" && c["username"] == "mine"));
 
         // Changed by hand while the fleet stayed as it was: drift, untouched.
-        let steady = Applied::of(&fleet);
+        let mut steady = Applied::new(b"salt");
+        steady.set(&fleet);
+        assert!(steady.has(&fleet.devices["mine"]));
+        let text = serde_json::to_string(&steady).expect("json");
+        assert!(!text.contains(&mqtt_password(&[1; 16])) && !text.contains("AQEB"));
+        let back: Applied = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back.salted(b"salt"), steady);
         let roles = vec![
             json!({"rolename": "sensor", "textdescription": tag, "acls": [{"acltype": "publishClientSend", "topic": "everything/#", "allow": true, "priority": 0}]}),
         ];
@@ -433,6 +526,17 @@ mod tests {
                 ("\"addRoleACL\"".into(), "\"t2/#\"".into())
             ]
         );
+    }
+
+    #[test]
+    fn georeps_own_role_is_made_once() {
+        let none = service("admin", &[json!({"username": "admin"})], &[]);
+        assert_eq!(none.len(), 9, "{none:?}");
+        let role = json!({"rolename": SERVICE_ROLE, "acls": none[1..8].iter().map(|c| json!({
+            "acltype": c["acltype"], "topic": c["topic"], "allow": true, "priority": 0
+        })).collect::<Vec<_>>()});
+        let admin = json!({"username": "admin", "roles": [{"rolename": SERVICE_ROLE}]});
+        assert!(service("admin", &[admin], &[role]).is_empty());
     }
 
     #[test]

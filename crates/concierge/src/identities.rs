@@ -38,7 +38,7 @@ pub const ACL_TYPES: &[&str] = &[
 ];
 
 /// One ACL of a role.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     #[serde(rename = "type")]

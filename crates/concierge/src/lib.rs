@@ -15,6 +15,7 @@ pub mod assign;
 mod component;
 pub mod dynsec;
 pub mod identities;
+mod presence;
 pub mod probe;
 mod saved;
 pub mod shared;

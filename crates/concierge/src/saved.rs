@@ -33,13 +33,25 @@ fn nofollow() -> i32 {
 
 /// The saved state at `path`; the default when there is none yet.
 pub(crate) fn read(path: &Path) -> Result<Saved, String> {
+    read_json(path)
+}
+
+/// Replaces the saved state at `path` with `s`.
+pub(crate) fn write(path: &Path, s: &Saved) -> Result<(), String> {
+    write_json(path, s)
+}
+
+/// A JSON file at `path`; the default when there is none yet.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+) -> Result<T, String> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nofollow())
         .open(path);
     let mut f = match f {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
         Err(e) => {
             return Err(format!(
                 "cannot open {}: {e} (a symbolic link is refused: georep does not follow links it did not make)",
@@ -52,14 +64,14 @@ pub(crate) fn read(path: &Path) -> Result<Saved, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         format!(
-            "{} is not a concierge's saved state ({e}); remove it to start again from the preferred hub with no pins",
+            "{} is not what georep saved there ({e}); remove it and georep starts afresh (devices sent to the preferred hub, no pins, every identity set again)",
             path.display()
         )
     })
 }
 
-/// Replaces the saved state at `path` with `s`.
-pub(crate) fn write(path: &Path, s: &Saved) -> Result<(), String> {
+/// Replaces the JSON file at `path` with `s`, whole.
+pub(crate) fn write_json<T: Serialize>(path: &Path, s: &T) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("cannot save {}: {e}", path.display());
     let dir = path.parent().ok_or_else(|| err(&"no folder"))?;
     std::fs::DirBuilder::new()
@@ -75,7 +87,7 @@ pub(crate) fn write(path: &Path, s: &Saved) -> Result<(), String> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let body = serde_json::to_vec_pretty(s).map_err(|e| err(&e))?;
+    let body = serde_json::to_vec(s).map_err(|e| err(&e))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -51,6 +51,8 @@ pub(crate) struct HubLive {
     pub(crate) last_error: Option<String>,
     pub(crate) round_trip: Option<Duration>,
     pub(crate) connected: Option<u64>,
+    /// A presence watcher is connected to the hub.
+    pub(crate) watched: bool,
     pub(crate) identities: ConciergeIdentities,
 }
 
@@ -63,6 +65,10 @@ struct Live {
     read_at: Option<String>,
     read_error: Option<String>,
 }
+
+/// Per hub place where a device said it is: (its connection time, when the concierge
+/// heard of it), both Unix ms.
+type Seen = BTreeMap<usize, (u64, u64)>;
 
 /// Names and places, for status.
 pub struct About {
@@ -87,6 +93,11 @@ pub struct Shared {
     /// Device → (hub, expiry) of its last assignment.
     assigned: RwLock<HashMap<String, (usize, u64)>>,
     live: Mutex<Live>,
+    /// Device → hub place → (the device's connection time, when the concierge heard of
+    /// it), both Unix ms: from signed presence on each hub.
+    presence: RwLock<HashMap<String, Seen>>,
+    /// Reassign notices for the hub watchers to publish.
+    notices: tokio::sync::broadcast::Sender<georep_device::Reassign>,
     /// Where [`Shared::save`] writes; none in tests.
     saved: Option<PathBuf>,
     /// Assignments given, and requests refused.
@@ -106,6 +117,13 @@ pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
 
@@ -139,6 +157,8 @@ impl Shared {
                 hubs: vec![HubLive::default(); n],
                 ..Live::default()
             }),
+            presence: RwLock::new(HashMap::new()),
+            notices: tokio::sync::broadcast::channel(64).0,
             saved,
             served: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -249,6 +269,8 @@ impl Shared {
                 reason: reason.to_string(),
             });
             live.recent.truncate(crate::saved::RECENT);
+            drop(live);
+            self.notify(georep_device::Reassign::default());
         }
         if let Err(e) = self.save() {
             tracing::error!(concierge = %self.about.name, error = %e, "the move is in effect but was not saved: a restart would forget it");
@@ -272,6 +294,87 @@ impl Shared {
             Some(h) => pins.insert(who.to_string(), h.to_string()),
             None => pins.remove(who),
         };
+    }
+
+    /// Tells devices (those `notice` names) on every hub to ask again, spread over a
+    /// time that grows with the fleet (1 ms a device, 1 s to 30 s).
+    pub(crate) fn notify(&self, mut notice: georep_device::Reassign) {
+        notice.spread_ms = (self.devices() as u64).clamp(1000, 30_000);
+        // No watcher (no hub with an account) is no one to tell.
+        let _ = self.notices.send(notice);
+    }
+
+    pub(crate) fn notices(&self) -> tokio::sync::broadcast::Receiver<georep_device::Reassign> {
+        self.notices.subscribe()
+    }
+
+    /// Records signed presence heard on hub `place` (checked against the device's key
+    /// and the hub's name); gives whether it was taken.
+    pub(crate) fn present(&self, place: usize, p: &georep_device::Presence) -> bool {
+        let Some(hub) = self.hubs().get(place).map(|h| h.name.clone()) else {
+            return false;
+        };
+        let Some(d) = self.device(&p.device) else {
+            return false;
+        };
+        if p.hub != hub || !p.verify(&d.key) {
+            return false;
+        }
+        let mut all = write(&self.presence);
+        let entry = all.entry(p.device.clone()).or_default();
+        if p.online {
+            if entry.get(&place).is_none_or(|(at, _)| *at <= p.at) {
+                entry.insert(place, (p.at, now_ms()));
+            }
+        } else if entry.get(&place).is_some_and(|(at, _)| *at <= p.at) {
+            entry.remove(&place);
+        }
+        if entry.is_empty() {
+            all.remove(&p.device);
+        }
+        true
+    }
+
+    /// Hub `place`'s watcher lost its connection: where devices are there is unknown.
+    pub(crate) fn hub_unseen(&self, place: usize) {
+        let mut all = write(&self.presence);
+        all.retain(|_, hubs| {
+            hubs.remove(&place);
+            !hubs.is_empty()
+        });
+    }
+
+    /// Where `id` is connected as far as presence tells: the hub with the newest
+    /// connection, and when the concierge heard of it (Unix ms).
+    fn connected(&self, id: &str) -> Option<(usize, u64)> {
+        read(&self.presence).get(id).and_then(|hubs| {
+            hubs.iter()
+                .max_by_key(|(_, (at, _))| *at)
+                .map(|(place, (_, seen))| (*place, *seen))
+        })
+    }
+
+    /// Every device (of `group`, when given): where it is assigned and connected.
+    pub fn device_views(&self, group: Option<&str>) -> Vec<georep_api::ConciergeDevice> {
+        let hubs = self.hubs();
+        let at = now();
+        let assigned = read(&self.assigned).clone();
+        read(&self.devices)
+            .values()
+            .filter(|d| group.is_none() || d.group.as_deref() == group)
+            .map(|d| {
+                let a = assigned.get(&d.id).filter(|(_, exp)| *exp > at);
+                let c = self.connected(&d.id);
+                georep_api::ConciergeDevice {
+                    id: d.id.clone(),
+                    group: d.group.clone(),
+                    enabled: d.enabled,
+                    assigned_hub: a.and_then(|(i, _)| hubs.get(*i)).map(|h| h.name.clone()),
+                    connected_hub: c.and_then(|(i, _)| hubs.get(i)).map(|h| h.name.clone()),
+                    connected_seen_ms: c.map(|(_, seen)| seen),
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn pins(&self) -> Vec<ConciergePin> {
@@ -303,6 +406,16 @@ impl Shared {
                 h.failures += 1;
                 h.last_error = Some(e.clone());
             }
+        }
+    }
+
+    /// Whether hub `i`'s presence watcher is connected.
+    pub(crate) fn watched(&self, i: usize, on: bool) {
+        if let Some(h) = self.live().hubs.get_mut(i) {
+            h.watched = on;
+        }
+        if !on {
+            self.hub_unseen(i);
         }
     }
 
@@ -398,6 +511,14 @@ impl Shared {
                 }
             }
         }
+        let mut present = vec![0u64; hubs.len()];
+        for id in read(&self.presence).keys() {
+            if let Some((i, _)) = self.connected(id) {
+                if let Some(n) = present.get_mut(i) {
+                    *n += 1;
+                }
+            }
+        }
         let (devices, enabled) = {
             let d = read(&self.devices);
             (
@@ -434,6 +555,7 @@ impl Shared {
                         last_error: l.last_error,
                         last_round_trip_ms: l.round_trip.map(|d| d.as_secs_f64() * 1000.0),
                         assigned_devices: per_hub[i],
+                        connected_devices: l.watched.then_some(present[i]),
                         connected_clients: l.connected,
                         identities: l.identities,
                     }

@@ -423,11 +423,12 @@ async fn session(
             .unwrap_or_default()
     };
     let ptopic = presence_topic(&cfg.concierge, &cfg.id);
+    // Retained, so the concierge learns where devices are even when it connects later.
     opts.set_last_will(LastWill::new(
         &ptopic,
         presence(false),
         QoS::AtLeastOnce,
-        false,
+        true,
     ));
     let reassign = reassign_topic(&cfg.concierge);
     let (client, mut el) = AsyncClient::new(opts, 64);
@@ -444,7 +445,7 @@ async fn session(
                     let mut subs = vec![rumqttc::SubscribeFilter::new(reassign.clone(), QoS::AtLeastOnce)];
                     subs.extend(cfg.subscriptions.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)));
                     let _ = client.subscribe_many(subs).await;
-                    let _ = client.publish(&ptopic, QoS::AtLeastOnce, false, presence(true)).await;
+                    let _ = client.publish(&ptopic, QoS::AtLeastOnce, true, presence(true)).await;
                     hub_tx.send_replace(Some(hub.name.clone()));
                     let _ = events.send(Event::Connected { hub: hub.name.clone() }).await;
                 }
@@ -470,7 +471,7 @@ async fn session(
                 match ask(http, cfg).await {
                     Ok(c) if c.hub.name != hub.name => {
                         // Goodbye here, then move.
-                        let _ = client.publish(&ptopic, QoS::AtLeastOnce, false, presence(false)).await;
+                        let _ = client.publish(&ptopic, QoS::AtLeastOnce, true, presence(false)).await;
                         let _ = client.disconnect().await;
                         let _ = tokio::time::timeout(Duration::from_secs(1), async {
                             while el.poll().await.is_ok() {}

@@ -142,6 +142,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::RELAY, get(relay))
         .route(paths::CONCIERGES, get(concierges))
         .route(paths::CONCIERGE, get(concierge))
+        .route(paths::CONCIERGE_DEVICES, get(concierge_devices))
         .route(paths::GROUPS, get(groups))
         .route(paths::GROUP, get(group))
         .route(paths::METRICS, get(metrics))
@@ -552,6 +553,22 @@ async fn concierge(
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.get::<Concierges>()?.status(&name)?))
+}
+
+#[derive(serde::Deserialize)]
+struct GroupQuery {
+    group: Option<String>,
+}
+
+async fn concierge_devices(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<GroupQuery>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        app.get::<Concierges>()?
+            .devices(&name, q.group.as_deref())?,
+    ))
 }
 
 /// A JSON body of type `T`, or `T::default()` when there is none.

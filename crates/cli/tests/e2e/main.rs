@@ -5,6 +5,7 @@
 mod common;
 
 mod concierge;
+mod concierge_fleet;
 
 mod backup;
 mod cli;
