@@ -53,6 +53,10 @@ pub struct ConciergeHubStatus {
     /// Devices connected to it by their signed presence (none without an account to
     /// watch the hub with).
     pub connected_devices: Option<u64>,
+    /// Messages bridged to this hub from the others (`bridge`), and dropped for it
+    /// while it was down or too slow.
+    pub bridged_in: u64,
+    pub bridge_dropped: u64,
     /// The hub's own count of connected clients (`$SYS/broker/clients/connected`, as
     /// of the last probe; georep's own connections included), when the hub tells it.
     pub connected_clients: Option<u64>,

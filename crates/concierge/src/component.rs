@@ -385,6 +385,7 @@ impl Concierges {
             );
             tasks.push(tokio::spawn(keeper(
                 Keeper {
+                    bridge: cfg.bridge.clone(),
                     saved: self.dir.join(format!("{name}.hub-{}.json", hub.name)),
                     salt: salt.as_ref().to_vec(),
                     tag: format!("georep:{name}"),
@@ -395,6 +396,15 @@ impl Concierges {
                     shared: shared.clone(),
                 },
                 fleet_rx.clone(),
+                rx.clone(),
+            )));
+        }
+        if !cfg.bridge.is_empty() {
+            tasks.push(tokio::spawn(crate::bridge::run(
+                name.clone(),
+                cfg.hubs.clone(),
+                cfg.bridge.clone(),
+                shared.clone(),
                 rx.clone(),
             )));
         }
@@ -516,6 +526,8 @@ async fn watch_identities(
 
 /// One hub's identity keeper.
 struct Keeper {
+    /// Bridged topic filters: the admin account's role must cover them.
+    bridge: Vec<String>,
     /// Where what it set is saved.
     saved: PathBuf,
     /// Keys the digests of device keys in `saved`.
@@ -573,17 +585,12 @@ async fn keeper(k: Keeper, mut fleet: watch::Receiver<Fleet>, mut stop: watch::R
     }
 }
 
-/// One pass of keeping `fleet` on the keeper's hub.
-async fn keep(
+/// The hub's clients and roles (verbose).
+async fn listing(
     k: &Keeper,
-    fleet: &crate::identities::Fleet,
-    applied: &mut Applied,
-) -> Result<(), String> {
+    admin: (&str, &str),
+) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), String> {
     use serde_json::json;
-    let (Some(user), Some(pw)) = (k.hub.username.as_deref(), k.hub.password.as_deref()) else {
-        return Ok(());
-    };
-    let admin = (user, pw);
     let asks = vec![
         json!({"command": "listClients", "verbose": true}),
         json!({"command": "listRoles", "verbose": true}),
@@ -595,8 +602,30 @@ async fn keep(
             .and_then(|a| a["data"][what].as_array().cloned())
             .ok_or(format!("the hub's dynamic security gave no {what}"))
     };
-    let (clients, roles) = (list(0, "clients")?, list(1, "roles")?);
-    let (mut cmds, drift) = crate::dynsec::plan(&k.tag, fleet, &clients, &roles, applied);
+    Ok((list(0, "clients")?, list(1, "roles")?))
+}
+
+/// One pass of keeping `fleet` on the keeper's hub.
+async fn keep(
+    k: &Keeper,
+    fleet: &crate::identities::Fleet,
+    applied: &mut Applied,
+) -> Result<(), String> {
+    let (Some(user), Some(pw)) = (k.hub.username.as_deref(), k.hub.password.as_deref()) else {
+        return Ok(());
+    };
+    let admin = (user, pw);
+    let (mut clients, mut roles) = listing(k, admin).await?;
+    // georep's own role for its admin account, made or mended first and on its own:
+    // giving the role disconnects every connection of the account, this one too, so
+    // its answer may be lost; the hub is listed again after.
+    let service = crate::dynsec::service(admin.0, &clients, &roles, &k.bridge);
+    if !service.is_empty() {
+        let _ = crate::dynsec::call(&k.hub.url, admin, service, k.timeout).await;
+        tracing::info!(concierge = %k.concierge, hub = %k.hub.name, "gave the admin account georep's role ({})", crate::dynsec::SERVICE_ROLE);
+        (clients, roles) = listing(k, admin).await?;
+    }
+    let (cmds, drift) = crate::dynsec::plan(&k.tag, fleet, &clients, &roles, applied);
     let before = k.shared.identities_of(k.place);
     for d in &drift {
         if !before.drift.contains(d) {
@@ -621,11 +650,6 @@ async fn keep(
         last_error: None,
     };
     let cmds_empty = cmds.is_empty();
-    // georep's own role for its admin account, made or mended first.
-    let service = crate::dynsec::service(admin.0, &clients, &roles);
-    if !service.is_empty() {
-        cmds.splice(0..0, service);
-    }
     if !cmds.is_empty() {
         let n = cmds.len();
         let r = crate::dynsec::call(&k.hub.url, admin, cmds, k.timeout).await;
@@ -725,7 +749,7 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
 
 fn differences(a: &Concierge, b: &Concierge) -> Vec<String> {
     changed_fields!(a, b; listen, tls, signing_key, hubs, identities, failover_after,
-        failback_after, probe_interval, probe_timeout, ttl)
+        failback_after, probe_interval, probe_timeout, ttl, bridge)
 }
 
 impl Component for Concierges {

@@ -168,7 +168,7 @@ pub const SERVICE_ROLE: &str = "georep-service";
 /// The commands that make or mend [`SERVICE_ROLE`] and give it to `admin`; none when
 /// all is in place (giving a role disconnects the client, so it is done only when
 /// missing).
-pub fn service(admin: &str, clients: &[Value], roles: &[Value]) -> Vec<Value> {
+pub fn service(admin: &str, clients: &[Value], roles: &[Value], bridge: &[String]) -> Vec<Value> {
     let mut want: Vec<Acl> = [
         ("publishClientSend", "georep/probe/#"),
         ("subscribePattern", "georep/probe/#"),
@@ -179,14 +179,24 @@ pub fn service(admin: &str, clients: &[Value], roles: &[Value]) -> Vec<Value> {
         ("publishClientReceive", "georep/concierge/+/presence/#"),
     ]
     .into_iter()
+    .map(|(t, topic)| (t, topic.to_string()))
+    .chain(bridge.iter().flat_map(|f| {
+        [
+            "subscribePattern",
+            "publishClientSend",
+            "publishClientReceive",
+        ]
+        .map(|t| (t, f.clone()))
+    }))
     .map(|(t, topic)| Acl {
         acltype: t.into(),
-        topic: topic.into(),
+        topic,
         allow: true,
         priority: 0,
     })
     .collect();
     want.sort();
+    want.dedup();
     let mut cmds = Vec::new();
     match roles.iter().find(|r| r["rolename"] == SERVICE_ROLE) {
         None => {
@@ -530,13 +540,23 @@ mod tests {
 
     #[test]
     fn georeps_own_role_is_made_once() {
-        let none = service("admin", &[json!({"username": "admin"})], &[]);
+        let none = service("admin", &[json!({"username": "admin"})], &[], &[]);
         assert_eq!(none.len(), 9, "{none:?}");
         let role = json!({"rolename": SERVICE_ROLE, "acls": none[1..8].iter().map(|c| json!({
             "acltype": c["acltype"], "topic": c["topic"], "allow": true, "priority": 0
         })).collect::<Vec<_>>()});
         let admin = json!({"username": "admin", "roles": [{"rolename": SERVICE_ROLE}]});
-        assert!(service("admin", &[admin], &[role]).is_empty());
+        assert!(service(
+            "admin",
+            std::slice::from_ref(&admin),
+            std::slice::from_ref(&role),
+            &[]
+        )
+        .is_empty());
+        // A bridged filter is added to the role, nothing else changes.
+        let more = service("admin", &[admin], &[role], &["commands/#".to_string()]);
+        assert_eq!(more.len(), 3, "{more:?}");
+        assert!(more.iter().all(|c| c["topic"] == "commands/#"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod assign;
+mod bridge;
 mod component;
 pub mod dynsec;
 pub mod identities;

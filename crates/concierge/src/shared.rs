@@ -53,6 +53,9 @@ pub(crate) struct HubLive {
     pub(crate) connected: Option<u64>,
     /// A presence watcher is connected to the hub.
     pub(crate) watched: bool,
+    /// Messages bridged to the hub, and dropped for it (down, or too slow).
+    pub(crate) bridged: u64,
+    pub(crate) bridge_dropped: u64,
     pub(crate) identities: ConciergeIdentities,
 }
 
@@ -409,6 +412,17 @@ impl Shared {
         }
     }
 
+    /// Counts a message bridged to hub `i` (or dropped for it).
+    pub(crate) fn bridged(&self, i: usize, sent: bool) {
+        if let Some(h) = self.live().hubs.get_mut(i) {
+            if sent {
+                h.bridged += 1;
+            } else {
+                h.bridge_dropped += 1;
+            }
+        }
+    }
+
     /// Whether hub `i`'s presence watcher is connected.
     pub(crate) fn watched(&self, i: usize, on: bool) {
         if let Some(h) = self.live().hubs.get_mut(i) {
@@ -556,6 +570,8 @@ impl Shared {
                         last_round_trip_ms: l.round_trip.map(|d| d.as_secs_f64() * 1000.0),
                         assigned_devices: per_hub[i],
                         connected_devices: l.watched.then_some(present[i]),
+                        bridged_in: l.bridged,
+                        bridge_dropped: l.bridge_dropped,
                         connected_clients: l.connected,
                         identities: l.identities,
                     }

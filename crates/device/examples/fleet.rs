@@ -95,7 +95,9 @@ async fn run(args: &[String]) {
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 let line = match e {
-                    georep_device::Event::Connected { hub } => format!("{} {id} connected {hub}", now_ms()),
+                    georep_device::Event::Connected { hub } => {
+                        format!("{} {id} connected {hub}", now_ms())
+                    }
                     georep_device::Event::Disconnected { hub, .. } => {
                         format!("{} {id} disconnected {hub}", now_ms())
                     }

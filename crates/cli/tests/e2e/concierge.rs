@@ -250,3 +250,183 @@ fn a_concierge_with_a_certificate_speaks_https_only() {
         .send();
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
 }
+
+/// Bridged topics: a command published on one hub reaches a device on the other, once
+/// (no loop back), both ways; and nothing outside the filters is carried.
+#[test]
+fn bridged_commands_reach_devices_on_the_other_hub_once() {
+    use base64::Engine as _;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (qc, we) = (Mosquitto::start(), Mosquitto::start());
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir_all(&fleet).expect("fleet");
+    let key = |id: &str| format!("key-of-{id}-0123456789").into_bytes();
+    let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+    std::fs::write(
+        fleet.join("devices.json"),
+        serde_json::json!({
+            "roles": [{"name": "commander", "acls": [
+                {"type": "publishClientSend", "topic": "commands/#"},
+                {"type": "subscribePattern", "topic": "commands/#"},
+                {"type": "publishClientSend", "topic": "private/#"},
+                {"type": "subscribePattern", "topic": "private/#"}
+            ]}],
+            "devices": [
+                {"id": "at-qc", "key": b64(&key("at-qc")), "roles": ["commander"]},
+                {"id": "at-we", "key": b64(&key("at-we")), "roles": ["commander"]}
+            ]
+        })
+        .to_string(),
+    )
+    .expect("devices");
+    let port = free_port();
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("qc")
+        .region("we")
+        .store("fleet", "we", s(&fleet))
+        .raw(&format!(
+            "[[concierges]]\nname = \"devices\"\nlisten = \"127.0.0.1:{port}\"\nsigning_key = \"${{SIGNING_KEY}}\"\nidentities = {{ store = \"fleet\", object = \"devices.json\", poll = \"200ms\" }}\nprobe_interval = \"300ms\"\nbridge = [\"commands/#\"]\nhubs = [\n  {{ name = \"qc\", region = \"qc\", url = \"{}\", username = \"admin\", password = \"${{QC_PW}}\" }},\n  {{ name = \"we\", region = \"we\", url = \"{}\", username = \"admin\", password = \"${{WE_PW}}\" }},\n]\n",
+            qc.url(),
+            we.url()
+        ))
+        .write(dir.path());
+    let env = vec![
+        ("SIGNING_KEY".to_string(), SEED.to_string()),
+        ("QC_PW".into(), qc.admin().1),
+        ("WE_PW".into(), we.admin().1),
+    ];
+    let d = Serve::start(BIN, &cfg, &env);
+    let on = |hub: &Mosquitto, id: &str| !hub.dynsec(&["getClient", id]).contains("not found");
+    assert!(
+        wait_until(Duration::from_secs(30), || on(&qc, "at-we")
+            && on(&we, "at-we")),
+        "{}",
+        d.log_text()
+    );
+    let out = run(
+        &[
+            "concierge",
+            "pin",
+            "devices",
+            "--device",
+            "at-we",
+            "--hub",
+            "we",
+            "-c",
+            s(&cfg),
+            "--api",
+            &d.base,
+        ],
+        &env,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let jwks: Value = serde_json::from_str(
+        &reqwest::blocking::get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
+            .and_then(|r| r.text())
+            .expect("jwks"),
+    )
+    .expect("json");
+    let public = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().expect("x"))
+        .expect("b64");
+    // Each device: what it heard, as (topic, payload).
+    let start = |id: &str| {
+        let mut c = georep_device::Config::new(
+            &format!("http://127.0.0.1:{port}"),
+            "devices",
+            id,
+            &key(id),
+            &public,
+        );
+        c.subscriptions = vec!["commands/#".into(), "private/#".into()];
+        let (h, mut events) = georep_device::spawn(c);
+        let heard = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+        let sink = heard.clone();
+        rt.spawn(async move {
+            while let Some(e) = events.recv().await {
+                if let georep_device::Event::Message { topic, payload } = e {
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((topic, String::from_utf8_lossy(&payload).into_owned()));
+                }
+            }
+        });
+        (h, heard)
+    };
+    let (at_qc, heard_qc) = start("at-qc");
+    let (at_we, heard_we) = start("at-we");
+    assert!(wait_until(Duration::from_secs(30), || at_qc
+        .hub()
+        .as_deref()
+        == Some("qc")
+        && at_we.hub().as_deref() == Some("we")));
+    let count = |heard: &Arc<Mutex<Vec<(String, String)>>>, payload: &str| {
+        heard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, p)| p == payload)
+            .count()
+    };
+    // Subscriptions and the bridge settle: send until one arrives, each way.
+    for (from, to, tag) in [
+        (&at_qc, &heard_we, "warm-qc"),
+        (&at_we, &heard_qc, "warm-we"),
+    ] {
+        let mut n = 0;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                n += 1;
+                let _ =
+                    rt.block_on(from.publish("commands/warmup", format!("{tag}-{n}").into_bytes()));
+                (1..=n).any(|i| count(to, &format!("{tag}-{i}")) > 0)
+            }),
+            "no command crossed the bridge ({tag})\n{}",
+            d.log_text()
+        );
+    }
+    // One command each way: heard once on each side, never echoed back.
+    rt.block_on(at_qc.publish("commands/at-we", b"from-qc".to_vec()))
+        .expect("publish");
+    rt.block_on(at_we.publish("commands/at-qc", b"from-we".to_vec()))
+        .expect("publish");
+    rt.block_on(at_qc.publish("private/at-we", b"not-bridged".to_vec()))
+        .expect("publish");
+    let shown = || {
+        format!(
+            "qc {:?} we {:?}",
+            heard_qc.lock().map(|v| v.clone()).unwrap_or_default(),
+            heard_we.lock().map(|v| v.clone()).unwrap_or_default()
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&heard_we, "from-qc") == 1
+            && count(&heard_qc, "from-we") == 1
+            && count(&heard_qc, "not-bridged") == 1),
+        "{}\n{}",
+        shown(),
+        d.log_text()
+    );
+    assert!(
+        !wait_until(Duration::from_secs(2), || count(&heard_we, "from-qc") > 1
+            || count(&heard_qc, "from-qc") > 1
+            || count(&heard_qc, "from-we") > 1
+            || count(&heard_we, "from-we") > 1
+            || count(&heard_we, "not-bridged") > 0),
+        "a bridged message looped or a private one crossed: qc {:?} we {:?}",
+        heard_qc.lock().map(|v| v.clone()).unwrap_or_default(),
+        heard_we.lock().map(|v| v.clone()).unwrap_or_default()
+    );
+    let st: Value = d.get("/api/v1/concierges/devices");
+    assert!(st["hubs"][1]["bridged_in"].as_u64() >= Some(1), "{st}");
+    assert!(st["hubs"][0]["bridged_in"].as_u64() >= Some(1), "{st}");
+}

@@ -38,6 +38,7 @@ listen = "127.0.0.1:7450"
 signing_key = "${{SIGNING_KEY}}"
 identities = {{ store = "fleet-we", object = "devices.json" }}
 ttl = "2m"
+bridge = ["commands/#", "config/+/set"]
 hubs = [
   {{ name = "qc", region = "qatar-central", url = "mqtts://hub-qc.example:8883", username = "georep", password = "${{HUB_PW}}" }},
   {{ name = "we", region = "west-europe", url = "mqtt://10.0.0.9:1883" }},
@@ -56,6 +57,7 @@ hubs = [
     assert_eq!(c.identities.object, "devices.json");
     assert_eq!(c.identities.poll, Concierge::DEFAULT_POLL);
     assert_eq!(c.ttl, Duration::from_secs(120));
+    assert_eq!(c.bridge, ["commands/#", "config/+/set"]);
     assert_eq!(c.failover_after, Concierge::DEFAULT_FAILOVER_AFTER);
     assert_eq!(c.probe_timeout, Concierge::DEFAULT_PROBE_TIMEOUT);
     let shown = format!("{t:?} {}", serde_json::to_string(&t).expect("json"));
@@ -76,6 +78,7 @@ listen = "0.0.0.0:7451"
 signing_key = "written-in-the-file"
 identities = {{ store = "nowhere" }}
 color = "blue"
+bridge = ["georep/x", "$SYS/#", "a/#/b", "a+/b", "cmd/#", "cmd/#"]
 hubs = [
   {{ name = "qc", region = "mars", url = "http://hub:1883", username = "georep" }},
 ]
@@ -104,6 +107,11 @@ hubs = [
             "missing `identities`",
             "url holds credentials",
             "the hub name 'x' is used twice",
+            "bridge filter 'georep/x': the filter would take in georep's own topics",
+            "bridge filter '$SYS/#': topics starting with '$'",
+            "bridge filter 'a/#/b': '#' must be a whole level, and the last",
+            "bridge filter 'a+/b': '+' must be a whole level",
+            "bridge filter 'cmd/#' is listed twice",
         ],
     );
 }

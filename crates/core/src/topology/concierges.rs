@@ -26,6 +26,7 @@ const FIELDS: &[&str] = &[
     "probe_interval",
     "probe_timeout",
     "ttl",
+    "bridge",
 ];
 const HUB_FIELDS: &[&str] = &["name", "region", "url", "username", "password"];
 const IDENTITY_FIELDS: &[&str] = &["store", "object", "poll"];
@@ -90,6 +91,8 @@ pub struct Concierge {
     /// How long a device may keep an assignment before asking again.
     #[serde(serialize_with = "super::duration")]
     pub ttl: Duration,
+    /// MQTT topic filters whose messages are carried from every hub to every other.
+    pub bridge: Vec<String>,
 }
 
 impl std::fmt::Debug for Concierge {
@@ -106,6 +109,7 @@ impl std::fmt::Debug for Concierge {
             .field("probe_interval", &self.probe_interval)
             .field("probe_timeout", &self.probe_timeout)
             .field("ttl", &self.ttl)
+            .field("bridge", &self.bridge)
             .finish()
     }
 }
@@ -133,6 +137,7 @@ pub(super) struct DraftConcierge {
     probe_interval: Duration,
     probe_timeout: Duration,
     ttl: Duration,
+    bridge: Vec<String>,
 }
 
 struct DraftHub {
@@ -179,6 +184,7 @@ impl DraftConcierge {
             probe_interval: self.probe_interval,
             probe_timeout: self.probe_timeout,
             ttl: self.ttl,
+            bridge: self.bridge,
         })
     }
 }
@@ -270,6 +276,7 @@ fn concierge(
         Duration::from_secs(5),
         Concierge::DEFAULT_TTL,
     );
+    let bridge = bridge_filters(ctx, sec);
     DraftConcierge {
         what,
         name,
@@ -284,7 +291,58 @@ fn concierge(
         probe_interval,
         probe_timeout,
         ttl,
+        bridge,
     }
+}
+
+/// Why `f` is not an MQTT topic filter georep may bridge, if it is not.
+fn bridge_filter_problem(f: &str) -> Option<String> {
+    if f.is_empty() || f.len() > 65_535 || f.contains('\0') {
+        return Some("a topic filter is 1 to 65,535 bytes without NUL".into());
+    }
+    if f.starts_with('$') {
+        return Some(
+            "topics starting with '$' belong to the hub ($SYS, $CONTROL) and are not bridged"
+                .into(),
+        );
+    }
+    if f == "#" || f.starts_with("georep/") || f == "georep" || f.starts_with("+/") {
+        return Some("the filter would take in georep's own topics (georep/...), which each hub keeps for itself; name the topics to bridge, e.g. \"commands/#\"".into());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be a whole level, and the last".into());
+        }
+        if l.contains('+') && *l != "+" {
+            return Some("'+' must be a whole level".into());
+        }
+    }
+    None
+}
+
+/// `bridge = ["commands/#", ...]`: filters checked one by one, listed once each.
+fn bridge_filters(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>) -> Vec<String> {
+    let Some(list) = sec.strings(ctx, "bridge", "[\"commands/#\"]") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for f in list.into_inner() {
+        let span = f.span();
+        let f = f.into_inner();
+        if let Some(p) = bridge_filter_problem(&f) {
+            ctx.error(Some(span), &sec.what, format!("bridge filter '{f}': {p}"));
+        } else if out.contains(&f) {
+            ctx.error(
+                Some(span),
+                &sec.what,
+                format!("bridge filter '{f}' is listed twice"),
+            );
+        } else {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// `identities = { store = "NAME", object = "devices.json" }`.
