@@ -26,16 +26,19 @@ SAMPLES=${SAMPLES:-20}
 B=$(mktemp -d /tmp/georep-bench-concierge.XXXX)
 PIDS=$B/pids
 touch "$PIDS"
-cleanup() { while read -r p; do kill "$p" 2>/dev/null || true; done < "$PIDS"; rm -rf "$B"; }
+cleanup() { while read -r p; do kill "$p" 2>/dev/null || true; done < "$PIDS"; [ -n "${KEEP:-}" ] && echo "kept $B" || rm -rf "$B"; }
 trap cleanup EXIT
 source "$ROOT/bench/lib.sh"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-echo "== building georep and the simulated fleet (release)"
-cargo build --release --locked -p georep -p georep-device --example fleet >/dev/null 2>&1 \
-  || cargo build --release --locked -p georep -p georep-device --example fleet
-GEOREP=$ROOT/target/release/georep
-FLEET=$ROOT/target/release/examples/fleet
+# PROFILE=debug for a quick look (the figures are release figures).
+PROFILE=${PROFILE:-release}
+echo "== building georep and the simulated fleet ($PROFILE)"
+FLAG=$([ "$PROFILE" = release ] && echo --release || true)
+build() { cargo build $FLAG --locked -p georep && cargo build $FLAG --locked -p georep-device --example fleet; }
+build >/dev/null 2>&1 || build
+GEOREP=$ROOT/target/$PROFILE/georep
+FLEET=$ROOT/target/$PROFILE/examples/fleet
 DYNSEC=/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so
 [ -f "$DYNSEC" ] || { echo "mosquitto 2 with dynamic security is needed: apt-get install mosquitto"; exit 1; }
 
@@ -45,7 +48,8 @@ start_hub() {
   mosquitto_ctrl dynsec init "$dir/dynsec.json" admin "admin-pw-$name" >/dev/null
   printf 'listener %s 127.0.0.1\nallow_anonymous false\nper_listener_settings false\npersistence false\nmax_connections -1\nplugin %s\nplugin_opt_config_file %s\n' \
     "$port" "$DYNSEC" "$dir/dynsec.json" > "$dir/mosquitto.conf"
-  [ "$(id -u)" = 0 ] && chown -R mosquitto: "$dir"
+  # As root, mosquitto drops to its own user: it must reach and own its folder.
+  [ "$(id -u)" = 0 ] && chmod 711 "$B" && chown -R mosquitto: "$dir"
   mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
   local pid=$!; echo $pid >> "$PIDS"
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
@@ -92,6 +96,8 @@ for _ in $(seq 1200); do
   status | python3 -c "import json,sys; s=json.load(sys.stdin)[0]; sys.exit(0 if all(h['identities']['in_sync']==$DEVICES and h['identities']['pending']==0 for h in s['hubs']) else 1)" 2>/dev/null && break
   sleep 0.1
 done
+status | python3 -c "import json,sys; s=json.load(sys.stdin)[0]; sys.exit(0 if all(h['identities']['in_sync']==$DEVICES and h['identities']['pending']==0 for h in s['hubs']) else 1)" \
+  || { echo "identities never reached both hubs; the daemon's log:"; tail -20 "$B/serve.log"; exit 1; }
 echo "   $DEVICES identities in sync on both hubs $(python3 -c "import time; print(f'{time.time()-$T0:.1f}')") s after the daemon started"
 
 echo "== (1) assignments: $CONNS connections, ${SECS}s"
@@ -140,11 +146,14 @@ PY
 }
 took "$KILL_MS" we "after the kill (target: all within 60 s)"
 
+# The concierge fails over too (3 failed probes a second apart); devices went to the
+# fallback on their own before that.
+for _ in $(seq 300); do status | grep -q '"current_hub": *"we"' && break; sleep 0.1; done
 echo "== (3) failback: qc back (failback_after = 10s)"
 mosquitto -c "$B/qc/mosquitto.conf" > "$B/qc/log2" 2>&1 &
 echo $! >> "$PIDS"
 UP_MS=$(python3 -c 'import time; print(int(time.time()*1000))')
-for _ in $(seq 1800); do [ "$(on qc "$UP_MS")" -ge "$DEVICES" ] && break; sleep 0.1; done
+for _ in $(seq ${FAILBACK_WAIT:-1800}); do [ "$(on qc "$UP_MS")" -ge "$DEVICES" ] && break; sleep 0.1; done
 took "$UP_MS" qc "after qc came back (probes, failback_after, notices spread over ~1 s)"
 
 echo "== (4) identity propagation ($SAMPLES devices added one at a time; identities poll 1s)"

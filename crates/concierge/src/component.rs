@@ -31,6 +31,15 @@ use crate::shared::{About, HubView, Shared};
 const SECTION: &str = "concierges";
 /// The identities are read, and kept on every hub, at least this often.
 const RESYNC: Duration = Duration::from_secs(30);
+/// Dynamic security commands sent at once.
+const DYNSEC_BATCH: usize = 200;
+
+/// How long a dynamic security exchange may take: at least 30 s (a hub saves its
+/// configuration after each command), or the probe timeout when longer.
+fn dynsec_timeout(k: &Keeper) -> Duration {
+    k.timeout.max(Duration::from_secs(30))
+}
+
 /// Drift listed in status, per hub.
 const DRIFT_SHOWN: usize = 20;
 
@@ -595,7 +604,7 @@ async fn listing(
         json!({"command": "listClients", "verbose": true}),
         json!({"command": "listRoles", "verbose": true}),
     ];
-    let answers = crate::dynsec::call(&k.hub.url, admin, asks, k.timeout).await?;
+    let answers = crate::dynsec::call(&k.hub.url, admin, asks, dynsec_timeout(k)).await?;
     let list = |i: usize, what: &str| {
         answers
             .get(i)
@@ -621,7 +630,7 @@ async fn keep(
     // its answer may be lost; the hub is listed again after.
     let service = crate::dynsec::service(admin.0, &clients, &roles, &k.bridge);
     if !service.is_empty() {
-        let _ = crate::dynsec::call(&k.hub.url, admin, service, k.timeout).await;
+        let _ = crate::dynsec::call(&k.hub.url, admin, service, dynsec_timeout(k)).await;
         tracing::info!(concierge = %k.concierge, hub = %k.hub.name, "gave the admin account georep's role ({})", crate::dynsec::SERVICE_ROLE);
         (clients, roles) = listing(k, admin).await?;
     }
@@ -652,27 +661,37 @@ async fn keep(
     let cmds_empty = cmds.is_empty();
     if !cmds.is_empty() {
         let n = cmds.len();
-        let r = crate::dynsec::call(&k.hub.url, admin, cmds, k.timeout).await;
-        let failed: Vec<String> = match r {
-            Ok(answers) => answers
-                .iter()
-                .filter_map(|a| {
-                    a["error"]
-                        .as_str()
-                        .map(|e| format!("{}: {e}", a["command"].as_str().unwrap_or("?")))
-                })
-                .collect(),
-            Err(e) => vec![e],
-        };
-        if !failed.is_empty() {
-            let e = format!(
-                "{} of {n} commands failed: {}",
-                failed.len(),
-                failed.join("; ")
-            );
-            ids.last_error = Some(e.clone());
-            k.shared.kept(k.place, ids);
-            return Err(e);
+        // In batches: the hub saves its whole configuration after every command, so a
+        // large fleet's first pass takes a while; each batch that went through is
+        // recorded (and saved) at once, so a failure later never sets it again.
+        for batch in crate::dynsec::batches(cmds, DYNSEC_BATCH) {
+            let r = crate::dynsec::call(&k.hub.url, admin, batch.clone(), dynsec_timeout(k)).await;
+            let failed: Vec<String> = match r {
+                Ok(answers) => answers
+                    .iter()
+                    .filter_map(|a| {
+                        a["error"]
+                            .as_str()
+                            .map(|e| format!("{}: {e}", a["command"].as_str().unwrap_or("?")))
+                    })
+                    .collect(),
+                Err(e) => vec![e],
+            };
+            if !failed.is_empty() {
+                let e = format!(
+                    "{} of {} commands failed: {}",
+                    failed.len(),
+                    batch.len(),
+                    failed.join("; ")
+                );
+                if let Err(e) = crate::saved::write_json(&k.saved, &*applied) {
+                    tracing::warn!(concierge = %k.concierge, hub = %k.hub.name, error = %e, "cannot save what was set on the hub");
+                }
+                ids.last_error = Some(e.clone());
+                k.shared.kept(k.place, ids);
+                return Err(e);
+            }
+            applied.record(fleet, &batch);
         }
         tracing::info!(concierge = %k.concierge, hub = %k.hub.name, commands = n, "identities kept on the hub");
     }

@@ -121,12 +121,62 @@ impl Applied {
         self.roles = fleet.roles.clone();
     }
 
+    /// Records what the commands `done` (that went through) set, as `fleet` says.
+    pub fn record(&mut self, fleet: &Fleet, done: &[Value]) {
+        for c in done {
+            if let Some(id) = c["username"].as_str() {
+                match fleet.devices.get(id) {
+                    Some(d) => {
+                        let e = (self.digest(&d.key), d.enabled, d.roles.clone());
+                        self.devices.insert(id.to_string(), e);
+                    }
+                    None => {
+                        self.devices.remove(id);
+                    }
+                }
+            } else if let Some(r) = c["rolename"].as_str() {
+                match fleet.roles.get(r) {
+                    Some(acls) => {
+                        self.roles.insert(r.to_string(), acls.clone());
+                    }
+                    None => {
+                        self.roles.remove(r);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether `d` is on the hub as georep last set it.
     pub fn has(&self, d: &Device) -> bool {
         self.devices
             .get(&d.id)
             .is_some_and(|(k, e, r)| *k == self.digest(&d.key) && *e == d.enabled && r == &d.roles)
     }
+}
+
+/// `cmds` in batches of about `size`, never splitting the commands of one client or
+/// role (so a batch that went through leaves each of them as planned).
+pub fn batches(cmds: Vec<Value>, size: usize) -> Vec<Vec<Value>> {
+    let key = |c: &Value| {
+        c["username"]
+            .as_str()
+            .map(|u| format!("u:{u}"))
+            .or_else(|| c["rolename"].as_str().map(|r| format!("r:{r}")))
+    };
+    let mut out: Vec<Vec<Value>> = Vec::new();
+    let mut cur: Vec<Value> = Vec::new();
+    for c in cmds {
+        let same = cur.last().is_some_and(|l| key(l) == key(&c));
+        if cur.len() >= size.max(1) && !same {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// The role georep gives every device of concierge `concierge`: it may receive the
@@ -313,12 +363,9 @@ pub fn plan(
         .collect();
     for (id, d) in &fleet.devices {
         let Some(c) = hub_clients.get(id.as_str()) else {
-            cmds.push(json!({"command": "createClient", "username": id, "password": mqtt_password(&d.key), "textdescription": tag}));
-            cmds.extend(
-                d.roles
-                    .iter()
-                    .map(|r| json!({"command": "addClientRole", "username": id, "rolename": r})),
-            );
+            // Roles given as it is made: one command (one save on the hub) a device.
+            let roles: Vec<Value> = d.roles.iter().map(|r| json!({"rolename": r})).collect();
+            cmds.push(json!({"command": "createClient", "username": id, "password": mqtt_password(&d.key), "textdescription": tag, "roles": roles}));
             if !d.enabled {
                 cmds.push(json!({"command": "disableClient", "username": id}));
             }
@@ -469,9 +516,7 @@ mod tests {
                 "addRoleACL sensor",
                 "enableClient mine",
                 "createClient new",
-                "addClientRole new sensor",
                 "createClient off",
-                "addClientRole off sensor",
                 "disableClient off",
                 "deleteClient gone",
                 "deleteRole old"
@@ -480,6 +525,16 @@ mod tests {
         assert_eq!(drift.len(), 1);
         assert!(drift[0].contains("'theirs'"));
         assert_eq!(cmds[3]["password"], mqtt_password(&[1; 16]));
+        assert_eq!(cmds[3]["roles"][0]["rolename"], "sensor");
+        // Batches never split one client's commands.
+        let b = batches(cmds.clone(), 4);
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), cmds.len());
+        assert!(b.iter().all(|x| x.len() <= 5));
+        let off = b
+            .iter()
+            .filter(|x| x.iter().any(|c| c["username"] == "off"))
+            .count();
+        assert_eq!(off, 1, "{b:?}");
 
         // A new key for "mine": its password is set again.
         let mut rekeyed = last.clone();

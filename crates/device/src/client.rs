@@ -14,7 +14,9 @@
 //!    the next hub. When the concierge cannot be reached, use the last assignment.
 //! 4. On a reassign notice for this device (all, its group, or its id), wait a random
 //!    part of the notice's spread and ask again; on expiry of the assignment, ask
-//!    again. If the answer names another hub, say goodbye (offline presence) and move.
+//!    again; on a fallback it moved to by itself (the assigned hub would not take it),
+//!    ask again every `fallback_recheck` (jittered). If the answer names another hub,
+//!    say goodbye (offline presence) and move.
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,10 @@ pub struct Config {
     pub keep_alive: Duration,
     /// How long each shared access signature holds.
     pub sas_ttl: Duration,
+    /// On a fallback the device moved to by itself (its hub would not take it), how
+    /// often it asks again (jittered between half and all of it), so it goes back once
+    /// the concierge names a hub that works.
+    pub fallback_recheck: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -110,6 +116,7 @@ impl Config {
             backoff: Backoff::default(),
             keep_alive: Duration::from_secs(5),
             sas_ttl: Duration::from_secs(3600),
+            fallback_recheck: Duration::from_secs(20),
         }
     }
 }
@@ -434,9 +441,19 @@ async fn session(
     let (client, mut el) = AsyncClient::new(opts, 64);
     let mut connected = false;
     let mut group = claims.group.clone();
-    // Ask again when the assignment expires, or soon after a notice.
+    // Ask again when the assignment expires, or soon after a notice; on a fallback the
+    // concierge did not name, every `fallback_recheck` too.
+    let recheck = || {
+        (hub.name != claims.hub.name).then(|| {
+            let half = cfg.fallback_recheck / 2;
+            Instant::now() + half + jitter(half)
+        })
+    };
     let expires_in = claims.exp.saturating_sub(now_ms() / 1000).max(5);
     let mut ask_at = Instant::now() + Duration::from_secs(expires_in);
+    if let Some(t) = recheck() {
+        ask_at = ask_at.min(t);
+    }
     loop {
         tokio::select! {
             ev = el.poll() => match ev {
