@@ -7,6 +7,8 @@
 //! bridge, never carries it on again): no loop. Retain flags are kept; QoS 2 is carried
 //! as QoS 1. Messages for a hub that is down are dropped and counted (a bridge is not a
 //! queue: devices that need every command use retained messages or their own acks).
+//! Retained messages already on a hub when the bridge connects are not carried (a
+//! reconnect would replay them); new ones are, retained.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,9 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::shared::Shared;
+
+/// The largest message bridged.
+const MAX_PACKET: u32 = 16 << 20;
 
 /// The user property on what georep bridged: the hub it came from.
 pub(crate) const MARK: &str = "georep-bridge";
@@ -52,6 +57,10 @@ pub(crate) async fn run(
         opts.set_credentials(user, pw);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_clean_start(true);
+        // Told to the hub (MQTT 5): it never sends more, so a large message is not
+        // bridged (the hub drops it for this connection) instead of breaking the
+        // connection again and again.
+        opts.set_max_packet_size(Some(MAX_PACKET));
         if hub.url.starts_with("mqtts://") {
             opts.set_transport(rumqttc::Transport::tls_with_config(
                 crate::probe::tls_client().into(),
@@ -132,6 +141,9 @@ async fn poll(
                     let mut s = Filter::new(f.clone(), QoS::AtLeastOnce);
                     s.nolocal = true;
                     s.preserve_retain = true;
+                    // Retained messages are not sent on subscribing: a reconnect must
+                    // not replay old commands, or a stale copy overwrite a newer one.
+                    s.retain_forward_rule = rumqttc::v5::mqttbytes::v5::RetainForwardRule::Never;
                     s
                 });
                 if let Err(e) = client.subscribe_many(subs).await {

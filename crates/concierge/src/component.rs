@@ -254,9 +254,12 @@ impl Concierges {
     ) -> georep_component::Result<ConciergeActionReport> {
         let (_, s) = self.get(name)?;
         let fleet = s.fleet();
+        // Unpinning needs no member of the fleet: a device or group that left must
+        // still be unpinnable.
+        let unpin = req.hub.is_none();
         let who = match (&req.device, &req.group) {
             (Some(d), None) => {
-                if !fleet.contains_key(d) {
+                if !unpin && !fleet.contains_key(d) {
                     return Err(georep_component::Error::not_found(format!(
                         "concierge '{name}': no device '{d}' in the fleet"
                     )));
@@ -264,7 +267,7 @@ impl Concierges {
                 format!("device:{d}")
             }
             (None, Some(g)) => {
-                if !fleet.values().any(|d| d.group.as_deref() == Some(g)) {
+                if !unpin && !fleet.values().any(|d| d.group.as_deref() == Some(g)) {
                     return Err(georep_component::Error::not_found(format!(
                         "concierge '{name}': no device of the fleet is in group '{g}'"
                     )));
@@ -388,15 +391,14 @@ impl Concierges {
                 shared.clone(),
                 rx.clone(),
             )));
-            let salt = aws_lc_rs::hmac::sign(
-                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &cfg.signing_key),
-                b"georep-applied-digests",
-            );
+            // For a hub file made now; one read back keeps its own.
+            let mut salt = [0u8; 32];
+            let _ = aws_lc_rs::rand::fill(&mut salt);
             tasks.push(tokio::spawn(keeper(
                 Keeper {
                     bridge: cfg.bridge.clone(),
                     saved: self.dir.join(format!("{name}.hub-{}.json", hub.name)),
-                    salt: salt.as_ref().to_vec(),
+                    salt: salt.to_vec(),
                     tag: format!("georep:{name}"),
                     concierge: name.clone(),
                     place: i,
@@ -757,7 +759,7 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
         };
         if let Some((to, why)) = next {
             tracing::warn!(concierge = %cfg.name, from = %cfg.hubs[current].name, to = %cfg.hubs[to].name, "{why}: devices are sent to another hub");
-            shared.move_to(to, why, None);
+            shared.auto_move(current, to, why);
         }
         tokio::select! {
             () = tokio::time::sleep(cfg.probe_interval) => {}

@@ -79,8 +79,10 @@ pub async fn call(
 pub struct Applied {
     pub devices: BTreeMap<String, (String, bool, Vec<String>)>,
     pub roles: BTreeMap<String, Vec<Acl>>,
-    /// The digest's key (from the concierge's signing key); never saved.
-    #[serde(skip)]
+    /// The digests' key: random, made with the file and kept in it, so neither a new
+    /// signing key nor a restart changes the digests (which would set every password
+    /// again). Keys of 16 random bytes or more cannot be found from their digests.
+    #[serde(default)]
     salt: Vec<u8>,
 }
 
@@ -93,9 +95,11 @@ impl Applied {
         }
     }
 
-    /// With digests keyed with `salt` (after reading it back).
+    /// Keyed with `salt` when it was read back without one.
     pub fn salted(mut self, salt: &[u8]) -> Self {
-        self.salt = salt.to_vec();
+        if self.salt.is_empty() {
+            self.salt = salt.to_vec();
+        }
         self
     }
 

@@ -115,6 +115,19 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
+/// Why a role may not have an ACL on `topic`: it reaches the hub's own topics
+/// (`$CONTROL` would make a device the hub's administrator, `$SYS`) or georep's.
+fn reserved(topic: &str) -> Option<&'static str> {
+    let first = topic.split('/').next().unwrap_or_default();
+    if first.starts_with('$') {
+        Some("reaches the hub's own topics ($CONTROL, $SYS): a device must never have them")
+    } else if matches!(first, "#" | "+" | "georep") {
+        Some("reaches georep's own topics (georep/...); name the device topics, e.g. telemetry/#")
+    } else {
+        None
+    }
+}
+
 /// Every device and role; every problem is reported at once.
 pub fn parse(bytes: &[u8]) -> Result<Fleet, IdentityError> {
     let file: File = serde_json::from_slice(bytes).map_err(|e| {
@@ -145,6 +158,9 @@ pub fn parse(bytes: &[u8]) -> Result<Fleet, IdentityError> {
                 problems.push(format!(
                     "{at}: an ACL topic is 1 to 65,535 bytes without NUL"
                 ));
+            }
+            if let Some(why) = reserved(&a.topic) {
+                problems.push(format!("{at}: ACL topic '{}' {why}", a.topic));
             }
         }
         let mut acls = r.acls;
@@ -239,7 +255,8 @@ mod tests {
         let roles = br#"{"roles": [
             {"name": "sensor", "acls": [{"type": "publishClientSend", "topic": "t/#"}, {"type": "subscribePattern", "topic": "c/#", "allow": false}]},
             {"name": "georep-x"},
-            {"name": "odd", "acls": [{"type": "publish", "topic": ""}]}
+            {"name": "odd", "acls": [{"type": "publish", "topic": ""}]},
+            {"name": "greedy", "acls": [{"type": "publishClientSend", "topic": "$CONTROL/dynamic-security/v1"}, {"type": "subscribePattern", "topic": "+/x"}]}
         ], "devices": [
             {"id": "d1", "key": "AAECAwQFBgcICQoLDA0ODw==", "roles": ["sensor", "sensor"]},
             {"id": "d2", "key": "AAECAwQFBgcICQoLDA0ODw==", "roles": ["nope"]}
@@ -250,6 +267,8 @@ mod tests {
             "role #3 ('odd'): ACL type 'publish' is not one of",
             "role #3 ('odd'): an ACL topic",
             "device #2 ('d2'): role 'nope' is not in the file's",
+            "role #4 ('greedy'): ACL topic '$CONTROL/dynamic-security/v1' reaches the hub's own topics",
+            "role #4 ('greedy'): ACL topic '+/x' reaches georep's own topics",
         ] {
             assert!(e.contains(want), "{want}: {e}");
         }

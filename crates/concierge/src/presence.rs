@@ -43,7 +43,11 @@ pub(crate) async fn watch(
         );
         opts.set_credentials(user.clone(), pw.clone());
         opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_max_packet_size(1 << 20, 1 << 20);
+        // Any device may publish on the presence topics (Mosquitto 2.0's dynamic
+        // security cannot limit a device to its own): accept what the hub accepts
+        // (its default limit, 256 MiB) so an oversized message is read and ignored
+        // rather than breaking the watch again and again.
+        opts.set_max_packet_size(256 << 20, 1 << 20);
         if hub.url.starts_with("mqtts://") {
             opts.set_transport(rumqttc::Transport::tls_with_config(
                 crate::probe::tls_client().into(),

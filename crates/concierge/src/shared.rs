@@ -73,6 +73,13 @@ struct Live {
 /// heard of it), both Unix ms.
 type Seen = BTreeMap<usize, (u64, u64)>;
 
+/// The hub of the newest connection, and when the concierge heard of it.
+fn newest(seen: &Seen) -> Option<(usize, u64)> {
+    seen.iter()
+        .max_by_key(|(_, (at, _))| *at)
+        .map(|(place, (_, heard))| (*place, *heard))
+}
+
 /// Names and places, for status.
 pub struct About {
     pub name: String,
@@ -96,6 +103,8 @@ pub struct Shared {
     /// Device → (hub, expiry) of its last assignment.
     assigned: RwLock<HashMap<String, (usize, u64)>>,
     live: Mutex<Live>,
+    /// Held while devices are moved, so a probe's move and an operator's never cross.
+    moving: Mutex<()>,
     /// Device → hub place → (the device's connection time, when the concierge heard of
     /// it), both Unix ms: from signed presence on each hub.
     presence: RwLock<HashMap<String, Seen>>,
@@ -160,6 +169,7 @@ impl Shared {
                 hubs: vec![HubLive::default(); n],
                 ..Live::default()
             }),
+            moving: Mutex::new(()),
             presence: RwLock::new(HashMap::new()),
             notices: tokio::sync::broadcast::channel(64).0,
             saved,
@@ -256,6 +266,27 @@ impl Shared {
     /// Moves devices to hub `to`, remembering why; a move to where they are is nothing.
     /// `hold` sets (or clears) the operator's hold. Saved.
     pub(crate) fn move_to(&self, to: usize, reason: &str, hold: Option<bool>) {
+        let _one = self
+            .moving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.move_locked(to, reason, hold);
+    }
+
+    /// A move decided by probes, from `from`: nothing when an operator moved devices
+    /// since, or (a failback) holds them.
+    pub(crate) fn auto_move(&self, from: usize, to: usize, reason: &str) {
+        let _one = self
+            .moving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.current() != from || (reason == "failback" && self.held()) {
+            return;
+        }
+        self.move_locked(to, reason, None);
+    }
+
+    fn move_locked(&self, to: usize, reason: &str, hold: Option<bool>) {
         let hubs = self.hubs();
         let from = self.current();
         if let Some(h) = hold {
@@ -350,11 +381,7 @@ impl Shared {
     /// Where `id` is connected as far as presence tells: the hub with the newest
     /// connection, and when the concierge heard of it (Unix ms).
     fn connected(&self, id: &str) -> Option<(usize, u64)> {
-        read(&self.presence).get(id).and_then(|hubs| {
-            hubs.iter()
-                .max_by_key(|(_, (at, _))| *at)
-                .map(|(place, (_, seen))| (*place, *seen))
-        })
+        read(&self.presence).get(id).and_then(newest)
     }
 
     /// Every device (of `group`, when given): where it is assigned and connected.
@@ -472,7 +499,9 @@ impl Shared {
                     .as_ref()
                     .and_then(|g| pins.get(&format!("group:{g}")))
             })
-            .and_then(|name| hubs.iter().position(|h| &h.name == name));
+            .and_then(|name| hubs.iter().position(|h| &h.name == name))
+            // A pin to a hub that fails its probes gives way to the current hub.
+            .filter(|&p| hubs[p].healthy);
         let current = self.current().min(hubs.len().checked_sub(1)?);
         let (chosen, reason) = match pinned {
             Some(p) => (p, "pinned"),
@@ -526,8 +555,10 @@ impl Shared {
             }
         }
         let mut present = vec![0u64; hubs.len()];
-        for id in read(&self.presence).keys() {
-            if let Some((i, _)) = self.connected(id) {
+        // One read guard: taking the lock again while holding it deadlocks against a
+        // waiting writer.
+        for seen in read(&self.presence).values() {
+            if let Some((i, _)) = newest(seen) {
                 if let Some(n) = present.get_mut(i) {
                     *n += 1;
                 }

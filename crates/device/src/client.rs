@@ -467,9 +467,13 @@ async fn session(
                     let _ = events.send(Event::Connected { hub: hub.name.clone() }).await;
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == reassign => {
-                    let notice: Reassign = serde_json::from_slice(&p.payload).unwrap_or_default();
-                    if notice.concerns(&cfg.id, group.as_deref()) {
-                        ask_at = ask_at.min(Instant::now() + jitter(Duration::from_millis(notice.spread_ms)));
+                    // What does not parse is ignored; the spread is at least a second, so
+                    // a notice can never make a fleet ask all at once.
+                    if let Ok(notice) = serde_json::from_slice::<Reassign>(&p.payload) {
+                        if notice.concerns(&cfg.id, group.as_deref()) {
+                            let spread = Duration::from_millis(notice.spread_ms).max(Duration::from_secs(1));
+                            ask_at = ask_at.min(Instant::now() + jitter(spread));
+                        }
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {

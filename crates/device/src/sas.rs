@@ -51,21 +51,26 @@ pub fn verify(header: &str, id: &str, key: &[u8], now: u64, max_ttl: u64) -> Res
         .trim()
         .strip_prefix("SharedAccessSignature ")
         .ok_or(SasError::Malformed)?;
-    let (mut sr, mut sig, mut se) = (None, None, None);
+    let (mut sr, mut raw_sr, mut sig, mut se) = (None, None, None, None);
     for pair in fields.split('&') {
         let (k, v) = pair.split_once('=').ok_or(SasError::Malformed)?;
+        let raw = v;
         let v = percent_decode_str(v)
             .decode_utf8()
             .map_err(|_| SasError::Malformed)?
             .into_owned();
         match k {
-            "sr" => sr = Some(v),
+            "sr" => {
+                sr = Some(v);
+                raw_sr = Some(raw.to_string());
+            }
             "sig" => sig = Some(v),
             "se" => se = Some(v),
             // `skn` (a policy name) is for hub-level keys, not devices.
             _ => return Err(SasError::Malformed),
         }
     }
+    let raw_sr = raw_sr.ok_or(SasError::Malformed)?;
     let (sr, sig, se) = (
         sr.ok_or(SasError::Malformed)?,
         sig.ok_or(SasError::Malformed)?,
@@ -85,13 +90,11 @@ pub fn verify(header: &str, id: &str, key: &[u8], now: u64, max_ttl: u64) -> Res
     let given = base64::engine::general_purpose::STANDARD
         .decode(sig.as_bytes())
         .map_err(|_| SasError::BadSignature)?;
+    // Signed as the device encoded it (SDKs leave `-_.~` and more unencoded): the
+    // resource exactly as it stands in the token.
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::verify(
-        &k,
-        format!("{}\n{expiry}", url_encode(&sr)).as_bytes(),
-        &given,
-    )
-    .map_err(|_| SasError::BadSignature)
+    hmac::verify(&k, format!("{raw_sr}\n{expiry}").as_bytes(), &given)
+        .map_err(|_| SasError::BadSignature)
 }
 
 #[cfg(test)]
@@ -128,6 +131,17 @@ mod tests {
             verify(&t3, "dev-1", key, 1_000_000, 3600),
             Err(SasError::WrongResource)
         );
+        // A token as an SDK makes it (`.` and `-` left as they are) verifies.
+        let sdk_sr = "myhub.azure-devices.net%2Fdevices%2Fdev-1";
+        let mac = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, key),
+            format!("{sdk_sr}\n1000100").as_bytes(),
+        );
+        let sdk = format!(
+            "SharedAccessSignature sr={sdk_sr}&sig={}&se=1000100",
+            url_encode(&base64::engine::general_purpose::STANDARD.encode(mac))
+        );
+        assert_eq!(verify(&sdk, "dev-1", key, 1_000_000, 3600), Ok(()));
         // The expiry is signed: moving it breaks the signature.
         let moved = t.replace("se=1000100", "se=1000200");
         assert_eq!(

@@ -115,3 +115,38 @@ hubs = [
         ],
     );
 }
+
+#[test]
+fn an_admin_password_never_crosses_the_network_in_the_clear() {
+    let text = |url: &str| {
+        format!(
+            r#"{BASE}
+[[concierges]]
+name = "devices"
+listen = "127.0.0.1:7450"
+signing_key = "${{SIGNING_KEY}}"
+identities = {{ store = "fleet-we", object = "devices.json" }}
+hubs = [
+  {{ name = "qc", region = "qatar-central", url = "{url}", username = "georep", password = "${{HUB_PW}}" }},
+  {{ name = "we", region = "west-europe", url = "mqtts://hub-we.example:8883" }},
+]
+"#
+        )
+    };
+    let e = Topology::parse(
+        &text("mqtt://10.0.0.9:1883"),
+        Path::new("/etc/georep"),
+        &env,
+    )
+    .expect_err("cleartext credentials off the machine")
+    .render("g.toml");
+    assert!(e.contains("would cross the network in the clear"), "{e}");
+    for fine in [
+        "mqtt://127.0.0.1:1883",
+        "mqtt://localhost",
+        "mqtt://[::1]:1883",
+        "mqtts://10.0.0.9:8883",
+    ] {
+        Topology::parse(&text(fine), Path::new("/etc/georep"), &env).expect(fine);
+    }
+}

@@ -482,6 +482,28 @@ fn hubs(
                 "give username and password together (the account georep probes with and keeps identities with), or neither",
             );
         }
+        // The admin password must not cross the network in the clear.
+        if password.is_some() {
+            if let Some(u) = url.as_deref().and_then(|u| u.strip_prefix("mqtt://")) {
+                let host = u.split(['/', '?']).next().unwrap_or_default();
+                let host = match host.rsplit_once(':') {
+                    Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+                    _ => host,
+                };
+                let host = host.trim_matches(['[', ']']);
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    ctx.error(
+                        Some(h.span.clone()),
+                        &h.what,
+                        "the admin password would cross the network in the clear: use mqtts:// (TLS) for a hub off this machine",
+                    );
+                }
+            }
+        }
         out.push(DraftHub {
             what: h.what.clone(),
             name,
