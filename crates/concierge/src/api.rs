@@ -65,6 +65,14 @@ async fn assignment(
         )
             .into_response();
     };
+    if !s.loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            axum::Json(serde_json::json!({"error": "the concierge has not read its identities yet; ask again later"})),
+        )
+            .into_response();
+    }
     let device = s.device(&id);
     let at = now();
     // Unknown, disabled or a bad signature: one answer, so nothing is learnt from it.

@@ -337,9 +337,10 @@ impl Concierges {
                     cfg.identities.store
                 )
             })?;
-        let fleet = load(&store, &cfg.identities.object)
-            .await
-            .map_err(|e| format!("concierge '{name}': {e}"))?;
+        // An identities store that cannot be read now does not keep the concierge from
+        // starting: devices are told to come back (503) and hubs are left as they are
+        // until the fleet is read.
+        let fleet = load(&store, &cfg.identities.object).await;
         let signer =
             Signer::from_seed(&cfg.signing_key).map_err(|e| format!("concierge '{name}': {e}"))?;
         let hubs = cfg
@@ -353,7 +354,10 @@ impl Concierges {
             })
             .collect();
         let path = self.dir.join(format!("{name}.json"));
-        let saved = crate::saved::read(&path).map_err(|e| format!("concierge '{name}': {e}"))?;
+        let saved = crate::saved::read(&path).unwrap_or_else(|e| {
+            tracing::error!(concierge = %name, error = %e, "starting afresh: devices go to the preferred hub, no pins");
+            crate::saved::Saved::default()
+        });
         let about = About {
             name: name.clone(),
             listen: cfg.listen.to_string(),
@@ -362,8 +366,18 @@ impl Concierges {
         };
         let shared = Shared::with_saved(signer, hubs, about, Some(path));
         shared.restore(saved);
-        shared.set_devices(fleet.devices.clone());
-        shared.identities_read(Ok(()));
+        let fleet = match fleet {
+            Ok(f) => {
+                shared.set_devices(f.devices.clone());
+                shared.identities_read(Ok(()));
+                Some(Arc::new(f))
+            }
+            Err(e) => {
+                tracing::error!(concierge = %name, error = %e, "cannot read the identities: devices are told to come back, hubs are left as they are, until they can be read");
+                shared.identities_read(Err(e));
+                None
+            }
+        };
         let listener = std::net::TcpListener::bind(cfg.listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
@@ -379,7 +393,7 @@ impl Concierges {
             shared.clone(),
             rx.clone(),
         )));
-        let (fleet_tx, fleet_rx) = watch::channel(Arc::new(fleet));
+        let (fleet_tx, fleet_rx) = watch::channel(fleet);
         for (i, hub) in cfg.hubs.iter().enumerate() {
             if hub.username.is_none() || hub.password.is_none() {
                 continue;
@@ -396,6 +410,7 @@ impl Concierges {
             let _ = aws_lc_rs::rand::fill(&mut salt);
             tasks.push(tokio::spawn(keeper(
                 Keeper {
+                    max_delete: cfg.max_delete,
                     bridge: cfg.bridge.clone(),
                     saved: self.dir.join(format!("{name}.hub-{}.json", hub.name)),
                     salt: salt.to_vec(),
@@ -485,7 +500,7 @@ async fn watch_identities(
     cfg: Concierge,
     store: georep_storage::Store,
     shared: Arc<Shared>,
-    fleet: watch::Sender<Fleet>,
+    fleet: watch::Sender<Option<Fleet>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let object = &cfg.identities.object;
@@ -519,9 +534,9 @@ async fn watch_identities(
                 if last_error.take().is_some() {
                     tracing::info!(concierge = %cfg.name, "the identities can be read again");
                 }
-                if **fleet.borrow() != got {
+                if fleet.borrow().as_deref() != Some(&got) {
                     shared.set_devices(got.devices.clone());
-                    fleet.send_replace(Arc::new(got));
+                    fleet.send_replace(Some(Arc::new(got)));
                 }
             }
             Err(e) => {
@@ -537,6 +552,8 @@ async fn watch_identities(
 
 /// One hub's identity keeper.
 struct Keeper {
+    /// The mass-delete guard.
+    max_delete: georep_core::MaxDelete,
     /// Bridged topic filters: the admin account's role must cover them.
     bridge: Vec<String>,
     /// Where what it set is saved.
@@ -553,7 +570,11 @@ struct Keeper {
 
 /// Keeps the fleet on one hub: at once on every change, every [`RESYNC`] otherwise,
 /// and after a failure again after 1 s, doubling to 30 s.
-async fn keeper(k: Keeper, mut fleet: watch::Receiver<Fleet>, mut stop: watch::Receiver<bool>) {
+async fn keeper(
+    k: Keeper,
+    mut fleet: watch::Receiver<Option<Fleet>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut applied = match crate::saved::read_json::<Applied>(&k.saved) {
         Ok(a) => a.salted(&k.salt),
         Err(e) => {
@@ -563,7 +584,15 @@ async fn keeper(k: Keeper, mut fleet: watch::Receiver<Fleet>, mut stop: watch::R
     };
     let mut backoff = Duration::from_secs(1);
     loop {
-        let now = crate::dynsec::with_device_role(&fleet.borrow_and_update(), &k.concierge);
+        let Some(read) = fleet.borrow_and_update().clone() else {
+            // Not read yet: nothing to keep.
+            tokio::select! {
+                r = fleet.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            continue;
+        };
+        let now = crate::dynsec::with_device_role(&read, &k.concierge);
         let wait = match keep(&k, &now, &mut applied).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
@@ -661,6 +690,25 @@ async fn keep(
         last_error: None,
     };
     let cmds_empty = cmds.is_empty();
+    // The mass-delete guard: a fleet that lost most of its devices at once (an empty
+    // or cut-short object) deletes nothing until max_delete allows it.
+    let deletes = cmds
+        .iter()
+        .filter(|c| c["command"] == "deleteClient")
+        .count() as u64;
+    let managed = clients
+        .iter()
+        .filter(|c| c["textdescription"].as_str() == Some(k.tag.as_str()))
+        .count() as u64;
+    if deletes > 0 && !k.max_delete.allows(deletes, managed) {
+        let e = format!(
+            "the identities would delete {deletes} of the {managed} clients georep manages on the hub, more than max_delete ({}): nothing was changed; fix the identities object, or raise max_delete for this change",
+            k.max_delete
+        );
+        ids.last_error = Some(e.clone());
+        k.shared.kept(k.place, ids);
+        return Err(e);
+    }
     if !cmds.is_empty() {
         let n = cmds.len();
         // In batches: the hub saves its whole configuration after every command, so a
@@ -770,7 +818,7 @@ async fn probes(cfg: Concierge, shared: Arc<Shared>, mut stop: watch::Receiver<b
 
 fn differences(a: &Concierge, b: &Concierge) -> Vec<String> {
     changed_fields!(a, b; listen, tls, signing_key, hubs, identities, failover_after,
-        failback_after, probe_interval, probe_timeout, ttl, bridge)
+        failback_after, probe_interval, probe_timeout, ttl, bridge, max_delete)
 }
 
 impl Component for Concierges {

@@ -103,6 +103,8 @@ pub struct Shared {
     /// Device → (hub, expiry) of its last assignment.
     assigned: RwLock<HashMap<String, (usize, u64)>>,
     live: Mutex<Live>,
+    /// The fleet has been read at least once.
+    loaded: AtomicBool,
     /// Held while devices are moved, so a probe's move and an operator's never cross.
     moving: Mutex<()>,
     /// Device → hub place → (the device's connection time, when the concierge heard of
@@ -170,6 +172,7 @@ impl Shared {
                 ..Live::default()
             }),
             moving: Mutex::new(()),
+            loaded: AtomicBool::new(false),
             presence: RwLock::new(HashMap::new()),
             notices: tokio::sync::broadcast::channel(64).0,
             saved,
@@ -233,6 +236,12 @@ impl Shared {
     /// Replaces the fleet.
     pub fn set_devices(&self, devices: BTreeMap<String, Device>) {
         *write(&self.devices) = devices;
+        self.loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the fleet has been read at all.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst)
     }
 
     /// The fleet as it stands.

@@ -207,6 +207,16 @@ fn devices_are_sent_to_a_healthy_hub_and_back_by_the_rules() {
         "{}",
         d.log_text()
     );
+    // An empty fleet (a cut-short upload) deletes nothing: the mass-delete guard.
+    std::fs::write(fleet.join("devices.json"), r#"{"devices": []}"#).expect("devices");
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .log_text()
+            .contains("more than max_delete (50%): nothing was changed")),
+        "{}",
+        d.log_text()
+    );
+    assert!(on(&qc, "dev-1") && on(&we, "dev-3"));
     let logs = d.log_text();
     for secret in [SEED, &qc.admin().1, DEVICE_KEY] {
         assert!(!logs.contains(secret), "a secret in the logs");
@@ -220,7 +230,8 @@ fn a_concierge_with_a_certificate_speaks_https_only() {
     let (qc, we) = (Mosquitto::start(), Mosquitto::start());
     let fleet = dir.path().join("fleet");
     std::fs::create_dir_all(&fleet).expect("fleet");
-    std::fs::write(fleet.join("devices.json"), r#"{"devices": []}"#).expect("devices");
+    // No identities object yet: the concierge starts anyway and asks devices to come
+    // back.
     let port = free_port();
     let cfg = TopologyFile::new()
         .raw("[state]\nurl = \"sqlite://state/georep.db\"")
@@ -244,6 +255,22 @@ fn a_concierge_with_a_certificate_speaks_https_only() {
         .get(format!("https://localhost:{port}/.well-known/jwks.json"))
         .send()
         .is_ok_and(|r| r.status().as_u16() == 200)));
+    let ask = || {
+        https
+            .get(format!(
+                "https://localhost:{port}/v1/devices/dev-1/assignment"
+            ))
+            .header(
+                "authorization",
+                "SharedAccessSignature sr=x%2Fdevices%2Fdev-1&sig=AAAA&se=1",
+            )
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or_default()
+    };
+    assert_eq!(ask(), 503);
+    std::fs::write(fleet.join("devices.json"), r#"{"devices": []}"#).expect("devices");
+    assert!(wait_until(Duration::from_secs(20), || ask() == 403));
     let plain = reqwest::blocking::Client::new()
         .get(format!("http://127.0.0.1:{port}/.well-known/jwks.json"))
         .timeout(Duration::from_secs(5))

@@ -27,6 +27,7 @@ const FIELDS: &[&str] = &[
     "probe_timeout",
     "ttl",
     "bridge",
+    "max_delete",
 ];
 const HUB_FIELDS: &[&str] = &["name", "region", "url", "username", "password"];
 const IDENTITY_FIELDS: &[&str] = &["store", "object", "poll"];
@@ -93,6 +94,10 @@ pub struct Concierge {
     pub ttl: Duration,
     /// MQTT topic filters whose messages are carried from every hub to every other.
     pub bridge: Vec<String>,
+    /// At most this many (or this share) of the clients georep manages on a hub are
+    /// deleted in one pass; more, and nothing is done until the limit is raised.
+    #[serde(serialize_with = "super::display")]
+    pub max_delete: crate::MaxDelete,
 }
 
 impl std::fmt::Debug for Concierge {
@@ -110,6 +115,7 @@ impl std::fmt::Debug for Concierge {
             .field("probe_timeout", &self.probe_timeout)
             .field("ttl", &self.ttl)
             .field("bridge", &self.bridge)
+            .field("max_delete", &self.max_delete)
             .finish()
     }
 }
@@ -121,6 +127,7 @@ impl Concierge {
     pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
     pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_MAX_DELETE: crate::MaxDelete = crate::MaxDelete::Percent(50.0);
 }
 
 pub(super) struct DraftConcierge {
@@ -138,6 +145,7 @@ pub(super) struct DraftConcierge {
     probe_timeout: Duration,
     ttl: Duration,
     bridge: Vec<String>,
+    max_delete: crate::MaxDelete,
 }
 
 struct DraftHub {
@@ -185,6 +193,7 @@ impl DraftConcierge {
             probe_timeout: self.probe_timeout,
             ttl: self.ttl,
             bridge: self.bridge,
+            max_delete: self.max_delete,
         })
     }
 }
@@ -277,6 +286,8 @@ fn concierge(
         Concierge::DEFAULT_TTL,
     );
     let bridge = bridge_filters(ctx, sec);
+    let max_delete =
+        super::policies::max_delete(ctx, sec, &what).unwrap_or(Concierge::DEFAULT_MAX_DELETE);
     DraftConcierge {
         what,
         name,
@@ -292,6 +303,7 @@ fn concierge(
         probe_timeout,
         ttl,
         bridge,
+        max_delete,
     }
 }
 

@@ -167,27 +167,8 @@ fn policy(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, name: Option<Spanned<String>
             ),
         }
     }
-    if let Some(value) = sec.get("max_delete") {
-        let parsed = match value.get_ref() {
-            DeValue::String(s) => MaxDelete::parse(s).map_err(|e| e.to_string()),
-            v => match integer(v) {
-                Some(n) => u64::try_from(n)
-                    .map(MaxDelete::Count)
-                    .map_err(|_| "max_delete cannot be negative".to_string()),
-                None => Err(format!(
-                    "`max_delete` must be a count or a percentage string, not {}",
-                    kind(v)
-                )),
-            },
-        };
-        match parsed {
-            Ok(m) => p.max_delete = m,
-            Err(e) => ctx.error(
-                Some(value.span()),
-                &what,
-                format!("max_delete: {e}; e.g. max_delete = \"10%\" or max_delete = 500"),
-            ),
-        }
+    if let Some(m) = max_delete(ctx, sec, &what) {
+        p.max_delete = m;
     }
     if let Some(d) = duration(ctx, sec, "rpo", "\"15m\"", Duration::from_secs(1)) {
         p.rpo = d;
@@ -339,6 +320,38 @@ pub(super) fn duration(
         }
         Err(e) => {
             ctx.error(Some(raw.span()), &sec.what, format!("{key}: {e}"));
+            None
+        }
+    }
+}
+
+/// `max_delete = 500` or `"10%"`, when given and valid.
+pub(super) fn max_delete(
+    ctx: &mut Ctx<'_>,
+    sec: &Section<'_, '_>,
+    what: &str,
+) -> Option<MaxDelete> {
+    let value = sec.get("max_delete")?;
+    let parsed = match value.get_ref() {
+        DeValue::String(s) => MaxDelete::parse(s).map_err(|e| e.to_string()),
+        v => match integer(v) {
+            Some(n) => u64::try_from(n)
+                .map(MaxDelete::Count)
+                .map_err(|_| "max_delete cannot be negative".to_string()),
+            None => Err(format!(
+                "`max_delete` must be a count or a percentage string, not {}",
+                kind(v)
+            )),
+        },
+    };
+    match parsed {
+        Ok(m) => Some(m),
+        Err(e) => {
+            ctx.error(
+                Some(value.span()),
+                what,
+                format!("max_delete: {e}; e.g. max_delete = \"10%\" or max_delete = 500"),
+            );
             None
         }
     }
