@@ -13,28 +13,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 pub struct ProbeError(pub String);
 
 fn host_port(url: &str) -> Result<(bool, String, u16), ProbeError> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(ProbeError(format!(
-            "{url} is not an mqtt:// or mqtts:// URL"
-        )));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-            h.trim_matches(['[', ']']).to_string(),
-            p.parse()
-                .map_err(|_| ProbeError(format!("{url}: the port is not a number")))?,
-        ),
-        _ => (
-            authority.trim_matches(['[', ']']).to_string(),
-            if tls { 8883 } else { 1883 },
-        ),
-    };
-    Ok((tls, host, port))
+    georep_device::client::host_port(url).map_err(ProbeError)
 }
 
 /// The host and port of an `mqtt://` or `mqtts://` URL.

@@ -267,7 +267,13 @@ fn http_client(cfg: &Config) -> reqwest::Client {
             b = b.add_root_certificate(c);
         }
     }
-    b.build().unwrap_or_default()
+    b.build().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot build the HTTP client as configured (the CA certificate?); using the system's roots");
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
 }
 
 fn tls_client(cfg: &Config) -> tokio_rustls::rustls::ClientConfig {
@@ -385,23 +391,40 @@ async fn run(
     }
 }
 
-fn host_port(url: &str) -> Option<(bool, String, u16)> {
+/// Whether an `mqtt://` or `mqtts://` URL asks for TLS, its host and its port (1883
+/// or 8883 when not given; IPv6 hosts in brackets, with or without a port).
+pub fn host_port(url: &str) -> Result<(bool, String, u16), String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
     } else {
-        (false, url.strip_prefix("mqtt://")?)
+        return Err(format!("{url} is not an mqtt:// or mqtts:// URL"));
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            Some((tls, h.trim_matches(['[', ']']).to_string(), p.parse().ok()?))
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: an IPv6 host needs its closing ']'"))?;
+            (h, after.strip_prefix(':'))
         }
-        _ => Some((
-            tls,
-            authority.trim_matches(['[', ']']).to_string(),
-            if tls { 8883 } else { 1883 },
-        )),
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("{url}: the port is not a number"))?,
+        None if tls => 8883,
+        None => 1883,
+    };
+    if host.is_empty() {
+        return Err(format!("{url}: no host"));
     }
+    Ok((tls, host.to_string(), port))
 }
 
 /// One connection to `hub`, until it is lost or the device moves.
@@ -414,8 +437,9 @@ async fn session(
     out: &mut mpsc::Receiver<(String, Vec<u8>)>,
     hub_tx: &watch::Sender<Option<String>>,
 ) -> Ended {
-    let Some((tls, host, port)) = host_port(&hub.url) else {
-        return Ended::Refused(format!("{} is not an mqtt:// or mqtts:// URL", hub.url));
+    let (tls, host, port) = match host_port(&hub.url) {
+        Ok(x) => x,
+        Err(e) => return Ended::Refused(e),
     };
     let mut opts = MqttOptions::new(cfg.id.clone(), host, port);
     opts.set_credentials(cfg.id.clone(), mqtt_password(&cfg.key));
@@ -537,12 +561,19 @@ mod tests {
         assert!(waits.len() > 10);
         assert_eq!(
             host_port("mqtts://hub.example"),
-            Some((true, "hub.example".into(), 8883))
+            Ok((true, "hub.example".into(), 8883))
         );
         assert_eq!(
             host_port("mqtt://127.0.0.1:1884"),
-            Some((false, "127.0.0.1".into(), 1884))
+            Ok((false, "127.0.0.1".into(), 1884))
         );
-        assert_eq!(host_port("http://x"), None);
+        assert_eq!(host_port("mqtt://[::1]"), Ok((false, "::1".into(), 1883)));
+        assert_eq!(
+            host_port("mqtt://[::1]:1884"),
+            Ok((false, "::1".into(), 1884))
+        );
+        assert!(host_port("http://x").is_err());
+        assert!(host_port("mqtt://[::1").is_err());
+        assert!(host_port("mqtt://h:port").is_err());
     }
 }
