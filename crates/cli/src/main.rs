@@ -13,6 +13,7 @@ mod ls;
 mod output;
 mod policy_cmd;
 mod relay;
+mod secrets;
 mod serve;
 mod status;
 mod topology;
@@ -90,6 +91,10 @@ enum Command {
     /// failover, failback, pins.
     #[command(subcommand)]
     Concierge(concierge::ConciergeCommand),
+    /// Secret syncs ([[secret_syncs]] in the topology): Key Vault, Secrets Manager and
+    /// Vault/OpenBao kept in step across regions; sync, status, diff, promote, escrow.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// PostgreSQL geo-replicas ([[databases]] in the topology).
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
             Command::Backup(c) => backup::run(c).await,
             Command::Relay(c) => relay::run(c).await,
             Command::Concierge(c) => concierge::run(c).await,
+            Command::Secrets(c) => secrets::run(c).await,
             Command::Failover(a) => failover::run(a).await,
             Command::Drill(a) => drill::run(a).await,
             Command::Pause(a) => policy_cmd::run(a.policy, policy_cmd::Action::Pause(a.note)).await,

@@ -16,6 +16,9 @@ pub(crate) fn exit_code_of(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<StorageError>() {
             return s.exit_class();
         }
+        if let Some(f) = cause.downcast_ref::<crate::secrets::SecretsFailure>() {
+            return u8::try_from(f.0.exit_code()).unwrap_or(1);
+        }
         if let Some(b) = cause.downcast_ref::<georep_backup::BackupError>() {
             return b.exit_class();
         }

@@ -14,6 +14,7 @@ mod schedule;
 mod size;
 mod store_url;
 pub mod topology;
+mod vault_url;
 
 pub use filter::{Filter, FilterError};
 pub use pg_url::{pg_connect_url, pg_endpoint, PgEndpoint, PgUrlError};
@@ -27,3 +28,5 @@ pub use topology::{
     Relay, RelayMode, RelayTarget, RelayTls, Retention, ServerConfig, StateConfig, StoreDef,
     TargetKind, Topology,
 };
+pub use topology::{Escrow, OnDrift, SecretDeletes, SecretSync, Vault};
+pub use vault_url::VaultUrl;

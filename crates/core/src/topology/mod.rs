@@ -15,6 +15,7 @@ mod failover;
 mod policies;
 mod read;
 mod relays;
+mod secrets;
 mod sections;
 mod validate;
 
@@ -28,6 +29,8 @@ mod database_tests;
 mod failover_tests;
 #[cfg(test)]
 mod relay_tests;
+#[cfg(test)]
+mod secret_tests;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +49,7 @@ pub use databases::{table_name, Database, DbEngine, DbMember};
 pub use error::{ConfigError, ConfigErrors};
 pub use failover::{FailoverGroup, FailoverPolicy};
 pub use relays::{Accept, Relay, RelayMode, RelayTarget, RelayTls, TargetKind};
+pub use secrets::{Escrow, OnDrift, SecretDeletes, SecretSync, Vault};
 
 /// The state database when `[state] url` is not given: an embedded SQLite file beside
 /// the topology file.
@@ -75,6 +79,10 @@ pub struct Topology {
     pub relays: Vec<Relay>,
     /// `[[concierges]]`, in file order.
     pub concierges: Vec<Concierge>,
+    /// `[vaults.NAME]`.
+    pub vaults: BTreeMap<String, Vault>,
+    /// `[[secret_syncs]]`, in file order.
+    pub secret_syncs: Vec<SecretSync>,
 }
 
 /// Where georep keeps its durable state.
@@ -286,6 +294,10 @@ impl Topology {
 
     pub fn concierge(&self, name: &str) -> Option<&Concierge> {
         self.concierges.iter().find(|c| c.name == name)
+    }
+
+    pub fn secret_sync(&self, name: &str) -> Option<&SecretSync> {
+        self.secret_syncs.iter().find(|s| s.name == name)
     }
 
     pub fn failover_group(&self, name: &str) -> Option<&FailoverGroup> {

@@ -30,6 +30,8 @@ const SECTIONS: &[&str] = &[
     "backups",
     "relays",
     "concierges",
+    "vaults",
+    "secret_syncs",
 ];
 const STATE_FIELDS: &[&str] = &["url"];
 const SERVER_FIELDS: &[&str] = &["listen", "token", "events_token"];
@@ -47,6 +49,8 @@ pub(super) struct Draft {
     pub(super) backups: Vec<super::backups::DraftBackup>,
     pub(super) relays: Vec<super::relays::DraftRelay>,
     pub(super) concierges: Vec<super::concierges::DraftConcierge>,
+    pub(super) vaults: BTreeMap<String, super::secrets::DraftVault>,
+    pub(super) secret_syncs: Vec<super::secrets::DraftSync>,
 }
 
 pub(super) struct DraftStore {
@@ -120,6 +124,15 @@ impl Draft {
             .into_iter()
             .map(super::concierges::DraftConcierge::finish)
             .collect::<Option<Vec<_>>>()?;
+        let mut vaults = BTreeMap::new();
+        for (name, v) in self.vaults {
+            vaults.insert(name.clone(), v.finish(name)?);
+        }
+        let secret_syncs = self
+            .secret_syncs
+            .into_iter()
+            .map(super::secrets::DraftSync::finish)
+            .collect::<Option<Vec<_>>>()?;
         Some(Topology {
             state: self.state,
             server: self.server,
@@ -131,6 +144,8 @@ impl Draft {
             backups,
             relays,
             concierges,
+            vaults,
+            secret_syncs,
         })
     }
 }
@@ -159,6 +174,8 @@ pub(super) fn read(
         backups: super::backups::read(ctx, &top, env),
         relays: super::relays::read(ctx, &top, base_dir, env),
         concierges: super::concierges::read(ctx, &top, base_dir, env),
+        vaults: super::secrets::vaults(ctx, &top, base_dir, env),
+        secret_syncs: super::secrets::syncs(ctx, &top),
     }
 }
 
@@ -286,7 +303,7 @@ fn server(
 }
 
 /// The entries of a `[NAME.*]` table of tables, each with its name checked.
-fn named_tables<'a, 'i>(
+pub(super) fn named_tables<'a, 'i>(
     ctx: &mut Ctx<'_>,
     top: &Section<'a, 'i>,
     section: &str,

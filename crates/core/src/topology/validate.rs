@@ -27,6 +27,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, base_dir: &Path, draft: &Draft) {
     super::backups::check(ctx, &draft.stores, &draft.backups);
     super::relays::check(ctx, draft);
     super::concierges::check(ctx, draft);
+    super::secrets::check(ctx, draft);
 }
 
 fn store_regions(ctx: &mut Ctx<'_>, draft: &Draft) {

@@ -1,0 +1,612 @@
+//! `georep secrets ...` end to end with real parts: two OpenBao dev servers, Secrets
+//! Manager in two regions of one moto server, the testkit's Key Vault (no emulator
+//! exists), escrow bundles in Azurite and moto S3 opened by Debian's `age`. No value
+//! may appear in any output, log line or state file.
+
+use std::path::Path;
+
+use georep_testkit::{Azurite, Bao, KeyVault, Moto};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
+const KV_CLIENT: &str = "georep-app";
+const KV_SECRET: &str = "kv-client-s3cret";
+
+/// A value no code path should ever print: unique, recognisable.
+fn value(tag: &str) -> String {
+    format!("SECRETVALUE-{tag}-{:016x}", rand::random::<u64>())
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn bao_put(b: &Bao, path: &str, data: Value) {
+    let r = http()
+        .post(format!("{}/v1/secret/data/{path}", b.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .body(json!({ "data": data }).to_string())
+        .send()
+        .expect("bao put");
+    assert!(r.status().is_success(), "bao put {path}: {}", r.status());
+}
+
+fn bao_delete_all(b: &Bao, path: &str) {
+    let r = http()
+        .delete(format!("{}/v1/secret/metadata/{path}", b.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .send()
+        .expect("bao delete");
+    assert!(r.status().is_success(), "bao delete {path}: {}", r.status());
+}
+
+/// The data maps of a key's live versions, oldest first.
+fn bao_versions(b: &Bao, path: &str) -> Vec<Value> {
+    let m: Value = http()
+        .get(format!("{}/v1/secret/metadata/{path}", b.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .send()
+        .expect("bao metadata")
+        .text()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut nums: Vec<u64> = m["data"]["versions"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| v["deletion_time"] == "" && v["destroyed"] == false)
+                .filter_map(|(k, _)| k.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    nums.sort();
+    nums.iter()
+        .map(|n| {
+            let v: Value = http()
+                .get(format!("{}/v1/secret/data/{path}?version={n}", b.addr()))
+                .header("X-Vault-Token", Bao::TOKEN)
+                .send()
+                .expect("bao read")
+                .text()
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            v["data"]["data"].clone()
+        })
+        .collect()
+}
+
+fn texts(vs: &[Value]) -> Vec<String> {
+    vs.iter()
+        .map(|v| v["value"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A secret's values in Secrets Manager, in the order georep's labels give (AWSCURRENT
+/// last).
+fn sm_values(m: &Moto, region: &str, name: &str) -> Vec<String> {
+    let (st, d) = m.aws_json_in(
+        region,
+        "secretsmanager",
+        "secretsmanager.DescribeSecret",
+        &json!({"SecretId": name}),
+    );
+    assert_eq!(st, 200, "describe {name} in {region}: {d}");
+    let mut labelled: Vec<(u64, String)> = Vec::new();
+    for (id, stages) in d["VersionIdsToStages"].as_object().into_iter().flatten() {
+        let seq = stages
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str()?.strip_prefix("georep-")?.parse::<u64>().ok())
+            .max();
+        if let Some(seq) = seq {
+            labelled.push((seq, id.clone()));
+        }
+    }
+    labelled.sort();
+    labelled
+        .into_iter()
+        .map(|(_, id)| {
+            let (_, v) = m.aws_json_in(
+                region,
+                "secretsmanager",
+                "secretsmanager.GetSecretValue",
+                &json!({"SecretId": name, "VersionId": id}),
+            );
+            v["SecretString"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+struct World {
+    bao1: Bao,
+    bao2: Bao,
+    moto: Moto,
+    kv: KeyVault,
+    kv_restore: KeyVault,
+    azurite: Azurite,
+}
+
+fn env(w: &World) -> Vec<(String, String)> {
+    let mut e = w.moto.env();
+    e.retain(|(k, _)| k != "AWS_REGION");
+    e.push(("GEOREP_SECRETS_KEY".into(), KEY.into()));
+    e.push(("BAO_TOKEN".into(), Bao::TOKEN.into()));
+    e.push(("AZURE_TENANT_ID".into(), "tenant".into()));
+    e.push(("AZURE_CLIENT_ID".into(), KV_CLIENT.into()));
+    e.push(("AZURE_CLIENT_SECRET".into(), KV_SECRET.into()));
+    e.push(("AZURE_AUTHORITY_HOST".into(), w.kv.url_base()));
+    e.extend(w.azurite.env());
+    e
+}
+
+fn topology(dir: &Path, w: &World, recipient: &str) -> std::path::PathBuf {
+    w.moto.create_bucket("escrow");
+    w.azurite.create_container("escrow");
+    TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .region("we")
+        .region("me")
+        .region("qc")
+        .store("escrow-az", "we", &w.azurite.url("escrow"))
+        .store("escrow-s3", "me", "s3://escrow/bundles")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+             [vaults.sm-we]\nregion = \"we\"\nurl = \"aws-sm://eu-west-1\"\n[vaults.sm-me]\nregion = \"me\"\nurl = \"aws-sm://me-central-1\"\n\
+             [vaults.kv-qc]\nregion = \"qc\"\nurl = \"{}\"\n[vaults.kv-restore]\nregion = \"qc\"\nurl = \"{}\"\n",
+            w.bao1.vault_url(),
+            w.bao2.vault_url(),
+            w.kv.vault_url(),
+            w.kv_restore.vault_url()
+        ))
+        .raw(&format!(
+            "[[secret_syncs]]\nname = \"edge\"\nsource = \"bao1\"\ndestinations = [\"bao2\", \"sm-we\"]\ninclude = [\"app/**\"]\nversions = 3\n\
+             escrow = {{ store = \"escrow-az\", recipients = [\"{recipient}\"] }}\n\
+             [[secret_syncs]]\nname = \"chain\"\nsource = \"sm-we\"\ndestinations = [\"kv-qc\", \"sm-me\"]\nversions = 3\n\
+             escrow = {{ store = \"escrow-s3\", recipients = [\"{recipient}\"], keep = 2 }}\n"
+        ))
+        .write(dir)
+}
+
+/// Every byte of every file under `dir`.
+fn all_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p.display().to_string(), b));
+            }
+        }
+    }
+    out
+}
+
+fn age_keygen(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("escrow.key");
+    let o = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("age-keygen is missing ({e}): apt-get install age (bash .ci/run installs it)")
+        });
+    assert!(o.status.success(), "age-keygen: {o:?}");
+    let text = std::fs::read_to_string(&key).expect("key file");
+    let public = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line")
+        .trim()
+        .to_string();
+    (key, public)
+}
+
+#[test]
+fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_value() {
+    let w = World {
+        bao1: Bao::start(),
+        bao2: Bao::start(),
+        moto: Moto::start(),
+        kv: KeyVault::start(KV_CLIENT, KV_SECRET),
+        kv_restore: KeyVault::start(KV_CLIENT, KV_SECRET),
+        azurite: Azurite::start(),
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (keyfile, recipient) = age_keygen(dir.path());
+    let cfg = topology(dir.path(), &w, &recipient);
+    let c = s(&cfg);
+    let e = env(&w);
+    let mut seen = String::new();
+    let mut values: Vec<String> = Vec::new();
+
+    let db: Vec<String> = (1..=4).map(|i| value(&format!("db{i}"))).collect();
+    for v in &db {
+        bao_put(&w.bao1, "app/db", json!({ "value": v }));
+    }
+    let (user, pw) = (value("user"), value("pw"));
+    bao_put(&w.bao1, "app/api", json!({ "user": user, "password": pw }));
+    let other = value("other");
+    bao_put(&w.bao1, "other/x", json!({ "value": other }));
+    values.extend(db.iter().cloned());
+    values.extend([user.clone(), pw.clone(), other.clone()]);
+
+    // OpenBao -> OpenBao and Secrets Manager: the newest 3 versions, in order.
+    let first = run(
+        &["secrets", "sync", "edge", "-c", c, "--output", "json"],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", first.stdout(), first.stderr()));
+    assert_eq!(first.code(), 0, "{}{}", first.stdout(), first.stderr());
+    let j = first.json();
+    assert_eq!(j["secrets"], 2, "{j}");
+    assert!(j["escrow"].is_string(), "{j}");
+    assert_eq!(texts(&bao_versions(&w.bao2, "app/db")), db[1..]);
+    assert_eq!(
+        bao_versions(&w.bao2, "app/api"),
+        [json!({"user": user, "password": pw})]
+    );
+    assert!(
+        bao_versions(&w.bao2, "other/x").is_empty(),
+        "excluded by include"
+    );
+    assert_eq!(sm_values(&w.moto, "eu-west-1", "app/db"), db[1..]);
+
+    // Secrets Manager -> Key Vault (names mapped, first name kept) and another region.
+    let chain = run(
+        &["secrets", "sync", "chain", "-c", c, "--output", "json"],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", chain.stdout(), chain.stderr()));
+    assert_eq!(chain.code(), 0, "{}{}", chain.stdout(), chain.stderr());
+    assert_eq!(w.kv.values("app--db"), db[1..]);
+    let (tags, enabled, _) = w.kv.newest("app--db").expect("in key vault");
+    assert!(enabled);
+    assert_eq!(tags.get("georep-name").map(String::as_str), Some("app/db"));
+    assert_eq!(sm_values(&w.moto, "me-central-1", "app/db"), db[1..]);
+    let api_kv = w.kv.values("app--api");
+    assert_eq!(api_kv.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<Value>(&api_kv[0]).expect("json"),
+        json!({"user": user, "password": pw}),
+        "a map travels as its JSON"
+    );
+
+    // Nothing changed: metadata only, nothing written.
+    let again = run(
+        &["secrets", "sync", "edge", "-c", c, "--output", "json"],
+        &e,
+    );
+    assert_eq!(again.code(), 0, "{}", again.stdout());
+    let j = again.json();
+    assert_eq!(j["unchanged"], 4, "{j}");
+    assert_eq!(j["items"], json!([]), "{j}");
+    assert!(j["escrow"].is_null(), "no new bundle without a change: {j}");
+
+    // A new version at the source flows down the chain.
+    let db5 = value("db5");
+    values.push(db5.clone());
+    bao_put(&w.bao1, "app/db", json!({ "value": db5 }));
+    run(&["secrets", "sync", "edge", "-c", c], &e).ok();
+    run(&["secrets", "sync", "chain", "-c", c], &e).ok();
+    assert_eq!(texts(&bao_versions(&w.bao2, "app/db")).last(), Some(&db5));
+    assert_eq!(w.kv.values("app--db").last(), Some(&db5));
+    assert_eq!(
+        w.kv.values("app--db").len(),
+        4,
+        "one version added, none repeated"
+    );
+
+    // Drift: changed by hand in Key Vault, reported, left alone.
+    let hand = value("hand");
+    values.push(hand.clone());
+    w.kv.set("app--db", &hand);
+    let db6 = value("db6");
+    values.push(db6.clone());
+    bao_put(&w.bao1, "app/db", json!({ "value": db6 }));
+    run(&["secrets", "sync", "edge", "-c", c], &e).ok();
+    let drift = run(
+        &["secrets", "sync", "chain", "-c", c, "--output", "json"],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", drift.stdout(), drift.stderr()));
+    assert_eq!(drift.code(), 1, "{}", drift.stdout());
+    let items = drift.json()["items"].clone();
+    assert!(
+        items
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["name"] == "app/db"
+                && i["destination"] == "kv-qc"
+                && i["outcome"] == "drifted"),
+        "{items}"
+    );
+    assert_eq!(
+        w.kv.values("app--db").last(),
+        Some(&hand),
+        "not overwritten"
+    );
+    assert_eq!(
+        sm_values(&w.moto, "me-central-1", "app/db").last(),
+        Some(&db6),
+        "the other destination went on"
+    );
+    let status = run(&["secrets", "status", "chain", "-c", c], &e);
+    seen.push_str(&format!("{}{}", status.stdout(), status.stderr()));
+    assert_eq!(status.code(), 1);
+    assert!(status.stdout().contains("drifted"), "{}", status.stdout());
+    let diff = run(&["secrets", "diff", "chain", "-c", c], &e);
+    seen.push_str(&format!("{}{}", diff.stdout(), diff.stderr()));
+    assert_eq!(diff.code(), 1, "{}", diff.stdout());
+
+    // The escrow bundle opens with Debian's age and holds the versions.
+    let bundles = run(
+        &[
+            "secrets", "escrow", "list", "edge", "-c", c, "--output", "json",
+        ],
+        &e,
+    )
+    .ok();
+    let names = bundles.json();
+    let newest = names
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(Value::as_str)
+        .expect("a bundle")
+        .to_string();
+    let local = dir.path().join("fetched");
+    run(&["copy", &w.azurite.url("escrow/edge"), s(&local)], &e).ok();
+    let bundle = local.join(&newest);
+    let o = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&keyfile)
+        .arg(&bundle)
+        .output()
+        .expect("age runs");
+    assert!(
+        o.status.success(),
+        "age -d: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("a JSON bundle");
+    assert_eq!(doc["format"], "georep-secrets-escrow/1");
+    let db_held = doc["secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "app/db")
+        .expect("app/db in the bundle");
+    use base64::Engine as _;
+    let held: Vec<String> = db_held["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v["value_base64"].as_str().unwrap_or_default())
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(held, [db[3].clone(), db5.clone(), db6.clone()]);
+
+    // Restore into an empty vault from the bundle.
+    std::fs::set_permissions(
+        &keyfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let restored = run(
+        &[
+            "secrets",
+            "escrow",
+            "restore",
+            "edge",
+            "-c",
+            c,
+            "--to",
+            "kv-restore",
+            "--identity",
+            s(&keyfile),
+        ],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", restored.stdout(), restored.stderr()));
+    assert_eq!(
+        restored.code(),
+        0,
+        "{}{}",
+        restored.stdout(),
+        restored.stderr()
+    );
+    assert_eq!(
+        w.kv_restore.values("app--db"),
+        [db[3].clone(), db5.clone(), db6.clone()]
+    );
+
+    // Never a value: not in any output, not in any state file.
+    for v in &values {
+        assert!(!seen.contains(v.as_str()), "a value was printed:\n{seen}");
+        for (path, bytes) in all_files(&dir.path().join("state")) {
+            assert!(
+                !bytes.windows(v.len()).any(|w| w == v.as_bytes()),
+                "a value is in {path}"
+            );
+        }
+    }
+    assert!(!seen.contains(KV_SECRET) && !seen.contains(KEY));
+}
+
+#[test]
+fn a_bad_token_is_exit_3_naming_the_vault_and_a_missing_key_is_exit_2() {
+    let (bao1, bao2) = (Bao::start(), Bao::start());
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{T1}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{T2}}\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\n",
+            bao1.vault_url(),
+            bao2.vault_url()
+        ))
+        .write(dir.path());
+    let c = s(&cfg);
+    let env = |t1: &str, key: &str| {
+        vec![
+            ("T1".to_string(), t1.to_string()),
+            ("T2".to_string(), Bao::TOKEN.to_string()),
+            ("GEOREP_SECRETS_KEY".to_string(), key.to_string()),
+        ]
+    };
+    let bad = run(
+        &["secrets", "sync", "s", "-c", c],
+        &env("wrong-token-123", KEY),
+    );
+    assert_eq!(bad.code(), 3, "{}{}", bad.stdout(), bad.stderr());
+    assert!(bad.stderr().contains("vault 'bao1'"), "{}", bad.stderr());
+    assert!(
+        !bad.stderr().contains("wrong-token-123"),
+        "{}",
+        bad.stderr()
+    );
+    let nokey = run(&["secrets", "sync", "s", "-c", c], &env(Bao::TOKEN, ""));
+    assert_eq!(nokey.code(), 2, "{}", nokey.stderr());
+    assert!(
+        nokey.stderr().contains("GEOREP_SECRETS_KEY"),
+        "{}",
+        nokey.stderr()
+    );
+}
+
+/// Keys in the root folder `d/` of a dev server's KV engine.
+fn bao_count(b: &Bao) -> usize {
+    let v: Value = http()
+        .get(format!("{}/v1/secret/metadata/d/?list=true", b.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .send()
+        .ok()
+        .and_then(|r| r.text().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    v["data"]["keys"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_killed_pass_converges_without_duplicates_and_deletes_stay_within_the_guard() {
+    let (bao1, bao2) = (Bao::start(), Bao::start());
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\nversions = 2\ndeletes = \"propagate\"\nmax_delete = \"10%\"\n",
+            bao1.vault_url(),
+            bao2.vault_url()
+        ))
+        .write(dir.path());
+    let c = s(&cfg);
+    let e = vec![
+        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
+        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
+    ];
+    const N: usize = 600;
+    let client = http();
+    for i in 0..N {
+        for v in 0..2 {
+            let r = client
+                .post(format!("{}/v1/secret/data/d/k{i:04}", bao1.addr()))
+                .header("X-Vault-Token", Bao::TOKEN)
+                .body(json!({"data": {"value": format!("v{v}-of-{i}")}}).to_string())
+                .send()
+                .expect("put");
+            assert!(r.status().is_success());
+        }
+    }
+
+    // kill -9 in the middle of the first pass.
+    let mut child = georep(&["secrets", "sync", "s", "-c", c, "--parallel", "2"], &e)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    assert!(
+        georep_testkit::wait_until(std::time::Duration::from_secs(60), || bao_count(&bao2)
+            >= 20),
+        "the pass wrote nothing"
+    );
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let at_kill = bao_count(&bao2);
+    assert!(
+        at_kill < N,
+        "the pass ended before the kill ({at_kill} of {N}); raise N"
+    );
+
+    let resumed = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(
+        resumed.code(),
+        0,
+        "{}{}",
+        resumed.stdout(),
+        resumed.stderr()
+    );
+    assert_eq!(bao_count(&bao2), N);
+    for i in (0..N).step_by(7).chain([N - 1]) {
+        let got = texts(&bao_versions(&bao2, &format!("d/k{i:04}")));
+        assert_eq!(
+            got,
+            [format!("v0-of-{i}"), format!("v1-of-{i}")],
+            "d/k{i:04}: each version once, in order"
+        );
+    }
+    let again = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e).ok();
+    assert_eq!(again.json()["unchanged"], N as u64);
+
+    // A few deletes propagate (recoverably: soft-deleted versions).
+    for i in 0..3 {
+        bao_delete_all(&bao1, &format!("d/k{i:04}"));
+    }
+    let del = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e).ok();
+    let items = del.json()["items"].clone();
+    assert_eq!(
+        items
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["outcome"] == "deleted")
+            .count(),
+        3,
+        "{items}"
+    );
+    assert!(bao_versions(&bao2, "d/k0000").is_empty());
+
+    // Many at once trip max_delete: nothing is removed, exit 1.
+    for i in 3..200 {
+        bao_delete_all(&bao1, &format!("d/k{i:04}"));
+    }
+    let guarded = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(guarded.code(), 1, "{}", guarded.stdout());
+    assert!(
+        guarded.stdout().contains("max_delete"),
+        "{}",
+        guarded.stdout()
+    );
+    assert_eq!(texts(&bao_versions(&bao2, "d/k0100")).len(), 2, "kept");
+}
