@@ -122,6 +122,27 @@ impl Client {
             .await
     }
 
+    pub async fn secret_syncs(&self) -> Result<SecretSyncList, ClientError> {
+        self.call(reqwest::Method::GET, paths::SECRET_SYNCS, NONE)
+            .await
+    }
+
+    pub async fn secret_sync(&self, name: &str) -> Result<SecretSyncStatus, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &paths::fill(paths::SECRET_SYNC, name),
+            NONE,
+        )
+        .await
+    }
+
+    /// Runs a pass of a secret sync in the daemon now.
+    pub async fn secret_sync_run(&self, name: &str) -> Result<SecretPass, ClientError> {
+        let path = paths::fill(paths::SECRET_SYNC_RUN, name);
+        self.call(reqwest::Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
     pub async fn relays(&self) -> Result<RelayList, ClientError> {
         self.call(reqwest::Method::GET, paths::RELAYS, NONE).await
     }

@@ -15,6 +15,7 @@ pub mod paths;
 mod policies;
 mod relays;
 mod reload;
+mod secrets;
 
 pub use backups::*;
 pub use client::*;
@@ -24,6 +25,7 @@ pub use failover::*;
 pub use policies::*;
 pub use relays::*;
 pub use reload::*;
+pub use secrets::*;
 
 #[cfg(test)]
 mod tests {

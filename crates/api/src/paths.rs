@@ -34,6 +34,10 @@ pub const CONCIERGE_FAILBACK: &str = "/api/v1/concierges/{name}/failback";
 pub const CONCIERGE_DEVICES: &str = "/api/v1/concierges/{name}/devices";
 /// `POST` [`crate::ConciergePinRequest`]: pin (or unpin) a device or a group to a hub.
 pub const CONCIERGE_PIN: &str = "/api/v1/concierges/{name}/pins";
+pub const SECRET_SYNCS: &str = "/api/v1/secret-syncs";
+pub const SECRET_SYNC: &str = "/api/v1/secret-syncs/{name}";
+/// `POST`: run a pass now; answers its [`crate::SecretPass`].
+pub const SECRET_SYNC_RUN: &str = "/api/v1/secret-syncs/{name}/sync";
 /// `GET`: what a reload of the daemon's topology file would change; `POST`: do it.
 pub const RELOAD: &str = "/api/v1/reload";
 

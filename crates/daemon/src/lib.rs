@@ -33,6 +33,7 @@ fn components(ctx: &Context) -> Result<Vec<Arc<dyn Component>>> {
         Arc::new(georep_backup::Backups::new(ctx)),
         Arc::new(georep_relay::Relays::new(ctx)),
         Arc::new(georep_concierge::Concierges::new(ctx)),
+        Arc::new(georep_secrets::SecretSyncs::new(ctx)),
     ])
 }
 

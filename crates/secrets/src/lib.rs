@@ -12,6 +12,7 @@
 //! [`model::Value`], whose `Debug` prints `***` and which has no `Display` or `Serialize`.
 
 pub mod azure;
+pub mod component;
 pub mod error;
 pub mod escrow;
 pub mod keyvault;
@@ -25,6 +26,7 @@ pub mod status;
 pub mod sync;
 pub mod vault;
 
+pub use component::SecretSyncs;
 pub use error::{Result, SecretsError};
 pub use model::{Attrs, Shape, Value, Version, VersionMeta};
 pub use sync::{run, Outcome, RunOptions, RunReport};

@@ -3,45 +3,16 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use crate::error::Result;
 use crate::ledger::Ledger;
 
-/// One secret at one destination, as the last pass left it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SecretStatus {
-    pub name: String,
-    pub destination: String,
-    /// `in_sync`, `pending`, `drifted`, `failed`, `kept`, `disabled`, `deleted`.
-    pub status: String,
-    /// Versions carried (of those recorded).
-    pub versions: usize,
-    pub updated: String,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SyncStatus {
-    pub sync: String,
-    /// Set after `promote`: the vault that is the source now.
-    pub promoted: Option<String>,
-    pub last_run: Option<String>,
-    pub escrow_at: Option<String>,
-    pub escrow_bundle: Option<String>,
-    pub secrets: Vec<SecretStatus>,
-    /// Counts by status.
-    pub in_sync: usize,
-    pub pending: usize,
-    pub drifted: usize,
-    pub failed: usize,
-}
+pub use georep_api::{SecretStatus, SecretSyncStatus};
 
 /// `dir` is `secrets/` beside the state file.
-pub fn status(dir: &Path, sync: &str) -> Result<SyncStatus> {
-    let mut out = SyncStatus {
+pub fn status(dir: &Path, sync: &str) -> Result<SecretSyncStatus> {
+    let mut out = SecretSyncStatus {
         sync: sync.to_string(),
-        ..SyncStatus::default()
+        ..SecretSyncStatus::default()
     };
     let Some(l) = Ledger::open_read(dir, sync)? else {
         return Ok(out);

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 use futures::StreamExt;
 use georep_core::{OnDrift, SecretDeletes, SecretSync, Topology};
-use serde::Serialize;
 
 use crate::error::{Result, SecretsError};
 use crate::ledger::{Carried, Ledger, MacKey, Row};
@@ -42,87 +41,7 @@ pub struct RunOptions {
     pub parallel: usize,
 }
 
-/// What happened to one secret at one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Already in step.
-    InSync,
-    /// Versions written.
-    Copied,
-    /// Attributes brought in step (no new version).
-    Updated,
-    /// `--dry-run`: versions would be written.
-    WouldCopy,
-    /// Changed at the destination by someone else; left alone.
-    Drifted,
-    /// Gone from the source: kept (`deletes = "keep"`).
-    Kept,
-    Disabled,
-    Deleted,
-    /// `--dry-run`: would be disabled or deleted.
-    WouldRemove,
-    /// Cannot be copied at all (a key); the detail says what to do instead.
-    NotExportable,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InSync => "in_sync",
-            Self::Copied => "copied",
-            Self::Updated => "updated",
-            Self::WouldCopy => "would_copy",
-            Self::Drifted => "drifted",
-            Self::Kept => "kept",
-            Self::Disabled => "disabled",
-            Self::Deleted => "deleted",
-            Self::WouldRemove => "would_remove",
-            Self::NotExportable => "not_exportable",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// Whether this outcome makes the pass exit 1.
-    pub fn is_problem(self) -> bool {
-        matches!(self, Self::Drifted | Self::NotExportable | Self::Failed)
-    }
-}
-
-/// One secret at one destination.
-#[derive(Debug, Clone, Serialize)]
-pub struct Item {
-    /// The name at the source (the logical name, which the ledger keys by).
-    pub name: String,
-    pub destination: String,
-    pub outcome: Outcome,
-    /// Versions written (or that would be).
-    pub written: u32,
-    pub detail: String,
-}
-
-/// One pass.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub sync: String,
-    pub source: String,
-    pub destinations: Vec<String>,
-    /// Set when `promote` made another vault the source.
-    pub promoted: bool,
-    /// Secrets at the source that the filter takes.
-    pub secrets: usize,
-    /// Secret × destination pairs found in step without reading a value.
-    pub unchanged: usize,
-    /// Everything else, in name order.
-    pub items: Vec<Item>,
-    /// The escrow bundle written, if one was.
-    pub escrow: Option<String>,
-    /// Vaults that could not be used at all, with why.
-    pub errors: Vec<String>,
-    /// 0, 1 (drift, failures, not exportable) or 3 (a vault unreachable or refusing).
-    pub exit_code: i32,
-}
+pub use georep_api::{Outcome, SecretItem as Item, SecretPass as RunReport};
 
 /// The source and destinations now: the topology's, or after `promote`.
 pub fn roles(sync: &SecretSync, promoted: Option<&str>) -> (String, Vec<String>) {
@@ -258,10 +177,15 @@ pub async fn run(
                 continue;
             }
             let existing = at_dst.get(&fold(dst_url, &n)).cloned();
-            work.push((e, n, existing));
+            work.push((e.clone(), n, existing));
         }
+        let (p, dst_ref) = (&pass, &dst);
         let results: Vec<(Item, bool)> = futures::stream::iter(work)
-            .map(|(e, n, existing)| pass.one(d, &dst, e, n, existing))
+            .map(
+                |(e, n, existing): (Entry, String, Option<Entry>)| async move {
+                    p.one(d, dst_ref, &e, n, existing).await
+                },
+            )
             .buffer_unordered(opts.parallel.max(1))
             .collect()
             .await;

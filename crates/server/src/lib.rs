@@ -24,6 +24,7 @@ use georep_failover::{Databases, Groups};
 use georep_relay::Relays;
 use georep_replicate::events::{self, Parsed};
 use georep_replicate::Policies;
+use georep_secrets::SecretSyncs;
 use serde_json::json;
 
 /// Who may call the API.
@@ -122,6 +123,7 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::GROUP_RESEED, post(reseed))
         .route(paths::RELOAD, post(reload).get(reload_plan))
         .route(paths::BACKUP_RUN, post(backup_run))
+        .route(paths::SECRET_SYNC_RUN, post(secret_sync_run))
         .route(paths::RELAY_SWITCHOVER, post(relay_switchover))
         .route(paths::RELAY_SWITCHBACK, post(relay_switchback))
         .route(paths::RELAY_REPLAY, post(relay_replay))
@@ -138,6 +140,8 @@ pub fn router(daemon: Arc<Daemon>, access: Access) -> Router {
         .route(paths::DATABASE, get(database))
         .route(paths::BACKUPS, get(backups))
         .route(paths::BACKUP, get(backup))
+        .route(paths::SECRET_SYNCS, get(secret_syncs))
+        .route(paths::SECRET_SYNC, get(secret_sync))
         .route(paths::RELAYS, get(relays))
         .route(paths::RELAY, get(relay))
         .route(paths::CONCIERGES, get(concierges))
@@ -499,6 +503,27 @@ async fn backup_run(
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.get::<Backups>()?.run_now(&name).await?))
+}
+
+async fn secret_syncs(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {
+    let s = app.get::<SecretSyncs>()?;
+    Ok(Json(georep_api::SecretSyncList {
+        secret_syncs: s.statuses(),
+    }))
+}
+
+async fn secret_sync(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<SecretSyncs>()?.status(&name)?))
+}
+
+async fn secret_sync_run(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(app.get::<SecretSyncs>()?.run_now(&name).await?))
 }
 
 async fn relays(State(app): State<Arc<App>>) -> ApiResult<impl IntoResponse> {

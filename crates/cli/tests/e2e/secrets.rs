@@ -610,3 +610,97 @@ fn a_killed_pass_converges_without_duplicates_and_deletes_stay_within_the_guard(
     );
     assert_eq!(texts(&bao_versions(&bao2, "d/k0100")).len(), 2, "kept");
 }
+
+#[test]
+fn the_daemon_keeps_a_sync_in_step_and_shows_lag_and_drift_without_a_value() {
+    let (bao1, bao2) = (Bao::start(), Bao::start());
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\ninterval = \"1s\"\n",
+            bao1.vault_url(),
+            bao2.vault_url()
+        ))
+        .write(dir.path());
+    let e = vec![
+        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
+        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
+    ];
+    let mut values = Vec::new();
+    for i in 0..5 {
+        let v = value(&format!("d{i}"));
+        bao_put(&bao1, &format!("d/k{i}"), json!({ "value": v }));
+        values.push(v);
+    }
+    let d = georep_testkit::Serve::start(BIN, &cfg, &e);
+    let in_sync = |want: usize| {
+        georep_testkit::wait_until(std::time::Duration::from_secs(60), || {
+            d.get("/api/v1/secret-syncs/s")["in_sync"] == want
+        })
+    };
+    assert!(in_sync(5), "{}", d.get("/api/v1/secret-syncs/s"));
+
+    // A new version at the source arrives on the interval.
+    let newer = value("newer");
+    values.push(newer.clone());
+    bao_put(&bao1, "d/k0", json!({ "value": newer }));
+    assert!(
+        georep_testkit::wait_until(std::time::Duration::from_secs(60), || {
+            texts(&bao_versions(&bao2, "d/k0")).last() == Some(&newer)
+        }),
+        "the daemon did not carry the new version"
+    );
+
+    // Drift at the destination shows in the status and the metrics.
+    let hand = value("hand");
+    values.push(hand.clone());
+    bao_put(&bao2, "d/k1", json!({ "value": hand }));
+    let newer1 = value("newer1");
+    values.push(newer1.clone());
+    bao_put(&bao1, "d/k1", json!({ "value": newer1 }));
+    assert!(
+        georep_testkit::wait_until(std::time::Duration::from_secs(60), || {
+            d.get("/api/v1/secret-syncs/s")["drifted"] == 1
+        }),
+        "{}",
+        d.get("/api/v1/secret-syncs/s")
+    );
+    assert_eq!(texts(&bao_versions(&bao2, "d/k1")).last(), Some(&hand));
+    let st = d.get("/api/v1/secret-syncs/s");
+    assert!(st["lag_seconds"].as_f64().is_some_and(|l| l < 60.0), "{st}");
+    let (code, metrics) = d.req(reqwest::Method::GET, "/metrics", None);
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("georep_secret_sync_drifted{sync=\"s\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("georep_secret_sync_lag_seconds{sync=\"s\"}"));
+
+    // A pass on demand needs the write token.
+    let (code, _) = d.req(
+        reqwest::Method::POST,
+        "/api/v1/secret-syncs/s/sync",
+        Some(&json!({})),
+    );
+    assert_eq!(code, 200);
+    let anonymous = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/secret-syncs/s/sync", d.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .expect("post");
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    let everything = format!("{metrics}{}{}", d.get("/api/v1/secret-syncs"), d.log_text());
+    for v in &values {
+        assert!(
+            !everything.contains(v.as_str()),
+            "a value leaked:\n{everything}"
+        );
+    }
+}
