@@ -67,6 +67,10 @@ pub(crate) struct SyncArgs {
     /// Secrets worked on at once per destination.
     #[arg(long, default_value_t = 16)]
     pub(crate) parallel: usize,
+    /// GEOREP_SECRETS_KEY changed on purpose: drop the hashes recorded with the old one
+    /// and compare every secret afresh.
+    #[arg(long)]
+    pub(crate) rekey: bool,
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +98,10 @@ pub(crate) struct RestoreArgs {
     /// Write over secrets that exist in the vault with another value.
     #[arg(long)]
     pub(crate) overwrite: bool,
+    /// Restore a bundle without checking that GEOREP_SECRETS_KEY made it (the key is
+    /// lost; you know where the bundle came from).
+    #[arg(long)]
+    pub(crate) unverified: bool,
 }
 
 fn open(a: &NameArgs) -> Result<(Topology, SecretSync, PathBuf)> {
@@ -146,8 +154,8 @@ fn fail(e: georep_secrets::SecretsError) -> anyhow::Error {
 
 pub(crate) async fn run(c: SecretsCommand) -> Result<u8> {
     match c {
-        SecretsCommand::Sync(a) => sync(&a.sync, a.dry_run, a.parallel, false).await,
-        SecretsCommand::Diff(a) => sync(&a, true, 16, true).await,
+        SecretsCommand::Sync(a) => sync(&a.sync, a.dry_run, a.parallel, a.rekey, false).await,
+        SecretsCommand::Diff(a) => sync(&a, true, 16, false, true).await,
         SecretsCommand::Status(a) => status(&a),
         SecretsCommand::Promote(a) => {
             let (_, s, dir) = open(&a.sync)?;
@@ -189,6 +197,7 @@ pub(crate) async fn run(c: SecretsCommand) -> Result<u8> {
         SecretsCommand::Escrow(EscrowCommand::Restore(a)) => {
             let (t, s, _) = open(&a.sync)?;
             let identity = read_identity(&a.identity)?;
+            let mac_key = if a.unverified { None } else { Some(key()?) };
             let r = georep_secrets::restore::restore(
                 &t,
                 &s,
@@ -196,6 +205,7 @@ pub(crate) async fn run(c: SecretsCommand) -> Result<u8> {
                 &identity,
                 a.bundle.as_deref(),
                 a.overwrite,
+                mac_key.as_ref(),
             )
             .await
             .map_err(fail)?;
@@ -245,14 +255,16 @@ fn read_identity(p: &std::path::Path) -> Result<String> {
         ))
         .into());
     }
-    std::fs::read_to_string(p).with_context(|| format!("cannot read identity file {}", p.display()))
+    georep_secrets::kv::read_nofollow(p)
+        .with_context(|| format!("cannot read identity file {}", p.display()))
 }
 
-async fn sync(a: &NameArgs, dry_run: bool, parallel: usize, diff: bool) -> Result<u8> {
+async fn sync(a: &NameArgs, dry_run: bool, parallel: usize, rekey: bool, diff: bool) -> Result<u8> {
     let (t, s, dir) = open(a)?;
     let opts = RunOptions {
         state_dir: dir,
         dry_run,
+        rekey,
         parallel,
     };
     let r = georep_secrets::run(&t, &s, &key()?, &opts)

@@ -23,8 +23,8 @@ fn every_example_parses() {
         let base = path.parent().expect("a file has a folder");
         match Topology::parse(&text, base, &env) {
             Ok(t) => assert!(
-                !t.policies.is_empty() || !t.databases.is_empty(),
-                "{name}: an example should show a policy or a database"
+                !t.policies.is_empty() || !t.databases.is_empty() || !t.secret_syncs.is_empty(),
+                "{name}: an example should show a policy, a database or a secret sync"
             ),
             Err(e) => panic!("{name} does not parse:\n{}", e.render(&name)),
         }

@@ -343,6 +343,7 @@ impl SecretSyncs {
                 opts: RunOptions {
                     state_dir: self.dir.clone(),
                     dry_run: false,
+                    rekey: false,
                     parallel: 16,
                 },
             };

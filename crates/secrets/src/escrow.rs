@@ -30,8 +30,16 @@ pub fn key_for(at: DateTime<Utc>) -> String {
     format!("{}.age", at.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
-/// The plaintext document (kept in memory only).
-fn document(sync: &str, source: &str, at: DateTime<Utc>, held: &[Held]) -> Vec<u8> {
+/// The plaintext document (kept in memory only). `mac` authenticates its secrets with
+/// the sync's key: age proves nothing about who wrote a bundle, since anyone may
+/// encrypt to the public recipients.
+fn document(
+    sync: &str,
+    source: &str,
+    at: DateTime<Utc>,
+    held: &[Held],
+    key: &crate::ledger::MacKey,
+) -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let secrets: Vec<Json> = held
         .iter()
@@ -51,12 +59,18 @@ fn document(sync: &str, source: &str, at: DateTime<Utc>, held: &[Held]) -> Vec<u
             json!({"name": h.name, "versions": versions})
         })
         .collect();
+    let secrets = Json::Array(secrets);
+    let mac = key.mac(
+        "escrow-bundle",
+        &serde_json::to_vec(&secrets).unwrap_or_default(),
+    );
     serde_json::to_vec(&json!({
         "format": FORMAT,
         "sync": sync,
         "source": source,
         "taken": at.to_rfc3339(),
         "secrets": secrets,
+        "mac": mac,
     }))
     .unwrap_or_default()
 }
@@ -115,9 +129,10 @@ pub async fn write(
     sync: &str,
     source: &str,
     held: &[Held],
+    key: &crate::ledger::MacKey,
 ) -> Result<String> {
     let at = Utc::now();
-    let plain = Value::new(document(sync, source, at, held));
+    let plain = Value::new(document(sync, source, at, held, key));
     let sealed = seal(recipients, plain.expose())?;
     drop(plain);
     let key = key_for(at);
@@ -160,11 +175,13 @@ pub struct Opened {
     pub secrets: Vec<Held>,
 }
 
-/// Reads and decrypts bundle `key` (the newest when `None`).
+/// Reads and decrypts bundle `key` (the newest when `None`) and checks that the sync's
+/// key made it (`mac_key`; `None` restores an unauthenticated bundle).
 pub async fn read(
     store: &Store,
     key: Option<&str>,
     identity_file: &str,
+    mac_key: Option<&crate::ledger::MacKey>,
 ) -> Result<(String, Opened)> {
     let key = match key {
         Some(k) => k.to_string(),
@@ -187,6 +204,17 @@ pub async fn read(
         return Err(SecretsError::Escrow(format!(
             "{key} is not a {FORMAT} bundle"
         )));
+    }
+    if let Some(k) = mac_key {
+        let want = k.mac(
+            "escrow-bundle",
+            &serde_json::to_vec(&doc["secrets"]).unwrap_or_default(),
+        );
+        if doc["mac"].as_str() != Some(want.as_str()) {
+            return Err(SecretsError::Escrow(format!(
+                "{key} was not written with this GEOREP_SECRETS_KEY (anyone can encrypt to the recipients, so a planted bundle looks the same); export the sync's key, or pass --unverified if you know where the bundle came from"
+            )));
+        }
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut secrets = Vec::new();

@@ -27,14 +27,12 @@ pub struct KeyVault {
 
 impl KeyVault {
     pub(crate) fn new(http: Http, endpoint: &str) -> Result<Self> {
-        let source = Source::from_env().map_err(|e| SecretsError::Auth {
-            vault: http.vault.clone(),
-            detail: e,
-        })?;
+        let source = Source::from_env()
+            .map_err(|e| SecretsError::Config(format!("vault '{}': {e}", http.vault)))?;
         Ok(Self {
             http,
             endpoint: endpoint.to_string(),
-            tokens: Tokens::new(source, "https://vault.azure.net"),
+            tokens: Tokens::new(source, resource_for(endpoint)),
         })
     }
 
@@ -390,6 +388,61 @@ impl KeyVault {
             })
     }
 
+    /// [`Self::write`], retried; before each retry the newest version is checked, since
+    /// a PUT whose answer was lost may have made it.
+    pub(crate) async fn write_once(
+        &self,
+        name: &str,
+        value: &Value,
+        meta: &WriteMeta<'_>,
+    ) -> Result<String> {
+        let mut attempt = 0u32;
+        loop {
+            match self.write(name, value, meta).await {
+                Ok(id) => return Ok(id),
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    if let Some(id) = self.landed(name, value, meta.seq).await {
+                        return Ok(id);
+                    }
+                    let wait = match &e {
+                        SecretsError::Throttled {
+                            retry_after: Some(d),
+                            ..
+                        } => (*d).min(Duration::from_secs(60)),
+                        _ => Duration::from_millis(200 << attempt),
+                    };
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The newest version's id when it carries sequence `seq` and this value.
+    async fn landed(&self, name: &str, value: &Value, seq: u64) -> Option<String> {
+        let url = self.url(&format!("secrets/{}/", path_escape(name)));
+        let a = self
+            .call(reqwest::Method::GET, &url, None, &format!("read '{name}'"))
+            .await
+            .ok()?;
+        let v = a.json();
+        let tags = tag_map(&v["tags"]);
+        let same_seq = tags.get(TAG_SEQ).is_some_and(|s| *s == seq.to_string());
+        let text = v["value"].as_str()?;
+        let same_value = match value.as_text() {
+            Some(t) if tags.get(TAG_SHAPE).is_none_or(|s| s != "binary") => t == text,
+            _ => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(value.expose()) == text
+            }
+        };
+        if !(same_seq && same_value) {
+            return None;
+        }
+        v["id"].as_str()?.rsplit('/').next().map(str::to_string)
+    }
+
     /// Recovers a soft-deleted name and waits until it can be written.
     async fn recover(&self, name: &str) -> Result<()> {
         let url = self.url(&format!("deletedsecrets/{}/recover", path_escape(name)));
@@ -464,6 +517,21 @@ impl KeyVault {
             Ok(_) | Err(SecretsError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The token audience for a vault: each cloud has its own.
+fn resource_for(endpoint: &str) -> &'static str {
+    let host = endpoint.split("://").nth(1).unwrap_or_default();
+    let host = host.split([':', '/']).next().unwrap_or_default();
+    if host.ends_with(".vault.azure.cn") {
+        "https://vault.azure.cn"
+    } else if host.ends_with(".vault.usgovcloudapi.net") {
+        "https://vault.usgovcloudapi.net"
+    } else if host.ends_with(".vault.microsoftazure.de") {
+        "https://vault.microsoftazure.de"
+    } else {
+        "https://vault.azure.net"
     }
 }
 

@@ -76,7 +76,7 @@ impl Kv {
         match &self.token {
             Token::Fixed(t) => Ok(t.clone()),
             Token::File(p) => {
-                let t = georep_storage_free_read(p).map_err(|e| SecretsError::Auth {
+                let t = read_nofollow(p).map_err(|e| SecretsError::Auth {
                     vault: self.http.vault.clone(),
                     detail: format!("cannot read token_file {}: {e}", p.display()),
                 })?;
@@ -108,7 +108,12 @@ impl Kv {
             .as_array()
             .map(|e| e.iter().filter_map(Json::as_str).collect())
             .unwrap_or_default();
-        let mut detail = msg.join("; ");
+        // Vault's messages are multi-line ("1 error occurred:\n\t* unsupported path").
+        let mut detail = msg
+            .iter()
+            .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("; ");
         if a.status == 403 {
             detail = format!("{detail} (the token is wrong, expired, or its policy does not allow this path on mount '{}')", self.mount);
         }
@@ -131,7 +136,8 @@ impl Kv {
         let mut folders = vec![String::new()];
         let mut plain: Vec<String> = Vec::new();
         while let Some(dir) = folders.pop() {
-            if self.detailed.load(Ordering::Relaxed) != 2 {
+            let mode = self.detailed.load(Ordering::Relaxed);
+            if mode != 2 {
                 let rb = self.req(
                     reqwest::Method::GET,
                     &format!("detailed-metadata/{}?list=true", path_escape(&dir)),
@@ -150,16 +156,12 @@ impl Kv {
                         }
                         continue;
                     }
-                    Err(SecretsError::NotFound { detail, .. })
-                        if detail.contains("unsupported path") =>
-                    {
-                        self.detailed.store(2, Ordering::Relaxed);
-                    }
-                    Err(SecretsError::Refused { detail, .. }) if detail.contains("unsupported") => {
-                        self.detailed.store(2, Ordering::Relaxed);
-                    }
-                    Err(SecretsError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e),
+                    // Known to work here: an empty folder.
+                    Err(SecretsError::NotFound { .. }) if mode == 1 => continue,
+                    Err(e) if e.is_retryable() => return Err(e),
+                    // Vault has no detailed-metadata (404 "unsupported path"), a policy
+                    // may not allow it (403), or the mount is empty: list plainly.
+                    Err(_) => self.detailed.store(2, Ordering::Relaxed),
                 }
             }
             let rb = self.req(
@@ -252,6 +254,9 @@ impl Kv {
         })
     }
 
+    /// Writes with check-and-set on the version seen just before, so a retry whose
+    /// first attempt landed (its answer lost) is recognised instead of adding a
+    /// second version, and a concurrent writer is not overwritten unseen.
     pub(crate) async fn write(
         &self,
         name: &str,
@@ -263,20 +268,49 @@ impl Kv {
                 "'{name}': the value is marked as a map but is not a JSON object"
             ))
         })?;
-        let rb = self
-            .req(
-                reqwest::Method::POST,
-                &format!("data/{}", path_escape(name)),
-            )?
-            .json_body(&json!({ "data": data }));
-        let a = self.call(rb, &format!("write '{name}'")).await?;
-        let version = a.json()["data"]["version"]
-            .as_u64()
-            .ok_or_else(|| SecretsError::Vault {
-                vault: self.http.vault.clone(),
-                detail: format!("writing '{name}' gave no version number"),
-            })?;
-        self.set_attrs(name, meta).await?;
+        let current = match crate::vault::retry(|| self.metadata(name)).await {
+            Ok(m) => m["current_version"].as_u64().unwrap_or(0),
+            Err(SecretsError::NotFound { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        let body = json!({ "options": { "cas": current }, "data": data });
+        let mut attempt = 0u32;
+        let version = loop {
+            let rb = self
+                .req(
+                    reqwest::Method::POST,
+                    &format!("data/{}", path_escape(name)),
+                )?
+                .json_body(&body);
+            match self.call(rb, &format!("write '{name}'")).await {
+                Ok(a) => {
+                    break a.json()["data"]["version"].as_u64().ok_or_else(|| {
+                        SecretsError::Vault {
+                            vault: self.http.vault.clone(),
+                            detail: format!("writing '{name}' gave no version number"),
+                        }
+                    })?
+                }
+                Err(SecretsError::Refused { detail, .. }) if detail.contains("check-and-set") => {
+                    let next = (current + 1).to_string();
+                    match crate::vault::retry(|| self.read(name, &next)).await {
+                        Ok(got) if got.value == *value => break current + 1,
+                        _ => {
+                            return Err(SecretsError::Refused {
+                                vault: self.http.vault.clone(),
+                                detail: format!("'{name}' was written by someone else meanwhile (its version {next}); the next pass compares again"),
+                            })
+                        }
+                    }
+                }
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        crate::vault::retry(|| self.set_attrs(name, meta)).await?;
         Ok(version.to_string())
     }
 
@@ -329,15 +363,28 @@ impl Kv {
     }
 }
 
-/// Reads a file the way georep reads secrets from disk: no link followed.
-fn georep_storage_free_read(p: &std::path::Path) -> std::io::Result<String> {
-    let meta = std::fs::symlink_metadata(p)?;
-    if meta.file_type().is_symlink() {
-        return Err(std::io::Error::other(
-            "it is a symbolic link, which georep does not follow",
-        ));
+/// Reads a file the way georep reads secrets from disk: opened without following a
+/// link (`O_NOFOLLOW`), and only if what was opened is a regular file.
+pub fn read_nofollow(p: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                std::io::Error::other("it is a symbolic link, which georep does not follow")
+            } else {
+                e
+            }
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
     }
-    std::fs::read_to_string(p)
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
 }
 
 fn keys(v: &Json) -> Vec<&str> {

@@ -85,8 +85,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens (creating) `dir/NAME.db`, holding `dir/NAME.lock` until dropped.
-    pub fn open(dir: &Path, sync: &str, key: &MacKey) -> Result<Self> {
+    /// Opens (creating) `dir/NAME.db`, holding `dir/NAME.lock` until dropped. A ledger
+    /// written with another key is refused unless `rekey` (its hashes are then
+    /// dropped and every secret compared afresh).
+    pub fn open(dir: &Path, sync: &str, key: &MacKey, rekey: bool) -> Result<Self> {
         let fail = |path: &Path, e: &dyn std::fmt::Display| SecretsError::Ledger {
             sync: sync.to_string(),
             path: path.display().to_string(),
@@ -104,6 +106,13 @@ impl Ledger {
         )?;
         let path = dir.join(format!("{sync}.db"));
         drop(open_nofollow(&path).map_err(|e| fail(&path, &e))?);
+        // SQLite opens its journal files by name: none may be a link.
+        for side in ["db-wal", "db-shm", "db-journal"] {
+            let p = dir.join(format!("{sync}.{side}"));
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(fail(&p, &"a symbolic link, which georep does not follow"));
+            }
+        }
         let conn = Connection::open(&path).map_err(|e| fail(&path, &e))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
@@ -119,11 +128,17 @@ impl Ledger {
             sync: sync.to_string(),
             _lock: lock,
         };
-        // A changed key makes every recorded hash meaningless: they are forgotten, and
-        // the next pass compares source and destination values afresh.
+        // A changed key makes every recorded hash meaningless: refused (a mistyped or
+        // missing key must not wipe the record), or with `rekey` forgotten, and the next
+        // pass compares source and destination values afresh.
         let check = key.mac("key-check", b"georep");
         match ledger.meta("key_check")? {
             Some(k) if k == check => {}
+            Some(_) if !rekey => {
+                return Err(SecretsError::Config(format!(
+                    "secret sync '{sync}': {KEY_ENV} is not the key its state was written with; export the right one, or pass --rekey to drop the recorded hashes and compare every secret afresh"
+                )))
+            }
             Some(_) => {
                 tracing::warn!(sync, "GEOREP_SECRETS_KEY changed: the recorded hashes are dropped and every secret is compared afresh");
                 ledger.exec("DELETE FROM rows", [])?;
@@ -260,11 +275,18 @@ fn open_nofollow(p: &Path) -> std::io::Result<std::fs::File> {
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(
             "it is a symbolic link, which georep does not follow",
         )),
+        // Others who can write here could swap the ledger or its lock.
+        Ok(m) if m.mode() & 0o022 != 0 || m.uid() != rustix::process::geteuid().as_raw() => {
+            Err(std::io::Error::other(format!(
+                "the folder is writable by others or owned by another user (mode {:o}); chmod 700 it",
+                m.mode() & 0o777
+            )))
+        }
         Ok(_) => Ok(()),
         Err(_) => std::fs::DirBuilder::new()
             .recursive(true)
@@ -286,7 +308,7 @@ mod tests {
         assert_ne!(k1.mac("v", b"hunter2"), k1.mac("a", b"hunter2"));
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let l = Ledger::open(dir.path(), "s", &k1).expect("opens");
+            let l = Ledger::open(dir.path(), "s", &k1, false).expect("opens");
             l.put(
                 "kv",
                 "a",
@@ -297,14 +319,18 @@ mod tests {
             )
             .expect("put");
             assert!(
-                Ledger::open(dir.path(), "s", &k1).is_err(),
+                Ledger::open(dir.path(), "s", &k1, false).is_err(),
                 "a second pass is locked out"
             );
         }
-        let l = Ledger::open(dir.path(), "s", &k1).expect("reopens");
+        let l = Ledger::open(dir.path(), "s", &k1, false).expect("reopens");
         assert!(l.row("kv", "a").expect("row").is_some());
         drop(l);
-        let l = Ledger::open(dir.path(), "s", &k2).expect("reopens");
+        assert!(
+            Ledger::open(dir.path(), "s", &k2, false).is_err(),
+            "another key is refused"
+        );
+        let l = Ledger::open(dir.path(), "s", &k2, true).expect("reopens with rekey");
         assert!(l.row("kv", "a").expect("row").is_none());
     }
 }

@@ -39,6 +39,7 @@ pub async fn restore(
     identity_file: &str,
     bundle: Option<&str>,
     overwrite: bool,
+    mac_key: Option<&MacKey>,
 ) -> Result<RestoreReport> {
     let esc = sync.escrow.as_ref().ok_or_else(|| {
         SecretsError::Config(format!(
@@ -50,7 +51,7 @@ pub async fn restore(
         SecretsError::Config(format!("vault '{to}' is not declared in the topology"))
     })?;
     let store = crate::sync::open_escrow_store(topo, &sync.name, esc)?;
-    let (key, opened) = crate::escrow::read(&store, bundle, identity_file).await?;
+    let (key, opened) = crate::escrow::read(&store, bundle, identity_file, mac_key).await?;
     let dst = VaultClient::open(def)?;
     dst.check().await?;
     let mut report = RestoreReport {
@@ -88,23 +89,38 @@ async fn restore_one(
 ) -> Result<Restored> {
     let name = map_name(url, &held.name).map_err(SecretsError::Config)?;
     let origin = (name != held.name).then_some(held.name.as_str());
-    let Some(newest) = held.versions.last() else {
+    if held.versions.is_empty() {
         return Ok(Restored {
             name: held.name.clone(),
-            outcome: "in_sync".into(),
+            outcome: "skipped".into(),
             versions: 0,
             detail: "no version in the bundle".into(),
         });
-    };
+    }
     if dst.entry(&name).await?.is_some() {
         let vs = dst.versions(&name).await?;
         if let Some(top) = vs.versions.iter().rev().find(|v| v.readable) {
             let have = dst.read(&name, &top.id).await?;
-            if have.value == newest.value {
+            // Already there up to some version (a restore cut short): the rest.
+            if let Some(pos) = held.versions.iter().rposition(|v| v.value == have.value) {
+                let rest = &held.versions[pos + 1..];
+                for (i, v) in rest.iter().enumerate() {
+                    let meta = WriteMeta {
+                        attrs: &v.attrs,
+                        seq: (pos + 2 + i) as u64,
+                        origin,
+                    };
+                    dst.write(&name, &v.value, &meta).await?;
+                }
                 return Ok(Restored {
                     name: held.name.clone(),
-                    outcome: "in_sync".into(),
-                    versions: 0,
+                    outcome: if rest.is_empty() {
+                        "in_sync"
+                    } else {
+                        "restored"
+                    }
+                    .into(),
+                    versions: rest.len(),
                     detail: String::new(),
                 });
             }
@@ -151,7 +167,7 @@ pub fn promote(
             sync.destinations.join(", ")
         )));
     }
-    let ledger = Ledger::open(&state_dir.join("secrets"), &sync.name, key)?;
+    let ledger = Ledger::open(&state_dir.join("secrets"), &sync.name, key, false)?;
     if to == sync.source {
         ledger.clear_meta(crate::sync::PROMOTED)?;
     } else {

@@ -22,20 +22,44 @@ pub struct Sm {
     pub(crate) http: Http,
     region: String,
     endpoint: String,
-    cred: Option<(String, String, Option<String>)>,
+    cred: (String, String, Option<String>),
 }
 
 impl Sm {
     pub(crate) fn new(http: Http, region: &str) -> Result<Self> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        // Only the service's own override: AWS_ENDPOINT_URL often points at an S3
+        // look-alike (MinIO) that must not receive Secrets Manager calls.
         let endpoint = get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
-            .or_else(|| get("AWS_ENDPOINT_URL"))
             .unwrap_or_else(|| format!("https://secretsmanager.{region}.amazonaws.com"))
             .trim_end_matches('/')
             .to_string();
+        let plain_ok = match url::Url::parse(&endpoint) {
+            Ok(u) if u.scheme() == "https" => true,
+            Ok(u) if u.scheme() == "http" => {
+                let host = u.host_str().unwrap_or_default();
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                bare == "localhost"
+                    || bare
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            _ => false,
+        };
+        if !plain_ok {
+            return Err(SecretsError::Config(format!(
+                "vault '{}': AWS_ENDPOINT_URL_SECRETS_MANAGER must be an https:// URL (http:// only to a loopback address: signed requests and session tokens would cross the network in clear)",
+                http.vault
+            )));
+        }
         let cred = match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-            (Some(k), Some(s)) => Some((k, s, get("AWS_SESSION_TOKEN"))),
-            _ => None,
+            (Some(k), Some(s)) => (k, s, get("AWS_SESSION_TOKEN")),
+            _ => {
+                return Err(SecretsError::Config(format!(
+                    "vault '{}': no AWS credentials: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones)",
+                    http.vault
+                )))
+            }
         };
         Ok(Self {
             http,
@@ -48,12 +72,7 @@ impl Sm {
     /// One API call: `target` is the operation (`ListSecrets`, ...).
     async fn call(&self, target: &str, body: Json) -> Result<Json> {
         use object_store::aws::{AwsAuthorizer, AwsCredential};
-        let Some((key_id, secret, token)) = &self.cred else {
-            return Err(SecretsError::Auth {
-                vault: self.http.vault.clone(),
-                detail: "no AWS credentials: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones)".into(),
-            });
-        };
+        let (key_id, secret, token) = &self.cred;
         let cred = AwsCredential {
             key_id: key_id.clone(),
             secret_key: secret.clone(),
@@ -370,12 +389,17 @@ impl Sm {
         let want = self.tags(meta);
         let d = self.describe(name).await?;
         let have = tags(&d["Tags"]);
-        let stale: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+        // Only georep's own keys are taken off: other tags belong to the account (and
+        // `aws:` ones cannot be removed at all).
+        let stale: Vec<&String> = have
+            .keys()
+            .filter(|k| k.starts_with(crate::model::RESERVED) && !want.contains_key(*k))
+            .collect();
         if !stale.is_empty() {
             self.call("UntagResource", json!({"SecretId": name, "TagKeys": stale}))
                 .await?;
         }
-        if want != have {
+        if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
             self.call(
                 "TagResource",
                 json!({"SecretId": name, "Tags": tag_list(&want)}),

@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// Where ledgers live (`secrets/` beside the state file).
     pub state_dir: PathBuf,
     pub dry_run: bool,
+    /// Accept a changed `GEOREP_SECRETS_KEY` (the recorded hashes are dropped).
+    pub rekey: bool,
     /// Secrets worked on at once per destination.
     pub parallel: usize,
 }
@@ -78,7 +80,7 @@ pub async fn run(
     key: &MacKey,
     opts: &RunOptions,
 ) -> Result<RunReport> {
-    let ledger = Ledger::open(&opts.state_dir.join("secrets"), &sync.name, key)?;
+    let ledger = Ledger::open(&opts.state_dir.join("secrets"), &sync.name, key, opts.rekey)?;
     let promoted = ledger.meta(PROMOTED)?;
     let (source, dests) = roles(sync, promoted.as_deref());
     let src = VaultClient::open(vault(topo, &source)?)?;
@@ -116,6 +118,8 @@ pub async fn run(
         ledger: &ledger,
         src: &src,
         dry_run: opts.dry_run,
+        promoted: report.promoted,
+        worst: std::sync::atomic::AtomicI32::new(0),
     };
     for d in &dests {
         let dst = match vault(topo, d).and_then(VaultClient::open) {
@@ -216,7 +220,10 @@ pub async fn run(
     if report.items.iter().any(|i| i.outcome.is_problem()) {
         report.exit_code = report.exit_code.max(1);
     }
-    if report.exit_code == 0 || report.errors.is_empty() {
+    report.exit_code = report
+        .exit_code
+        .max(pass.worst.load(std::sync::atomic::Ordering::Relaxed));
+    if report.errors.is_empty() && !opts.dry_run {
         ledger.set_meta("last_run", &chrono::Utc::now().to_rfc3339())?;
     }
     Ok(report)
@@ -229,11 +236,23 @@ struct Pass<'a> {
     ledger: &'a Ledger,
     src: &'a VaultClient,
     dry_run: bool,
+    promoted: bool,
+    /// The worst exit code of a per-secret error (3 when credentials were refused or
+    /// a vault stopped answering mid-pass).
+    worst: std::sync::atomic::AtomicI32,
 }
 
 impl Pass<'_> {
-    fn mac(&self, v: &Version) -> String {
-        self.key.mac("value", v.value.expose())
+    /// A source version's id as the ledger keeps it: with the vault's name, since ids of
+    /// two vaults (KV v2's version numbers) can be equal after `promote`.
+    fn src_id(&self, id: &str) -> String {
+        format!("{}:{id}", self.src.name())
+    }
+
+    /// Keyed by the secret's name too, so equal values of two secrets (or a value
+    /// that comes back) cannot be linked in the ledger.
+    fn mac(&self, name: &str, v: &Version) -> String {
+        self.key.mac(&format!("value:{name}"), v.value.expose())
     }
 
     fn attrs_mac(&self, v: &Version) -> String {
@@ -270,6 +289,8 @@ impl Pass<'_> {
         let (outcome, written, detail) = match result {
             Ok(x) => x,
             Err(err) => {
+                self.worst
+                    .fetch_max(err.exit_code(), std::sync::atomic::Ordering::Relaxed);
                 let mut r = row.unwrap_or_default();
                 r.status = "failed".into();
                 r.detail = err.to_string();
@@ -305,16 +326,32 @@ impl Pass<'_> {
         let sv = self.src.versions(&e.name).await?;
         let readable: Vec<_> = sv.versions.iter().filter(|v| v.readable).collect();
         if readable.is_empty() {
-            return Err(SecretsError::Refused {
-                vault: self.src.name().to_string(),
-                detail: format!(
-                    "'{}': every version is disabled; nothing can be read",
-                    e.name
-                ),
-            });
+            return Ok((
+                Outcome::Kept,
+                0,
+                "every version is disabled at the source; the destination keeps its copy".into(),
+            ));
         }
+        let mut row = row.unwrap_or_default();
+        row.dst_name = dst_name.to_string();
+        // Once removed here (deletes), a secret back at the source starts afresh.
+        let removed = matches!(row.status.as_str(), "deleted" | "disabled");
+        if removed {
+            row.carried.clear();
+        }
+        // The newest source version already carried: nothing older is written again,
+        // even when the source's newest was disabled or deleted since (no rollback).
+        let carried_at = readable
+            .iter()
+            .rposition(|v| row.carried.iter().any(|c| c.src == self.src_id(&v.id)));
+        let window = readable.len().saturating_sub(n);
+        let from = match carried_at {
+            Some(p) => (p + 1).max(window).min(readable.len()),
+            None => window,
+        };
+        // Values are read for the window (hashes align a promoted source by value).
         let mut versions = Vec::new();
-        for m in &readable[readable.len().saturating_sub(n)..] {
+        for m in &readable[window..] {
             versions.push(self.src.read(&e.name, &m.id).await?);
         }
         if let (Some(a), Some(last)) = (&sv.secret_attrs, versions.last_mut()) {
@@ -324,22 +361,25 @@ impl Pass<'_> {
                 last.attrs.shape = shape;
             }
         }
-        let macs: Vec<String> = versions.iter().map(|v| self.mac(v)).collect();
+        let macs: Vec<String> = versions.iter().map(|v| self.mac(&name, v)).collect();
         let Some(newest) = versions.last() else {
             return Ok((Outcome::InSync, 0, String::new()));
         };
         let attrs_mac = self.attrs_mac(newest);
-        let mut row = row.unwrap_or_default();
-        row.dst_name = dst_name.to_string();
         let origin = (dst_name != name).then_some(name.as_str());
+        // Index into `versions` of the first one to write.
+        let mut start = from - window;
+        if carried_at.is_none() {
+            if let Some(c) = row.carried.last() {
+                // Another source (after promote): align by value.
+                start = macs.iter().rposition(|m| *m == c.mac).map_or(0, |p| p + 1);
+            }
+        }
 
         // The destination as it is, when it may not be as georep left it.
         let mut drift: Option<String> = None;
         match &existing {
-            None if !row.carried.is_empty()
-                && row.status != "deleted"
-                && row.status != "disabled" =>
-            {
+            None if !row.carried.is_empty() => {
                 drift = Some(format!("deleted at the destination (as '{dst_name}')"));
             }
             None => {}
@@ -350,7 +390,8 @@ impl Pass<'_> {
                 if let Some(top) = dv.versions.iter().rev().find(|v| v.readable) {
                     let newest_ours = row.carried.last().is_some_and(|c| c.dst == top.id);
                     if newest_ours {
-                        if x.fingerprint != row.dst_fp && row.status == "in_sync" {
+                        let watched = matches!(row.status.as_str(), "in_sync" | "drifted");
+                        if x.fingerprint != row.dst_fp && watched {
                             drift = Some(format!(
                                 "attributes or older versions changed at the destination ('{dst_name}', version {})",
                                 top.id
@@ -358,18 +399,22 @@ impl Pass<'_> {
                         }
                     } else {
                         let got = dst.read(dst_name, &top.id).await?;
-                        let m = self.mac(&got);
+                        let m = self.mac(&name, &got);
                         let ours = row.carried.iter().any(|c| c.dst == top.id);
-                        if let (false, Some(pos)) = (ours, macs.iter().rposition(|x| *x == m)) {
-                            // A write the ledger missed (killed before recording it), or
-                            // an equal copy made before georep: taken as carried.
+                        // Only the version georep would write next (or a newer one)
+                        // is adopted: a write the ledger missed (killed before it was
+                        // recorded), or an equal copy made before georep. An older
+                        // value there is someone's rollback: drift.
+                        let pos = macs.iter().rposition(|x| *x == m).filter(|p| *p >= start);
+                        if let (false, Some(pos)) = (ours, pos) {
                             let seq = row.carried.last().map_or(1, |c| c.seq + 1);
                             row.carried.push(Carried {
                                 seq,
-                                src: versions[pos].id.clone(),
+                                src: self.src_id(&versions[pos].id),
                                 dst: top.id.clone(),
                                 mac: m,
                             });
+                            start = pos + 1;
                         } else {
                             drift = Some(format!(
                                 "changed at the destination: the newest version of '{dst_name}' ({}) was not written by this sync",
@@ -377,6 +422,10 @@ impl Pass<'_> {
                             ));
                         }
                     }
+                } else if !row.carried.is_empty() {
+                    drift = Some(format!(
+                        "no readable version left at the destination ('{dst_name}')"
+                    ));
                 }
             }
         }
@@ -397,19 +446,11 @@ impl Pass<'_> {
                 }
                 OnDrift::Overwrite => {
                     tracing::warn!(sync = %self.sync.name, secret = %name, vault = d, "{why}; overwriting (on_drift = \"overwrite\")");
+                    start = start.min(versions.len() - 1);
                 }
             }
         }
-
-        // Versions newer than the newest carried one, oldest first.
-        let mut start = match row.carried.last() {
-            Some(c) => macs.iter().rposition(|m| *m == c.mac).map_or(0, |p| p + 1),
-            None => 0,
-        };
-        if drift.is_some() {
-            start = start.min(versions.len() - 1);
-        }
-        let to_write = &versions[start..];
+        let to_write = &versions[start.min(versions.len())..];
         if self.dry_run {
             return Ok(if to_write.is_empty() {
                 (Outcome::InSync, 0, String::new())
@@ -428,9 +469,9 @@ impl Pass<'_> {
             let id = dst.write(dst_name, &v.value, &meta).await?;
             row.carried.push(Carried {
                 seq,
-                src: v.id.clone(),
+                src: self.src_id(&v.id),
                 dst: id,
-                mac: self.mac(v),
+                mac: self.mac(&name, v),
             });
             if row.carried.len() > CARRIED_KEPT {
                 row.carried.remove(0);
@@ -487,9 +528,15 @@ impl Pass<'_> {
         present: &std::collections::HashSet<&str>,
         dst_total: usize,
     ) -> Result<Vec<Item>> {
-        let gone: Vec<(String, Row)> = self
-            .ledger
-            .rows(Some(d))?
+        let rows = self.ledger.rows(Some(d))?;
+        // The guard's whole: the secrets this sync keeps at `d`, not the vault's.
+        let managed = rows
+            .iter()
+            .filter(|(_, _, r)| {
+                !r.carried.is_empty() && !matches!(r.status.as_str(), "deleted" | "disabled")
+            })
+            .count();
+        let gone: Vec<(String, Row)> = rows
             .into_iter()
             .filter(|(_, n, r)| {
                 !present.contains(n.as_str())
@@ -510,28 +557,34 @@ impl Pass<'_> {
             written: 0,
             detail,
         };
-        if self.sync.deletes == SecretDeletes::Keep {
+        // While promoted, a secret missing from the new source may simply never have
+        // reached it: nothing is removed until the topology names the new source.
+        let keep_why = if self.promoted {
+            Some("missing at the promoted source; kept (nothing is removed while a sync is promoted)")
+        } else if self.sync.deletes == SecretDeletes::Keep {
+            Some("deleted at the source; kept (deletes = \"keep\")")
+        } else {
+            None
+        };
+        if let Some(why) = keep_why {
             for (n, mut r) in gone {
                 if !self.dry_run {
                     r.status = "kept".into();
-                    r.detail = "deleted at the source; kept (deletes = \"keep\")".into();
+                    r.detail = why.into();
                     self.ledger.put(d, &n, &r)?;
                 }
-                out.push(item(
-                    &n,
-                    Outcome::Kept,
-                    "deleted at the source; kept (deletes = \"keep\")".into(),
-                ));
+                out.push(item(&n, Outcome::Kept, why.into()));
             }
             return Ok(out);
         }
-        if !self
-            .sync
-            .max_delete
-            .allows(gone.len() as u64, dst_total as u64)
+        if dst_total == 0
+            || !self
+                .sync
+                .max_delete
+                .allows(gone.len() as u64, managed as u64)
         {
             let why = format!(
-                "{} secrets are gone from the source, more than max_delete ({}) of the {dst_total} in '{d}' allows; nothing was removed. If this is meant, raise max_delete for one pass",
+                "{} secrets are gone from the source, more than max_delete ({}) of the {managed} this sync keeps in '{d}' allows (or '{d}' lists none); nothing was removed. If this is meant, raise max_delete for one pass",
                 gone.len(),
                 self.sync.max_delete
             );
@@ -609,6 +662,7 @@ async fn escrow(
         &pass.sync.name,
         source,
         &held,
+        pass.key,
     )
     .await?;
     pass.ledger.set_meta("escrow_fp", &fp)?;

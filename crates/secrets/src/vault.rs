@@ -148,18 +148,18 @@ impl VaultClient {
         .await
     }
 
-    /// Writes a new newest version; returns its id.
+    /// Writes a new newest version; returns its id. Each kind makes a retried write
+    /// land once: KV v2 by check-and-set, Secrets Manager by a request token, Key Vault
+    /// by looking for the version (its sequence tag and value) before trying again.
     pub async fn write(&self, name: &str, value: &Value, meta: &WriteMeta<'_>) -> Result<String> {
-        // A request token makes a retried Secrets Manager write the same version.
-        let token = request_token();
-        retry(|| async {
-            match self {
-                Self::Kv(c) => c.write(name, value, meta).await,
-                Self::Sm(c) => c.write(name, value, meta, &token).await,
-                Self::KeyVault(c) => c.write(name, value, meta).await,
+        match self {
+            Self::Kv(c) => c.write(name, value, meta).await,
+            Self::Sm(c) => {
+                let token = request_token();
+                retry(|| c.write(name, value, meta, &token)).await
             }
-        })
-        .await
+            Self::KeyVault(c) => c.write_once(name, value, meta).await,
+        }
     }
 
     /// Sets the attributes of version `id` (the newest), without a new version.

@@ -192,6 +192,21 @@ impl KeyVault {
         )
     }
 
+    /// Writes a version with a content type (a certificate's secret: PEM or PFX).
+    pub fn set_typed(&self, name: &str, value: &str, content_type: &str) -> String {
+        let mut i = lock(&self.inner);
+        put_version(
+            &mut i,
+            name,
+            value.to_string(),
+            Some(content_type.to_string()),
+            BTreeMap::new(),
+            true,
+            None,
+            None,
+        )
+    }
+
     /// The values of a secret's live versions, oldest first (empty if none).
     pub fn values(&self, name: &str) -> Vec<String> {
         let i = lock(&self.inner);

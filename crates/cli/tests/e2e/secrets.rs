@@ -79,6 +79,19 @@ fn bao_versions(b: &Bao, path: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A key's custom metadata.
+fn bao_custom(b: &Bao, path: &str) -> Value {
+    let m: Value = http()
+        .get(format!("{}/v1/secret/metadata/{path}", b.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .send()
+        .ok()
+        .and_then(|r| r.text().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    m["data"]["custom_metadata"].clone()
+}
+
 fn texts(vs: &[Value]) -> Vec<String> {
     vs.iter()
         .map(|v| v["value"].as_str().unwrap_or_default().to_string())
@@ -136,6 +149,7 @@ fn env(w: &World) -> Vec<(String, String)> {
     e.retain(|(k, _)| k != "AWS_REGION");
     e.push(("GEOREP_SECRETS_KEY".into(), KEY.into()));
     e.push(("BAO_TOKEN".into(), Bao::TOKEN.into()));
+    e.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), w.moto.endpoint()));
     e.push(("AZURE_TENANT_ID".into(), "tenant".into()));
     e.push(("AZURE_CLIENT_ID".into(), KV_CLIENT.into()));
     e.push(("AZURE_CLIENT_SECRET".into(), KV_SECRET.into()));
@@ -157,7 +171,7 @@ fn topology(dir: &Path, w: &World, recipient: &str) -> std::path::PathBuf {
         .store("escrow-az", "we", &w.azurite.url("escrow"))
         .store("escrow-s3", "me", "s3://escrow/bundles")
         .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
              [vaults.sm-we]\nregion = \"we\"\nurl = \"aws-sm://eu-west-1\"\n[vaults.sm-me]\nregion = \"me\"\nurl = \"aws-sm://me-central-1\"\n\
              [vaults.kv-qc]\nregion = \"qc\"\nurl = \"{}\"\n[vaults.kv-restore]\nregion = \"qc\"\nurl = \"{}\"\n",
             w.bao1.vault_url(),
@@ -168,6 +182,7 @@ fn topology(dir: &Path, w: &World, recipient: &str) -> std::path::PathBuf {
         .raw(&format!(
             "[[secret_syncs]]\nname = \"edge\"\nsource = \"bao1\"\ndestinations = [\"bao2\", \"sm-we\"]\ninclude = [\"app/**\"]\nversions = 3\n\
              escrow = {{ store = \"escrow-az\", recipients = [\"{recipient}\"] }}\n\
+             [[secret_syncs]]\nname = \"certs\"\nsource = \"kv-qc\"\ndestinations = [\"bao2\"]\ninclude = [\"tls-*\"]\n\
              [[secret_syncs]]\nname = \"chain\"\nsource = \"sm-we\"\ndestinations = [\"kv-qc\", \"sm-me\"]\nversions = 3\n\
              escrow = {{ store = \"escrow-s3\", recipients = [\"{recipient}\"], keep = 2 }}\n"
         ))
@@ -279,6 +294,42 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
         serde_json::from_str::<Value>(&api_kv[0]).expect("json"),
         json!({"user": user, "password": pw}),
         "a map travels as its JSON"
+    );
+
+    // A certificate's secret travels with its content type; a key cannot travel and
+    // is named; Key Vault's throttling is waited out as it asks.
+    let pem = value("pem");
+    values.push(pem.clone());
+    w.kv.set_typed("tls-cert", &pem, "application/x-pem-file");
+    w.kv.add_key("tls-signing-key", true);
+    w.kv.throttle(3);
+    let certs = run(
+        &["secrets", "sync", "certs", "-c", c, "--output", "json"],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", certs.stdout(), certs.stderr()));
+    assert_eq!(
+        certs.code(),
+        1,
+        "a key that cannot travel is exit 1: {}",
+        certs.stdout()
+    );
+    let items = certs.json()["items"].clone();
+    assert!(
+        items
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["name"] == "tls-signing-key"
+                && i["outcome"] == "not_exportable"
+                && i["detail"].as_str().is_some_and(|d| d.contains("re-wrap"))),
+        "{items}"
+    );
+    assert!(w.kv.throttled() >= 3, "the test vault throttled");
+    assert_eq!(texts(&bao_versions(&w.bao2, "tls-cert")), [pem.as_str()]);
+    assert_eq!(
+        bao_custom(&w.bao2, "tls-cert")["georep-content-type"],
+        "application/x-pem-file"
     );
 
     // Nothing changed: metadata only, nothing written.
@@ -437,6 +488,39 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
         [db[3].clone(), db5.clone(), db6.clone()]
     );
 
+    // The source's region is lost: promote a destination; the others and the old
+    // source are written from it, nothing twice.
+    let p = run(&["secrets", "promote", "edge", "-c", c, "--to", "bao2"], &e).ok();
+    assert!(
+        p.stdout().contains("source is now 'bao2'"),
+        "{}",
+        p.stdout()
+    );
+    let db7 = value("db7");
+    values.push(db7.clone());
+    bao_put(&w.bao2, "app/db", json!({ "value": db7 }));
+    let promoted = run(
+        &["secrets", "sync", "edge", "-c", c, "--output", "json"],
+        &e,
+    );
+    seen.push_str(&format!("{}{}", promoted.stdout(), promoted.stderr()));
+    assert_eq!(
+        promoted.code(),
+        0,
+        "{}{}",
+        promoted.stdout(),
+        promoted.stderr()
+    );
+    assert_eq!(promoted.json()["source"], "bao2");
+    assert_eq!(
+        sm_values(&w.moto, "eu-west-1", "app/db"),
+        [db5.clone(), db6.clone(), db7.clone()]
+    );
+    let old_source = texts(&bao_versions(&w.bao1, "app/db"));
+    assert_eq!(old_source.last(), Some(&db7));
+    assert_eq!(old_source.len(), 7, "db1..db6 kept, db7 added once");
+    run(&["secrets", "promote", "edge", "-c", c, "--to", "bao1"], &e).ok();
+
     // Never a value: not in any output, not in any state file.
     for v in &values {
         assert!(!seen.contains(v.as_str()), "a value was printed:\n{seen}");
@@ -515,7 +599,7 @@ fn a_killed_pass_converges_without_duplicates_and_deletes_stay_within_the_guard(
         .region("dc1")
         .region("dc2")
         .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
              [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\nversions = 2\ndeletes = \"propagate\"\nmax_delete = \"10%\"\n",
             bao1.vault_url(),
             bao2.vault_url()
@@ -620,7 +704,7 @@ fn the_daemon_keeps_a_sync_in_step_and_shows_lag_and_drift_without_a_value() {
         .region("dc1")
         .region("dc2")
         .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\n\
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
              [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\ninterval = \"1s\"\n",
             bao1.vault_url(),
             bao2.vault_url()

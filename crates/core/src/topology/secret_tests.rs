@@ -142,6 +142,12 @@ token_file = "/run/token"
 [vaults.e]
 url = "https://example.com"
 color = "red"
+[vaults.f]
+region = "r1"
+url = "vault://f.example:8200/secret"
+[vaults.g]
+region = "r1"
+url = "vault://g.example:8200/secret"
 "#;
     let msg = refused("bad vaults", text, &[]);
     for want in [
@@ -154,6 +160,7 @@ color = "red"
         "missing `region`",
         "not a Key Vault address",
         "unknown field `color`",
+        "would share VAULT_TOKEN/BAO_TOKEN",
     ] {
         assert!(msg.contains(want), "missing {want:?} in:\n{msg}");
     }

@@ -138,8 +138,9 @@ impl PartialEq for SecretSync {
 impl SecretSync {
     pub const DEFAULT_VERSIONS: u32 = 2;
     /// Secrets Manager keeps a version only while a staging label points at it, and a
-    /// secret takes about 20 labels.
-    pub const MAX_VERSIONS: u32 = 20;
+    /// secret takes about 20 labels: one per carried version plus AWSCURRENT and
+    /// AWSPREVIOUS.
+    pub const MAX_VERSIONS: u32 = 18;
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
     pub const DEFAULT_MAX_DELETE: MaxDelete = MaxDelete::Percent(10.0);
     pub const DEFAULT_ESCROW_KEEP: u32 = 30;
@@ -152,6 +153,8 @@ pub(super) struct DraftVault {
     token: Option<String>,
     token_file: Option<PathBuf>,
     namespace: Option<String>,
+    /// `token` was written (even if it could not be expanded).
+    token_given: bool,
 }
 
 pub(super) struct DraftSync {
@@ -232,6 +235,7 @@ pub(super) fn vaults(
             token: None,
             token_file: None,
             namespace: None,
+            token_given: false,
         };
         if let Some(sec) = sec {
             sec.check_keys(ctx, "field", VAULT_FIELDS);
@@ -252,6 +256,7 @@ pub(super) fn vaults(
             }
             missing(ctx, &sec, "url", "add url = \"https://NAME.vault.azure.net\", \"aws-sm://REGION\" or \"vault://HOST:PORT/MOUNT\"");
             v.token = secret(ctx, &sec, "token", env);
+            v.token_given = sec.get("token").is_some();
             v.token_file = sec
                 .string(ctx, "token_file", "\"/run/vault-agent/token\"")
                 .map(|p| super::resolve(base_dir, Path::new(p.get_ref().trim())));
@@ -482,6 +487,27 @@ pub(super) fn check(ctx: &mut Ctx<'_>, draft: &super::sections::Draft) {
                     ),
                 );
             }
+        }
+    }
+    // One environment token for several Vault clusters would send each cluster's
+    // token to the others.
+    let shared: Vec<&DraftVault> = draft
+        .vaults
+        .values()
+        .filter(|v| {
+            matches!(v.url, Some(VaultUrl::Kv { .. }))
+                && v.token.is_none()
+                && v.token_file.is_none()
+                && !v.token_given
+        })
+        .collect();
+    if shared.len() > 1 {
+        for v in shared {
+            ctx.error(
+                None,
+                &v.what,
+                "several Vault/OpenBao vaults would share VAULT_TOKEN/BAO_TOKEN from the environment; give each its own token = \"${NAME}\" or token_file",
+            );
         }
     }
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
