@@ -113,6 +113,8 @@ pub struct SecretSyncStatus {
     pub pending: usize,
     pub drifted: usize,
     pub failed: usize,
+    /// Items that can never be copied (keys), listed under the source vault.
+    pub not_exportable: usize,
     /// Daemon only: seconds since the last complete pass (the lag of every
     /// destination), how often passes run, and whether the lag passed twice that.
     pub lag_seconds: Option<f64>,

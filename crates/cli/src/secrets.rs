@@ -315,12 +315,13 @@ fn status(a: &NameArgs) -> Result<u8> {
     let st = georep_secrets::status::status(&dir.join("secrets"), &s.name).map_err(fail)?;
     print(a.output, &st, || {
         let mut out = format!(
-            "secret sync '{}': {} in sync, {} pending, {} drifted, {} failed; last pass {}{}",
+            "secret sync '{}': {} in sync, {} pending, {} drifted, {} failed, {} not exportable; last pass {}{}",
             st.sync,
             st.in_sync,
             st.pending,
             st.drifted,
             st.failed,
+            st.not_exportable,
             st.last_run.as_deref().unwrap_or("never"),
             st.promoted
                 .as_deref()
@@ -341,5 +342,9 @@ fn status(a: &NameArgs) -> Result<u8> {
         }
         out
     })?;
-    Ok(if st.drifted + st.failed > 0 { 1 } else { 0 })
+    Ok(if st.drifted + st.failed + st.not_exportable > 0 {
+        1
+    } else {
+        0
+    })
 }

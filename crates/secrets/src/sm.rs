@@ -387,7 +387,16 @@ impl Sm {
     /// Tags describe the newest version: georep's keys not set now are removed.
     pub(crate) async fn set_attrs(&self, name: &str, meta: &WriteMeta<'_>) -> Result<()> {
         let want = self.tags(meta);
-        let d = self.describe(name).await?;
+        let mut d = self
+            .call("DescribeSecret", json!({"SecretId": name}))
+            .await?;
+        if !d["DeletedDate"].is_null() {
+            // Written again after `deletes` scheduled it for deletion: restored, so
+            // the version just written is usable.
+            self.call("RestoreSecret", json!({"SecretId": name}))
+                .await?;
+            d = self.describe(name).await?;
+        }
         let have = tags(&d["Tags"]);
         // Only georep's own keys are taken off: other tags belong to the account (and
         // `aws:` ones cannot be removed at all).

@@ -27,6 +27,7 @@ pub fn status(dir: &Path, sync: &str) -> Result<SecretSyncStatus> {
             "pending" => out.pending += 1,
             "drifted" => out.drifted += 1,
             "failed" => out.failed += 1,
+            "not_exportable" => out.not_exportable += 1,
             _ => {}
         }
         out.secrets.push(SecretStatus {

@@ -103,6 +103,19 @@ pub async fn run(
     };
     for (name, why) in src.unexportable().await.unwrap_or_default() {
         if sync.filter.matches(&name) {
+            if !opts.dry_run {
+                // Kept in the ledger (under the source vault) so status shows it.
+                ledger.put(
+                    &source,
+                    &name,
+                    &Row {
+                        status: "not_exportable".into(),
+                        detail: why.clone(),
+                        updated: chrono::Utc::now().to_rfc3339(),
+                        ..Row::default()
+                    },
+                )?;
+            }
             report.items.push(Item {
                 name,
                 destination: "*".into(),

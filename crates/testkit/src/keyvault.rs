@@ -131,6 +131,7 @@ impl KeyVault {
                 };
                 let app = axum::Router::new()
                     .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+                    .route("/msi/token", axum::routing::get(msi_token))
                     .route("/secrets", axum::routing::get(list))
                     .route("/keys", axum::routing::get(keys))
                     .route(
@@ -175,6 +176,15 @@ impl KeyVault {
     /// What `AZURE_AUTHORITY_HOST` points at for tokens.
     pub fn url_base(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A managed identity endpoint (App Service's `IDENTITY_ENDPOINT` and
+    /// `IDENTITY_HEADER`) that issues tokens for this vault.
+    pub fn identity_endpoint(&self) -> (String, String) {
+        (
+            format!("http://{}/msi/token", self.addr),
+            MSI_HEADER.to_string(),
+        )
     }
 
     /// Writes a version directly (as someone using the portal would).
@@ -430,6 +440,41 @@ async fn token(
     issued().push(t.clone());
     axum::Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": t}))
         .into_response()
+}
+
+/// The `X-IDENTITY-HEADER` the managed identity endpoint wants.
+const MSI_HEADER: &str = "msi-header-7d1c";
+
+/// `GET /msi/token?api-version=2019-08-01&resource=...` with `X-IDENTITY-HEADER`, as
+/// App Service's identity endpoint: `expires_on` is a string of Unix seconds.
+async fn msi_token(
+    State((inner, _)): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let ok = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        == Some(MSI_HEADER)
+        && q.get("api-version").map(String::as_str) == Some("2019-08-01")
+        && q.get("resource").map(String::as_str) == Some("https://vault.azure.net");
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request", "error_description": "missing or wrong X-IDENTITY-HEADER, api-version or resource"})),
+        )
+            .into_response();
+    }
+    lock(&inner).issued += 1;
+    let t = format!("kv-msi-token-{:032x}", rand::random::<u128>());
+    issued().push(t.clone());
+    axum::Json(json!({
+        "access_token": t,
+        "expires_on": (now() + 3600).to_string(),
+        "resource": "https://vault.azure.net",
+        "token_type": "Bearer",
+    }))
+    .into_response()
 }
 
 async fn list(

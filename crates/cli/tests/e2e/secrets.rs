@@ -326,6 +326,13 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
         "{items}"
     );
     assert!(w.kv.throttled() >= 3, "the test vault throttled");
+    let st = run(&["secrets", "status", "certs", "-c", c], &e);
+    assert_eq!(st.code(), 1);
+    assert!(
+        st.stdout().contains("tls-signing-key") && st.stdout().contains("not_exportable"),
+        "{}",
+        st.stdout()
+    );
     assert_eq!(texts(&bao_versions(&w.bao2, "tls-cert")), [pem.as_str()]);
     assert_eq!(
         bao_custom(&w.bao2, "tls-cert")["georep-content-type"],
@@ -399,6 +406,21 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
     let diff = run(&["secrets", "diff", "chain", "-c", c], &e);
     seen.push_str(&format!("{}{}", diff.stdout(), diff.stderr()));
     assert_eq!(diff.code(), 1, "{}", diff.stdout());
+
+    // The chain's bundles in S3: one per pass that saw a change, the newest 2 kept.
+    let chain_bundles = run(
+        &[
+            "secrets", "escrow", "list", "chain", "-c", c, "--output", "json",
+        ],
+        &e,
+    )
+    .ok();
+    assert_eq!(
+        chain_bundles.json().as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        chain_bundles.stdout()
+    );
 
     // The escrow bundle opens with Debian's age and holds the versions.
     let bundles = run(
@@ -787,4 +809,91 @@ fn the_daemon_keeps_a_sync_in_step_and_shows_lag_and_drift_without_a_value() {
             "a value leaked:\n{everything}"
         );
     }
+}
+
+#[test]
+fn disable_and_overwrite_reach_key_vault_through_a_managed_identity_and_secrets_manager() {
+    let bao = Bao::start();
+    let moto = Moto::start();
+    let kv = KeyVault::start(KV_CLIENT, KV_SECRET);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("qc")
+        .region("we")
+        .raw(&format!(
+            "[vaults.bao]\nregion = \"dc1\"\nurl = \"{}\"\n[vaults.kv]\nregion = \"qc\"\nurl = \"{}\"\n\
+             [vaults.sm]\nregion = \"we\"\nurl = \"aws-sm://eu-west-1\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao\"\ndestinations = [\"kv\", \"sm\"]\ndeletes = \"disable\"\non_drift = \"overwrite\"\nmax_delete = 5\n",
+            bao.vault_url(),
+            kv.vault_url()
+        ))
+        .write(dir.path());
+    let c = s(&cfg);
+    let (endpoint, header) = kv.identity_endpoint();
+    let mut e = moto.env();
+    e.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    e.extend([
+        (
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER".to_string(),
+            moto.endpoint(),
+        ),
+        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
+        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
+        ("IDENTITY_ENDPOINT".to_string(), endpoint),
+        ("IDENTITY_HEADER".to_string(), header),
+    ]);
+    let sm_deleted = |name: &str| {
+        let (_, d) = moto.aws_json_in(
+            "eu-west-1",
+            "secretsmanager",
+            "secretsmanager.DescribeSecret",
+            &json!({"SecretId": name}),
+        );
+        !d["DeletedDate"].is_null()
+    };
+    for k in ["a", "b", "c"] {
+        bao_put(&bao, k, json!({ "value": format!("{k}-1") }));
+    }
+    run(&["secrets", "sync", "s", "-c", c], &e).ok();
+    assert_eq!(
+        kv.values("a"),
+        ["a-1"],
+        "written with a managed identity's token"
+    );
+    assert_eq!(sm_values(&moto, "eu-west-1", "c"), ["c-1"]);
+
+    // on_drift = "overwrite": a hand edit is written over with the source's version.
+    kv.set("b", "by-hand");
+    bao_put(&bao, "b", json!({ "value": "b-2" }));
+    let o = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(o.code(), 0, "{}{}", o.stdout(), o.stderr());
+    assert_eq!(kv.values("b").last().map(String::as_str), Some("b-2"));
+
+    // deletes = "disable": Key Vault's copy disabled, Secrets Manager's scheduled for
+    // deletion (restorable) and tagged.
+    bao_delete_all(&bao, "c");
+    let d = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(d.code(), 0, "{}{}", d.stdout(), d.stderr());
+    let (_, enabled, _) = kv.newest("c").expect("kept in key vault");
+    assert!(!enabled, "disabled in key vault");
+    assert!(sm_deleted("c"), "scheduled for deletion in secrets manager");
+    let st = run(&["secrets", "status", "s", "-c", c], &e);
+    assert!(st.stdout().contains("disabled"), "{}", st.stdout());
+
+    // Back at the source: written again, usable again.
+    bao_put(&bao, "c", json!({ "value": "c-2" }));
+    let back = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(back.code(), 0, "{}{}", back.stdout(), back.stderr());
+    let (_, enabled, _) = kv.newest("c").expect("in key vault");
+    assert!(enabled);
+    assert_eq!(kv.values("c").last().map(String::as_str), Some("c-2"));
+    assert!(!sm_deleted("c"), "restored in secrets manager");
+    assert_eq!(
+        sm_values(&moto, "eu-west-1", "c")
+            .last()
+            .map(String::as_str),
+        Some("c-2")
+    );
 }
