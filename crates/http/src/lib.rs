@@ -5,6 +5,8 @@
 //! [`HEADERS`], and a connection that moves no byte either way for [`IDLE`] closed, so
 //! neither slow headers, slow bodies nor unread answers hold a slot forever.
 
+pub mod entra;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -209,7 +209,7 @@ impl Relays {
             .iter()
             .find(|t| t.kind == georep_core::TargetKind::Logs && t.key.is_none())
         {
-            crate::entra::Credentials::from_env().map_err(|e| {
+            georep_http::entra::Source::from_env().map_err(|e| {
                 RelayError::Refused(format!(
                     "relay '{}': target '{}' (logs, no key) gets Microsoft Entra tokens: {e}",
                     cfg.name, t.name

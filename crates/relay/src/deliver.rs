@@ -61,9 +61,9 @@ pub(crate) struct Sender {
     /// reconnects by itself).
     nats: tokio::sync::Mutex<HashMap<String, async_nats::jetstream::Context>>,
     /// Microsoft Entra credentials, for `logs` targets without a key.
-    entra: Option<crate::entra::Credentials>,
+    entra: Option<georep_http::entra::Source>,
     /// Their tokens, by target name.
-    tokens: tokio::sync::Mutex<HashMap<String, crate::entra::Cache>>,
+    tokens: tokio::sync::Mutex<HashMap<String, std::sync::Arc<georep_http::entra::Tokens>>>,
 }
 
 /// At most 300 bytes of a response, for a reason.
@@ -114,7 +114,7 @@ impl Sender {
             archives,
             aws,
             nats: tokio::sync::Mutex::new(HashMap::new()),
-            entra: crate::entra::Credentials::from_env().ok(),
+            entra: georep_http::entra::Source::from_env().ok(),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -135,24 +135,33 @@ impl Sender {
             return Ok(Self::authorize(t, req));
         }
         let Some(c) = &self.entra else {
-            return Err(crate::entra::Credentials::from_env()
+            return Err(georep_http::entra::Source::from_env()
                 .err()
                 .unwrap_or_default());
         };
-        let mut tokens = self.tokens.lock().await;
-        let token = tokens
+        let tokens = self
+            .tokens
+            .lock()
+            .await
             .entry(t.name.clone())
-            .or_default()
-            .token(&self.http, c, t.timeout)
-            .await?;
+            .or_insert_with(|| {
+                // The Logs Ingestion scope is `https://monitor.azure.com//.default`.
+                std::sync::Arc::new(georep_http::entra::Tokens::new(
+                    c.clone(),
+                    "https://monitor.azure.com/",
+                ))
+            })
+            .clone();
+        let token = tokens.get(&self.http, t.timeout).await?;
         Ok(req.bearer_auth(token))
     }
 
     /// The target refused its credentials: a cached Entra token is fetched anew.
     async fn refused_credentials(&self, t: &RelayTarget) {
         if Self::uses_entra(t) {
-            if let Some(c) = self.tokens.lock().await.get_mut(&t.name) {
-                c.drop_token();
+            let tokens = self.tokens.lock().await.get(&t.name).cloned();
+            if let Some(tk) = tokens {
+                tk.drop_token().await;
             }
         }
     }

@@ -12,7 +12,6 @@
 mod component;
 mod deliver;
 mod encode;
-mod entra;
 mod error;
 pub mod events;
 pub mod logs;

@@ -10,12 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use crate::azure::{Source, Tokens};
 use crate::error::{Result, SecretsError};
 use crate::model::{
     user_tags, Attrs, Entry, Shape, Value, Version, VersionMeta, TAG_NAME, TAG_SEQ, TAG_SHAPE,
 };
 use crate::vault::{path_escape, Answer, Http, JsonBody, Versions, WriteMeta};
+use georep_http::entra::{Source, Tokens};
 
 const API: &str = "api-version=7.5";
 
@@ -46,14 +46,14 @@ impl KeyVault {
         what: &str,
     ) -> Result<Answer> {
         for attempt in 0..2 {
-            let token =
-                self.tokens
-                    .get(&self.http.client)
-                    .await
-                    .map_err(|detail| SecretsError::Auth {
-                        vault: self.http.vault.clone(),
-                        detail,
-                    })?;
+            let token = self
+                .tokens
+                .get(&self.http.client, crate::vault::TIMEOUT)
+                .await
+                .map_err(|detail| SecretsError::Auth {
+                    vault: self.http.vault.clone(),
+                    detail,
+                })?;
             let mut rb = self
                 .http
                 .client

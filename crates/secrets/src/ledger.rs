@@ -174,6 +174,17 @@ impl Ledger {
         .map_err(|e| fail(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| fail(&e))?;
+        // A first pass may have created the file and not yet its tables.
+        let ready: bool = conn
+            .query_row(
+                "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'rows')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| fail(&e))?;
+        if !ready {
+            return Ok(None);
+        }
         let lock = std::fs::File::open(&path).map_err(|e| fail(&e))?;
         Ok(Some(Self {
             conn: Mutex::new(conn),

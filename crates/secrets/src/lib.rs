@@ -11,7 +11,6 @@
 //! Values never reach output, logs, errors, the ledger, the API or metrics: they live in
 //! [`model::Value`], whose `Debug` prints `***` and which has no `Display` or `Serialize`.
 
-pub mod azure;
 pub mod component;
 pub mod error;
 pub mod escrow;

@@ -1,10 +1,11 @@
-//! Microsoft Entra tokens for Key Vault, from the environment the Azure SDKs read:
+//! Microsoft Entra tokens for the Azure APIs georep calls (Key Vault, Logs Ingestion),
+//! from the environment the Azure SDKs read:
 //! client credentials (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`,
 //! `AZURE_AUTHORITY_HOST`), else a managed identity — App Service, Functions and
 //! Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), or a VM's instance metadata
 //! service when `AZURE_USE_IMDS=1` says the machine has one (it is never tried
 //! unasked: off Azure it only times out). A token is kept until five minutes before it
-//! expires, and dropped when Key Vault refuses it.
+//! expires, and dropped when the API refuses it.
 
 use std::time::{Duration, Instant};
 
@@ -76,14 +77,15 @@ impl Source {
                 client_id: get("AZURE_CLIENT_ID"),
             });
         }
-        Err("no Azure credentials: export AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (an app allowed to read or write the vault's secrets), or run with a managed identity (IDENTITY_ENDPOINT, or AZURE_USE_IMDS=1 on a VM)".into())
+        Err("no Azure credentials: export AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (an app registration with access to the resource), or run with a managed identity (IDENTITY_ENDPOINT, or AZURE_USE_IMDS=1 on a VM)".into())
     }
 }
 
 /// Tokens for one resource, cached.
 pub struct Tokens {
     source: Source,
-    /// `https://vault.azure.net` (its scope adds `/.default`).
+    /// `https://vault.azure.net` (its scope adds `/.default`; Azure Monitor's is
+    /// `https://monitor.azure.com/`, hence the double slash in its scope).
     resource: String,
     cached: Mutex<Option<(String, Instant)>>,
 }
@@ -97,15 +99,15 @@ impl Tokens {
         }
     }
 
-    /// A token good for at least five more minutes.
-    pub async fn get(&self, http: &reqwest::Client) -> Result<String, String> {
+    /// A token good for at least five more minutes; `timeout` bounds the fetch.
+    pub async fn get(&self, http: &reqwest::Client, timeout: Duration) -> Result<String, String> {
         let mut c = self.cached.lock().await;
         if let Some((t, until)) = c.as_ref() {
             if Instant::now() + EARLY < *until {
                 return Ok(t.clone());
             }
         }
-        let (token, life) = self.fetch(http).await?;
+        let (token, life) = self.fetch(http, timeout).await?;
         *c = Some((token.clone(), Instant::now() + life));
         Ok(token)
     }
@@ -115,7 +117,11 @@ impl Tokens {
         *self.cached.lock().await = None;
     }
 
-    async fn fetch(&self, http: &reqwest::Client) -> Result<(String, Duration), String> {
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<(String, Duration), String> {
         let enc = |v: &str| {
             percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
@@ -169,14 +175,13 @@ impl Tokens {
                     url.push_str(&format!("&client_id={}", enc(c)));
                 }
                 (
-                    http.get(url)
-                        .header("Metadata", "true")
-                        .timeout(Duration::from_secs(5)),
+                    http.get(url).header("Metadata", "true"),
                     "the instance metadata service".to_string(),
                 )
             }
         };
         let resp = rb
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| format!("cannot reach {from} for a token: {}", e.without_url()))?;
@@ -189,7 +194,12 @@ impl Tokens {
                 "{from} refused a token for {:?} (HTTP {status}): {} {}",
                 self.source,
                 v["error"].as_str().unwrap_or_default(),
-                crate::vault::one_line(v["error_description"].as_str().unwrap_or_default())
+                v["error_description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             ));
         };
         let num = |k: &str| {
@@ -198,7 +208,11 @@ impl Tokens {
         };
         let life = match (num("expires_in"), num("expires_on")) {
             (Some(s), _) => s,
-            (None, Some(on)) => on.saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
+            (None, Some(on)) => on.saturating_sub(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
             _ => 3599,
         };
         Ok((token.to_string(), Duration::from_secs(life)))
