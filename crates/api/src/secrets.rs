@@ -25,6 +25,9 @@ pub enum Outcome {
     WouldRemove,
     /// Cannot be copied at all (a key); the detail says what to do instead.
     NotExportable,
+    /// The source's newest readable version is older than the one carried (disabled,
+    /// deleted or rolled back there): destinations are never rolled back; reported.
+    SourceBehind,
     Failed,
 }
 
@@ -41,13 +44,17 @@ impl Outcome {
             Self::Deleted => "deleted",
             Self::WouldRemove => "would_remove",
             Self::NotExportable => "not_exportable",
+            Self::SourceBehind => "source_behind",
             Self::Failed => "failed",
         }
     }
 
     /// Whether this outcome makes the pass exit 1.
     pub fn is_problem(self) -> bool {
-        matches!(self, Self::Drifted | Self::NotExportable | Self::Failed)
+        matches!(
+            self,
+            Self::Drifted | Self::NotExportable | Self::SourceBehind | Self::Failed
+        )
     }
 }
 

@@ -260,6 +260,12 @@ fn read_identity(p: &std::path::Path) -> Result<String> {
 }
 
 async fn sync(a: &NameArgs, dry_run: bool, parallel: usize, rekey: bool, diff: bool) -> Result<u8> {
+    if dry_run && rekey {
+        return Err(ConfigFileError(
+            "--rekey drops the recorded hashes; it cannot go with --dry-run".into(),
+        )
+        .into());
+    }
     let (t, s, dir) = open(a)?;
     let opts = RunOptions {
         state_dir: dir,

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `https://NAME.vault.azure.net` (and the sovereign clouds' suffixes) | Azure Key Vault |
 //! | `keyvault+https://HOST[:PORT]`, `keyvault+http://127.0.0.1:PORT` | Key Vault's API at another address (private endpoints; a test server on loopback) |
-//! | `aws-sm://REGION` | AWS Secrets Manager (`AWS_*` environment; `AWS_ENDPOINT_URL_SECRETS_MANAGER` or `AWS_ENDPOINT_URL` for another endpoint) |
+//! | `aws-sm://REGION` | AWS Secrets Manager (`AWS_*` environment; `AWS_ENDPOINT_URL_SECRETS_MANAGER` for another endpoint) |
 //! | `vault://HOST[:PORT]/MOUNT` | HashiCorp Vault or OpenBao, a KV v2 engine, over HTTPS (port 8200 by default) |
 //! | `vault+http://127.0.0.1:PORT/MOUNT` | the same over plain HTTP: loopback only (the token would cross the network in clear) |
 

@@ -151,15 +151,15 @@ struct Live {
     last_errors: Vec<String>,
 }
 
-/// A sync and the vaults and escrow store it uses (a changed vault restarts it).
-type Settings = (SecretSync, Vec<String>, Option<String>);
+/// A sync and the vaults and escrow store it uses (a changed vault, its token
+/// included, restarts it).
+type Settings = (SecretSync, Vec<Option<georep_core::Vault>>, Option<String>);
 
 fn settings(topo: &Topology, s: &SecretSync) -> Settings {
-    let mut vaults: Vec<String> = std::iter::once(&s.source)
+    let vaults: Vec<Option<georep_core::Vault>> = std::iter::once(&s.source)
         .chain(&s.destinations)
-        .map(|v| format!("{:?}", topo.vaults.get(v)))
+        .map(|v| topo.vaults.get(v).cloned())
         .collect();
-    vaults.sort();
     let escrow = s
         .escrow
         .as_ref()
@@ -466,7 +466,7 @@ async fn pass(
         .duration
         .get_or_create(&l)
         .set(t.elapsed().as_secs_f64());
-    let complete = matches!(&result, Ok(r) if r.errors.is_empty());
+    let complete = matches!(&result, Ok(r) if r.errors.is_empty() && r.exit_code != 3);
     match &result {
         Ok(r) => {
             let written: u64 = r.items.iter().map(|i| u64::from(i.written)).sum();
@@ -533,7 +533,7 @@ async fn run(
             r = pass(&job, &live, &metrics) => r,
             _ = stop.changed() => break,
         };
-        let ok = matches!(&result, Ok(r) if r.errors.is_empty());
+        let ok = matches!(&result, Ok(r) if r.errors.is_empty() && r.exit_code != 3);
         if ok {
             failures_in_row = 0;
             wait = job.sync.interval;

@@ -60,10 +60,7 @@ fn document(
         })
         .collect();
     let secrets = Json::Array(secrets);
-    let mac = key.mac(
-        "escrow-bundle",
-        &serde_json::to_vec(&secrets).unwrap_or_default(),
-    );
+    let mac = bundle_mac(key, sync, source, &at.to_rfc3339(), &secrets);
     serde_json::to_vec(&json!({
         "format": FORMAT,
         "sync": sync,
@@ -73,6 +70,19 @@ fn document(
         "mac": mac,
     }))
     .unwrap_or_default()
+}
+
+/// What the MAC covers: the sync, the source, the time and the secrets.
+fn bundle_mac(
+    key: &crate::ledger::MacKey,
+    sync: &str,
+    source: &str,
+    taken: &str,
+    secrets: &Json,
+) -> String {
+    let mut data = format!("{sync}\n{source}\n{taken}\n").into_bytes();
+    data.extend(serde_json::to_vec(secrets).unwrap_or_default());
+    key.mac("escrow-bundle", &data)
 }
 
 /// Encrypts `plain` for `recipients` (age X25519 public keys), binary age format.
@@ -206,11 +216,19 @@ pub async fn read(
         )));
     }
     if let Some(k) = mac_key {
-        let want = k.mac(
-            "escrow-bundle",
-            &serde_json::to_vec(&doc["secrets"]).unwrap_or_default(),
+        let text = |f: &str| doc[f].as_str().unwrap_or_default().to_string();
+        let want = bundle_mac(
+            k,
+            &text("sync"),
+            &text("source"),
+            &text("taken"),
+            &doc["secrets"],
         );
-        if doc["mac"].as_str() != Some(want.as_str()) {
+        // The name is the time it was taken: a bundle copied to a newer name is refused.
+        let named = chrono::DateTime::parse_from_rfc3339(&text("taken"))
+            .map(|t| key_for(t.with_timezone(&Utc)) == key)
+            .unwrap_or(false);
+        if doc["mac"].as_str() != Some(want.as_str()) || !named {
             return Err(SecretsError::Escrow(format!(
                 "{key} was not written with this GEOREP_SECRETS_KEY (anyone can encrypt to the recipients, so a planted bundle looks the same); export the sync's key, or pass --unverified if you know where the bundle came from"
             )));

@@ -193,6 +193,10 @@ impl KeyVault {
             let Some(name) = name_of(&item["kid"]) else {
                 continue;
             };
+            // A certificate's key: its secret (PFX/PEM) travels as a secret.
+            if item["managed"].as_bool() == Some(true) {
+                continue;
+            }
             let hsm = item["kty"].as_str().is_some_and(|k| k.ends_with("-HSM"));
             out.push((
                 name,

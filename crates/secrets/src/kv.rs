@@ -420,7 +420,9 @@ fn live_versions(m: &Json) -> Vec<VersionMeta> {
             o.iter()
                 .filter_map(|(k, v)| {
                     let n: u64 = k.parse().ok()?;
-                    let deleted = v["deletion_time"].as_str().is_some_and(|s| !s.is_empty());
+                    // `delete_version_after` gives live versions a future deletion
+                    // time: only a time passed means deleted.
+                    let deleted = time(&v["deletion_time"]).is_some_and(|t| t <= Utc::now());
                     let destroyed = v["destroyed"].as_bool().unwrap_or(false);
                     (!deleted && !destroyed).then(|| {
                         (

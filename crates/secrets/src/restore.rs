@@ -52,6 +52,12 @@ pub async fn restore(
     })?;
     let store = crate::sync::open_escrow_store(topo, &sync.name, esc)?;
     let (key, opened) = crate::escrow::read(&store, bundle, identity_file, mac_key).await?;
+    if mac_key.is_some() && opened.sync != sync.name {
+        return Err(SecretsError::Escrow(format!(
+            "{key} belongs to secret sync '{}', not '{}'",
+            opened.sync, sync.name
+        )));
+    }
     let dst = VaultClient::open(def)?;
     dst.check().await?;
     let mut report = RestoreReport {

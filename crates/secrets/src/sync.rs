@@ -68,6 +68,12 @@ fn vault<'a>(topo: &'a Topology, name: &str) -> Result<&'a georep_core::Vault> {
         .ok_or_else(|| SecretsError::Config(format!("vault '{name}' is not declared")))
 }
 
+/// The creation time (ms) recorded in a ledger source id (`VAULT:ID@MS`).
+fn created_of(src: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let ms: i64 = src.rsplit_once('@')?.1.parse().ok()?;
+    chrono::DateTime::from_timestamp_millis(ms)
+}
+
 /// The name a source entry is known by across vaults.
 fn logical(e: &Entry) -> &str {
     e.origin.as_deref().unwrap_or(&e.name)
@@ -81,12 +87,33 @@ pub async fn run(
     opts: &RunOptions,
 ) -> Result<RunReport> {
     let ledger = Ledger::open(&opts.state_dir.join("secrets"), &sync.name, key, opts.rekey)?;
-    let promoted = ledger.meta(PROMOTED)?;
+    let mut promoted = ledger.meta(PROMOTED)?;
+    if let Some(p) = &promoted {
+        // A promotion to a vault the topology no longer gives this sync is void.
+        if !sync.destinations.contains(p) {
+            tracing::warn!(sync = %sync.name, vault = %p, "the promoted vault is no longer a destination of this sync; its promotion is dropped");
+            if !opts.dry_run {
+                ledger.clear_meta(PROMOTED)?;
+            }
+            promoted = None;
+        }
+    }
     let (source, dests) = roles(sync, promoted.as_deref());
     let src = VaultClient::open(vault(topo, &source)?)?;
+    let src_url = &vault(topo, &source)?.url;
     let listing = src.list().await?;
     let entries: Vec<Entry> = listing
         .into_iter()
+        .map(|mut e| {
+            // A `georep-name` tag is believed only when it maps to this very name, so
+            // a tag cannot slip a secret past the filter or onto another's name.
+            if let Some(o) = &e.origin {
+                if crate::names::map_name(src_url, o).as_deref() != Ok(e.name.as_str()) {
+                    e.origin = None;
+                }
+            }
+            e
+        })
         .filter(|e| sync.filter.matches(logical(e)))
         .collect();
     let mut report = RunReport {
@@ -258,8 +285,11 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// A source version's id as the ledger keeps it: with the vault's name, since ids of
     /// two vaults (KV v2's version numbers) can be equal after `promote`.
-    fn src_id(&self, id: &str) -> String {
-        format!("{}:{id}", self.src.name())
+    fn src_id(&self, v: &crate::model::VersionMeta) -> String {
+        match v.created {
+            Some(t) => format!("{}:{}@{}", self.src.name(), v.id, t.timestamp_millis()),
+            None => format!("{}:{}", self.src.name(), v.id),
+        }
     }
 
     /// Keyed by the secret's name too, so equal values of two secrets (or a value
@@ -352,16 +382,22 @@ impl Pass<'_> {
         if removed {
             row.carried.clear();
         }
-        // The newest source version already carried: nothing older is written again,
-        // even when the source's newest was disabled or deleted since (no rollback).
-        let carried_at = readable
-            .iter()
-            .rposition(|v| row.carried.iter().any(|c| c.src == self.src_id(&v.id)));
-        let window = readable.len().saturating_sub(n);
-        let from = match carried_at {
-            Some(p) => (p + 1).max(window).min(readable.len()),
-            None => window,
+        let mine = format!("{}:", self.src.name());
+        let newest_carried = row.carried.last().cloned();
+        // Recorded from this source (not before a promote, or its undo).
+        let same_source = newest_carried
+            .as_ref()
+            .is_some_and(|c| c.src.starts_with(&mine));
+        // The newest readable source version already carried (its id includes its
+        // creation time, so a secret deleted and made again does not match).
+        let carried_at = if same_source {
+            readable
+                .iter()
+                .rposition(|v| row.carried.iter().any(|c| c.src == self.src_id(v)))
+        } else {
+            None
         };
+        let window = readable.len().saturating_sub(n);
         // Values are read for the window (hashes align a promoted source by value).
         let mut versions = Vec::new();
         for m in &readable[window..] {
@@ -380,65 +416,97 @@ impl Pass<'_> {
         };
         let attrs_mac = self.attrs_mac(newest);
         let origin = (dst_name != name).then_some(name.as_str());
+        let behind = "the source's newest readable version is older than the one carried (disabled, deleted or rolled back at the source); the destination keeps its copy";
         // Index into `versions` of the first one to write.
-        let mut start = from - window;
-        if carried_at.is_none() {
-            if let Some(c) = row.carried.last() {
-                // Another source (after promote): align by value.
+        let mut start = 0;
+        match (&newest_carried, carried_at) {
+            (Some(c), Some(p)) if same_source => {
+                // The newest carried one is gone and nothing newer came: the source
+                // went back. Never rolled back at the destinations: reported.
+                if p + 1 == readable.len() && c.src != self.src_id(readable[p]) {
+                    return Ok((Outcome::SourceBehind, 0, behind.into()));
+                }
+                start = (p + 1).max(window).min(readable.len()) - window;
+            }
+            (Some(c), None) if same_source => {
+                let newest_time = readable.last().and_then(|v| v.created);
+                if let (Some(was), Some(now)) = (created_of(&c.src), newest_time) {
+                    if now < was {
+                        return Ok((Outcome::SourceBehind, 0, behind.into()));
+                    }
+                }
+                // More new versions than the window: all of the window.
                 start = macs.iter().rposition(|m| *m == c.mac).map_or(0, |p| p + 1);
             }
+            // Recorded from another vault (after promote, or its undo): by value.
+            (Some(c), _) => {
+                start = macs.iter().rposition(|m| *m == c.mac).map_or(0, |p| p + 1);
+            }
+            (None, _) => {}
         }
 
-        // The destination as it is, when it may not be as georep left it.
+        // The destination as it is, when it may not be as georep left it. A secret
+        // that comes back after `deletes` removed it here is written afresh.
         let mut drift: Option<String> = None;
-        match &existing {
-            None if !row.carried.is_empty() => {
+        let mut value_drift = false;
+        match (&existing, removed) {
+            (_, true) => {}
+            (None, false) if !row.carried.is_empty() => {
                 drift = Some(format!("deleted at the destination (as '{dst_name}')"));
+                value_drift = true;
             }
-            None => {}
+            (None, false) => {}
             // Checked whenever versions are about to be written (not only when the
             // fingerprint moved: Key Vault's has one-second resolution).
-            Some(x) => {
+            (Some(x), false) => {
                 let dv = dst.versions(dst_name).await?;
                 if let Some(top) = dv.versions.iter().rev().find(|v| v.readable) {
                     let newest_ours = row.carried.last().is_some_and(|c| c.dst == top.id);
                     if newest_ours {
                         let watched = matches!(row.status.as_str(), "in_sync" | "drifted");
                         if x.fingerprint != row.dst_fp && watched {
+                            // Reported once: the new fingerprint is taken as seen.
                             drift = Some(format!(
                                 "attributes or older versions changed at the destination ('{dst_name}', version {})",
                                 top.id
                             ));
+                            row.dst_fp = x.fingerprint.clone();
                         }
                     } else {
                         let got = dst.read(dst_name, &top.id).await?;
                         let m = self.mac(&name, &got);
                         let ours = row.carried.iter().any(|c| c.dst == top.id);
-                        // Only the version georep would write next (or a newer one)
-                        // is adopted: a write the ledger missed (killed before it was
-                        // recorded), or an equal copy made before georep. An older
-                        // value there is someone's rollback: drift.
-                        let pos = macs.iter().rposition(|x| *x == m).filter(|p| *p >= start);
+                        // Adopted: the version georep would write next (or a newer
+                        // one) — a write the ledger missed (killed before it was
+                        // recorded), or an equal copy made before georep — or the
+                        // source's newest (someone made the destination right). An
+                        // older value there is someone's rollback: drift.
+                        let pos = macs
+                            .iter()
+                            .rposition(|x| *x == m)
+                            .filter(|p| *p >= start || *p + 1 == macs.len());
                         if let (false, Some(pos)) = (ours, pos) {
                             let seq = row.carried.last().map_or(1, |c| c.seq + 1);
                             row.carried.push(Carried {
                                 seq,
-                                src: self.src_id(&versions[pos].id),
+                                src: self.src_id(readable[window + pos]),
                                 dst: top.id.clone(),
                                 mac: m,
                             });
-                            start = pos + 1;
+                            start = start.max(pos + 1);
                         } else {
                             drift = Some(format!(
                                 "changed at the destination: the newest version of '{dst_name}' ({}) was not written by this sync",
                                 top.id
                             ));
+                            value_drift = true;
                         }
                     }
                 } else if !row.carried.is_empty() {
                     drift = Some(format!(
                         "no readable version left at the destination ('{dst_name}')"
                     ));
+                    value_drift = true;
                 }
             }
         }
@@ -459,11 +527,14 @@ impl Pass<'_> {
                 }
                 OnDrift::Overwrite => {
                     tracing::warn!(sync = %self.sync.name, secret = %name, vault = d, "{why}; overwriting (on_drift = \"overwrite\")");
-                    start = start.min(versions.len() - 1);
+                    if value_drift {
+                        start = start.min(versions.len() - 1);
+                    }
                 }
             }
         }
-        let to_write = &versions[start.min(versions.len())..];
+        let first = start.min(versions.len());
+        let to_write = &versions[first..];
         if self.dry_run {
             return Ok(if to_write.is_empty() {
                 (Outcome::InSync, 0, String::new())
@@ -472,7 +543,7 @@ impl Pass<'_> {
             });
         }
         let mut written = 0u32;
-        for v in to_write {
+        for (i, v) in to_write.iter().enumerate() {
             let seq = row.carried.last().map_or(1, |c| c.seq + 1);
             let meta = WriteMeta {
                 attrs: &v.attrs,
@@ -482,7 +553,7 @@ impl Pass<'_> {
             let id = dst.write(dst_name, &v.value, &meta).await?;
             row.carried.push(Carried {
                 seq,
-                src: self.src_id(&v.id),
+                src: self.src_id(readable[window + first + i]),
                 dst: id,
                 mac: self.mac(&name, v),
             });
@@ -555,7 +626,11 @@ impl Pass<'_> {
                 !present.contains(n.as_str())
                     && self.sync.filter.matches(n)
                     && !r.carried.is_empty()
-                    && !matches!(r.status.as_str(), "deleted" | "disabled" | "kept")
+                    && !matches!(r.status.as_str(), "deleted" | "disabled")
+                    // Kept earlier (deletes = "keep", or while promoted): removed once
+                    // the sync would remove it now.
+                    && (r.status != "kept"
+                        || (!self.promoted && self.sync.deletes != SecretDeletes::Keep))
             })
             .map(|(_, n, r)| (n, r))
             .collect();

@@ -510,6 +510,24 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
         [db[3].clone(), db5.clone(), db6.clone()]
     );
 
+    // deletes = "keep" (the default): gone at the source, kept at the destinations.
+    bao_delete_all(&w.bao1, "app/api");
+    let kept = run(
+        &["secrets", "sync", "edge", "-c", c, "--output", "json"],
+        &e,
+    );
+    assert_eq!(kept.code(), 0, "{}", kept.stdout());
+    assert!(
+        kept.json()["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["name"] == "app/api" && i["outcome"] == "kept"),
+        "{}",
+        kept.stdout()
+    );
+    assert_eq!(bao_versions(&w.bao2, "app/api").len(), 1, "kept");
+
     // The source's region is lost: promote a destination; the others and the old
     // source are written from it, nothing twice.
     let p = run(&["secrets", "promote", "edge", "-c", c, "--to", "bao2"], &e).ok();
@@ -896,4 +914,65 @@ fn disable_and_overwrite_reach_key_vault_through_a_managed_identity_and_secrets_
             .map(String::as_str),
         Some("c-2")
     );
+}
+
+#[test]
+fn a_source_that_goes_back_is_reported_never_rolled_back_and_a_remade_secret_is_copied() {
+    let (bao1, bao2) = (Bao::start(), Bao::start());
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\nversions = 2\n",
+            bao1.vault_url(),
+            bao2.vault_url()
+        ))
+        .write(dir.path());
+    let c = s(&cfg);
+    let e = vec![
+        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
+        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
+    ];
+    for v in ["a1", "a2", "a3"] {
+        bao_put(&bao1, "x", json!({ "value": v }));
+    }
+    bao_put(&bao1, "y", json!({ "value": "b1" }));
+    run(&["secrets", "sync", "s", "-c", c], &e).ok();
+    assert_eq!(texts(&bao_versions(&bao2, "x")), ["a2", "a3"]);
+
+    // The source's newest version is deleted (a compromised value withdrawn): the
+    // destination is not rolled back to a2; the pass says so and exits 1.
+    let r = http()
+        .delete(format!("{}/v1/secret/data/x", bao1.addr()))
+        .header("X-Vault-Token", Bao::TOKEN)
+        .send()
+        .expect("delete newest");
+    assert!(r.status().is_success());
+    let behind = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(behind.code(), 1, "{}", behind.stdout());
+    assert!(
+        behind.stdout().contains("source_behind"),
+        "{}",
+        behind.stdout()
+    );
+    assert_eq!(
+        texts(&bao_versions(&bao2, "x")),
+        ["a2", "a3"],
+        "not rolled back"
+    );
+    bao_put(&bao1, "x", json!({ "value": "a4" }));
+    run(&["secrets", "sync", "s", "-c", c], &e).ok();
+    assert_eq!(texts(&bao_versions(&bao2, "x")), ["a2", "a3", "a4"]);
+
+    // A secret deleted whole and made again restarts its version numbers at 1: it is
+    // still copied (its versions are told apart by their creation time).
+    bao_delete_all(&bao1, "y");
+    run(&["secrets", "sync", "s", "-c", c], &e).ok();
+    bao_put(&bao1, "y", json!({ "value": "b2" }));
+    let again = run(&["secrets", "sync", "s", "-c", c, "--output", "json"], &e);
+    assert_eq!(again.code(), 0, "{}", again.stdout());
+    assert_eq!(texts(&bao_versions(&bao2, "y")), ["b1", "b2"]);
 }
