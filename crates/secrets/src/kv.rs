@@ -268,12 +268,19 @@ impl Kv {
                 "'{name}': the value is marked as a map but is not a JSON object"
             ))
         })?;
-        let current = match crate::vault::retry(|| self.metadata(name)).await {
-            Ok(m) => m["current_version"].as_u64().unwrap_or(0),
-            Err(SecretsError::NotFound { .. }) => 0,
-            Err(e) => return Err(e),
+        let hinted = meta.after.and_then(|a| {
+            if a.is_empty() {
+                Some(0)
+            } else {
+                a.parse::<u64>().ok()
+            }
+        });
+        let mut current = match hinted {
+            Some(c) => c,
+            None => self.current_version(name).await?,
         };
-        let body = json!({ "options": { "cas": current }, "data": data });
+        let mut body = json!({ "options": { "cas": current }, "data": data });
+        let mut refetched = hinted.is_none();
         let mut attempt = 0u32;
         let version = loop {
             let rb = self
@@ -292,16 +299,25 @@ impl Kv {
                     })?
                 }
                 Err(SecretsError::Refused { detail, .. }) if detail.contains("check-and-set") => {
+                    // An earlier attempt whose answer was lost landed: that version.
                     let next = (current + 1).to_string();
-                    match crate::vault::retry(|| self.read(name, &next)).await {
-                        Ok(got) if got.value == *value => break current + 1,
-                        _ => {
-                            return Err(SecretsError::Refused {
-                                vault: self.http.vault.clone(),
-                                detail: format!("'{name}' was written by someone else meanwhile (its version {next}); the next pass compares again"),
-                            })
+                    if let Ok(got) = crate::vault::retry(|| self.read(name, &next)).await {
+                        if got.value == *value {
+                            break current + 1;
                         }
                     }
+                    // The pass's idea of the newest version was wrong (a key whose
+                    // versions were all deleted keeps its numbers): read it once.
+                    if !refetched {
+                        refetched = true;
+                        current = self.current_version(name).await?;
+                        body["options"]["cas"] = json!(current);
+                        continue;
+                    }
+                    return Err(SecretsError::Refused {
+                        vault: self.http.vault.clone(),
+                        detail: format!("'{name}' was written by someone else meanwhile (its version {next}); the next pass compares again"),
+                    });
                 }
                 Err(e) if e.is_retryable() && attempt < 5 => {
                     attempt += 1;
@@ -312,6 +328,15 @@ impl Kv {
         };
         crate::vault::retry(|| self.set_attrs(name, meta)).await?;
         Ok(version.to_string())
+    }
+
+    /// The key's current version number (0 when it has none).
+    async fn current_version(&self, name: &str) -> Result<u64> {
+        match crate::vault::retry(|| self.metadata(name)).await {
+            Ok(m) => Ok(m["current_version"].as_u64().unwrap_or(0)),
+            Err(SecretsError::NotFound { .. }) => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) async fn set_attrs(&self, name: &str, meta: &WriteMeta<'_>) -> Result<()> {

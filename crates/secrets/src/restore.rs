@@ -115,6 +115,7 @@ async fn restore_one(
                         attrs: &v.attrs,
                         seq: (pos + 2 + i) as u64,
                         origin,
+                        after: None,
                     };
                     dst.write(&name, &v.value, &meta).await?;
                 }
@@ -145,6 +146,7 @@ async fn restore_one(
             attrs: &v.attrs,
             seq: i as u64 + 1,
             origin,
+            after: None,
         };
         dst.write(&name, &v.value, &meta).await?;
     }

@@ -543,14 +543,20 @@ impl Pass<'_> {
             });
         }
         let mut written = 0u32;
+        // Known while georep writes a secret new to the destination.
+        let mut after: Option<String> = (existing.is_none() && !removed).then(String::new);
         for (i, v) in to_write.iter().enumerate() {
             let seq = row.carried.last().map_or(1, |c| c.seq + 1);
             let meta = WriteMeta {
                 attrs: &v.attrs,
                 seq,
                 origin,
+                after: after.as_deref(),
             };
             let id = dst.write(dst_name, &v.value, &meta).await?;
+            if after.is_some() {
+                after = Some(id.clone());
+            }
             row.carried.push(Carried {
                 seq,
                 src: self.src_id(readable[window + first + i]),
@@ -577,6 +583,7 @@ impl Pass<'_> {
                     attrs: &newest.attrs,
                     seq: last.seq,
                     origin,
+                    after: None,
                 };
                 dst.set_attrs(dst_name, &last.dst, &meta).await?;
                 outcome = Outcome::Updated;

@@ -40,6 +40,9 @@ pub struct WriteMeta<'a> {
     pub seq: u64,
     /// The source's name when the destination's differs.
     pub origin: Option<&'a str>,
+    /// The destination's newest version id when the pass knows it (it wrote it; ""
+    /// when the secret does not exist there), so KV v2 need not read it first.
+    pub after: Option<&'a str>,
 }
 
 impl VaultClient {

@@ -900,12 +900,17 @@ fn kill_and_resume(
     let rerun = run(&["copy", s(src.path()), dst_url, "--output", "json"], env)
         .ok()
         .json();
+    // A commit already sent when the process died may still land in the store after
+    // the listing above, so what was visible is a floor for what is skipped.
     assert_eq!(
-        count(&rerun, "copied"),
-        total - after_kill.len() as u64,
-        "only the missing moved: {rerun}"
+        count(&rerun, "copied") + count(&rerun, "skipped"),
+        total,
+        "every object either copied or skipped: {rerun}"
     );
-    assert_eq!(count(&rerun, "skipped"), after_kill.len() as u64);
+    assert!(
+        count(&rerun, "skipped") >= after_kill.len() as u64,
+        "what was visible is not copied again: {rerun}"
+    );
     run(&["check", s(src.path()), dst_url, "--checksum"], env).ok();
 }
 
