@@ -152,6 +152,7 @@ impl KeyVault {
                     item["attributes"]["updated"], item["attributes"]["enabled"]
                 ),
                 origin: tags.get(TAG_NAME).cloned(),
+                coarse: updated(&item),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -174,6 +175,7 @@ impl KeyVault {
                         item["attributes"]["updated"], item["attributes"]["enabled"]
                     ),
                     origin: tags.get(TAG_NAME).cloned(),
+                    coarse: updated(&item),
                 }))
             }
             // Its newest version is disabled: an empty fingerprint has it checked again.
@@ -181,6 +183,7 @@ impl KeyVault {
                 name: name.to_string(),
                 fingerprint: String::new(),
                 origin: None,
+                coarse: None,
             })),
             Err(e) => Err(e),
         }
@@ -522,6 +525,13 @@ impl KeyVault {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A secret's `attributes.updated` (whole seconds).
+fn updated(item: &Json) -> Option<DateTime<Utc>> {
+    item["attributes"]["updated"]
+        .as_i64()
+        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
 }
 
 /// The token audience for a vault: each cloud has its own.

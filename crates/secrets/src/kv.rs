@@ -481,6 +481,7 @@ fn entry(name: &str, m: &Json) -> Option<Entry> {
             m["updated_time"].as_str().unwrap_or_default()
         ),
         origin: tags.get(TAG_NAME).cloned(),
+        coarse: None,
     })
 }
 

@@ -193,6 +193,10 @@ pub struct Entry {
     /// The source's name when georep wrote it under another (the `georep-name` tag), so
     /// a copy can be read back under its first name.
     pub origin: Option<String>,
+    /// When the fingerprint's clock has only one-second resolution (Key Vault's
+    /// `updated`): the time it shows. A fingerprint this recent may not yet show a
+    /// change made in the same second, so it is not trusted to skip a secret.
+    pub coarse: Option<DateTime<Utc>>,
 }
 
 /// Whether a version may be used now (enabled, within not-before and expiry).

@@ -166,6 +166,7 @@ impl Sm {
                     name: name.to_string(),
                     fingerprint: format!("{current}:{}", s["LastChangedDate"]),
                     origin: tags.get(TAG_NAME).cloned(),
+                    coarse: None,
                 });
             }
             match v["NextToken"].as_str() {
@@ -194,6 +195,7 @@ impl Sm {
             name: name.to_string(),
             fingerprint: format!("{current}:{}", d["LastChangedDate"]),
             origin: tags.get(TAG_NAME).cloned(),
+            coarse: None,
         }))
     }
 

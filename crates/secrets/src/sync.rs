@@ -101,6 +101,7 @@ pub async fn run(
     let (source, dests) = roles(sync, promoted.as_deref());
     let src = VaultClient::open(vault(topo, &source)?)?;
     let src_url = &vault(topo, &source)?.url;
+    let listed_at = chrono::Utc::now();
     let listing = src.list().await?;
     let entries: Vec<Entry> = listing
         .into_iter()
@@ -159,6 +160,7 @@ pub async fn run(
         src: &src,
         dry_run: opts.dry_run,
         promoted: report.promoted,
+        listed_at,
         worst: std::sync::atomic::AtomicI32::new(0),
     };
     for d in &dests {
@@ -277,6 +279,8 @@ struct Pass<'a> {
     src: &'a VaultClient,
     dry_run: bool,
     promoted: bool,
+    /// When the source was listed.
+    listed_at: chrono::DateTime<chrono::Utc>,
     /// The worst exit code of a per-secret error (3 when credentials were refused or
     /// a vault stopped answering mid-pass).
     worst: std::sync::atomic::AtomicI32,
@@ -464,7 +468,9 @@ impl Pass<'_> {
                     let newest_ours = row.carried.last().is_some_and(|c| c.dst == top.id);
                     if newest_ours {
                         let watched = matches!(row.status.as_str(), "in_sync" | "drifted");
-                        if x.fingerprint != row.dst_fp && watched {
+                        // An empty recorded fingerprint was not settled yet: unknown,
+                        // not a change.
+                        if x.fingerprint != row.dst_fp && watched && !row.dst_fp.is_empty() {
                             // Reported once: the new fingerprint is taken as seen.
                             drift = Some(format!(
                                 "attributes or older versions changed at the destination ('{dst_name}', version {})",
@@ -598,12 +604,21 @@ impl Pass<'_> {
             dst.trim(dst_name, &keep).await?;
         }
         row.attrs_mac = attrs_mac;
-        row.src_fp = e.fingerprint.clone();
-        row.dst_fp = dst
-            .entry(dst_name)
-            .await?
-            .map(|x| x.fingerprint)
-            .unwrap_or_default();
+        // A fingerprint from a one-second clock that may still move within its second
+        // is not recorded: the next pass looks again.
+        let settled = |x: &Entry, at: chrono::DateTime<chrono::Utc>| {
+            x.coarse
+                .is_none_or(|t| t + chrono::Duration::seconds(2) <= at)
+        };
+        row.src_fp = if settled(e, self.listed_at) {
+            e.fingerprint.clone()
+        } else {
+            String::new()
+        };
+        row.dst_fp = match dst.entry(dst_name).await? {
+            Some(x) if settled(&x, chrono::Utc::now()) => x.fingerprint,
+            _ => String::new(),
+        };
         row.status = "in_sync".into();
         row.detail = String::new();
         row.updated = chrono::Utc::now().to_rfc3339();

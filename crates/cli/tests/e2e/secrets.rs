@@ -338,6 +338,16 @@ fn a_chain_carries_versions_in_order_reports_drift_escrows_and_never_shows_a_val
         bao_custom(&w.bao2, "tls-cert")["georep-content-type"],
         "application/x-pem-file"
     );
+    // A new version in the same second as the last pass (Key Vault's clock has whole
+    // seconds) is still seen by the next pass.
+    let pem2 = value("pem2");
+    values.push(pem2.clone());
+    w.kv.set_typed("tls-cert", &pem2, "application/x-pem-file");
+    run(&["secrets", "sync", "certs", "-c", c], &e);
+    assert_eq!(
+        texts(&bao_versions(&w.bao2, "tls-cert")),
+        [pem.as_str(), pem2.as_str()]
+    );
 
     // Nothing changed: metadata only, nothing written.
     let again = run(
