@@ -266,10 +266,6 @@ impl Ledger {
             params![vault, name, body],
         )
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Opens or creates a regular file 0600 without following a link.

@@ -199,11 +199,6 @@ pub struct Entry {
     pub coarse: Option<DateTime<Utc>>,
 }
 
-/// Whether a version may be used now (enabled, within not-before and expiry).
-pub fn usable(a: &Attrs, now: DateTime<Utc>) -> bool {
-    a.enabled && a.not_before.is_none_or(|n| n <= now) && a.expires.is_none_or(|e| e > now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,12 +73,6 @@ impl VaultClient {
         }
     }
 
-    /// Whether attributes (enabled, not-before, expiry, content type) are fields of
-    /// each version here rather than tags on the secret.
-    pub fn native_attrs(&self) -> bool {
-        matches!(self, Self::KeyVault(_))
-    }
-
     /// Checks that the vault answers and takes the credentials (exit 3 if not).
     pub async fn check(&self) -> Result<()> {
         retry(|| async {

@@ -54,7 +54,6 @@ struct Inner {
     /// The next this many requests answer 429 with `Retry-After: 1`.
     throttle: u32,
     throttled: u64,
-    requests: u64,
 }
 
 type Shared = (Arc<Mutex<Inner>>, String);
@@ -235,24 +234,6 @@ impl KeyVault {
         Some((v.tags.clone(), v.enabled, v.content_type.clone()))
     }
 
-    /// Whether the secret is soft-deleted.
-    pub fn is_deleted(&self, name: &str) -> bool {
-        lock(&self.inner)
-            .secrets
-            .get(&name.to_ascii_lowercase())
-            .is_some_and(|s| s.deleted)
-    }
-
-    /// Names of live secrets.
-    pub fn names(&self) -> Vec<String> {
-        lock(&self.inner)
-            .secrets
-            .values()
-            .filter(|s| !s.deleted)
-            .map(|s| s.name.clone())
-            .collect()
-    }
-
     pub fn add_key(&self, name: &str, hsm: bool) {
         lock(&self.inner).keys.push((name.to_string(), hsm));
     }
@@ -265,11 +246,6 @@ impl KeyVault {
     /// How many requests were answered 429.
     pub fn throttled(&self) -> u64 {
         lock(&self.inner).throttled
-    }
-
-    /// Requests served (secrets API only).
-    pub fn requests(&self) -> u64 {
-        lock(&self.inner).requests
     }
 }
 
@@ -308,7 +284,6 @@ fn put_version(
 
 /// Checks api-version, the bearer token and throttling; `Some` is the answer to give.
 fn gate(i: &mut Inner, headers: &HeaderMap, q: &BTreeMap<String, String>) -> Option<Response> {
-    i.requests += 1;
     if i.throttle > 0 {
         i.throttle -= 1;
         i.throttled += 1;
@@ -745,11 +720,7 @@ async fn delete(
         return not_found(&name);
     };
     s.deleted = true;
-    let mut b = s
-        .versions
-        .last()
-        .map(|v| bundle(&base, s, v, false))
-        .unwrap_or_default();
+    let mut b = newest_bundle(&base, s);
     b["recoveryId"] = json!(format!("{base}/deletedsecrets/{}", s.name));
     b["deletedDate"] = json!(now());
     b["scheduledPurgeDate"] = json!(now() + 90 * 86400);
@@ -762,22 +733,41 @@ async fn get_deleted(
     Path(name): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let mut i = lock(&inner);
-    if let Some(r) = gate(&mut i, &headers, &q) {
+    deleted(&inner, &base, &headers, &name, &q, false)
+}
+
+async fn recover(
+    State((inner, base)): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    deleted(&inner, &base, &headers, &name, &q, true)
+}
+
+/// A deleted secret's bundle (its newest version), recovered first when asked.
+fn deleted(
+    inner: &Mutex<Inner>,
+    base: &str,
+    headers: &HeaderMap,
+    name: &str,
+    q: &BTreeMap<String, String>,
+    recover: bool,
+) -> Response {
+    let mut i = lock(inner);
+    if let Some(r) = gate(&mut i, headers, q) {
         return r;
     }
     match i
         .secrets
-        .get(&name.to_ascii_lowercase())
+        .get_mut(&name.to_ascii_lowercase())
         .filter(|s| s.deleted)
     {
         Some(s) => {
-            let b = s
-                .versions
-                .last()
-                .map(|v| bundle(&base, s, v, false))
-                .unwrap_or_default();
-            axum::Json(b).into_response()
+            if recover {
+                s.deleted = false;
+            }
+            axum::Json(newest_bundle(base, s)).into_response()
         }
         None => err(
             StatusCode::NOT_FOUND,
@@ -788,37 +778,11 @@ async fn get_deleted(
     }
 }
 
-async fn recover(
-    State((inner, base)): State<Shared>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let mut i = lock(&inner);
-    if let Some(r) = gate(&mut i, &headers, &q) {
-        return r;
-    }
-    match i
-        .secrets
-        .get_mut(&name.to_ascii_lowercase())
-        .filter(|s| s.deleted)
-    {
-        Some(s) => {
-            s.deleted = false;
-            let b = s
-                .versions
-                .last()
-                .map(|v| bundle(&base, s, v, false))
-                .unwrap_or_default();
-            axum::Json(b).into_response()
-        }
-        None => err(
-            StatusCode::NOT_FOUND,
-            "SecretNotFound",
-            None,
-            &format!("Deleted Secret not found: {name}"),
-        ),
-    }
+fn newest_bundle(base: &str, s: &Secret) -> Value {
+    s.versions
+        .last()
+        .map(|v| bundle(base, s, v, false))
+        .unwrap_or_default()
 }
 
 async fn purge(

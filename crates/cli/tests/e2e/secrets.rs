@@ -627,6 +627,28 @@ fn a_bad_token_is_exit_3_naming_the_vault_and_a_missing_key_is_exit_2() {
     );
 }
 
+/// Sync `s` from `bao1` to `bao2` (with `extra` sync fields), the state in `dir/state`.
+fn bao_pair(dir: &Path, bao1: &Bao, bao2: &Bao, extra: &str) -> std::path::PathBuf {
+    TopologyFile::new()
+        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
+        .region("dc1")
+        .region("dc2")
+        .raw(&format!(
+            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
+             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\n{extra}",
+            bao1.vault_url(),
+            bao2.vault_url()
+        ))
+        .write(dir)
+}
+
+fn bao_env() -> Vec<(String, String)> {
+    vec![
+        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
+        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
+    ]
+}
+
 /// Keys in the root folder `d/` of a dev server's KV engine.
 fn bao_count(b: &Bao) -> usize {
     let v: Value = http()
@@ -644,22 +666,14 @@ fn bao_count(b: &Bao) -> usize {
 fn a_killed_pass_converges_without_duplicates_and_deletes_stay_within_the_guard() {
     let (bao1, bao2) = (Bao::start(), Bao::start());
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = TopologyFile::new()
-        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
-        .region("dc1")
-        .region("dc2")
-        .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
-             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\nversions = 2\ndeletes = \"propagate\"\nmax_delete = \"10%\"\n",
-            bao1.vault_url(),
-            bao2.vault_url()
-        ))
-        .write(dir.path());
+    let cfg = bao_pair(
+        dir.path(),
+        &bao1,
+        &bao2,
+        "versions = 2\ndeletes = \"propagate\"\nmax_delete = \"10%\"\n",
+    );
     let c = s(&cfg);
-    let e = vec![
-        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
-        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
-    ];
+    let e = bao_env();
     const N: usize = 600;
     let client = http();
     for i in 0..N {
@@ -749,21 +763,8 @@ fn a_killed_pass_converges_without_duplicates_and_deletes_stay_within_the_guard(
 fn the_daemon_keeps_a_sync_in_step_and_shows_lag_and_drift_without_a_value() {
     let (bao1, bao2) = (Bao::start(), Bao::start());
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = TopologyFile::new()
-        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
-        .region("dc1")
-        .region("dc2")
-        .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
-             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\ninterval = \"1s\"\n",
-            bao1.vault_url(),
-            bao2.vault_url()
-        ))
-        .write(dir.path());
-    let e = vec![
-        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
-        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
-    ];
+    let cfg = bao_pair(dir.path(), &bao1, &bao2, "interval = \"1s\"\n");
+    let e = bao_env();
     let mut values = Vec::new();
     for i in 0..5 {
         let v = value(&format!("d{i}"));
@@ -930,22 +931,9 @@ fn disable_and_overwrite_reach_key_vault_through_a_managed_identity_and_secrets_
 fn a_source_that_goes_back_is_reported_never_rolled_back_and_a_remade_secret_is_copied() {
     let (bao1, bao2) = (Bao::start(), Bao::start());
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = TopologyFile::new()
-        .raw("[state]\nurl = \"sqlite://state/georep.db\"")
-        .region("dc1")
-        .region("dc2")
-        .raw(&format!(
-            "[vaults.bao1]\nregion = \"dc1\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n[vaults.bao2]\nregion = \"dc2\"\nurl = \"{}\"\ntoken = \"${{BAO_TOKEN}}\"\n\
-             [[secret_syncs]]\nname = \"s\"\nsource = \"bao1\"\ndestinations = [\"bao2\"]\nversions = 2\n",
-            bao1.vault_url(),
-            bao2.vault_url()
-        ))
-        .write(dir.path());
+    let cfg = bao_pair(dir.path(), &bao1, &bao2, "versions = 2\n");
     let c = s(&cfg);
-    let e = vec![
-        ("BAO_TOKEN".to_string(), Bao::TOKEN.to_string()),
-        ("GEOREP_SECRETS_KEY".to_string(), KEY.to_string()),
-    ];
+    let e = bao_env();
     for v in ["a1", "a2", "a3"] {
         bao_put(&bao1, "x", json!({ "value": v }));
     }
